@@ -1,0 +1,37 @@
+# One-command set-up: every target creates .venv and installs kvraft with its dev extras if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: test lint typecheck unit run stress bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+# The whole suite, as CI runs it. `make test ARGS="-k test_basic_kvraft"` runs one test.
+test: lint
+	$(BIN)/pytest -q $(ARGS)
+
+# Long or repeated suites, not in CI.
+stress: $(STAMP)
+	$(BIN)/pytest -q -m stress $(ARGS)
+
+# A local 3-node cluster in the foreground, data under ./data.
+run: $(STAMP)
+	$(BIN)/kvraft cluster --nodes 3 --data-dir ./data
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""Errors, grouped by whose fault they are.
+
+User-facing errors all subclass :class:`KVError`. Wire errors (a peer sent bad
+bytes) are :class:`ProtocolError`; they close the offending connection and are
+never raised to users of :class:`kvraft.Client`.
+"""
+
+from __future__ import annotations
+
+
+class KVError(Exception):
+    """Base of every error a kvraft user can see."""
+
+
+class NoKey(KVError):
+    """The key does not exist (a get, or a put at a version > 0)."""
+
+
+class VersionMismatch(KVError):
+    """The put's version is not the key's current version; nothing changed."""
+
+
+class Maybe(KVError):
+    """A resent put answered VersionMismatch: the first attempt may have applied."""
+
+
+class WrongLeader(KVError):
+    """The server is not the leader, or lost leadership while the op waited."""
+
+
+class Unavailable(KVError):
+    """The client gave up after its deadline without an answer."""
+
+
+class InvalidArgument(KVError):
+    """The caller passed a bad key, value or version; nothing was sent or applied."""
+
+
+class RpcError(KVError):
+    """A remote call failed in the RPC layer (not an answer of the service)."""
+
+
+class ConnectionLost(RpcError):
+    """The connection closed or could not be opened; the call may or may not have run."""
+
+
+class CallTimeout(RpcError):
+    """No reply within the call's timeout; the call may or may not have run."""
+
+
+class RemoteError(RpcError):
+    """The server answered with an error that has no more specific class.
+
+    ``code`` names the error kind (``unknown_method``, ``bad_request``,
+    ``internal``, ...); ``message`` says what went wrong.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ProtocolError(Exception):
+    """Bytes from the network that do not form a valid frame or message."""
+
+
+class StorageError(Exception):
+    """The data dir cannot be used (another node's or cluster's, newer format, corrupt)."""
+
+
+# Service errors that travel over the wire by name and are re-raised as themselves.
+WIRE_ERRORS: dict[str, type[KVError]] = {
+    cls.__name__: cls for cls in (NoKey, VersionMismatch, WrongLeader, InvalidArgument)
+}

@@ -1,0 +1,135 @@
+"""Raft's messages, one frozen class each, named as in the paper (extended version, fig. 2).
+
+Every message carries ``src`` and ``dst`` (peer ids) and the sender's ``term``.
+They travel as one-way notifications (method ``"raft"``); a reply is a message
+of its own. Tags 1..19 are reserved for Raft on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvraft.rpc.codec import wire_message
+
+
+@wire_message(1)
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. ``command`` is None for the no-op a new leader appends."""
+
+    term: int
+    index: int
+    command: bytes | None
+
+
+@wire_message(2)
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """A candidate asks for a vote; with ``pre_vote`` only asks whether it would win."""
+
+    src: int
+    dst: int
+    term: int
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool
+
+
+@wire_message(3)
+@dataclass(frozen=True, slots=True)
+class RequestVoteReply:
+    src: int
+    dst: int
+    term: int
+    vote_granted: bool
+    pre_vote: bool
+
+
+@wire_message(4)
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """Entries (maybe none: a heartbeat) following ``prev_log_index``."""
+
+    src: int
+    dst: int
+    term: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+
+
+@wire_message(5)
+@dataclass(frozen=True, slots=True)
+class AppendEntriesReply:
+    """On success ``match_index`` is the last index known to match the leader.
+
+    On failure ``conflict_index``/``conflict_term`` drive fast backtracking
+    (the follower's first index of the conflicting term, or its log length).
+    """
+
+    src: int
+    dst: int
+    term: int
+    success: bool
+    match_index: int
+    conflict_index: int
+    conflict_term: int
+
+
+@wire_message(6)
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """One chunk of the leader's snapshot, at byte ``offset``; ``done`` on the last."""
+
+    src: int
+    dst: int
+    term: int
+    last_included_index: int
+    last_included_term: int
+    offset: int
+    data: bytes
+    done: bool
+
+
+@wire_message(7)
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotReply:
+    """``next_offset`` is the byte the follower wants next (0 to restart)."""
+
+    src: int
+    dst: int
+    term: int
+    last_included_index: int
+    next_offset: int
+    done: bool
+
+
+@wire_message(8)
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer: the receiver campaigns at once, skipping pre-vote."""
+
+    src: int
+    dst: int
+    term: int
+
+
+Message = (
+    RequestVote
+    | RequestVoteReply
+    | AppendEntries
+    | AppendEntriesReply
+    | InstallSnapshot
+    | InstallSnapshotReply
+    | TimeoutNow
+)
+MESSAGE_TYPES = (
+    RequestVote,
+    RequestVoteReply,
+    AppendEntries,
+    AppendEntriesReply,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    TimeoutNow,
+)

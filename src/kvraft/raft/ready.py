@@ -1,0 +1,82 @@
+"""What the core hands its driver: persistent state and the Ready batch.
+
+The durability order (Raft thesis §3.8; etcd raft's Ready contract), performed
+by the driver's one loop for every Ready, in this order:
+
+1. persist ``snapshot`` (if any), ``hard_state`` (if any) and ``entries`` in one
+   atomic, fsynced write — votes and terms are on disk before any message that
+   depends on them leaves, log entries before they are acknowledged;
+2. send ``messages``;
+3. restore the state machine from ``snapshot`` (if any), then apply
+   ``committed`` entries in index order;
+4. call ``core.advance(ready)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvraft.raft.messages import Entry, Message
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must survive a crash besides the log.
+
+    ``commit_index`` is a hint persisted so a restarted node can apply what it
+    knows was committed without waiting for a leader; it is never larger than
+    the persisted log's last index.
+    """
+
+    current_term: int = 0
+    voted_for: int | None = None
+    commit_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The state machine as of log ``index`` (whose term is ``term``)."""
+
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PersistentState:
+    """Everything a node loads from storage at start."""
+
+    hard_state: HardState = HardState()
+    snapshot: Snapshot | None = None
+    # Invariant: contiguous, starting at (snapshot.index if snapshot else 0) + 1.
+    entries: tuple[Entry, ...] = ()
+
+
+@dataclass(slots=True)
+class Ready:
+    """One batch of work for the driver; see the module docstring for the order.
+
+    - ``hard_state``: persist if not None (it changed).
+    - ``entries``: append to the log; if ``entries[0].index`` is at or below the
+      last stored index, first delete stored entries from that index on.
+    - ``snapshot``: received from a leader; if not None, the stored log is
+      replaced by the snapshot followed by exactly ``entries``.
+    - ``messages``: send after persisting.
+    - ``committed``: newly committed entries, to apply in order after
+      persisting (and after restoring ``snapshot``).
+    """
+
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    messages: list[Message] = field(default_factory=list)
+    committed: list[Entry] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.hard_state is not None
+            or self.entries
+            or self.snapshot is not None
+            or self.messages
+            or self.committed
+        )

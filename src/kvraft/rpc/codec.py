@@ -1,0 +1,226 @@
+"""The one codec: msgpack bytes <-> envelopes and typed messages.
+
+Wire format (each a msgpack array inside one frame, see ``framing``):
+
+- request: ``[0, request_id, method, sender, args]`` — expects a reply;
+- reply:   ``[1, request_id, error, result]`` — ``error`` is ``None`` or
+  ``[code, message]``;
+- notify:  ``[2, method, sender, args]`` — one-way, never answered (Raft
+  messages travel this way: Raft tolerates loss and its replies are messages of
+  their own).
+
+``sender`` names who sent the frame: ``"p3"`` for peer 3, ``"c<hex>"`` for a
+client. Typed messages (frozen dataclasses registered with :func:`wire_message`)
+travel as msgpack extension types whose code is the class's tag and whose data
+is the packed field tuple; decoding checks the field count and every field's
+type against the class's annotations, so a handler never sees a wrong type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+import msgpack
+
+from kvraft.errors import ProtocolError
+
+T = TypeVar("T")
+
+REQUEST, REPLY, NOTIFY = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: int
+    method: str
+    sender: str
+    args: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: int
+    error: tuple[str, str] | None
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    method: str
+    sender: str
+    args: Any
+
+
+Envelope = Request | Reply | Notify
+
+
+def peer_sender(peer_id: int) -> str:
+    """The sender identity of Raft peer ``peer_id``."""
+    return f"p{peer_id}"
+
+
+def client_sender(client_id: str) -> str:
+    """The sender identity of a client with id ``client_id``."""
+    return f"c{client_id}"
+
+
+def sender_peer_id(sender: str) -> int | None:
+    """The peer id in a peer sender identity, or None for clients and junk."""
+    if len(sender) > 1 and sender[0] == "p" and sender[1:].isdigit():
+        return int(sender[1:])
+    return None
+
+
+# ---------------------------------------------------------------- typed messages
+
+_BY_TAG: dict[int, type[Any]] = {}
+_TAG_OF: dict[type[Any], int] = {}
+_HINTS: dict[type[Any], list[tuple[str, Any]]] = {}
+
+
+def wire_message(tag: int) -> Callable[[type[T]], type[T]]:
+    """Register a frozen dataclass to travel on the wire under ``tag`` (0..127)."""
+
+    def register(cls: type[T]) -> type[T]:
+        assert dataclasses.is_dataclass(cls), cls
+        assert 0 <= tag <= 127, tag
+        assert tag not in _BY_TAG or _BY_TAG[tag] is cls, f"tag {tag} taken by {_BY_TAG[tag]}"
+        _BY_TAG[tag] = cls
+        _TAG_OF[cls] = tag
+        return cls
+
+    return register
+
+
+def _fields(cls: type[Any]) -> list[tuple[str, Any]]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        resolved = typing.get_type_hints(cls)
+        hints = [(f.name, resolved[f.name]) for f in dataclasses.fields(cls)]
+        _HINTS[cls] = hints
+    return hints
+
+
+def _default(obj: Any) -> Any:
+    tag = _TAG_OF.get(type(obj))
+    if tag is None:
+        raise TypeError(f"cannot encode {type(obj).__name__} on the wire")
+    values = [getattr(obj, name) for name, _ in _fields(type(obj))]
+    return msgpack.ExtType(tag, msgpack.packb(values, default=_default, use_bin_type=True))
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    cls = _BY_TAG.get(code)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {code}")
+    values = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, use_list=False)
+    fields = _fields(cls)
+    if not isinstance(values, tuple) or len(values) != len(fields):
+        raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields")
+    for value, (name, hint) in zip(values, fields, strict=True):
+        if not _conforms(value, hint):
+            raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
+    return cls(*values)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a decoded value matches a type annotation (the subset the wire uses)."""
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is int:
+        return type(value) is int
+    if hint is float:
+        return type(value) in (float, int)
+    if hint in (str, bool, bytes):
+        return type(value) is hint
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(args) == len(value) and all(
+            _conforms(v, h) for v, h in zip(value, args, strict=True)
+        )
+    if origin is dict:
+        key_t, val_t = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _conforms(k, key_t) and _conforms(v, val_t) for k, v in value.items()
+        )
+    if isinstance(hint, type):
+        return type(value) is hint
+    raise AssertionError(f"unsupported wire annotation {hint!r}")
+
+
+def pack(obj: Any) -> bytes:
+    """Encode any wire value (plain msgpack values and registered messages)."""
+    return msgpack.packb(obj, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    """Decode what :func:`pack` made; raise ProtocolError on anything else."""
+    try:
+        return msgpack.unpackb(
+            data, ext_hook=_ext_hook, raw=False, use_list=False, strict_map_key=False
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated classes on junk
+        raise ProtocolError(f"undecodable msgpack: {exc.__class__.__name__}: {exc}") from None
+
+
+def check(value: Any, hint: Any, what: str) -> None:
+    """Raise ProtocolError unless ``value`` matches ``hint`` (for handler arguments)."""
+    if not _conforms(value, hint):
+        raise ProtocolError(f"{what}: wrong type {type(value).__name__}")
+
+
+# --------------------------------------------------------------------- envelopes
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    """The body of one frame for ``env``."""
+    if isinstance(env, Request):
+        return pack((REQUEST, env.request_id, env.method, env.sender, env.args))
+    if isinstance(env, Reply):
+        return pack((REPLY, env.request_id, env.error, env.result))
+    return pack((NOTIFY, env.method, env.sender, env.args))
+
+
+def decode_envelope(body: bytes) -> Envelope:
+    """Parse one frame body; raise ProtocolError if it is not a valid envelope."""
+    msg = unpack(body)
+    if not isinstance(msg, tuple) or not msg:
+        raise ProtocolError("frame is not a msgpack array")
+    kind = msg[0]
+    if kind == REQUEST and len(msg) == 5:
+        _, rid, method, sender, args = msg
+        if type(rid) is int and type(method) is str and type(sender) is str:
+            return Request(rid, method, sender, args)
+    elif kind == REPLY and len(msg) == 4:
+        _, rid, error, result = msg
+        if type(rid) is int and (
+            error is None
+            or (
+                isinstance(error, tuple)
+                and len(error) == 2
+                and type(error[0]) is str
+                and type(error[1]) is str
+            )
+        ):
+            return Reply(rid, error, result)
+    elif kind == NOTIFY and len(msg) == 4:
+        _, method, sender, args = msg
+        if type(method) is str and type(sender) is str:
+            return Notify(method, sender, args)
+    raise ProtocolError(f"malformed envelope of kind {kind!r} with {len(msg)} items")
