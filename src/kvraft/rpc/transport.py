@@ -16,6 +16,7 @@ and every client operation crosses here; the framing and codec stay sans-I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from typing import Any, Protocol
@@ -338,10 +339,8 @@ class RpcClient:
         return False
 
     async def _connect_quietly(self) -> None:
-        try:
+        with contextlib.suppress(ConnectionLost):
             await self._connection()
-        except ConnectionLost:
-            pass
 
     def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionLost."""
@@ -362,4 +361,3 @@ def install_event_loop_policy() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
-
