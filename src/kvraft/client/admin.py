@@ -1,0 +1,35 @@
+"""Operator queries: the status of every node, reachable or not."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from kvraft.errors import RpcError
+from kvraft.rpc.codec import client_sender
+from kvraft.rpc.transport import RpcClient
+
+
+async def fetch_statuses_async(servers: Sequence[str], timeout: float) -> list[dict[str, Any]]:
+    """One row per server: its ``status`` reply plus ``reachable``, or why it is not."""
+    sender = client_sender("admin-" + uuid.uuid4().hex[:8])
+
+    async def one(address: str) -> dict[str, Any]:
+        rpc = RpcClient(address, sender, connect_timeout_s=timeout)
+        try:
+            row = dict(await rpc.call("status", None, timeout))
+            row["address"] = address
+            row["reachable"] = True
+            return row
+        except RpcError as exc:
+            return {"address": address, "reachable": False, "error": str(exc)}
+        finally:
+            rpc.close()
+
+    return list(await asyncio.gather(*(one(a) for a in servers)))
+
+
+def fetch_statuses(servers: Sequence[str], timeout: float) -> list[dict[str, Any]]:
+    return asyncio.run(fetch_statuses_async(servers, timeout))

@@ -1,0 +1,146 @@
+"""AsyncClient: the one implementation of leader tracking, retries, deadlines and ``Maybe``.
+
+The client remembers which server answered last and tries it first. On
+``WrongLeader``, a timeout or a connection error it moves to the next server,
+wrapping around; after a whole round without an answer it backs off briefly so
+an election can finish. ``deadline=None`` retries forever (the classic
+contract); a number of seconds raises :class:`Unavailable` after that long.
+
+``Maybe`` (DESIGN 1.1): once a put had to be resent, a ``VersionMismatch``
+answer no longer tells whether the first attempt applied, so it becomes
+``Maybe``. A put answered on its first send never raises ``Maybe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from kvraft.errors import (
+    CallTimeout,
+    ConnectionLost,
+    Maybe,
+    Unavailable,
+    VersionMismatch,
+    WrongLeader,
+)
+from kvraft.rpc.codec import client_sender
+from kvraft.rpc.transport import RpcClient, split_address
+from kvraft.server.commands import GetOp, PutOp, check_op, result_of
+from kvraft.server.options import DEFAULT_MAX_VALUE_BYTES
+
+DEFAULT_CALL_TIMEOUT_S = 1.0
+BACKOFF_S = 0.02
+MAX_BACKOFF_S = 0.2
+
+
+class AsyncClient:
+    """Asyncio client of a kvraft cluster; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        deadline: float | None = None,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        client_id: str | None = None,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    ) -> None:
+        if not servers:
+            raise ValueError("a client needs at least one server address")
+        for address in servers:
+            split_address(address)
+        self.servers = list(servers)
+        self.deadline = deadline
+        self.call_timeout_s = call_timeout_s
+        self.client_id = client_id or uuid.uuid4().hex
+        self.max_value_bytes = max_value_bytes
+        self._rpc = [RpcClient(a, client_sender(self.client_id)) for a in self.servers]
+        self._leader = 0
+        self._request_ids = itertools.count(1)
+
+    async def get(self, key: str) -> tuple[str, int]:
+        """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
+        op = GetOp(key=key, client_id=self.client_id, request_id=next(self._request_ids))
+        check_op(op, self.max_value_bytes)
+        value, version = result_of(await self._execute("get", op))
+        assert value is not None
+        return value, version
+
+    async def put(self, key: str, value: str, version: int) -> int:
+        """Store ``value`` if ``key`` is at ``version``; returns the new version.
+
+        Raises NoKey (version > 0 on a missing key), VersionMismatch, or Maybe
+        (a resent put met VersionMismatch: it may have applied).
+        """
+        op = PutOp(
+            key=key,
+            value=value,
+            version=version,
+            client_id=self.client_id,
+            request_id=next(self._request_ids),
+        )
+        check_op(op, self.max_value_bytes)
+        sends = 0
+
+        def count_send() -> None:
+            nonlocal sends
+            sends += 1
+
+        try:
+            _, new_version = result_of(await self._execute("put", op, on_send=count_send))
+        except VersionMismatch as exc:
+            if sends > 1:
+                raise Maybe(f"put of {key!r} at version {version} was resent: {exc}") from None
+            raise
+        return new_version
+
+    async def _execute(self, method: str, op: Any, on_send: Any = None) -> Any:
+        """Send ``op`` until some server answers it, trying servers in turn."""
+        loop = asyncio.get_running_loop()
+        give_up = None if self.deadline is None else loop.time() + self.deadline
+        failures_in_round = 0
+        backoff = BACKOFF_S
+        while True:
+            timeout = self.call_timeout_s
+            if give_up is not None:
+                remaining = give_up - loop.time()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"no answer from {', '.join(self.servers)} within {self.deadline}s"
+                    )
+                timeout = min(timeout, remaining)
+            index = self._leader
+            try:
+                if on_send is not None:
+                    on_send()
+                result = await self._rpc[index].call(method, op, timeout)
+            except (WrongLeader, CallTimeout, ConnectionLost):
+                self._leader = (index + 1) % len(self.servers)
+                failures_in_round += 1
+                if failures_in_round >= len(self.servers):
+                    failures_in_round = 0
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            return result
+
+    async def close(self) -> None:
+        """Close connections; the client is unusable afterwards."""
+        for rpc in self._rpc:
+            rpc.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,264 @@
+"""RaftNode: the asyncio driver of one RaftCore, the only owner of time and I/O for Raft.
+
+It ticks the core on a timer, feeds it messages from peers, and runs the one
+loop that performs each Ready in the durability order (Raft thesis §3.8, see
+:mod:`kvraft.raft.ready`): persist (off the event loop, one fsynced
+transaction), then send, then apply, then advance. While a Ready is being
+persisted, proposals and messages keep arriving in the core; the next Ready
+carries them all, so one fsync commits a whole batch (group commit).
+
+The RSM API is the specification's: :meth:`submit`, :meth:`get_committed`,
+:meth:`get_state`; plus :meth:`status` for operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kvraft.raft.config import RaftConfig
+from kvraft.raft.core import RaftCore, Role
+from kvraft.raft.messages import MESSAGE_TYPES, Entry, Message
+from kvraft.raft.ready import Snapshot
+from kvraft.raft.storage import Storage
+from kvraft.rpc.codec import peer_sender
+from kvraft.rpc.transport import RpcClient
+
+log = logging.getLogger("kvraft.node")
+
+RAFT_METHOD = "raft"
+
+
+@dataclass(frozen=True)
+class NodeTiming:
+    """Wall-clock settings; the core counts ticks (see RaftConfig for tick counts)."""
+
+    tick_interval_s: float = 0.010
+
+
+class StateMachine:
+    """What the node applies committed entries to (the RSM implements it)."""
+
+    def apply(self, entry: Entry) -> None:
+        """Apply one committed entry; called in index order for every entry."""
+        raise NotImplementedError
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole state with ``snapshot`` (received from a leader)."""
+        raise NotImplementedError
+
+    def take_snapshot(self) -> bytes:
+        """The whole state as of the last applied entry."""
+        raise NotImplementedError
+
+    def on_role_change(self, term: int, is_leader: bool) -> None:
+        """Called after the term or the leadership of this node changed."""
+
+
+class RaftNode:
+    """Drives a :class:`RaftCore` with real time, SQLite storage and the RPC layer."""
+
+    def __init__(
+        self,
+        config: RaftConfig,
+        storage: Storage,
+        peer_addresses: dict[int, str],
+        state_machine: StateMachine,
+        *,
+        timing: NodeTiming = NodeTiming(),
+        snapshot_threshold_bytes: int | None = None,
+    ) -> None:
+        self.id = config.node_id
+        self.config = config
+        self.storage = storage
+        self.state_machine = state_machine
+        self.timing = timing
+        self.snapshot_threshold_bytes = snapshot_threshold_bytes
+        persisted = storage.load()
+        self.core = RaftCore(config, persisted)
+        if persisted.snapshot is not None:
+            state_machine.restore(persisted.snapshot)
+        self.peers: dict[int, RpcClient] = {
+            pid: RpcClient(addr, peer_sender(self.id))
+            for pid, addr in peer_addresses.items()
+            if pid != self.id
+        }
+        # One worker thread: storage calls are never concurrent (SqliteStorage's rule).
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"n{self.id}-io")
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._last_role: tuple[int, bool] = (self.core.current_term, False)
+        self._snapshotting = False
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self.messages_sent = 0
+        self.messages_received = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start ticking and the Ready loop."""
+        self._running = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker())]
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        """Stop the loops, close peer connections and storage."""
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for client in self.peers.values():
+            client.close()
+        await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
+        self._io.shutdown(wait=True)
+
+    # ------------------------------------------------------------------- RSM API
+
+    def submit(self, command: bytes) -> tuple[int, int] | None:
+        """Append ``command`` to the log if leader: ``(index, term)``, else None."""
+        result = self.core.propose(command)
+        if result is not None:
+            self._wakeup.set()
+        return result
+
+    def get_committed(self, index: int) -> bytes | None:
+        """The command committed at ``index``, or None if not (yet) committed or compacted.
+
+        The no-op a leader appends at the start of its term reads as ``b""``.
+        """
+        if index > self.core.commit_index:
+            return None
+        entry = self.core.entry(index)
+        if entry is None:
+            return None
+        return entry.command if entry.command is not None else b""
+
+    def get_state(self) -> tuple[int, bool]:
+        """``(current_term, is_leader)``."""
+        return self.core.current_term, self.core.role is Role.LEADER
+
+    def status(self) -> dict[str, Any]:
+        """The core's status plus driver counters, for ``kvraft status``."""
+        status = dict(self.core.status())
+        status["role"] = self.core.role.name.lower()
+        status["storage_bytes"] = self.storage.size_bytes()
+        status["messages_sent"] = self.messages_sent
+        status["messages_received"] = self.messages_received
+        return status
+
+    # ------------------------------------------------------------------ network
+
+    def receive(self, sender_peer: int | None, message: Any) -> None:
+        """A Raft message from the network; anything malformed or spoofed is dropped."""
+        if not isinstance(message, MESSAGE_TYPES) or sender_peer is None:
+            log.debug("n%d dropped a non-Raft message from %s", self.id, sender_peer)
+            return
+        if message.src != sender_peer or message.dst != self.id:
+            log.debug("n%d dropped a misaddressed %s", self.id, type(message).__name__)
+            return
+        self.messages_received += 1
+        self.core.step(message)
+        self._wakeup.set()
+
+    def _send(self, message: Message) -> None:
+        client = self.peers.get(message.dst)
+        if client is not None and client.notify(RAFT_METHOD, message):
+            self.messages_sent += 1
+
+    # --------------------------------------------------------------------- loops
+
+    async def _ticker(self) -> None:
+        interval = self.timing.tick_interval_s
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        while self._running:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick += interval
+            if next_tick < loop.time():  # fell behind (GC, load): don't burst-tick
+                next_tick = loop.time() + interval
+            self.core.tick()
+            self._wakeup.set()
+
+    async def _ready_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._running:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.core.has_ready():
+                ready = self.core.ready()
+                # 1. Persist first: a vote, a term, or an acknowledged entry must be on
+                #    disk before any message that depends on it leaves (thesis §3.8).
+                if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+                    started = time.perf_counter()
+                    await loop.run_in_executor(
+                        self._io, self.storage.save, ready.hard_state, ready.entries, ready.snapshot
+                    )
+                    elapsed = time.perf_counter() - started
+                    if elapsed > 0.5:
+                        log.warning("n%d slow fsync: %.0f ms", self.id, elapsed * 1000)
+                # 2. Send.
+                for message in ready.messages:
+                    self._send(message)
+                # 3. Apply, in index order.
+                if ready.snapshot is not None:
+                    self.state_machine.restore(ready.snapshot)
+                for entry in ready.committed:
+                    self.state_machine.apply(entry)
+                # 4. Advance.
+                self.core.advance(ready)
+                self._notify_role_change()
+            self._notify_role_change()
+            self._maybe_snapshot()
+
+    def _notify_role_change(self) -> None:
+        now = self.get_state()
+        if now != self._last_role:
+            self._last_role = now
+            self.state_machine.on_role_change(*now)
+
+    # ----------------------------------------------------------------- snapshots
+
+    def _maybe_snapshot(self) -> None:
+        threshold = self.snapshot_threshold_bytes
+        if threshold is None or self._snapshotting:
+            return
+        if self.storage.size_bytes() < threshold:
+            return
+        index = self.core.applied_index
+        entry = self.core.entry(index)
+        if entry is None:  # already compacted up to applied
+            return
+        snapshot = Snapshot(index, entry.term, self.state_machine.take_snapshot())
+        self._snapshotting = True
+        self._snapshot_task = asyncio.get_running_loop().create_task(
+            self._persist_snapshot(snapshot)
+        )
+
+    async def _persist_snapshot(self, snapshot: Snapshot) -> None:
+        try:
+            started = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, self.storage.compact, snapshot
+            )
+            self.core.compact(snapshot)
+            log.info(
+                "n%d [term %d] snapshot at index %d (%d bytes) in %.0f ms",
+                self.id,
+                self.core.current_term,
+                snapshot.index,
+                len(snapshot.data),
+                (time.perf_counter() - started) * 1000,
+            )
+        finally:
+            self._snapshotting = False
+

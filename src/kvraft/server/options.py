@@ -1,0 +1,59 @@
+"""Parsing and checking a server's settings; every user mistake becomes a one-line ValueError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
+from kvraft.rpc.transport import split_address
+
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """``"0=host:port,1=host:port"`` -> ``{0: "host:port", 1: ...}``."""
+    peers: dict[int, str] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        ident, sep, address = part.partition("=")
+        ident = ident.strip()
+        if not sep or not ident.isdigit():
+            raise ValueError(f"--peers: expected ID=HOST:PORT, got {part!r}")
+        peer_id = int(ident)
+        if peer_id in peers:
+            raise ValueError(f"--peers: peer id {peer_id} appears twice")
+        split_address(address.strip())
+        peers[peer_id] = address.strip()
+    if not peers:
+        raise ValueError("--peers: no peers given")
+    return peers
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything ``kvraft server`` needs to run one node."""
+
+    node_id: int
+    listen: str
+    peers: dict[int, str]
+    data_dir: Path
+    cluster_id: str = "kvraft"
+    test_hooks: bool = False
+    snapshot_threshold_bytes: int | None = DEFAULT_SNAPSHOT_THRESHOLD_BYTES
+    tick_interval_s: float = 0.010
+    election_timeout_ticks: int = 15
+    heartbeat_interval_ticks: int = 5
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    op_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.peers:
+            raise ValueError(f"--id {self.node_id} is not in --peers {sorted(self.peers)}")
+        split_address(self.listen)
+        if self.max_value_bytes + 4096 > self.max_frame_bytes:
+            raise ValueError("--max-value-bytes must leave room in a frame (--max-frame-bytes)")

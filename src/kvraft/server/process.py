@@ -1,0 +1,97 @@
+"""One kvraft server process: storage, state machine, Raft node and RPC server, wired up.
+
+``run_server`` is what ``kvraft server`` calls. SIGTERM and SIGINT stop the node
+cleanly (stop serving, stop Raft, close storage); SIGKILL loses nothing
+acknowledged because every acknowledgement waits for an fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from kvraft.raft.config import RaftConfig
+from kvraft.rpc.transport import RpcServer, install_event_loop_policy, split_address
+from kvraft.server.kvstore import KVStore
+from kvraft.server.node import NodeTiming, RaftNode
+from kvraft.server.options import ServerOptions
+from kvraft.server.rsm import RSM
+from kvraft.server.service import Service
+from kvraft.storage.sqlite import SqliteStorage
+
+log = logging.getLogger("kvraft.server")
+
+
+class Server:
+    """A running node: build with :meth:`open`, then :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, options: ServerOptions, node: RaftNode, rsm: RSM, rpc: RpcServer) -> None:
+        self.options = options
+        self.node = node
+        self.rsm = rsm
+        self.rpc = rpc
+
+    @classmethod
+    def open(cls, options: ServerOptions) -> Server:
+        """Open the data dir and build the node; StorageError if the dir is not ours."""
+        storage = SqliteStorage.open(
+            options.data_dir, cluster_id=options.cluster_id, node_id=options.node_id
+        )
+        config = RaftConfig(
+            node_id=options.node_id,
+            peers=tuple(sorted(options.peers)),
+            election_timeout_ticks=options.election_timeout_ticks,
+            heartbeat_interval_ticks=options.heartbeat_interval_ticks,
+        )
+        rsm = RSM(options.node_id, KVStore(), op_timeout_s=options.op_timeout_s)
+        node = RaftNode(
+            config,
+            storage,
+            options.peers,
+            rsm,
+            timing=NodeTiming(tick_interval_s=options.tick_interval_s),
+            snapshot_threshold_bytes=options.snapshot_threshold_bytes,
+        )
+        rsm.attach(node)
+        service = Service(options, node, rsm)
+        rpc = RpcServer(
+            service, max_frame_bytes=options.max_frame_bytes, name=f"n{options.node_id}"
+        )
+        return cls(options, node, rsm, rpc)
+
+    async def start(self) -> None:
+        """Listen and start Raft; OSError if the address is taken."""
+        host, port = split_address(self.options.listen)
+        await self.rpc.start(host, port)
+        await self.node.start()
+        log.info(
+            "n%d [term %d] serving on %s, peers %s",
+            self.options.node_id,
+            self.node.core.current_term,
+            self.rpc.address,
+            ",".join(f"{i}={a}" for i, a in sorted(self.options.peers.items())),
+        )
+
+    async def stop(self) -> None:
+        """Stop serving and shut Raft and storage down cleanly."""
+        await self.rpc.close()
+        await self.node.stop()
+        log.info("n%d stopped", self.options.node_id)
+
+
+async def _serve(options: ServerOptions) -> None:
+    server = Server.open(options)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def run_server(options: ServerOptions) -> None:
+    """Run a node in the foreground until SIGTERM/SIGINT."""
+    install_event_loop_policy()
+    asyncio.run(_serve(options))

@@ -1,0 +1,66 @@
+"""Dispatch of incoming RPCs: get/put to the RSM, Raft messages to the node, the rest refused.
+
+The test hooks (``raft.*``) let the Raft test suite read state, submit raw
+commands and read committed entries on real processes; they are refused unless
+the server was started with ``--test-hooks``, because a raw submit can put an
+undecodable command in the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvraft.errors import ProtocolError
+from kvraft.rpc.codec import check, sender_peer_id
+from kvraft.rpc.transport import UnknownMethod
+from kvraft.server.commands import GetOp, PutOp
+from kvraft.server.node import RAFT_METHOD, RaftNode
+from kvraft.server.options import ServerOptions
+from kvraft.server.rsm import RSM
+
+TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign")
+
+
+class Service:
+    """The :class:`~kvraft.rpc.transport.Handler` of a kvraft server."""
+
+    def __init__(self, options: ServerOptions, node: RaftNode, rsm: RSM) -> None:
+        self.options = options
+        self.node = node
+        self.rsm = rsm
+
+    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+        if method == "get":
+            check(args, GetOp, "get")
+            return await self.rsm.execute(args)
+        if method == "put":
+            check(args, PutOp, "put")
+            return await self.rsm.execute(args)
+        if method == "status":
+            status = self.node.status()
+            status["address"] = self.options.listen
+            return status
+        if method in TEST_HOOKS:
+            if not self.options.test_hooks:
+                raise UnknownMethod(f"{method} needs a server started with --test-hooks")
+            return self._test_hook(method, args)
+        raise UnknownMethod(f"no method {method!r}")
+
+    def _test_hook(self, method: str, args: Any) -> Any:
+        if method == "raft.state":
+            return self.node.get_state()
+        if method == "raft.submit":
+            check(args, bytes, "raft.submit")
+            return self.node.submit(args)
+        if method == "raft.committed":
+            check(args, int, "raft.committed")
+            return self.node.get_committed(args)
+        if method == "raft.campaign":
+            self.node.core.campaign()
+            return None
+        raise AssertionError(method)
+
+    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+        if method != RAFT_METHOD:
+            raise ProtocolError(f"unknown one-way method {method!r}")
+        self.node.receive(sender_peer_id(sender), args)
