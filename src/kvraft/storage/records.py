@@ -1,0 +1,172 @@
+"""How Raft state maps to SQLite rows, and the checks every stored row must pass.
+
+SQLite's ``PRAGMA quick_check`` proves the *pages* are well formed, but not that
+what they hold means anything: a flipped bit inside a command BLOB, a term
+stored as text by a careless hand, or a row deleted from the middle of the log
+all leave a perfectly valid database. So each row carries a CRC32 of its
+content, and :func:`read_state` checks types, checksums and the Raft invariants
+the driver relies on (a contiguous log after the snapshot, terms that never
+decrease, a commit index inside the log) before anything is handed out. A
+failure raises :class:`CorruptRow`, which the opener turns into a
+:class:`kvraft.errors.StorageError` naming the file: corrupt state is refused,
+never silently used (DESIGN.md, "Durability rules").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import zlib
+from array import array
+from dataclasses import dataclass
+from typing import Final
+
+from kvraft.raft.messages import Entry
+from kvraft.raft.ready import HardState, PersistentState, Snapshot
+
+# The MemoryStorage accounting, kept identical so a threshold means the same
+# thing in the simulator and on disk: a fixed overhead per entry plus its command.
+ENTRY_OVERHEAD_BYTES: Final = 32
+
+# The id of the one row of the single-row tables (hard_state, snapshot).
+SINGLE_ROW_ID: Final = 0
+
+_ENTRY_HEADER = struct.Struct("<qqB")  # term, index, has-command
+_HARD_STATE = struct.Struct("<qqBq")  # term, commit, has-vote, vote
+_SNAPSHOT_HEADER = struct.Struct("<qq")  # index, term
+
+
+class CorruptRow(Exception):
+    """A stored row or the log as a whole breaks a rule; the message says which and where."""
+
+
+def entry_size(command: bytes | None) -> int:
+    """What one entry adds to ``size_bytes`` (the same formula as MemoryStorage)."""
+    return ENTRY_OVERHEAD_BYTES + (len(command) if command is not None else 0)
+
+
+def entry_crc(term: int, index: int, command: bytes | None) -> int:
+    """CRC32 of term|index|command; None and b"" differ (the no-op is not an empty command)."""
+    crc = zlib.crc32(_ENTRY_HEADER.pack(term, index, command is not None))
+    return zlib.crc32(command, crc) if command else crc
+
+
+def hard_state_crc(hard_state: HardState) -> int:
+    """CRC32 of the hard state's three fields (a vote for nobody differs from one for node 0)."""
+    voted_for = hard_state.voted_for
+    return zlib.crc32(
+        _HARD_STATE.pack(
+            hard_state.current_term,
+            hard_state.commit_index,
+            voted_for is not None,
+            voted_for if voted_for is not None else 0,
+        )
+    )
+
+
+def snapshot_crc(index: int, term: int, data: bytes | memoryview) -> int:
+    """CRC32 of index|term|data; zlib releases the GIL while it reads a large ``data``."""
+    return zlib.crc32(data, zlib.crc32(_SNAPSHOT_HEADER.pack(index, term)))
+
+
+@dataclass(slots=True)
+class LoadedState:
+    """The validated contents of a store, plus the bookkeeping the store keeps in memory.
+
+    ``terms[i]`` and ``sizes[i]`` describe ``state.entries[i]``; they let ``save``
+    check a batch against the stored log and keep ``size_bytes`` current without
+    querying the database.
+    """
+
+    state: PersistentState
+    terms: array[int]
+    sizes: array[int]
+
+
+def _int(value: object, what: str, *, minimum: int = 0) -> int:
+    # bool is an int subclass but sqlite never returns one; be exact anyway.
+    if type(value) is not int:
+        raise CorruptRow(f"{what} has the wrong type ({type(value).__name__}, expected integer)")
+    if value < minimum:
+        raise CorruptRow(f"{what} is {value}, below {minimum}")
+    return value
+
+
+def _read_hard_state(conn: sqlite3.Connection) -> HardState:
+    rows = conn.execute(
+        "SELECT id, current_term, voted_for, commit_index, crc FROM hard_state"
+    ).fetchall()
+    if len(rows) != 1 or rows[0][0] != SINGLE_ROW_ID:
+        raise CorruptRow(f"expected exactly one hard_state row, found {len(rows)}")
+    _, term, voted_for, commit, crc = rows[0]
+    hard_state = HardState(
+        current_term=_int(term, "hard_state.current_term"),
+        voted_for=None if voted_for is None else _int(voted_for, "hard_state.voted_for"),
+        commit_index=_int(commit, "hard_state.commit_index"),
+    )
+    if _int(crc, "hard_state.crc") != hard_state_crc(hard_state):
+        raise CorruptRow("hard_state checksum mismatch")
+    return hard_state
+
+
+def _read_snapshot(conn: sqlite3.Connection) -> Snapshot | None:
+    rows = conn.execute(
+        "SELECT id, idx, term, crc, typeof(data) FROM snapshot"
+    ).fetchall()  # the data itself is read below, through a blob handle
+    if not rows:
+        return None
+    if len(rows) != 1 or rows[0][0] != SINGLE_ROW_ID:
+        raise CorruptRow(f"expected at most one snapshot row, found {len(rows)}")
+    _, index, term, crc, data_type = rows[0]
+    index = _int(index, "snapshot.idx")
+    term = _int(term, "snapshot.term")
+    crc = _int(crc, "snapshot.crc")
+    if data_type != "blob":
+        raise CorruptRow(f"snapshot.data has the wrong type ({data_type}, expected blob)")
+    # An incremental blob read fills one bytes object directly; ``SELECT data``
+    # would first assemble the value in a SQLite buffer, doubling the peak
+    # memory for a 100 MB snapshot.
+    with conn.blobopen("snapshot", "data", SINGLE_ROW_ID, readonly=True) as blob:
+        data = blob.read()
+    if crc != snapshot_crc(index, term, data):
+        raise CorruptRow(f"snapshot (index {index}) checksum mismatch")
+    return Snapshot(index=index, term=term, data=data)
+
+
+def read_state(conn: sqlite3.Connection) -> LoadedState:
+    """Read and check everything; raise :class:`CorruptRow` on the first rule broken."""
+    hard_state = _read_hard_state(conn)
+    snapshot = _read_snapshot(conn)
+    expected = snapshot.index + 1 if snapshot is not None else 1
+    prev_term = snapshot.term if snapshot is not None else 0
+    entries: list[Entry] = []
+    terms: array[int] = array("q")
+    sizes: array[int] = array("q")
+    for row in conn.execute("SELECT idx, term, command, crc FROM log ORDER BY idx"):
+        index = _int(row[0], "log.idx")
+        where = f"log entry {index}"
+        term = _int(row[1], f"{where} term")
+        command = row[2]
+        if command is not None and type(command) is not bytes:
+            raise CorruptRow(
+                f"{where} command has the wrong type ({type(command).__name__}, expected blob)"
+            )
+        if _int(row[3], f"{where} crc") != entry_crc(term, index, command):
+            raise CorruptRow(f"{where} checksum mismatch")
+        # Invariant (PersistentState): contiguous, starting right after the snapshot.
+        if index != expected:
+            raise CorruptRow(f"log not contiguous: expected index {expected}, found {index}")
+        # Raft §5.3: terms in a log never decrease (and not below the snapshot's).
+        if term < prev_term:
+            raise CorruptRow(f"{where} has term {term}, after term {prev_term}")
+        entries.append(Entry(term=term, index=index, command=command))
+        terms.append(term)
+        sizes.append(entry_size(command))
+        expected += 1
+        prev_term = term
+    last_index = expected - 1
+    if hard_state.commit_index > last_index:
+        raise CorruptRow(
+            f"commit index {hard_state.commit_index} is beyond the last index {last_index}"
+        )
+    return LoadedState(PersistentState(hard_state, snapshot, tuple(entries)), terms, sizes)

@@ -1,0 +1,339 @@
+"""SqliteStorage: the Raft log, hard state and snapshot of one node, durable in SQLite.
+
+It implements :class:`kvraft.raft.storage.Storage` and behaves exactly like
+:class:`~kvraft.raft.storage.MemoryStorage` on every valid call sequence (the
+tests check them against each other), with these additions:
+
+- **Durability**: WAL journal with ``synchronous=FULL``. Each ``save()`` is one
+  transaction, so a whole Ready (snapshot + hard state + a batch of entries)
+  costs one commit and one fsync; ``compact()`` writes the snapshot and drops
+  the log prefix in one transaction. A SIGKILL at any instant leaves the old or
+  the new state, never a mix (issue 5, item 1).
+- **Refusal**: opening a data dir of another node or cluster, of a newer
+  format, or with corrupt contents raises :class:`kvraft.errors.StorageError`
+  (see :mod:`kvraft.storage.schema` and :mod:`kvraft.storage.records`).
+- **Misuse is refused before anything is written**: a batch that would leave a
+  gap, decreasing terms or a commit index beyond the log raises ValueError;
+  persisting it would only make the next start refuse the store.
+
+Threading: the driver calls ``save``/``compact`` from one worker thread, and
+``open``/``load``/``close`` from the event loop before or after. The calls
+must never overlap: a call made while another is running raises RuntimeError
+(a lock taken without waiting detects it). ``size_bytes`` reads one int and is
+safe from any thread at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+from kvraft.errors import StorageError
+from kvraft.raft.messages import Entry
+from kvraft.raft.ready import HardState, PersistentState, Snapshot
+from kvraft.storage import schema
+from kvraft.storage.records import (
+    SINGLE_ROW_ID,
+    CorruptRow,
+    LoadedState,
+    entry_crc,
+    entry_size,
+    hard_state_crc,
+    read_state,
+    snapshot_crc,
+)
+
+_LogRow = tuple[int, int, bytes | None, int]  # idx, term, command, crc
+
+# Snapshot data is written in slices of this size through a blob handle, so
+# SQLite never holds a second full copy of a 100 MB snapshot.
+_BLOB_CHUNK_BYTES: Final = 1 << 20
+
+
+class SqliteStorage:
+    """Durable Raft state in ``<data_dir>/raft.db``; create with :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection, db_path: Path, loaded: LoadedState) -> None:
+        """Internal: use :meth:`open`, which checks the store before building this."""
+        self._conn: sqlite3.Connection | None = conn
+        self._path = db_path
+        self._busy = threading.Lock()
+        self._failed: str | None = None  # why the store is unusable after a failed write
+        state = loaded.state
+        self._hard_state = state.hard_state
+        self._offset = state.snapshot.index if state.snapshot is not None else 0
+        self._offset_term = state.snapshot.term if state.snapshot is not None else 0
+        # Invariant: _terms[i], _sizes[i] describe stored log entry _offset + 1 + i.
+        self._terms = loaded.terms
+        self._sizes = loaded.sizes
+        self._snapshot_bytes = len(state.snapshot.data) if state.snapshot is not None else 0
+        # Invariant: _log_bytes == sum(_sizes); kept by the writes, so no call sums it.
+        self._log_bytes = sum(self._sizes)
+        # Invariant: _size_bytes == _snapshot_bytes + _log_bytes (one int: readable anywhere).
+        self._size_bytes = self._snapshot_bytes + self._log_bytes
+        # open() had to read everything to check it; the first load() hands that
+        # over instead of reading it again, and drops this reference.
+        self._unclaimed: PersistentState | None = state
+
+    @classmethod
+    def open(cls, data_dir: Path, *, cluster_id: str, node_id: int) -> SqliteStorage:
+        """Open (creating if new) the store of node ``node_id`` of ``cluster_id`` in ``data_dir``.
+
+        Raises StorageError, with a one-line message naming the file, if the
+        store belongs to another node or cluster, has a newer format, is in use
+        by another process, or is corrupt in any way it can detect.
+        """
+        data_dir = Path(data_dir)
+        db_path = data_dir / schema.DB_FILENAME
+        try:
+            created = not data_dir.exists()
+            data_dir.mkdir(parents=True, exist_ok=True)
+            if created:  # the new directory's own name must survive a power loss too
+                schema.fsync_path(data_dir.parent)
+            if not db_path.exists():
+                schema.create_database(db_path, cluster_id=cluster_id, node_id=node_id)
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"{data_dir}: cannot create a store: {schema.one_line(e)}") from e
+        conn = schema.connect(db_path, cluster_id=cluster_id, node_id=node_id)
+        try:
+            loaded = read_state(conn)
+        except CorruptRow as e:
+            conn.close()
+            raise StorageError(f"{db_path}: corrupt: {e}") from None
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StorageError(f"{db_path}: corrupt: {schema.one_line(e)}") from None
+        return cls(conn, db_path, loaded)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # -- the Storage protocol ------------------------------------------------
+
+    def load(self) -> PersistentState:
+        """Everything persisted so far, checked as on open; the log follows the snapshot."""
+        with self._exclusive() as conn:
+            if self._unclaimed is not None:
+                state, self._unclaimed = self._unclaimed, None
+                return state
+            try:
+                return read_state(conn).state
+            except (CorruptRow, sqlite3.DatabaseError) as e:
+                raise StorageError(f"{self._path}: corrupt: {schema.one_line(e)}") from None
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+    ) -> None:
+        """Persist one Ready in one fsynced transaction (see :class:`kvraft.raft.ready.Ready`).
+
+        ``snapshot``: the stored log is replaced by it followed by ``entries``.
+        Otherwise ``entries`` are appended, first deleting stored entries from
+        ``entries[0].index`` on. ``hard_state`` replaces the stored one. Raises
+        ValueError, writing nothing, if the result would break the log's
+        invariants; StorageError if the database write fails (the store is then
+        unusable: restart and reload).
+        """
+        with self._exclusive() as conn:
+            if snapshot is None and not entries and hard_state in (None, self._hard_state):
+                return  # nothing to persist
+            keep, rows = self._check_save(hard_state, entries, snapshot)
+            new_hard_state = hard_state if hard_state is not None else self._hard_state
+            with self._transaction(conn, "save"):
+                if snapshot is not None:
+                    _write_snapshot(conn, snapshot)
+                    conn.execute("DELETE FROM log")
+                elif keep < len(self._terms):
+                    conn.execute("DELETE FROM log WHERE idx > ?", (self._offset + keep,))
+                if rows:
+                    conn.executemany(
+                        "INSERT INTO log (idx, term, command, crc) VALUES (?, ?, ?, ?)", rows
+                    )
+                if new_hard_state != self._hard_state:
+                    _write_hard_state(conn, new_hard_state)
+            # Committed: bring the bookkeeping up to date.
+            self._unclaimed = None
+            if snapshot is not None:
+                self._set_snapshot(snapshot)
+            new_sizes = [entry_size(e.command) for e in entries]
+            self._log_bytes += sum(new_sizes) - sum(self._sizes[keep:])
+            del self._terms[keep:]
+            del self._sizes[keep:]
+            self._terms.extend(e.term for e in entries)
+            self._sizes.extend(new_sizes)
+            self._hard_state = new_hard_state
+            self._size_bytes = self._snapshot_bytes + self._log_bytes
+
+    def compact(self, snapshot: Snapshot) -> None:
+        """Store a locally taken snapshot and drop the log up to its index, in one transaction.
+
+        A snapshot at or below the stored one is ignored (as MemoryStorage
+        does). Raises ValueError, writing nothing, if its term disagrees with
+        the stored entry at its index.
+        """
+        with self._exclusive() as conn:
+            drop = snapshot.index - self._offset
+            if drop <= 0:
+                return
+            if drop <= len(self._terms) and self._terms[drop - 1] != snapshot.term:
+                raise ValueError(
+                    f"snapshot at index {snapshot.index} has term {snapshot.term},"
+                    f" the stored entry has term {self._terms[drop - 1]}"
+                )
+            with self._transaction(conn, "compact"):
+                _write_snapshot(conn, snapshot)
+                conn.execute("DELETE FROM log WHERE idx <= ?", (snapshot.index,))
+            self._unclaimed = None
+            self._set_snapshot(snapshot)
+            self._log_bytes -= sum(self._sizes[:drop])
+            del self._terms[:drop]
+            del self._sizes[:drop]
+            self._size_bytes = self._snapshot_bytes + self._log_bytes
+
+    def size_bytes(self) -> int:
+        """Bytes of snapshot plus log as MemoryStorage counts them; O(1), safe from any thread."""
+        return self._size_bytes
+
+    def close(self) -> None:
+        """Close the database (releasing its lock); idempotent. The store is unusable afterwards."""
+        with self._busy_lock():
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+                self._unclaimed = None
+
+    # -- internals -----------------------------------------------------------
+
+    def _check_save(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> tuple[int, list[_LogRow]]:
+        """How many stored entries a save keeps, and the rows it inserts; ValueError if the
+        result would not be a valid log (a gap, a term going down, commit past the end)."""
+        if snapshot is not None:
+            keep, offset, offset_term = 0, snapshot.index, snapshot.term
+        else:
+            offset, offset_term = self._offset, self._offset_term
+            keep = entries[0].index - offset - 1 if entries else len(self._terms)
+            if not 0 <= keep <= len(self._terms):
+                raise ValueError(
+                    f"entries start at index {entries[0].index}; the stored log"
+                    f" holds {offset + 1}..{offset + len(self._terms)}"
+                )
+        prev_term = self._terms[keep - 1] if keep > 0 else offset_term
+        rows = _entry_rows(entries, offset + keep + 1, prev_term)
+        last_index = offset + keep + len(entries)
+        commit_index = (hard_state or self._hard_state).commit_index
+        if commit_index > last_index:
+            raise ValueError(f"commit index {commit_index} beyond last index {last_index}")
+        return keep, rows
+
+    def _set_snapshot(self, snapshot: Snapshot) -> None:
+        self._offset = snapshot.index
+        self._offset_term = snapshot.term
+        self._snapshot_bytes = len(snapshot.data)
+
+    @contextlib.contextmanager
+    def _busy_lock(self) -> Iterator[None]:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"{self._path}: SqliteStorage called while another call is running;"
+                " calls must be serialised"
+            )
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[sqlite3.Connection]:
+        with self._busy_lock():
+            if self._conn is None:
+                raise RuntimeError(f"{self._path}: storage is closed")
+            if self._failed is not None:
+                raise StorageError(f"{self._path}: unusable after a failed write: {self._failed}")
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection, what: str) -> Iterator[None]:
+        """One write transaction; any failure leaves the store unusable until reopened.
+
+        After a failed COMMIT (an fsync error, a full disk) nobody knows what
+        reached the disk, so the in-memory bookkeeping cannot be trusted: only
+        a restart, which reads and checks the file again, can go on.
+        """
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._failed = f"{what}: {e}"
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise StorageError(f"{self._path}: {what} failed: {e}") from e
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise
+
+
+def _entry_rows(entries: Sequence[Entry], first_index: int, prev_term: int) -> list[_LogRow]:
+    """The rows to insert for ``entries``; ValueError unless contiguous from ``first_index``
+    with terms never decreasing from ``prev_term`` (Raft §5.3)."""
+    rows: list[_LogRow] = []
+    expected = first_index
+    for e in entries:
+        if e.index != expected:
+            raise ValueError(f"entry index {e.index} where {expected} was expected")
+        if e.term < prev_term:
+            raise ValueError(f"entry {e.index} has term {e.term}, after term {prev_term}")
+        rows.append((e.index, e.term, e.command, entry_crc(e.term, e.index, e.command)))
+        expected += 1
+        prev_term = e.term
+    return rows
+
+
+def _write_hard_state(conn: sqlite3.Connection, hard_state: HardState) -> None:
+    conn.execute(
+        "UPDATE hard_state SET current_term = ?, voted_for = ?, commit_index = ?, crc = ?"
+        " WHERE id = ?",
+        (
+            hard_state.current_term,
+            hard_state.voted_for,
+            hard_state.commit_index,
+            hard_state_crc(hard_state),
+            SINGLE_ROW_ID,
+        ),
+    )
+
+
+def _write_snapshot(conn: sqlite3.Connection, snapshot: Snapshot) -> None:
+    """Replace the snapshot row, streaming the data in slices (no second full copy)."""
+    data = memoryview(snapshot.data)
+    conn.execute(
+        "INSERT OR REPLACE INTO snapshot (id, idx, term, crc, data)"
+        " VALUES (?, ?, ?, ?, zeroblob(?))",
+        (
+            SINGLE_ROW_ID,
+            snapshot.index,
+            snapshot.term,
+            snapshot_crc(snapshot.index, snapshot.term, data),
+            len(data),
+        ),
+    )
+    if len(data):
+        with conn.blobopen("snapshot", "data", SINGLE_ROW_ID) as blob:
+            for start in range(0, len(data), _BLOB_CHUNK_BYTES):
+                blob.write(data[start : start + _BLOB_CHUNK_BYTES])
+
+
+__all__ = ["SqliteStorage"]

@@ -1,0 +1,254 @@
+"""SqliteStorage's own contract: restarts, one transaction per call, misuse, threads, memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kvraft.errors import StorageError
+from kvraft.raft.messages import Entry
+from kvraft.raft.ready import HardState, PersistentState, Snapshot
+from kvraft.storage.sqlite import SqliteStorage
+
+CLUSTER = "unit"
+
+
+def open_store(data_dir: Path) -> SqliteStorage:
+    return SqliteStorage.open(data_dir, cluster_id=CLUSTER, node_id=0)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStorage:
+    s = open_store(tmp_path / "n0")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def entries(first: int, last: int, term: int) -> list[Entry]:
+    return [Entry(term, i, b"command %d" % i) for i in range(first, last + 1)]
+
+
+def test_a_new_store_is_empty(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "fresh" / "n0")  # parents created too
+    assert store.load() == PersistentState()
+    assert store.size_bytes() == 0
+    assert store.path == tmp_path / "fresh" / "n0" / "raft.db"
+    store.close()
+
+
+def test_close_and_open_preserve_everything(tmp_path: Path) -> None:
+    """A restarted node rebuilds its state from snapshot + log (DESIGN.md, durability rules)."""
+    store = open_store(tmp_path)
+    store.save(HardState(2, 0, 3), entries(1, 5, 2), None)
+    store.compact(Snapshot(3, 2, b"state machine at 3"))
+    store.save(HardState(4, None, 6), [Entry(4, 6, None), Entry(4, 7, b"")], None)
+    before, size = store.load(), store.size_bytes()
+    store.close()
+
+    store = open_store(tmp_path)
+    after = store.load()
+    assert after == before
+    assert store.size_bytes() == size == len(b"state machine at 3") + 2 * 32 + 2 * 41
+    assert after.hard_state == HardState(4, None, 6)
+    assert after.snapshot == Snapshot(3, 2, b"state machine at 3")
+    assert [e.index for e in after.entries] == [4, 5, 6, 7]
+    assert after.entries[2].command is None and after.entries[3].command == b""
+    store.close()
+
+
+def test_load_may_be_called_again_and_sees_later_saves(store: SqliteStorage) -> None:
+    first = store.load()
+    assert store.load() == first
+    store.save(HardState(1, 0, 0), entries(1, 2, 1), None)
+    assert [e.index for e in store.load().entries] == [1, 2]
+
+
+def count_transactions(store: SqliteStorage) -> list[str]:
+    statements: list[str] = []
+    conn = store._conn
+    assert conn is not None
+    conn.set_trace_callback(statements.append)
+    return statements
+
+
+def test_a_whole_ready_costs_one_transaction(store: SqliteStorage) -> None:
+    """Snapshot + hard state + 512 entries: one BEGIN, one COMMIT (so one WAL fsync)."""
+    statements = count_transactions(store)
+    store.save(HardState(3, 1, 100), entries(101, 612, 3), Snapshot(100, 2, b"x" * 100_000))
+    assert statements.count("BEGIN IMMEDIATE") == 1
+    assert statements.count("COMMIT") == 1
+    statements.clear()
+    store.compact(Snapshot(300, 3, b"y" * 1000))
+    assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 1
+    assert any(s.startswith("DELETE FROM log WHERE idx <= 300") for s in statements)
+
+
+def test_a_hard_state_only_save_writes_one_row(store: SqliteStorage) -> None:
+    statements = count_transactions(store)
+    store.save(HardState(1, 2, 0), [], None)
+    writes = [s for s in statements if s.split()[0] in {"INSERT", "UPDATE", "DELETE"}]
+    assert len(writes) == 1 and writes[0].startswith("UPDATE hard_state")
+    statements.clear()
+    store.save(HardState(1, 2, 0), [], None)  # unchanged: nothing to do
+    store.save(None, [], None)
+    assert statements == []
+
+
+def test_a_truncating_save_replaces_the_suffix(store: SqliteStorage) -> None:
+    store.save(HardState(1, 0, 2), entries(1, 10, 1), None)
+    store.save(HardState(2, 1, 2), entries(4, 5, 2), None)
+    assert [(e.index, e.term) for e in store.load().entries] == [
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 2),
+        (5, 2),
+    ]
+
+
+def test_an_installed_snapshot_replaces_the_whole_log(store: SqliteStorage) -> None:
+    store.save(HardState(1, 0, 2), entries(1, 10, 1), None)
+    store.save(HardState(3, None, 20), entries(21, 22, 3), Snapshot(20, 2, b"leader's"))
+    state = store.load()
+    assert state.snapshot == Snapshot(20, 2, b"leader's")
+    assert [e.index for e in state.entries] == [21, 22]
+
+
+def test_compacting_at_or_below_the_snapshot_is_ignored(store: SqliteStorage) -> None:
+    store.save(HardState(1, 0, 5), entries(1, 5, 1), None)
+    store.compact(Snapshot(4, 1, b"at 4"))
+    store.compact(Snapshot(2, 1, b"older"))
+    state = store.load()
+    assert state.snapshot == Snapshot(4, 1, b"at 4")
+    assert [e.index for e in state.entries] == [5]
+
+
+MISUSES = [
+    pytest.param(
+        lambda s: s.save(None, entries(7, 8, 1), None), "entries start at index 7", id="gap"
+    ),
+    pytest.param(
+        lambda s: s.save(None, entries(0, 1, 1), None), "entries start at index 0", id="before"
+    ),
+    pytest.param(
+        lambda s: s.save(None, [Entry(2, 6, None), Entry(2, 8, None)], None),
+        "entry index 8 where 7 was expected",
+        id="hole-in-batch",
+    ),
+    pytest.param(
+        lambda s: s.save(None, entries(4, 4, 1), None),
+        "entry 4 has term 1, after term 2",
+        id="term-down",
+    ),
+    pytest.param(
+        lambda s: s.save(HardState(2, 0, 6), [], None),
+        "commit index 6 beyond last index 5",
+        id="commit",
+    ),
+    pytest.param(
+        lambda s: s.save(HardState(2, 0, 5), entries(4, 4, 2), None),
+        "commit index 5 beyond last index 4",
+        id="truncate-below-commit",
+    ),
+    pytest.param(
+        lambda s: s.save(None, entries(9, 9, 3), Snapshot(7, 3, b"")),
+        "entry index 9 where 8 was expected",
+        id="install-gap",
+    ),
+    pytest.param(
+        lambda s: s.compact(Snapshot(4, 1, b"")),
+        "snapshot at index 4 has term 1",
+        id="compact-term",
+    ),
+]
+
+
+@pytest.mark.parametrize(("misuse", "message"), MISUSES)
+def test_misuse_is_refused_before_anything_is_written(
+    store: SqliteStorage, misuse: object, message: str
+) -> None:
+    """Persisting a broken log would only make the next start refuse the store."""
+    store.save(HardState(2, 0, 3), entries(1, 2, 1) + entries(3, 5, 2), None)
+    before, size = store.load(), store.size_bytes()
+    with pytest.raises(ValueError, match=message):
+        misuse(store)  # type: ignore[operator]
+    assert store.load() == before and store.size_bytes() == size
+
+
+def test_overlapping_calls_are_refused(store: SqliteStorage) -> None:
+    """The worker thread's save and an event-loop load must never run together."""
+    with store._busy_lock(), pytest.raises(RuntimeError, match="must be serialised"):
+        store.load()
+    assert store.size_bytes() == 0  # lock-free: fine from any thread at any time
+
+
+def test_closed_store_is_unusable_and_close_is_idempotent(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.close()
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.save(HardState(1, 0, 0), [], None)
+    with pytest.raises(RuntimeError, match="closed"):
+        store.load()
+
+
+def test_a_failed_write_leaves_the_old_state_and_an_unusable_store(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.save(HardState(1, 0, 1), entries(1, 3, 1), None)
+    before = store.load()
+    assert store._conn is not None
+    (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
+    store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # the "disk" is now full
+    with pytest.raises(StorageError, match="save failed: database or disk is full"):
+        store.save(None, [], Snapshot(3, 1, b"z" * 1_000_000))
+    with pytest.raises(StorageError, match="unusable after a failed write"):
+        store.save(HardState(2, 0, 1), [], None)
+    store.close()
+    store = open_store(tmp_path)
+    assert store.load() == before
+    store.close()
+
+
+MEMORY_PROBE = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from kvraft.raft.ready import Snapshot
+    from kvraft.storage.sqlite import SqliteStorage
+
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+    size = 64 * 1024 * 1024
+    store = SqliteStorage.open(Path(sys.argv[1]), cluster_id="m", node_id=0)
+    snapshot = Snapshot(0, 0, b"\\x5a" * size)  # touched pages: counted in RSS
+    base = peak_mib()
+    store.compact(Snapshot(1, 0, snapshot.data))
+    after_write = peak_mib()
+    store.close()
+    del snapshot
+    store = SqliteStorage.open(Path(sys.argv[1]), cluster_id="m", node_id=0)
+    loaded = store.load()
+    assert len(loaded.snapshot.data) == size
+    print(after_write - base, peak_mib() - base)
+    """
+)
+
+
+def test_a_large_snapshot_is_written_and_read_without_extra_copies(tmp_path: Path) -> None:
+    """64 MiB in and out: writing adds little to the peak; reading, one copy (the result)."""
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    write_mib, read_mib = int(out[0]), int(out[1])
+    assert write_mib < 16, f"writing a 64 MiB snapshot raised the peak RSS by {write_mib} MiB"
+    # open() reads the snapshot once (the bytes handed to load), dropping the old copy first.
+    assert read_mib < 16, f"reading a 64 MiB snapshot raised the peak RSS by {read_mib} MiB"
