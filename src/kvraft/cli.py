@@ -102,9 +102,7 @@ def cli(log_level: str) -> None:
     help="Election timeout in ticks (randomized up to twice this).",
 )
 @click.option("--heartbeat-ticks", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option(
-    "--max-value-bytes", type=click.IntRange(min=1), default=None, help="Default 1 MiB."
-)
+@click.option("--max-value-bytes", type=click.IntRange(min=1), default=None, help="Default 1 MiB.")
 @click.option(
     "--max-frame-bytes", type=click.IntRange(min=1024), default=None, help="Default 16 MiB."
 )
@@ -123,14 +121,14 @@ def server(
     max_frame_bytes: int | None,
 ) -> None:
     """Run one server node in the foreground (Ctrl-C / SIGTERM stops it cleanly)."""
+    from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
+    from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
     from kvraft.server.options import (
-        DEFAULT_MAX_VALUE_BYTES,
         DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
         ServerOptions,
         parse_peers,
     )
     from kvraft.server.process import run_server
-    from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 
     try:
         threshold: int | None = (

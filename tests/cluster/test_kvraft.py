@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 CHECK_TIMEOUT_S = 20.0
 
 
-def clients_for(cluster: Cluster, history: History, n: int, **kwargs: object) -> list[RecordingClient]:
+def clients_for(
+    cluster: Cluster, history: History, n: int, **kwargs: object
+) -> list[RecordingClient]:
     return [RecordingClient(cluster, history, **kwargs) for _ in range(n)]  # type: ignore[arg-type]
 
 
@@ -300,7 +302,6 @@ def test_unreliable_reordering_kvraft(make_cluster) -> None:  # type: ignore[no-
     """Replies held back for up to 2.2 s so messages arrive reordered; still linearizable."""
     cluster = make_cluster(5, network="reordering")
     unreliable_rounds(cluster, nclients=3, seconds=3.0)
-
 
 
 # ----------------------------------------------------------------------- the lock

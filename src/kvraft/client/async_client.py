@@ -30,8 +30,7 @@ from kvraft.errors import (
 )
 from kvraft.rpc.codec import client_sender
 from kvraft.rpc.transport import RpcClient, split_address
-from kvraft.server.commands import GetOp, PutOp, check_op, result_of
-from kvraft.server.options import DEFAULT_MAX_VALUE_BYTES
+from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES, GetOp, PutOp, check_op, result_of
 
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
-from kvraft.server.options import DEFAULT_MAX_VALUE_BYTES
+from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
 
 T = TypeVar("T")
 

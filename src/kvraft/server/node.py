@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -113,10 +114,8 @@ class RaftNode:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         for client in self.peers.values():
             client.close()
         await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
@@ -261,4 +260,3 @@ class RaftNode:
             )
         finally:
             self._snapshotting = False
-

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 from kvraft.rpc.transport import split_address
+from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
 
-DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
 
 

@@ -91,8 +91,12 @@ class RSM(StateMachine):
                 # Only a bug or a raw test-hook submit puts such a command in the log;
                 # every replica skips it alike, so they stay identical.
                 self.skipped_commands += 1
-                log.warning("n%d skipped undecodable command at index %d: %s", self.node_id,
-                            entry.index, exc)
+                log.warning(
+                    "n%d skipped undecodable command at index %d: %s",
+                    self.node_id,
+                    entry.index,
+                    exc,
+                )
             else:
                 result = apply_command(self.store, op)
         waiter = self._waiters.pop(entry.index, None)
