@@ -1,0 +1,263 @@
+"""Commands: encoding for the log, validation of user input, applying, and results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvraft.errors import InvalidArgument, NoKey, ProtocolError, VersionMismatch
+from kvraft.raft.messages import Entry
+from kvraft.rpc import codec
+from kvraft.server.commands import (
+    DEFAULT_MAX_KEY_BYTES,
+    MAX_VERSION,
+    BadCommand,
+    GetOk,
+    GetOp,
+    NoKeyResult,
+    Op,
+    PutOk,
+    PutOp,
+    VersionMismatchResult,
+    apply_command,
+    check_op,
+    decode_command,
+    encode_command,
+    result_of,
+    validate_op,
+)
+from kvraft.server.kvstore import KVStore
+
+ids = st.text(max_size=8)
+request_ids = st.integers(0, 2**63 - 1)
+get_ops = st.builds(GetOp, key=st.text(), client_id=ids, request_id=request_ids)
+put_ops = st.builds(
+    PutOp,
+    key=st.text(),
+    value=st.text(),
+    version=st.integers(0, MAX_VERSION),
+    client_id=ids,
+    request_id=request_ids,
+)
+
+
+def put(key: str = "k", value: str = "v", version: int = 0, rid: int = 1) -> PutOp:
+    return PutOp(key=key, value=value, version=version, client_id="c1", request_id=rid)
+
+
+def get(key: str = "k", rid: int = 1) -> GetOp:
+    return GetOp(key=key, client_id="c1", request_id=rid)
+
+
+def ext(tag: int, fields: list[Any]) -> bytes:
+    """A hand-made wire message: what a buggy or hostile encoder could produce."""
+    return msgpack.packb(msgpack.ExtType(tag, msgpack.packb(fields)))  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------- encoding
+
+
+@given(st.one_of(get_ops, put_ops))
+def test_decode_inverts_encode(op: Op) -> None:
+    assert decode_command(encode_command(op)) == op
+
+
+def test_commands_are_also_wire_messages_for_rpc_arguments() -> None:
+    op = put()
+    assert codec.unpack(codec.pack(op)) == op
+    assert encode_command(op) == codec.pack(op)
+
+
+def test_op_id_is_the_client_and_request_id() -> None:
+    assert put(rid=7).op_id == ("c1", 7)
+    assert get(rid=8).op_id == ("c1", 8)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"", "undecodable"),
+        (b"\xc1", "undecodable"),
+        (msgpack.packb(["k"]), "not a command"),
+        (msgpack.packb(None), "not a command"),
+        (codec.pack(Entry(1, 1, b"x")), "not a command"),
+        (codec.pack(GetOk("v", 1)), "not a command"),
+        (codec.pack((get(),)), "not a command"),
+        (encode_command(get()) + b"\x00", "undecodable"),
+        (ext(127, []), "unknown message type"),
+        (ext(20, [1, "c", 1]), "key"),
+        (ext(20, [b"k", "c", 1]), "key"),
+        (ext(20, ["k", "c"]), "fields"),
+        (ext(20, ["k", "c", 1, 2]), "fields"),
+        (ext(20, ["k", "c", -1]), "negative request id"),
+        (ext(20, ["k", "c", True]), "request_id"),
+        (ext(21, ["k", 1, 0, "c", 1]), "value"),
+        (ext(21, ["k", "v", True, "c", 1]), "version"),
+        (ext(21, ["k", "v", 1.0, "c", 1]), "version"),
+        (ext(21, ["k", "v", None, "c", 1]), "version"),
+        (ext(21, ["k", "v", -1, "c", 1]), "version -1 out of range"),
+        (ext(21, ["k", "v", 2**64 - 1, "c", 1]), "out of range"),
+        (ext(21, ["k", "v", 0, 5, 1]), "client_id"),
+    ],
+)
+def test_decode_refuses_anything_but_one_well_formed_command(data: bytes, why: str) -> None:
+    with pytest.raises(BadCommand, match=why):
+        decode_command(data)
+
+
+def test_badcommand_is_a_valueerror() -> None:
+    assert issubclass(BadCommand, ValueError)
+
+
+@given(st.binary(max_size=40))
+def test_decode_of_arbitrary_bytes_gives_a_command_or_badcommand_never_another_error(
+    data: bytes,
+) -> None:
+    try:
+        op = decode_command(data)
+    except BadCommand:
+        return
+    assert type(op) in (GetOp, PutOp)
+
+
+def test_encode_refuses_what_is_not_a_command() -> None:
+    with pytest.raises(TypeError):
+        encode_command(GetOk("v", 1))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        get(),
+        get(key=""),
+        put(value=""),
+        put(version=MAX_VERSION),
+        put(key="k" * DEFAULT_MAX_KEY_BYTES),
+        put(value="é" * 50),
+    ],
+)
+def test_check_op_accepts_good_input(op: Op) -> None:
+    check_op(op, 100)
+
+
+@pytest.mark.parametrize(
+    ("op", "why"),
+    [
+        (put(version=-1), "version must be in"),
+        (put(version=MAX_VERSION + 1), "version must be in"),
+        (put(version=True), "version must be int, not bool"),
+        (put(version=1.0), "version must be int, not float"),  # type: ignore[arg-type]
+        (put(version="1"), "version must be int, not str"),  # type: ignore[arg-type]
+        (put(key=b"k"), "key must be str, not bytes"),  # type: ignore[arg-type]
+        (get(key=None), "key must be str, not NoneType"),  # type: ignore[arg-type]
+        (put(value=3), "value must be str, not int"),  # type: ignore[arg-type]
+        (put(value="v" * 101), "value of 101 bytes exceeds the maximum of 100"),
+        (put(value="é" * 51), "value of 102 bytes exceeds"),
+        (put(key="k" * (DEFAULT_MAX_KEY_BYTES + 1)), "key of 1025 bytes exceeds"),
+        (put(value="\ud800"), "value is not encodable as UTF-8"),
+        (get(key="\udfff"), "key is not encodable as UTF-8"),
+        (put(rid=-1), "request_id"),
+        (PutOp("k", "v", 0, 7, 1), "client_id"),  # type: ignore[arg-type]
+        (GetOk("v", 1), "not a command"),
+        ("k", "not a command"),
+    ],
+)
+def test_check_op_refuses_bad_user_input_with_invalidargument(op: object, why: str) -> None:
+    with pytest.raises(InvalidArgument, match=why):
+        check_op(op, 100)
+
+
+def test_check_op_key_limit_is_a_parameter() -> None:
+    check_op(get(key="abcd"), max_key_bytes=4)
+    with pytest.raises(InvalidArgument):
+        check_op(get(key="abcde"), max_key_bytes=4)
+
+
+def test_validate_op_is_check_op() -> None:
+    assert validate_op is check_op
+
+
+# ------------------------------------------------------------------- applying
+
+
+def test_get_of_a_missing_key_answers_nokey() -> None:
+    assert apply_command(KVStore(), get()) == NoKeyResult()
+
+
+def test_get_answers_value_and_version() -> None:
+    store = KVStore()
+    store.put("k", "v", 0)
+    assert apply_command(store, get()) == GetOk("v", 1)
+
+
+def test_put_at_version_zero_on_a_missing_key_creates_it() -> None:
+    store = KVStore()
+    assert apply_command(store, put(version=0)) == PutOk(1)
+    assert store.get("k") == ("v", 1)
+
+
+def test_put_at_a_positive_version_on_a_missing_key_answers_nokey() -> None:
+    store = KVStore()
+    assert apply_command(store, put(version=2)) == NoKeyResult()
+    assert len(store) == 0
+
+
+def test_put_at_a_wrong_version_answers_mismatch_with_the_current_version() -> None:
+    store = KVStore()
+    store.put("k", "a", 0)
+    store.put("k", "b", 1)
+    assert apply_command(store, put(version=0)) == VersionMismatchResult(2)
+    assert apply_command(store, put(version=5)) == VersionMismatchResult(2)
+    assert store.get("k") == ("b", 2)
+
+
+def test_results_travel_on_the_wire_as_themselves() -> None:
+    for result in [GetOk("v", 3), PutOk(4), NoKeyResult(), VersionMismatchResult(9)]:
+        assert codec.unpack(codec.pack(result)) == result
+
+
+@given(st.lists(st.one_of(get_ops, put_ops.map(lambda p: put(p.key[:2], p.value, p.version % 3)))))
+def test_apply_command_agrees_with_the_store_api(ops: list[Op]) -> None:
+    """apply_command is the store's contract in result form, op by op."""
+    store, twin = KVStore(), KVStore()
+    for op in ops:
+        result = apply_command(store, op)
+        try:
+            if isinstance(op, GetOp):
+                expected: object = GetOk(*twin.get(op.key))
+            else:
+                expected = PutOk(twin.put(op.key, op.value, op.version))
+        except NoKey:
+            expected = NoKeyResult()
+        except VersionMismatch:
+            expected = VersionMismatchResult(twin.version(op.key))
+        assert result == expected
+    assert store == twin
+
+
+# -------------------------------------------------------------------- results
+
+
+def test_result_of_turns_results_into_return_values() -> None:
+    assert result_of(GetOk("v", 3)) == ("v", 3)
+    assert result_of(PutOk(4)) == (None, 4)
+
+
+def test_result_of_raises_the_user_facing_errors() -> None:
+    with pytest.raises(NoKey):
+        result_of(NoKeyResult())
+    with pytest.raises(VersionMismatch, match="version 9"):
+        result_of(VersionMismatchResult(9))
+
+
+@pytest.mark.parametrize("junk", [None, ("ok", "v", 1), 3, get()])
+def test_result_of_blames_the_server_for_anything_else(junk: object) -> None:
+    with pytest.raises(ProtocolError):
+        result_of(junk)
