@@ -16,7 +16,7 @@ from typing import Any
 
 from kvraft.errors import RpcError
 from kvraft.rpc import RpcClient, RpcServer, UnknownMethod, client_sender
-from kvraft.testing.proxy import EventLoopThread
+from kvraft.testing.loop_thread import EventLoopThread
 
 HOST = "127.0.0.1"
 

@@ -119,6 +119,14 @@ def test_peek_frame_reads_what_the_codec_wrote(
     assert peek_frame(encode_envelope(typed)) == FrameHead("notify", None, method, sender, tag)
 
 
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 8, 16, 17, 255, 256, 65535, 65536])
+def test_peek_frame_finds_the_tag_of_every_extension_format(size: int) -> None:
+    """fixext 1-16 and ext 8/16/32 all keep their type code in a different place."""
+    for tag in (0, 19, 127):
+        body = encode_envelope(Notify("raft", "p1", msgpack.ExtType(tag, b"\x07" * size)))
+        assert peek_frame(body) == FrameHead("notify", None, "raft", "p1", tag)
+
+
 @given(st.binary(max_size=64))
 def test_peek_frame_calls_junk_other(junk: bytes) -> None:
     """Bytes that are not an envelope are ``other``, never an exception."""

@@ -30,13 +30,12 @@ methods and the control's are thread-safe.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 
@@ -59,6 +58,7 @@ from kvraft.testing.faults import (
     TrafficStats,
     network_profile,
 )
+from kvraft.testing.loop_thread import EventLoopThread
 
 __all__ = [
     "LOSSY",
@@ -78,8 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # The proxy must pass frames the server will refuse (the server's limit is what
 # is under test), so it only refuses frames far beyond any sane server's.
@@ -128,9 +126,7 @@ def peek_frame(body: bytes) -> FrameHead:
         elif kind == NOTIFY and size == 4:
             method, sender = unpacker.unpack(), unpacker.unpack()
             if type(method) is str and type(sender) is str:
-                args = unpacker.unpack()
-                tag = args.code if isinstance(args, msgpack.ExtType) else None
-                return FrameHead("notify", None, method, sender, tag)
+                return FrameHead("notify", None, method, sender, _ext_code(body, unpacker.tell()))
         elif kind == REPLY and size == 4:
             rid = unpacker.unpack()
             if type(rid) is int:
@@ -138,6 +134,19 @@ def peek_frame(body: bytes) -> FrameHead:
     except Exception:  # msgpack raises several unrelated classes on junk
         return _OTHER
     return _OTHER
+
+
+# Where an extension value's type code sits, by its msgpack format byte:
+# fixext 1/2/4/8/16 right after the format byte; ext 8/16/32 after a length.
+_EXT_CODE_OFFSET = {0xD4: 1, 0xD5: 1, 0xD6: 1, 0xD7: 1, 0xD8: 1, 0xC7: 2, 0xC8: 3, 0xC9: 5}
+
+
+def _ext_code(body: bytes, pos: int) -> int | None:
+    """The type code of the extension value at ``body[pos]``, else None (read, not copied)."""
+    offset = _EXT_CODE_OFFSET.get(body[pos]) if pos < len(body) else None
+    if offset is None or pos + offset >= len(body):
+        return None
+    return int.from_bytes(body[pos + offset : pos + offset + 1], "big", signed=True)
 
 
 # ------------------------------------------------------------------------ links
@@ -435,46 +444,6 @@ class FaultProxy:
 
 
 # ------------------------------------------------------------ background thread
-
-
-class EventLoopThread:
-    """An asyncio loop running in a daemon thread, driven from synchronous code.
-
-    Plain asyncio, not uvloop, on purpose: uvloop schedules timers in whole
-    milliseconds from a clock cached per loop iteration, which blurs the 1-5 ms
-    delays the profiles promise; asyncio's timers use the monotonic clock.
-    """
-
-    def __init__(self, name: str = "kvraft-proxy") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-        """Run ``coro`` on the loop and wait for its result (not from the loop's thread)."""
-        assert threading.current_thread() is not self._thread, "would deadlock"
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"{coro!r} did not finish in {timeout_s}s") from None
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        """Stop the loop, join the thread and close the loop; idempotent."""
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10.0)
-        if not self._thread.is_alive() and not self.loop.is_closed():
-            self.loop.close()
 
 
 class ProxyNetwork:
