@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from kvraft.errors import RpcError
+from kvraft.errors import CallTimeout, ConnectionLost
 from kvraft.rpc.codec import client_sender, pack
 from kvraft.rpc.transport import RpcClient
 from kvraft.testing.cluster import Cluster
@@ -126,7 +126,6 @@ class RaftTester:
         self._rpcs: dict[int, RpcClient] = {}
         self._sender = client_sender("tester")
         self._closed = False
-        self.started_at = time.monotonic()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -138,13 +137,18 @@ class RaftTester:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     async def call(self, i: int, method: str, args: Any = None) -> Any:
-        """One hook call on server ``i``'s private address; None if it gives no answer."""
+        """One hook call on server ``i``'s private address; None if it gives no answer.
+
+        No answer is a connection that cannot be opened or drops (a killed or
+        restarting server) or a timeout. An error reply (a hook that raised, a
+        server without ``--test-hooks``) is raised: that is a bug, not a fault.
+        """
         rpc = self._rpcs.get(i)
         if rpc is None:
             rpc = self._rpcs[i] = RpcClient(self.cluster.private_addresses[i], self._sender)
         try:
             return await rpc.call(method, args, self.call_timeout_s)
-        except RpcError as exc:
+        except (ConnectionLost, CallTimeout) as exc:
             log.debug("n%d gave no answer to %s: %s", i, method, exc)
             return None
 
@@ -220,7 +224,9 @@ class RaftTester:
         return got
 
     def status(self, i: int) -> dict[str, Any] | None:
-        return self.run(self.call(i, "status"))
+        """Server ``i``'s ``status`` row (role, term, commit index, ...), or None."""
+        row: dict[str, Any] | None = self.run(self.call(i, "status"))
+        return row
 
     def statuses(self) -> list[dict[str, Any] | None]:
         async def go() -> list[dict[str, Any] | None]:

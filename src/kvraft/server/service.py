@@ -13,7 +13,7 @@ from typing import Any
 from kvraft.errors import ProtocolError
 from kvraft.rpc.codec import check, sender_peer_id
 from kvraft.rpc.transport import UnknownMethod
-from kvraft.server.commands import GetOp, PutOp
+from kvraft.server.commands import GetOp, PutOp, check_op
 from kvraft.server.node import RAFT_METHOD, RaftNode
 from kvraft.server.options import ServerOptions
 from kvraft.server.rsm import RSM
@@ -30,15 +30,16 @@ class Service:
         self.rsm = rsm
 
     async def handle_call(self, method: str, sender: str, args: Any) -> Any:
-        if method == "get":
-            check(args, GetOp, "get")
-            return await self.rsm.execute(args)
-        if method == "put":
-            check(args, PutOp, "put")
+        if method in ("get", "put"):
+            # Validate before anything else, so a bad operation changes nothing anywhere.
+            check(args, GetOp if method == "get" else PutOp, method)
+            check_op(args, self.options.max_value_bytes)
             return await self.rsm.execute(args)
         if method == "status":
             status = self.node.status()
             status["address"] = self.options.listen
+            status["skipped_commands"] = self.rsm.skipped_commands
+            status["keys"] = len(self.rsm.store)
             return status
         if method in TEST_HOOKS:
             if not self.options.test_hooks:
