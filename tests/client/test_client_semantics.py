@@ -92,7 +92,7 @@ def test_maybe_happens_and_is_correct_on_lossy_network(make_cluster) -> None:  #
                 version = c.put("k", f"v{i}", version)
             except Maybe:
                 maybes += 1
-                value, version = c.get("k")
+                _value, version = c.get("k")
             if maybes >= 3:
                 break
     finally:

@@ -6,6 +6,7 @@ with a linearizability check of everything its clients saw.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -97,10 +98,8 @@ def own_key_puts(client: RecordingClient, key: str, count: int, tag: str = "") -
     Returns the last value and version, which the key must hold afterwards.
     """
     result = OwnKeyResult(key)
-    try:
+    with contextlib.suppress(NoKey):
         result.value, result.version = client.get(key)
-    except NoKey:
-        pass
     for i in range(count):
         value = f"{key}:{tag}{i}"
         while True:
@@ -139,7 +138,7 @@ def shared_key_worker(
         key = rng.choice(keys)
         try:
             try:
-                value, version = client.get(key)
+                _value, version = client.get(key)
                 stats.gets += 1
             except NoKey:
                 stats.no_keys += 1

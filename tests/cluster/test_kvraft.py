@@ -207,7 +207,7 @@ def rounds_with_faults(
     fault: object = None,
     crash_all: bool = False,
 ) -> None:
-    """Rounds of own-key and shared-key clients under ``fault``; optional crash of all after each."""
+    """Rounds of own-key and shared-key clients under ``fault``; maybe crash all after each."""
     history = History()
     clients = clients_for(cluster, history, nclients, call_timeout_s=0.3)
     expected: dict[str, tuple[str | None, int]] = {}
@@ -221,11 +221,13 @@ def rounds_with_faults(
                 )
                 fault_thread.start()
             own = [
-                lambda c=c, i=i: own_key_puts(c, f"own{i}", 4, tag=f"r{rnd}-")
+                lambda c=c, i=i, rnd=rnd: own_key_puts(c, f"own{i}", 4, tag=f"r{rnd}-")
                 for i, c in enumerate(clients)
             ]
             shared = [
-                lambda c=c, i=i: shared_key_worker(c, ["s0", "s1"], stop, seed=rnd * 100 + i)
+                lambda c=c, i=i, stop=stop, rnd=rnd: shared_key_worker(
+                    c, ["s0", "s1"], stop, seed=rnd * 100 + i
+                )
                 for i, c in enumerate(clients)
             ]
             timer = threading.Timer(round_s, stop.set)
