@@ -28,6 +28,10 @@ class WrongLeader(KVError):
     """The server is not the leader, or lost leadership while the op waited."""
 
 
+class NotLeader(WrongLeader):
+    """The server is not the leader and did not submit the operation: it surely did not apply."""
+
+
 class Unavailable(KVError):
     """The client gave up after its deadline without an answer."""
 
@@ -42,6 +46,10 @@ class RpcError(KVError):
 
 class ConnectionLost(RpcError):
     """The connection closed or could not be opened; the call may or may not have run."""
+
+
+class ConnectFailed(ConnectionLost):
+    """The connection could not be opened, so the call was never sent."""
 
 
 class CallTimeout(RpcError):
@@ -71,5 +79,5 @@ class StorageError(Exception):
 
 # Service errors that travel over the wire by name and are re-raised as themselves.
 WIRE_ERRORS: dict[str, type[KVError]] = {
-    cls.__name__: cls for cls in (NoKey, VersionMismatch, WrongLeader, InvalidArgument)
+    cls.__name__: cls for cls in (NoKey, VersionMismatch, WrongLeader, NotLeader, InvalidArgument)
 }

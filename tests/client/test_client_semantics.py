@@ -102,14 +102,22 @@ def test_maybe_happens_and_is_correct_on_lossy_network(make_cluster) -> None:  #
 
 
 def test_first_send_answers_never_raise_maybe(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    """A put answered on its first send reports VersionMismatch, never Maybe."""
+    """A put that surely did not apply before (NotLeader) reports VersionMismatch, not Maybe.
+
+    Each fresh client starts at a different server, so some first try a
+    follower, which answers NotLeader without submitting anything.
+    """
     cluster = make_cluster(3)
     with Client(cluster.addresses, deadline=20) as c:
         assert c.put("k", "a", 0) == 1
-        with pytest.raises(VersionMismatch):
-            c.put("k", "b", 0)
-        with pytest.raises(NoKey):
-            c.put("missing", "b", 3)
+    for first in range(3):
+        servers = cluster.addresses[first:] + cluster.addresses[:first]
+        with Client(servers, deadline=20) as c:
+            with pytest.raises(VersionMismatch) as err:
+                c.put("k", "b", 0)
+            assert not isinstance(err.value, Maybe)
+            with pytest.raises(NoKey):
+                c.put("missing", "b", 3)
 
 
 @pytest.mark.parametrize(

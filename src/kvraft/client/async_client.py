@@ -6,9 +6,13 @@ wrapping around; after a whole round without an answer it backs off briefly so
 an election can finish. ``deadline=None`` retries forever (the classic
 contract); a number of seconds raises :class:`Unavailable` after that long.
 
-``Maybe`` (DESIGN 1.1): once a put had to be resent, a ``VersionMismatch``
-answer no longer tells whether the first attempt applied, so it becomes
-``Maybe``. A put answered on its first send never raises ``Maybe``.
+``Maybe`` (DESIGN 1.1): once a put had to be resent after an attempt whose
+outcome is unknown (a timeout, a connection lost after sending, or a
+``WrongLeader`` from a server that had submitted it), a ``VersionMismatch``
+answer no longer tells whether that attempt applied, so it becomes ``Maybe``.
+Attempts that surely did nothing (``NotLeader``: the server never submitted
+it; ``ConnectFailed``: it was never sent) do not count. A put answered on its
+first send never raises ``Maybe``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Any
 
 from kvraft.errors import (
     CallTimeout,
+    ConnectFailed,
     ConnectionLost,
     Maybe,
+    NotLeader,
     Unavailable,
     VersionMismatch,
     WrongLeader,
@@ -84,22 +90,21 @@ class AsyncClient:
             request_id=next(self._request_ids),
         )
         check_op(op, self.max_value_bytes)
-        sends = 0
-
-        def count_send() -> None:
-            nonlocal sends
-            sends += 1
-
+        outcomes: list[bool] = []
         try:
-            _, new_version = result_of(await self._execute("put", op, on_send=count_send))
+            _, new_version = result_of(await self._execute("put", op, outcomes))
         except VersionMismatch as exc:
-            if sends > 1:
+            if any(outcomes):
                 raise Maybe(f"put of {key!r} at version {version} was resent: {exc}") from None
             raise
         return new_version
 
-    async def _execute(self, method: str, op: Any, on_send: Any = None) -> Any:
-        """Send ``op`` until some server answers it, trying servers in turn."""
+    async def _execute(self, method: str, op: Any, uncertain: list[bool] | None = None) -> Any:
+        """Send ``op`` until some server answers it, trying servers in turn.
+
+        Appends to ``uncertain``, for each failed attempt, whether it may have
+        been applied.
+        """
         loop = asyncio.get_running_loop()
         give_up = None if self.deadline is None else loop.time() + self.deadline
         failures_in_round = 0
@@ -115,10 +120,10 @@ class AsyncClient:
                 timeout = min(timeout, remaining)
             index = self._leader
             try:
-                if on_send is not None:
-                    on_send()
                 result = await self._rpc[index].call(method, op, timeout)
-            except (WrongLeader, CallTimeout, ConnectionLost):
+            except (WrongLeader, CallTimeout, ConnectionLost) as exc:
+                if uncertain is not None:
+                    uncertain.append(not isinstance(exc, NotLeader | ConnectFailed))
                 self._leader = (index + 1) % len(self.servers)
                 failures_in_round += 1
                 if failures_in_round >= len(self.servers):

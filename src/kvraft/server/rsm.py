@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kvraft.errors import WrongLeader
+from kvraft.errors import NotLeader, WrongLeader
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
 from kvraft.server.commands import BadCommand, Op, apply_command, decode_command, encode_command
@@ -61,7 +61,7 @@ class RSM(StateMachine):
         assert node is not None, "RSM not attached to a node"
         submitted = node.submit(encode_command(op))
         if submitted is None:
-            raise WrongLeader(f"n{self.node_id} is not the leader")
+            raise NotLeader(f"n{self.node_id} is not the leader")
         index, term = submitted
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         displaced = self._waiters.get(index)
