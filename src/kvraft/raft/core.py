@@ -1,0 +1,606 @@
+"""RaftCore: the Raft consensus algorithm as a pure state machine (sans-I/O).
+
+Theory of operation. Three inputs move the core: :meth:`RaftCore.tick` (one
+unit of logical time), :meth:`RaftCore.step` (a message from a peer) and
+:meth:`RaftCore.propose` (a command from the replicated state machine). None of
+them performs I/O: their effects collect into a :class:`~kvraft.raft.ready.Ready`
+(what to persist, what to send, what to apply) that the driver takes with
+:meth:`RaftCore.ready`, performs in the durability order stated in
+:mod:`kvraft.raft.ready`, and acknowledges with :meth:`RaftCore.advance`.
+
+Layering: this module holds terms, roles, elections and the follower's side of
+replication; :mod:`~kvraft.raft.leader` the leader's side (what to send to
+whom, the commit index, check-quorum), paced per follower by
+:mod:`~kvraft.raft.progress`; :mod:`~kvraft.raft.log` keeps the in-memory log
+and how far it was persisted; :mod:`~kvraft.raft.quorum` does the majority
+arithmetic; :mod:`~kvraft.raft.validate` screens network input and
+:mod:`~kvraft.raft.snapshot` assembles snapshot chunks. Extensions beyond the
+paper's Figure 2, as real clusters need them: pre-vote (thesis §9.6),
+check-quorum with leader leases (§6.2), fast log backtracking with conflict
+hints, batching and pipelining (§10.2), snapshots sent in chunks (Figure 13).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from kvraft.raft import quorum
+from kvraft.raft.config import RaftConfig
+from kvraft.raft.leader import NO_TERM, Leader
+from kvraft.raft.log import RaftLog
+from kvraft.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Entry,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+    TimeoutNow,
+)
+from kvraft.raft.ready import HardState, PersistentState, Ready, Snapshot
+from kvraft.raft.snapshot import SnapshotReceiver
+from kvraft.raft.validate import well_formed
+
+logger = logging.getLogger("kvraft.raft")
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class RaftCore:
+    """One Raft peer's consensus state; see the module docstring.
+
+    Public attributes are read-only for callers. ``step`` never raises on
+    network input: stale, duplicated, reordered, misaddressed or nonsensical
+    messages are ignored. Misuse of the local API (compacting past what was
+    applied, proposing something other than bytes) raises at once.
+    """
+
+    def __init__(self, config: RaftConfig, state: PersistentState) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.peers = config.peers
+        self._others = tuple(p for p in config.peers if p != self.id)
+        hard = state.hard_state
+        if hard.voted_for is not None and hard.voted_for not in self.peers:
+            raise ValueError(f"n{self.id}: persisted vote for n{hard.voted_for}, not a peer")
+        snapshot = state.snapshot
+        self.log = RaftLog(
+            snapshot.index if snapshot is not None else 0,
+            snapshot.term if snapshot is not None else 0,
+            state.entries,
+        )
+        # The latest snapshot: as loaded, taken by compact(), or installed from a leader.
+        # Invariant: snapshot.index == log.snapshot_index.
+        self.snapshot = snapshot
+        self.current_term = hard.current_term
+        self.voted_for = hard.voted_for
+        self.role = Role.FOLLOWER
+        self.leader_id: int | None = None
+        # Invariant: snapshot index <= applied_index <= commit_index <= last_index.
+        self.commit_index = min(
+            max(hard.commit_index, self.log.snapshot_index), self.log.last_index
+        )
+        if self.commit_index != hard.commit_index:
+            logger.warning(
+                "n%d persisted commit index %d outside the persisted log %d..%d; using %d",
+                self.id,
+                hard.commit_index,
+                self.log.snapshot_index,
+                self.log.last_index,
+                self.commit_index,
+            )
+        # The last index handed out in Ready.committed, or the snapshot's index.
+        self.applied_index = self.log.snapshot_index
+        # The hard state last handed out in a Ready (or loaded).
+        self._hard_state = HardState(self.current_term, self.voted_for, self.commit_index)
+        self._messages: list[Message] = []
+        self._pending_snapshot: Snapshot | None = None  # installed, not yet handed out
+        self._receiver = SnapshotReceiver()
+        self.leader: Leader | None = None  # while role is LEADER
+        self._votes: dict[int, bool] = {}  # (pre-)candidate: peer -> granted
+        self._election_elapsed = 0
+        self._randomized_election_timeout = 0
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def first_index(self) -> int:
+        return self.log.first_index
+
+    @property
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    @property
+    def last_term(self) -> int:
+        return self.log.last_term
+
+    def entry(self, index: int) -> Entry | None:
+        """The entry at ``index`` if still in the log (None if compacted or beyond the end)."""
+        return self.log.entry(index)
+
+    def term(self, index: int) -> int | None:
+        """The term at ``index``: of an entry in the log, or of the snapshot at its index."""
+        return self.log.term(index)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "role": self.role.value,
+            "term": self.current_term,
+            "leader_id": self.leader_id,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "first_index": self.log.first_index,
+            "last_index": self.log.last_index,
+            "snapshot_index": self.log.snapshot_index,
+        }
+
+    # ------------------------------------------------------------ local inputs
+
+    def tick(self) -> None:
+        """One unit of logical time: the election timer, or heartbeats and check-quorum."""
+        if self.leader is not None:
+            if not self.leader.tick():
+                # Thesis §6.2: a leader cut off from a majority stops acting as one.
+                logger.info(
+                    "n%d [term %d] stepping down: heard from no quorum in %d ticks",
+                    self.id,
+                    self.current_term,
+                    self.config.election_timeout_ticks,
+                )
+                self._become_follower(self.current_term, None)
+            return
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._randomized_election_timeout:
+            self._start_election(pre_vote=self.config.pre_vote)
+
+    def propose(self, command: bytes) -> tuple[int, int] | None:
+        """Append ``command`` if leader: ``(index, term)``; None if not leader.
+
+        The entry is sent at the next :meth:`ready`, together with every other
+        proposal made since the previous one (batching).
+        """
+        if not isinstance(command, bytes):
+            raise TypeError(f"a command is bytes, not {type(command).__name__}")
+        if self.leader is None:
+            return None
+        entry = Entry(self.current_term, self.log.last_index + 1, command)
+        self.log.append(entry)
+        self.leader.send_to_all(allow_empty=False)
+        return entry.index, entry.term
+
+    def campaign(self) -> None:
+        """Start an election now (with a pre-vote first if configured); no-op for a leader."""
+        if self.role is not Role.LEADER:
+            self._start_election(pre_vote=self.config.pre_vote)
+
+    def compact(self, snapshot: Snapshot) -> None:
+        """The application snapshotted at ``snapshot.index``: drop the log up to there.
+
+        A snapshot at or below the one already held is ignored (a leader's
+        snapshot may have been installed since the application took it).
+        """
+        if snapshot.index <= self.log.snapshot_index:
+            return
+        if snapshot.index > self.applied_index:
+            raise ValueError(
+                f"n{self.id}: snapshot at {snapshot.index} is past applied {self.applied_index}"
+            )
+        if self.log.term(snapshot.index) != snapshot.term:
+            raise ValueError(
+                f"n{self.id}: snapshot term {snapshot.term} at {snapshot.index} "
+                f"disagrees with the log's {self.log.term(snapshot.index)}"
+            )
+        self.log.compact(snapshot.index, snapshot.term)
+        self.snapshot = snapshot
+        logger.debug(
+            "n%d [term %d] compacted log up to index %d", self.id, self.current_term, snapshot.index
+        )
+
+    # ------------------------------------------------------------ Ready handshake
+
+    def has_ready(self) -> bool:
+        if self.leader is not None:
+            self.leader.flush()
+        hard = self._hard_state
+        return bool(
+            self._messages
+            or self._pending_snapshot is not None
+            or self.log.unstable <= self.log.last_index
+            or self.commit_index > self.applied_index
+            or hard.current_term != self.current_term
+            or hard.voted_for != self.voted_for
+            or hard.commit_index != self.commit_index
+        )
+
+    def ready(self) -> Ready:
+        """Everything to persist, send and apply since the last Ready (see kvraft.raft.ready)."""
+        if self.leader is not None:
+            self.leader.flush()
+        ready = Ready()
+        hard = HardState(self.current_term, self.voted_for, self.commit_index)
+        if hard != self._hard_state:
+            # commit_index <= last_index, and this Ready persists the whole log
+            # up to last_index: the persisted commit never exceeds the persisted log.
+            ready.hard_state = self._hard_state = hard
+        if self._pending_snapshot is not None:
+            # The stored log is replaced by the snapshot followed by exactly these.
+            ready.snapshot = self._pending_snapshot
+            ready.entries = self.log.all_entries()
+            self._pending_snapshot = None
+        else:
+            ready.entries = self.log.unstable_entries()
+        self.log.mark_handed_out()
+        ready.messages, self._messages = self._messages, []
+        if self.commit_index > self.applied_index:
+            # Persisted earlier or by this very Ready (it holds every unstable entry).
+            ready.committed = self.log.between(self.applied_index + 1, self.commit_index)
+            self.applied_index = self.commit_index
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """The driver persisted, sent and applied ``ready``."""
+        if ready.entries:
+            self.log.stable_to(ready.entries)
+        if self.leader is not None:
+            # The leader's own vote toward commit counts only persisted entries.
+            self.leader.maybe_commit()
+
+    # ----------------------------------------------------------------- messages
+
+    def step(self, msg: Message) -> None:
+        """React to one message from the network; never raises on its contents."""
+        if not well_formed(msg, self.id, self.peers):
+            logger.debug("n%d ignored a malformed or misaddressed %r", self.id, msg)
+            return
+        if msg.term > self.current_term:
+            if not self._step_higher_term(msg):
+                return
+        elif msg.term < self.current_term:
+            self._step_lower_term(msg)
+            return
+        match msg:
+            case RequestVote():
+                self._handle_request_vote(msg)
+            case RequestVoteReply():
+                self._handle_vote_reply(msg)
+            case AppendEntries():
+                self._handle_append_entries(msg)
+            case AppendEntriesReply():
+                if self.leader is not None:
+                    self.leader.handle_append_reply(msg)
+            case InstallSnapshot():
+                self._handle_install_snapshot(msg)
+            case InstallSnapshotReply():
+                if self.leader is not None:
+                    self.leader.handle_snapshot_reply(msg)
+            case TimeoutNow():
+                self._handle_timeout_now(msg)
+
+    def _step_higher_term(self, msg: Message) -> bool:
+        """A message from a later term; False if it must be ignored altogether."""
+        match msg:
+            case RequestVote():
+                if self._in_lease():
+                    # Thesis §6.2/§9.6: we heard from a leader within the election
+                    # timeout, so this candidate would only disrupt a healthy
+                    # leader (it is probably a partitioned node coming back).
+                    logger.debug(
+                        "n%d [term %d] ignored %s from n%d at term %d: leader n%s is alive",
+                        self.id,
+                        self.current_term,
+                        "pre-vote" if msg.pre_vote else "vote request",
+                        msg.src,
+                        msg.term,
+                        self.leader_id,
+                    )
+                    return False
+                if msg.pre_vote:
+                    return True  # a pre-vote never changes our term
+            case RequestVoteReply(pre_vote=True, vote_granted=True):
+                return True  # carries the term we would campaign at
+        leader = msg.src if isinstance(msg, AppendEntries | InstallSnapshot) else None
+        self._become_follower(msg.term, leader)
+        return True
+
+    def _step_lower_term(self, msg: Message) -> None:
+        """A message from an earlier term: tell its sender our term (Raft §5.1)."""
+        match msg:
+            case AppendEntries():
+                # A deposed leader learns it is deposed and steps down.
+                self._reply_append(msg.src, False, msg.prev_log_index)
+            case InstallSnapshot():
+                self._reply_snapshot(msg, 0, done=False)
+            case RequestVote():
+                self._send(
+                    RequestVoteReply(self.id, msg.src, self.current_term, False, msg.pre_vote)
+                )
+            case _:
+                pass  # stale replies: whatever they answered is moot
+
+    # ---------------------------------------------------------------- elections
+
+    def _in_lease(self) -> bool:
+        """Whether we heard from a live leader within the election timeout (check-quorum)."""
+        if not self.config.check_quorum:
+            return False
+        if self.leader is not None:
+            return True  # a leader steps down the moment its lease lapses
+        return (
+            self.leader_id is not None
+            and self._election_elapsed < self.config.election_timeout_ticks
+        )
+
+    def _reset_election_timer(self) -> None:
+        # Raft §5.2: randomized in [timeout, 2 x timeout) so split votes resolve.
+        timeout = self.config.election_timeout_ticks
+        self._election_elapsed = 0
+        self._randomized_election_timeout = timeout + self.config.rng.randrange(timeout)
+
+    def _start_election(self, *, pre_vote: bool) -> None:
+        self._reset_election_timer()
+        self.leader = None
+        self.leader_id = None
+        self._votes = {self.id: True}
+        if pre_vote:
+            # Thesis §9.6: ask first whether we could win, without bumping the
+            # term, so a node that cannot win never disrupts the cluster.
+            self.role = Role.PRE_CANDIDATE
+            term = self.current_term + 1
+            logger.debug(
+                "n%d [term %d] starting pre-vote at index %d",
+                self.id,
+                self.current_term,
+                self.log.last_index,
+            )
+        else:
+            self.role = Role.CANDIDATE
+            self.current_term += 1
+            self.voted_for = self.id
+            term = self.current_term
+            logger.info(
+                "n%d [term %d] starting election at index %d",
+                self.id,
+                self.current_term,
+                self.log.last_index,
+            )
+        if quorum.vote_result(self._votes, len(self.peers)) is quorum.VoteResult.WON:
+            self._won_election(pre_vote=pre_vote)  # a cluster of one
+            return
+        for peer in self._others:
+            self._send(
+                RequestVote(self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote)
+            )
+
+    def _can_grant_vote(self, msg: RequestVote) -> bool:
+        """Raft §5.2 (one vote per term, first come) and §5.4.1 (up-to-date log)."""
+        can_vote = (
+            self.voted_for == msg.src
+            or (self.voted_for is None and self.leader_id is None)
+            # A pre-vote for a later term commits us to nothing.
+            or (msg.pre_vote and msg.term > self.current_term)
+        )
+        up_to_date = (msg.last_log_term, msg.last_log_index) >= (
+            self.log.last_term,
+            self.log.last_index,
+        )
+        return can_vote and up_to_date
+
+    def _handle_request_vote(self, msg: RequestVote) -> None:
+        if self._can_grant_vote(msg):
+            if not msg.pre_vote:
+                self.voted_for = msg.src  # persisted by the Ready that carries the reply
+                self._election_elapsed = 0
+                logger.debug("n%d [term %d] voted for n%d", self.id, self.current_term, msg.src)
+            self._send(RequestVoteReply(self.id, msg.src, msg.term, True, msg.pre_vote))
+        else:
+            self._send(RequestVoteReply(self.id, msg.src, self.current_term, False, msg.pre_vote))
+
+    def _handle_vote_reply(self, msg: RequestVoteReply) -> None:
+        if msg.pre_vote:
+            if self.role is not Role.PRE_CANDIDATE:
+                return
+            if msg.vote_granted and msg.term != self.current_term + 1:
+                return  # a grant from an older pre-vote round
+        elif self.role is not Role.CANDIDATE:
+            return
+        self._votes.setdefault(msg.src, msg.vote_granted)
+        result = quorum.vote_result(self._votes, len(self.peers))
+        if result is quorum.VoteResult.WON:
+            self._won_election(pre_vote=msg.pre_vote)
+        elif result is quorum.VoteResult.LOST:
+            refused = sum(1 for granted in self._votes.values() if not granted)
+            logger.info(
+                "n%d [term %d] lost %s: %d of %d peers refused",
+                self.id,
+                self.current_term,
+                "pre-vote" if msg.pre_vote else "election",
+                refused,
+                len(self.peers),
+            )
+            self._become_follower(self.current_term, None)
+
+    def _won_election(self, *, pre_vote: bool) -> None:
+        if pre_vote:
+            self._start_election(pre_vote=False)
+        else:
+            self._become_leader()
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        if term != self.current_term:
+            self.current_term = term
+            self.voted_for = None
+        was = self.role
+        self.role = Role.FOLLOWER
+        self.leader = None
+        self._votes = {}
+        self._reset_election_timer()
+        self.leader_id = None
+        if leader is not None:
+            self._set_leader(leader)
+        elif was is not Role.FOLLOWER:
+            logger.info("n%d [term %d] became follower", self.id, self.current_term)
+
+    def _set_leader(self, leader: int) -> None:
+        if self.leader_id != leader:
+            self.leader_id = leader
+            logger.info("n%d [term %d] became follower of n%d", self.id, self.current_term, leader)
+
+    def _follow(self, leader: int) -> None:
+        """A message from the leader of our term: follow it and restart the election timer."""
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.current_term, leader)
+        else:
+            self._set_leader(leader)
+        self._election_elapsed = 0
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self._votes = {}
+        self.leader = Leader(self, self._send)
+        # Raft §8 / thesis §6.4: a no-op of the new term lets the leader commit
+        # the entries of earlier terms it holds (§5.4.2 forbids counting them).
+        noop = Entry(self.current_term, self.log.last_index + 1, None)
+        self.log.append(noop)
+        logger.info(
+            "n%d [term %d] became leader at index %d", self.id, self.current_term, noop.index
+        )
+        self.leader.send_to_all(allow_empty=True)
+
+    def _handle_timeout_now(self, msg: TimeoutNow) -> None:
+        if self.role is Role.FOLLOWER and msg.src == self.leader_id:
+            logger.info(
+                "n%d [term %d] asked by leader n%d to campaign now",
+                self.id,
+                self.current_term,
+                msg.src,
+            )
+            self._start_election(pre_vote=False)
+
+    # ------------------------------------------------------ follower: replication
+
+    def _reply_append(
+        self,
+        leader: int,
+        success: bool,
+        match_index: int,
+        conflict_index: int = 0,
+        conflict_term: int = NO_TERM,
+    ) -> None:
+        # On a refusal, match_index carries the refused prev_log_index, so the
+        # leader can tell a stale refusal from a current one.
+        self._send(
+            AppendEntriesReply(
+                self.id,
+                leader,
+                self.current_term,
+                success,
+                match_index,
+                conflict_index,
+                conflict_term,
+            )
+        )
+
+    def _handle_append_entries(self, msg: AppendEntries) -> None:
+        if self.role is Role.LEADER:
+            logger.warning(
+                "n%d [term %d] ignored AppendEntries from n%d claiming the same term",
+                self.id,
+                self.current_term,
+                msg.src,
+            )
+            return
+        self._follow(msg.src)
+        prev, prev_term, entries = msg.prev_log_index, msg.prev_log_term, msg.entries
+        if prev < self.commit_index:
+            # Entries up to commit_index are committed, so they are in this
+            # leader's log too (Leader Completeness, §5.4): skip them.
+            skip = self.commit_index - prev
+            if skip >= len(entries):
+                self._reply_append(msg.src, True, self.commit_index)
+                return
+            entries = entries[skip:]
+            prev = self.commit_index
+            committed_term = self.log.term(prev)
+            assert committed_term is not None  # commit_index >= snapshot index
+            prev_term = committed_term
+        if prev > self.log.last_index:
+            # Fast backtracking: our log is too short; continue after its end.
+            self._reply_append(msg.src, False, msg.prev_log_index, self.log.last_index + 1, NO_TERM)
+            return
+        term_at_prev = self.log.term(prev)
+        assert term_at_prev is not None  # prev >= commit_index >= snapshot index
+        if term_at_prev != prev_term:
+            # Fast backtracking: name the conflicting term and where its run
+            # starts, so the leader can skip the whole run in one round trip.
+            conflict_index = max(self.log.first_index_of_term_run(prev), self.commit_index + 1)
+            self._reply_append(msg.src, False, msg.prev_log_index, conflict_index, term_at_prev)
+            return
+        # Raft §5.3: if an existing entry conflicts with a new one, delete it and
+        # all that follow; append any new entries not already in the log.
+        for pos, entry in enumerate(entries):
+            if self.log.term(entry.index) != entry.term:
+                self.log.truncate_and_append(entries[pos:])
+                break
+        match_index = prev + len(entries)
+        if msg.leader_commit > self.commit_index:
+            self.commit_index = max(self.commit_index, min(msg.leader_commit, match_index))
+        self._reply_append(msg.src, True, match_index)
+
+    def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
+        if self.role is Role.LEADER:
+            logger.warning(
+                "n%d [term %d] ignored InstallSnapshot from n%d claiming the same term",
+                self.id,
+                self.current_term,
+                msg.src,
+            )
+            return
+        self._follow(msg.src)
+        if msg.last_included_index <= self.commit_index:
+            # We already hold everything up to there, committed.
+            self._receiver.reset()
+            self._reply_snapshot(msg, msg.offset + len(msg.data), done=True)
+            return
+        next_offset, snapshot = self._receiver.receive(msg)
+        if snapshot is not None:
+            self._install_snapshot(snapshot, msg.src)
+        self._reply_snapshot(msg, next_offset, done=snapshot is not None)
+
+    def _install_snapshot(self, snapshot: Snapshot, leader: int) -> None:
+        """Raft §7: the snapshot replaces the log up to its index (keep a matching suffix)."""
+        kept = self.log.install(snapshot.index, snapshot.term)
+        self.snapshot = snapshot
+        self._pending_snapshot = snapshot
+        # The snapshot is of committed state, newer than ours (checked by the caller).
+        self.commit_index = snapshot.index
+        self.applied_index = snapshot.index
+        logger.info(
+            "n%d [term %d] installed snapshot at index %d from n%d, kept %d entries",
+            self.id,
+            self.current_term,
+            snapshot.index,
+            leader,
+            kept,
+        )
+
+    def _reply_snapshot(self, msg: InstallSnapshot, next_offset: int, *, done: bool) -> None:
+        self._send(
+            InstallSnapshotReply(
+                self.id, msg.src, self.current_term, msg.last_included_index, next_offset, done
+            )
+        )
+
+    def _send(self, msg: Message) -> None:
+        self._messages.append(msg)

@@ -1,0 +1,278 @@
+"""The leader's half of log replication, alive for one term of leadership.
+
+Seam: :class:`~kvraft.raft.core.RaftCore` decides *when* a node leads (elections,
+terms, stepping down); a :class:`Leader` decides *what to send to whom* while it
+does: AppendEntries batched and pipelined per follower (paced by
+:mod:`~kvraft.raft.progress`), heartbeats, snapshot chunks, fast backtracking on
+refusals, the commit index, and check-quorum. It reads the core's log and
+snapshot and advances the core's ``commit_index``; messages go out through the
+core's outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kvraft.raft import quorum
+from kvraft.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    Message,
+)
+from kvraft.raft.progress import Progress, ProgressState
+
+if TYPE_CHECKING:
+    from kvraft.raft.core import RaftCore
+
+logger = logging.getLogger("kvraft.raft")
+
+# conflict_term of a refusal when the follower has no entry at prev_log_index
+# (real entries have terms >= 1; index 0 is a sentinel of term 0).
+NO_TERM = 0
+
+
+class Leader:
+    """Replication state of a leader: one :class:`Progress` per follower."""
+
+    def __init__(self, core: RaftCore, send: Callable[[Message], None]) -> None:
+        self.core = core
+        self.id = core.id
+        self.term = core.current_term  # a leader's term never changes
+        self.config = core.config
+        self.log = core.log
+        self._send = send
+        last = core.log.last_index
+        inflight = max(1, core.config.max_inflight_messages)
+        # Raft Figure 2: nextIndex starts just after the leader's last entry, matchIndex at 0.
+        self.progress = {
+            peer: Progress(match_index=0, next_index=last + 1, max_inflight=inflight)
+            for peer in core.peers
+            if peer != core.id
+        }
+        # Peers to send to at the next Ready (True: even with no new entries,
+        # e.g. to carry a new commit index). Sending lazily batches proposals.
+        self._to_send: dict[int, bool] = {}
+        self._heartbeat_elapsed = 0
+        self._election_elapsed = 0
+
+    # ------------------------------------------------------------------ timing
+
+    def tick(self) -> bool:
+        """One tick: heartbeats, and check-quorum; False if the leader must step down."""
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self.config.election_timeout_ticks:
+            self._election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_active():
+                return False
+        if self._heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
+            self._heartbeat_elapsed = 0
+            for peer in self.progress:
+                self._send_heartbeat(peer)
+        return True
+
+    def _quorum_active(self) -> bool:
+        """Whether a majority (us included) answered in the last election timeout; resets."""
+        active = 1
+        for progress in self.progress.values():
+            if progress.recent_active:
+                active += 1
+            progress.recent_active = False
+        return active >= quorum.majority(len(self.progress) + 1)
+
+    # ----------------------------------------------------------------- sending
+
+    def send_to_all(self, *, allow_empty: bool) -> None:
+        """Queue a send to every follower for the next Ready."""
+        for peer in self.progress:
+            self._to_send[peer] = allow_empty or self._to_send.get(peer, False)
+
+    def has_queued(self) -> bool:
+        return bool(self._to_send)
+
+    def flush(self) -> None:
+        """Send what was queued since the last Ready: all proposals in few messages."""
+        if self._to_send:
+            to_send, self._to_send = self._to_send, {}
+            for peer, allow_empty in to_send.items():
+                self._send_append(peer, allow_empty=allow_empty)
+
+    def _send_append(self, peer: int, *, allow_empty: bool) -> None:
+        """Send ``peer`` what it lacks, as far as its progress state allows."""
+        progress = self.progress[peer]
+        config, log, commit = self.config, self.log, self.core.commit_index
+        # Even with no entries to send, a follower must hear of a new commit index.
+        allow_empty = allow_empty or progress.commit_sent < commit
+        sent = False
+        while not progress.is_paused():
+            if progress.next_index < log.first_index:
+                self._send_snapshot(peer)
+                return
+            entries = log.batch(
+                progress.next_index, config.max_entries_per_message, config.max_bytes_per_message
+            )
+            if not entries and (sent or not allow_empty):
+                return
+            prev = progress.next_index - 1
+            prev_term = log.term(prev)
+            assert prev_term is not None, (prev, log.first_index)
+            self._send(AppendEntries(self.id, peer, self.term, prev, prev_term, entries, commit))
+            progress.commit_sent = commit
+            sent = True
+            progress.sent(entries[-1].index if entries else None)
+            if not entries:
+                return
+
+    def _send_heartbeat(self, peer: int) -> None:
+        progress = self.progress[peer]
+        match progress.state:
+            case ProgressState.SNAPSHOT:
+                self._send_snapshot(peer)  # retransmits the current chunk
+            case ProgressState.PROBE:
+                progress.probe_sent = False  # the last probe may be lost: probe again
+                self._send_append(peer, allow_empty=True)
+            case ProgressState.REPLICATE:
+                # Empty, right after what was sent: a follower that lost some
+                # in-flight message refuses it, which sends us back to probing.
+                prev = progress.next_index - 1
+                prev_term = self.log.term(prev)
+                if prev_term is None:
+                    self._send_snapshot(peer)
+                    return
+                commit = self.core.commit_index
+                self._send(AppendEntries(self.id, peer, self.term, prev, prev_term, (), commit))
+                progress.commit_sent = commit
+
+    def _send_snapshot(self, peer: int) -> None:
+        """Send ``peer`` the current chunk of our snapshot (Raft Figure 13, in chunks)."""
+        progress = self.progress[peer]
+        snapshot = self.core.snapshot
+        assert snapshot is not None and snapshot.index == self.log.snapshot_index
+        if (
+            progress.state is not ProgressState.SNAPSHOT
+            or progress.snapshot_index != snapshot.index
+        ):
+            progress.become_snapshot(snapshot.index)
+            logger.info(
+                "n%d [term %d] sending snapshot at index %d to n%d",
+                self.id,
+                self.term,
+                snapshot.index,
+                peer,
+            )
+        offset = progress.snapshot_offset
+        chunk = snapshot.data[offset : offset + max(1, self.config.snapshot_chunk_bytes)]
+        self._send(
+            InstallSnapshot(
+                self.id,
+                peer,
+                self.term,
+                snapshot.index,
+                snapshot.term,
+                offset,
+                chunk,
+                offset + len(chunk) >= len(snapshot.data),
+            )
+        )
+
+    # ----------------------------------------------------------------- replies
+
+    def handle_append_reply(self, msg: AppendEntriesReply) -> None:
+        progress = self.progress[msg.src]
+        progress.recent_active = True
+        if msg.success:
+            if msg.match_index > self.log.last_index:
+                return  # acknowledges entries we never had: nonsense
+            if progress.update_match(msg.match_index):
+                if progress.state is ProgressState.PROBE or (
+                    progress.state is ProgressState.SNAPSHOT
+                    and progress.match_index >= self.log.snapshot_index
+                ):
+                    progress.become_replicate()
+                self.maybe_commit()
+                self._to_send.setdefault(msg.src, False)
+            elif (
+                progress.state is ProgressState.PROBE
+                and progress.match_index >= progress.next_index - 1
+            ):
+                # Our probe's answer, from a follower that was already up to date.
+                progress.become_replicate()
+                self._to_send.setdefault(msg.src, False)
+            return
+        rejected = msg.match_index  # on a refusal: the prev_log_index refused
+        if rejected > self.log.last_index:
+            return
+        if progress.reject(rejected, self._next_after_conflict(msg)):
+            logger.debug(
+                "n%d [term %d] n%d refused index %d; probing at %d",
+                self.id,
+                self.term,
+                msg.src,
+                rejected,
+                progress.next_index,
+            )
+            self._to_send[msg.src] = True
+
+    def _next_after_conflict(self, msg: AppendEntriesReply) -> int:
+        """Fast backtracking: where the follower's log may match ours, from its hint.
+
+        If we hold entries of the follower's conflicting term, our last one of
+        that term is where the logs may agree; otherwise skip the follower's
+        whole run of that term (or to its log's end, when it was too short).
+        """
+        if msg.conflict_term != NO_TERM:
+            last = self.log.last_index_of_term(msg.conflict_term)
+            if last is not None:
+                return last + 1
+        return min(msg.conflict_index, self.log.last_index + 1)
+
+    def handle_snapshot_reply(self, msg: InstallSnapshotReply) -> None:
+        progress = self.progress[msg.src]
+        progress.recent_active = True
+        if msg.done:
+            if msg.last_included_index > self.log.last_index:
+                return
+            progress.update_match(msg.last_included_index)
+            if progress.state is ProgressState.SNAPSHOT:
+                progress.become_probe()
+                logger.info(
+                    "n%d [term %d] n%d has the snapshot at index %d",
+                    self.id,
+                    self.term,
+                    msg.src,
+                    msg.last_included_index,
+                )
+            self.maybe_commit()
+            self._to_send[msg.src] = True
+            return
+        snapshot = self.core.snapshot
+        if (
+            progress.state is not ProgressState.SNAPSHOT
+            or snapshot is None
+            or msg.last_included_index != progress.snapshot_index
+            or snapshot.index != progress.snapshot_index
+            or msg.next_offset == progress.snapshot_offset
+        ):
+            # Stale, or a duplicate of an answer already acted on; the heartbeat
+            # retransmits the current chunk if it was lost.
+            return
+        progress.snapshot_offset = min(msg.next_offset, len(snapshot.data))
+        self._send_snapshot(msg.src)
+
+    # ------------------------------------------------------------------ commit
+
+    def maybe_commit(self) -> None:
+        """Advance the core's commit index to what a majority holds, if of this term."""
+        # The leader's own vote counts only the entries it has persisted.
+        matches = [self.log.persisted]
+        matches.extend(progress.match_index for progress in self.progress.values())
+        index = quorum.commit_index(matches)
+        # Raft §5.4.2: only an entry of the current term is committed by counting
+        # replicas; earlier ones are committed indirectly, by the Log Matching property.
+        if index > self.core.commit_index and self.log.term(index) == self.term:
+            self.core.commit_index = index
+            self.send_to_all(allow_empty=True)  # tell followers the new commit index

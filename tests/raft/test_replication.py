@@ -1,0 +1,294 @@
+"""Log replication: commit rules, repair, fast backtracking, batching, pipelining."""
+
+from __future__ import annotations
+
+from kvraft.raft.core import RaftCore, Role
+from kvraft.raft.messages import AppendEntries, AppendEntriesReply, Message, RequestVoteReply
+from kvraft.raft.progress import ProgressState
+from kvraft.raft.ready import HardState, PersistentState
+
+from .harness import Cluster, drain, log_of, make_config, make_core, sent
+
+
+def appends(msgs: list[Message], dst: int | None = None) -> list[AppendEntries]:
+    return [m for m in msgs if isinstance(m, AppendEntries) and dst in (None, m.dst)]
+
+
+def make_leader(entries: tuple[object, ...] = (), term: int = 1, **overrides: object) -> RaftCore:
+    """Node 1 of (1, 2, 3), leader of ``term + 1`` by node 3's vote, its Readies drained."""
+    core = make_core(1, term=term, entries=entries, pre_vote=False, **overrides)  # type: ignore[arg-type]
+    core.campaign()
+    drain(core)
+    core.step(RequestVoteReply(3, 1, term + 1, True, False))
+    assert core.role is Role.LEADER
+    return core
+
+
+def test_leader_commits_only_current_term_entries_by_counting() -> None:
+    """Figure 8: an old-term entry on a majority is not committed until one of this term is.
+
+    Reference: Raft §5.4.2, Figure 8
+    """
+    leader = make_leader(log_of([1, 2]), term=3)  # no-op at index 3, term 4
+    drain(leader)
+    assert leader.commit_index == 0
+
+    leader.step(AppendEntriesReply(2, 1, 4, True, 2, 0, 0))
+    assert leader.commit_index == 0  # index 2 is on a majority, but of term 2
+
+    leader.step(AppendEntriesReply(2, 1, 4, True, 3, 0, 0))
+    assert leader.commit_index == 3  # the no-op commits, and index 2 with it
+
+
+def test_leader_counts_itself_only_for_persisted_entries() -> None:
+    """A follower's ack makes a majority with the leader only once the leader persisted.
+
+    Reference: Raft thesis §10.2.1, DESIGN.md durability rules
+    """
+    leader = make_leader()
+    drain(leader)
+    leader.step(AppendEntriesReply(2, 1, 2, True, 1, 0, 0))
+    assert leader.commit_index == 1
+    index, _ = leader.propose(b"x") or (0, 0)
+
+    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    assert leader.commit_index == 1  # the leader's own copy is not on disk yet
+    ready = leader.ready()
+    assert [e.index for e in ready.entries] == [index]
+    leader.advance(ready)
+
+    assert leader.commit_index == index
+
+
+def test_follower_truncates_a_conflicting_suffix() -> None:
+    """Entries that conflict with the leader's, and all after them, are replaced.
+
+    Reference: Raft §5.3, Figure 2 (AppendEntries rule 3)
+    """
+    follower = make_core(2, term=2, entries=log_of([1, 1, 2, 2]))
+    new = log_of([3, 3], start=3)
+
+    follower.step(AppendEntries(1, 2, 3, 2, 1, new, 0))
+    [ready] = drain(follower)
+
+    assert [(e.index, e.term) for e in ready.entries] == [(3, 3), (4, 3)]
+    assert follower.last_index == 4 and follower.term(4) == 3
+    [reply] = ready.messages
+    assert isinstance(reply, AppendEntriesReply) and (reply.success, reply.match_index) == (True, 4)
+
+
+def test_follower_commit_never_exceeds_its_last_new_entry() -> None:
+    """commitIndex = min(leaderCommit, index of last new entry), and so does its hard state.
+
+    Reference: Raft Figure 2 (AppendEntries rule 5)
+    """
+    follower = make_core(2, term=1)
+
+    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1]), 50))
+    [ready] = drain(follower)
+
+    assert follower.commit_index == 2
+    assert ready.hard_state == HardState(1, None, 2)
+    assert [e.index for e in ready.committed] == [1, 2]
+
+
+def test_duplicate_append_entries_do_not_truncate() -> None:
+    """A delayed copy of an older AppendEntries leaves the newer entries in place.
+
+    Reference: Raft §5.3
+    """
+    follower = make_core(2, term=1)
+    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1, 1, 1]), 0))
+    drain(follower)
+
+    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1]), 0))
+    [reply] = sent(follower)
+
+    assert follower.last_index == 4
+    assert isinstance(reply, AppendEntriesReply) and reply.match_index == 2
+
+
+def replicate(leader: RaftCore, follower: RaftCore) -> tuple[int, int]:
+    """Round trips (and refusals among them) until ``follower`` matches ``leader``'s log."""
+    assert leader.leader is not None
+    progress = leader.leader.progress[follower.id]
+    round_trips = refusals = 0
+    while progress.match_index < leader.last_index:
+        round_trips += 1
+        assert round_trips < 1000
+        for msg in appends(sent(leader), follower.id):
+            follower.step(msg)
+        for reply in sent(follower):
+            assert isinstance(reply, AppendEntriesReply)
+            refusals += not reply.success
+            leader.step(reply)
+        if not leader.has_ready():
+            leader.tick()  # heartbeat: probe again if something was lost
+    return round_trips, refusals
+
+
+def test_fast_backtracking_repairs_a_300_entry_divergence_in_few_round_trips() -> None:
+    """The follower names its conflicting term; the leader skips the whole run at once.
+
+    Naive backtracking (one index per refusal) would need 300 round trips.
+    Reference: Raft §5.3 (the optimization it sketches), 6.824 guide
+    """
+    leader = make_leader(log_of([1] * 10 + [3] * 300), term=3)
+    follower = make_core(2, term=3, entries=log_of([1] * 10 + [2] * 300))
+
+    round_trips, refusals = replicate(leader, follower)
+
+    assert refusals == 1
+    assert round_trips <= 3
+    assert [follower.term(i) for i in (10, 11, 310, 311)] == [1, 3, 3, 4]
+
+
+def test_fast_backtracking_skips_a_300_entry_gap_in_one_refusal() -> None:
+    """A follower whose log is too short says where it ends.
+
+    Reference: Raft §5.3, 6.824 guide
+    """
+    leader = make_leader(log_of([1] * 310), term=1)
+    follower = make_core(2, term=1, entries=log_of([1] * 10))
+
+    round_trips, refusals = replicate(leader, follower)
+
+    assert (round_trips, refusals) == (2, 1)
+
+
+def test_fast_backtracking_to_the_last_shared_term() -> None:
+    """The follower holds a long run of a term the leader has, but shorter there.
+
+    Leader: 10 x term 1, 50 x term 2, 250 x term 4. Follower: 10 x term 1,
+    300 x term 2. The leader jumps to the end of its own term-2 run.
+    Reference: Raft §5.3, 6.824 guide
+    """
+    leader = make_leader(log_of([1] * 10 + [2] * 50 + [4] * 250), term=4)
+    follower = make_core(2, term=4, entries=log_of([1] * 10 + [2] * 300))
+
+    round_trips, refusals = replicate(leader, follower)
+
+    assert refusals == 1 and round_trips <= 3
+    assert [follower.term(i) for i in (60, 61, 311)] == [2, 4, 5]
+
+
+def test_proposals_between_readies_are_batched() -> None:
+    """Proposals made between two Readies go out in one Ready and one message per follower.
+
+    Reference: Raft thesis §10.2.1 (batching)
+    """
+    cluster = Cluster.of(3)
+    cluster.elect(1)
+    leader = cluster.cores[1]
+
+    cluster.propose(1, *[b"c%d" % i for i in range(5)])
+    ready = leader.ready()
+
+    assert len(ready.entries) == 5
+    assert [(m.dst, len(m.entries)) for m in appends(ready.messages)] == [(2, 5), (3, 5)]
+
+
+def test_batching_bounds_entries_per_message() -> None:
+    """No AppendEntries carries more than max_entries_per_message entries.
+
+    Reference: Raft thesis §10.2.1
+    """
+    cluster = Cluster.of(3, max_entries_per_message=3)
+    cluster.elect(1)
+
+    cluster.propose(1, *[b"c%d" % i for i in range(7)])
+    msgs = appends(cluster.cores[1].ready().messages, 2)
+
+    assert [len(m.entries) for m in msgs] == [3, 3, 1]
+    assert [m.prev_log_index for m in msgs] == [1, 4, 7]
+
+
+def test_batching_bounds_bytes_per_message() -> None:
+    """Entries are packed up to max_bytes_per_message; an oversized one travels alone.
+
+    Reference: Raft thesis §10.2.1
+    """
+    cluster = Cluster.of(3, max_bytes_per_message=10)
+    cluster.elect(1)
+
+    cluster.propose(1, b"aaaa", b"bbbb", b"cccc", b"x" * 30, b"dd")
+    msgs = appends(cluster.cores[1].ready().messages, 2)
+
+    assert [[e.command for e in m.entries] for m in msgs] == [
+        [b"aaaa", b"bbbb"],
+        [b"cccc"],
+        [b"x" * 30],
+        [b"dd"],
+    ]
+
+
+def test_pipelining_keeps_several_append_entries_in_flight() -> None:
+    """In replicate state the leader sends ahead, up to max_inflight_messages unanswered.
+
+    Reference: Raft thesis §10.2.2 (pipelining)
+    """
+    cluster = Cluster.of(3, max_entries_per_message=1, max_inflight_messages=4)
+    cluster.elect(1)
+    leader = cluster.cores[1]
+
+    cluster.propose(1, *[b"c%d" % i for i in range(6)])
+    in_flight = appends(leader.ready().messages, 2)
+    assert [m.entries[0].index for m in in_flight] == [2, 3, 4, 5]
+
+    cluster.cores[2].step(in_flight[0])
+    [ack] = [m for m in cluster.cores[2].ready().messages if m.dst == 1]
+    leader.step(ack)
+
+    assert [m.entries[0].index for m in appends(leader.ready().messages, 2)] == [6]
+
+
+def test_probe_state_sends_one_append_at_a_time() -> None:
+    """After a refusal the leader probes: one AppendEntries, then it waits.
+
+    Reference: Raft §5.3, etcd raft's progress states
+    """
+    leader = make_leader(log_of([1] * 5), term=1)
+    assert leader.leader is not None
+    drain(leader)
+    # The refusal of the first probe (prev_log_index 5): the follower ends at index 2.
+    leader.step(AppendEntriesReply(2, 1, 2, False, 5, 3, 0))
+
+    first = appends(sent(leader), 2)
+    leader.propose(b"more")
+    second = appends(sent(leader), 2)
+
+    assert leader.leader.progress[2].state is ProgressState.PROBE
+    assert [m.prev_log_index for m in first] == [2]
+    assert second == []
+
+
+def test_lost_append_is_repaired_after_a_heartbeat() -> None:
+    """A follower refuses the heartbeat after a gap; the leader probes and resends.
+
+    Reference: Raft §5.3 (the leader retries AppendEntries indefinitely)
+    """
+    cluster = Cluster.of(3)
+    cluster.elect(1)
+    cluster.propose(1, b"lost")
+    cluster.isolated.add(3)
+    cluster.stabilize()  # node 3 misses the entry and the new commit index
+    cluster.isolated.clear()
+    assert cluster.cores[3].last_index == 1
+
+    cluster.tick(2)  # one heartbeat interval
+
+    assert [e.command for e in cluster.applied[3]] == [None, b"lost"]
+
+
+def test_restart_applies_what_the_hard_state_says_is_committed() -> None:
+    """A restarted node hands out entries up to its persisted commit index at once.
+
+    Reference: Raft thesis §3.8 (commit index as a persisted hint)
+    """
+    state = PersistentState(HardState(2, 1, 3), None, log_of([1, 1, 2, 2, 2]))
+    core = RaftCore(make_config(1), state)
+
+    [ready] = drain(core)
+
+    assert [e.index for e in ready.committed] == [1, 2, 3]
+    assert ready.hard_state is None and ready.entries == []

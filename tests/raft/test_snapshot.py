@@ -1,0 +1,205 @@
+"""Log compaction and InstallSnapshot: chunking, installing, stale chunks."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvraft.raft.core import RaftCore, Role
+from kvraft.raft.messages import (
+    AppendEntriesReply,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    Message,
+    RequestVoteReply,
+)
+from kvraft.raft.progress import ProgressState
+from kvraft.raft.ready import Snapshot
+
+from .harness import Cluster, drain, log_of, make_core, sent
+
+DATA = bytes(range(50))
+
+
+def chunks_of(msgs: list[Message]) -> list[InstallSnapshot]:
+    return [m for m in msgs if isinstance(m, InstallSnapshot)]
+
+
+def snapshot_leader(chunk_bytes: int = 16) -> RaftCore:
+    """Node 1, leader of term 2, whose log starts after a snapshot at index 20 (term 1)."""
+    core = make_core(
+        1,
+        term=1,
+        commit=20,
+        snapshot=Snapshot(20, 1, DATA),
+        entries=log_of([1, 1], start=21),
+        pre_vote=False,
+        snapshot_chunk_bytes=chunk_bytes,
+    )
+    core.campaign()
+    drain(core)
+    core.step(RequestVoteReply(3, 1, 2, True, False))
+    assert core.role is Role.LEADER
+    return core
+
+
+def test_leader_sends_compacted_prefix_as_snapshot_chunks() -> None:
+    """A follower that needs compacted entries gets the snapshot, chunk by chunk.
+
+    Reference: Raft §7, Figure 13 (offset, done)
+    """
+    leader = snapshot_leader(chunk_bytes=16)
+    follower = make_core(2, term=1)
+    assert leader.leader is not None
+    drain(leader)
+    leader.step(AppendEntriesReply(2, 1, 2, False, 22, 1, 0))  # its log is empty
+    chunks = []
+
+    for _ in range(10):
+        msgs = chunks_of(sent(leader))
+        if not msgs:
+            break
+        chunks.extend(msgs)
+        for msg in msgs:
+            follower.step(msg)
+        for reply in sent(follower):
+            leader.step(reply)
+
+    assert [(c.offset, len(c.data), c.done) for c in chunks] == [
+        (0, 16, False),
+        (16, 16, False),
+        (32, 16, False),
+        (48, 2, True),
+    ]
+    assert follower.snapshot == Snapshot(20, 1, DATA)
+    assert leader.leader.progress[2].match_index == 20
+    assert leader.leader.progress[2].state is ProgressState.PROBE
+
+
+def test_follower_installs_snapshot_and_keeps_a_matching_suffix() -> None:
+    """A log that holds the snapshot's last entry keeps the entries after it.
+
+    Reference: Raft §7 (Figure 13, receiver rule 6)
+    """
+    follower = make_core(2, term=1, entries=log_of([1] * 30))
+
+    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA, True))
+    [ready] = drain(follower)
+
+    assert ready.snapshot == Snapshot(20, 1, DATA)
+    assert [e.index for e in ready.entries] == list(range(21, 31))
+    assert (follower.first_index, follower.last_index) == (21, 30)
+    assert (follower.commit_index, follower.applied_index) == (20, 20)
+    assert ready.committed == []
+    [reply] = ready.messages
+    assert isinstance(reply, InstallSnapshotReply) and reply.done
+
+
+def test_follower_installing_a_snapshot_discards_a_conflicting_log() -> None:
+    """A log whose entry at the snapshot's index has another term is dropped entirely.
+
+    Reference: Raft §7 (Figure 13, receiver rule 7)
+    """
+    follower = make_core(2, term=2, entries=log_of([1] * 10 + [2] * 20))
+
+    follower.step(InstallSnapshot(1, 2, 3, 20, 3, 0, DATA, True))
+    [ready] = drain(follower)
+
+    assert ready.snapshot == Snapshot(20, 3, DATA)
+    assert ready.entries == []
+    assert (follower.first_index, follower.last_index, follower.last_term) == (21, 20, 3)
+
+
+def test_out_of_order_and_stale_chunks_are_refused_with_the_wanted_offset() -> None:
+    """A chunk that does not continue the assembled bytes changes nothing.
+
+    Reference: Raft §7 (Figure 13: offset)
+    """
+    follower = make_core(2, term=1)
+
+    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 16, DATA[16:32], False))  # before offset 0
+    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA[:16], False))
+    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA[:16], False))  # duplicate: restarts
+    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 32, DATA[32:], True))  # a gap
+    follower.step(InstallSnapshot(1, 2, 1, 19, 1, 16, DATA[16:], True))  # another snapshot
+    replies = [m for m in sent(follower) if isinstance(m, InstallSnapshotReply)]
+
+    assert [(r.next_offset, r.done) for r in replies] == [
+        (0, False),
+        (16, False),
+        (16, False),
+        (16, False),
+        (0, False),
+    ]
+    assert follower.snapshot is None and follower.commit_index == 0
+
+
+def test_snapshot_of_committed_entries_is_acknowledged_without_installing() -> None:
+    """A snapshot that covers nothing beyond our commit index is already held.
+
+    Reference: Raft §7 (Figure 13, receiver rule 6)
+    """
+    follower = make_core(2, term=1, commit=25, entries=log_of([1] * 30))
+
+    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA, True))
+    [ready] = drain(follower)
+
+    assert ready.snapshot is None and follower.first_index == 1
+    [reply] = ready.messages
+    assert isinstance(reply, InstallSnapshotReply) and reply.done
+
+
+def test_compact_drops_the_prefix_and_keeps_the_snapshot() -> None:
+    """After compact(), entries up to the snapshot are gone; the snapshot stands for them.
+
+    Reference: Raft §7
+    """
+    cluster = Cluster.of(3)
+    cluster.elect(1)
+    cluster.propose(1, *[b"c%d" % i for i in range(5)])
+    cluster.stabilize()
+    leader = cluster.cores[1]
+    term = leader.term(4)
+    assert term is not None
+
+    leader.compact(Snapshot(4, term, b"state"))
+
+    assert leader.first_index == 5 and leader.entry(4) is None and leader.entry(5) is not None
+    assert leader.snapshot == Snapshot(4, term, b"state")
+    assert leader.status()["snapshot_index"] == 4
+
+
+def test_compact_past_applied_is_refused() -> None:
+    """Only what was handed out to apply may be compacted.
+
+    Reference: Raft §7
+    """
+    core = make_core(1, term=1, entries=log_of([1] * 5))
+
+    with pytest.raises(ValueError, match="past applied"):
+        core.compact(Snapshot(3, 1, b""))
+
+
+def test_lagging_follower_catches_up_through_a_snapshot() -> None:
+    """A follower cut off while the leader compacted catches up by snapshot, then entries.
+
+    Reference: Raft §7
+    """
+    cluster = Cluster.of(3, snapshot_chunk_bytes=3)
+    cluster.elect(1)
+    cluster.isolated.add(3)
+    cluster.propose(1, *[b"c%d" % i for i in range(10)])
+    cluster.stabilize()
+    leader = cluster.cores[1]
+    cluster.process_all()
+    leader.compact(Snapshot(8, 1, b"snapshot at 8"))
+
+    cluster.isolated.clear()
+    cluster.tick(4)
+    cluster.propose(1, b"after")
+    cluster.stabilize()
+    cluster.tick(2)
+
+    lagging = cluster.cores[3]
+    assert lagging.snapshot == Snapshot(8, 1, b"snapshot at 8")
+    assert [e.command for e in cluster.applied[3]] == [b"c7", b"c8", b"c9", b"after"]
+    assert lagging.commit_index == leader.commit_index == 12

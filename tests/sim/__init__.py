@@ -1,0 +1,1 @@
+"""Deterministic simulation of RaftCore clusters under faults (see simulator.py)."""

@@ -1,0 +1,64 @@
+"""Cores with a planted bug each, to prove the simulator's checkers catch them.
+
+Each is a one-rule violation of the paper that an unlucky implementation could
+make; the simulator must report the property it breaks within a few seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvraft.raft.config import RaftConfig
+from kvraft.raft.core import RaftCore
+from kvraft.raft.log import RaftLog
+from kvraft.raft.messages import Entry, RequestVote
+from kvraft.raft.ready import PersistentState
+
+
+class DoubleVoteCore(RaftCore):
+    """Grants every up-to-date candidate, even a second one in the same term (breaks §5.2)."""
+
+    def _can_grant_vote(self, msg: RequestVote) -> bool:
+        return (msg.last_log_term, msg.last_log_index) >= (self.log.last_term, self.log.last_index)
+
+
+class StaleLogVoteCore(RaftCore):
+    """Votes without comparing logs (breaks the election restriction, §5.4.1)."""
+
+    def _can_grant_vote(self, msg: RequestVote) -> bool:
+        return (
+            self.voted_for == msg.src
+            or (self.voted_for is None and self.leader_id is None)
+            or (msg.pre_vote and msg.term > self.current_term)
+        )
+
+
+class _KeepSuffixLog(RaftLog):
+    """Overwrites a conflicting entry but keeps the entries after it (breaks §5.3)."""
+
+    def truncate_and_append(self, entries: Sequence[Entry]) -> None:
+        first = entries[0].index
+        if first > self.last_index:
+            super().truncate_and_append(entries)
+            return
+        for entry in entries:
+            offset = entry.index - self.snapshot_index - 1
+            if offset < len(self._entries):
+                self._entries[offset] = entry
+            else:
+                self._entries.append(entry)
+        self.unstable = min(self.unstable, first)
+        self.persisted = min(self.persisted, first - 1)
+
+
+class KeepSuffixCore(RaftCore):
+    def __init__(self, config: RaftConfig, state: PersistentState) -> None:
+        super().__init__(config, state)
+        self.log.__class__ = _KeepSuffixLog
+
+
+PLANTED: dict[str, type[RaftCore]] = {
+    "double-vote": DoubleVoteCore,
+    "stale-log-vote": StaleLogVoteCore,
+    "keep-suffix": KeepSuffixCore,
+}

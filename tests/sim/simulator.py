@@ -1,0 +1,639 @@
+"""A deterministic simulator of a Raft cluster of RaftCores (after TigerBeetle's VOPR).
+
+Everything is decided by one seed: the fault profile (how often messages are
+dropped, duplicated, delayed and so reordered, nodes partitioned, crashed and
+restarted), the Raft settings, and every event. Time is virtual: one loop
+iteration is one tick, and ``RaftCore.tick()`` is called directly.
+
+Each node is a RaftCore over a ``MemoryStorage`` plus a tiny state machine (a
+hash chain over the applied commands). The driver loop performs every Ready in
+the durability order of ``kvraft.raft.ready`` — persist, send, apply, advance —
+and may crash the node between any two of those steps; a crash loses whatever
+was not saved, and a restart rebuilds the core from ``MemoryStorage.load()``.
+
+A run has a safety phase (faults on) and a liveness phase (network healed,
+every node restarted: a leader must be elected and a new command must be
+applied by every node within a bounded number of ticks). The :class:`Checker`
+watches from outside the code under test after every step: election safety,
+log matching, leader completeness, state machine safety, and the Ready
+contract (committed entries are persisted, the persisted commit index never
+exceeds the persisted log). A violation raises :class:`Violation` whose message
+ends with the one command that replays the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvraft.raft.config import RaftConfig
+from kvraft.raft.core import RaftCore, Role
+from kvraft.raft.messages import Entry, Message
+from kvraft.raft.ready import PersistentState, Ready, Snapshot
+from kvraft.raft.storage import MemoryStorage
+
+from .planted import PLANTED
+
+CoreFactory = Callable[[RaftConfig, PersistentState], RaftCore]
+
+REPLAY_COMMAND = ".venv/bin/python -m tests.sim.replay --seed {seed} --nodes {nodes}"
+
+logger = logging.getLogger("kvraft.sim")
+
+
+class Violation(AssertionError):
+    """A Raft property failed; the message says which, where, and how to replay."""
+
+
+def replay_command(seed: int, nodes: int, planted: str | None = None) -> str:
+    command = REPLAY_COMMAND.format(seed=seed, nodes=nodes)
+    return command if planted is None else f"{command} --planted {planted}"
+
+
+# ------------------------------------------------------------------- the seed
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hostile the world is, and how Raft is tuned: all picked by the seed."""
+
+    drop: float
+    duplicate: float
+    max_delay_ticks: int
+    partition: float  # per tick: start a partition
+    heal: float  # per tick: end it
+    crash: float  # per tick: crash a random node
+    crash_in_ready: float  # per Ready: crash between two of its steps
+    slow_disk: float  # per Ready: it takes a tick or two to persist
+    restart: float  # per tick: restart a random crashed node
+    reboot: float  # per tick: crash a random node and restart it at once
+    propose: float  # per tick
+    compact: float  # per tick
+    election_timeout_ticks: int
+    heartbeat_interval_ticks: int
+    max_entries_per_message: int
+    max_bytes_per_message: int
+    max_inflight_messages: int
+    snapshot_chunk_bytes: int
+    pre_vote: bool
+    check_quorum: bool
+
+    @classmethod
+    def pick(cls, rng: random.Random) -> Profile:
+        calm = rng.random() < 0.15
+        return cls(
+            drop=0.0 if calm else rng.choice([0.0, 0.02, 0.05, 0.1, 0.2]),
+            duplicate=0.0 if calm else rng.choice([0.0, 0.02, 0.1]),
+            max_delay_ticks=rng.choice([1, 1, 2, 3]),
+            partition=0.0 if calm else rng.choice([0.0, 0.01, 0.03]),
+            heal=rng.choice([0.05, 0.1, 0.2]),
+            crash=0.0 if calm else rng.choice([0.0, 0.005, 0.01, 0.02]),
+            crash_in_ready=0.0 if calm else rng.choice([0.0, 0.002, 0.01, 0.03]),
+            slow_disk=rng.choice([0.0, 0.0, 0.2, 0.6]),
+            restart=rng.choice([0.05, 0.1, 0.3]),
+            reboot=0.0 if calm else rng.choice([0.0, 0.01, 0.05]),
+            propose=rng.choice([0.1, 0.3, 0.6]),
+            compact=rng.choice([0.0, 0.02, 0.1]),
+            election_timeout_ticks=rng.choice([8, 10, 12]),
+            heartbeat_interval_ticks=rng.choice([2, 3]),
+            max_entries_per_message=rng.choice([1, 2, 4, 64]),
+            max_bytes_per_message=rng.choice([16, 1 << 20]),
+            max_inflight_messages=rng.choice([1, 2, 8]),
+            snapshot_chunk_bytes=rng.choice([7, 16, 1024]),
+            pre_vote=rng.random() < 0.85,
+            check_quorum=rng.random() < 0.85,
+        )
+
+
+# ------------------------------------------------------------ state machine
+
+
+# Proposals wait while a leader has this many uncommitted entries.
+MAX_BACKLOG = 24
+
+DIGEST_BYTES = 16
+EMPTY_DIGEST = bytes(DIGEST_BYTES)
+
+
+def chain(digest: bytes, entry: Entry) -> bytes:
+    """The state after applying ``entry`` to the state ``digest`` (no-ops change nothing)."""
+    if entry.command is None:
+        return digest
+    return hashlib.blake2b(digest + entry.command, digest_size=DIGEST_BYTES).digest()
+
+
+def snapshot_data(index: int, digest: bytes, padding: int) -> bytes:
+    # Padding makes snapshots span several InstallSnapshot chunks.
+    return index.to_bytes(8, "big") + digest + b"." * padding
+
+
+def parse_snapshot(data: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(data[:8], "big"), data[8 : 8 + DIGEST_BYTES]
+
+
+@dataclass
+class App:
+    """The replicated state machine of one node: applied up to ``index``."""
+
+    index: int = 0
+    digest: bytes = EMPTY_DIGEST
+
+
+@dataclass
+class Node:
+    id: int
+    storage: MemoryStorage = field(default_factory=MemoryStorage)
+    core: RaftCore | None = None
+    app: App = field(default_factory=App)
+    writing: Ready | None = None  # a Ready being persisted (the disk is slow)
+    written_at: int = 0
+    seen_commit: int = 0  # the highest commit index the checker has recorded of this core
+    leader_checked_term: int = -1
+
+
+# ------------------------------------------------------------------ checkers
+
+
+class Checker:
+    """Raft's safety properties, checked from outside the cores after every step."""
+
+    def __init__(self, fail: Callable[[str], None]) -> None:
+        self.fail = fail
+        self.leader_of_term: dict[int, int] = {}
+        # (index, term) -> (command, term of the previous entry): Log Matching,
+        # by induction, holds iff this map is a function.
+        self.entry_ids: dict[tuple[int, int], tuple[bytes | None, int]] = {}
+        # index -> (term, command, the term it is known committed in)
+        self.committed: dict[int, tuple[int, bytes | None, int]] = {}
+        # index -> digest of the state after applying it (the first node to apply decides)
+        self.states: dict[int, bytes] = {0: EMPTY_DIGEST}
+
+    # Log Matching (Raft §5.3) ------------------------------------------------
+
+    def entries_logged(self, node: int, entries: list[Entry], prev_term: int) -> None:
+        for entry in entries:
+            key = (entry.index, entry.term)
+            value = (entry.command, prev_term)
+            known = self.entry_ids.setdefault(key, value)
+            if known != value:
+                self.fail(
+                    f"log matching: n{node} holds entry {entry.index}@{entry.term} "
+                    f"(command {entry.command!r}, previous term {prev_term}), another log "
+                    f"held command {known[0]!r} after term {known[1]} there"
+                )
+            prev_term = entry.term
+
+    # Election safety and leader completeness (Raft §5.2, §5.4) ----------------
+
+    def observe(self, node: Node) -> None:
+        core = node.core
+        assert core is not None
+        if not (
+            core.log.snapshot_index <= core.applied_index <= core.commit_index <= core.last_index
+        ):
+            self.fail(f"n{node.id} index invariant broken: {core.status()}")
+        if core.commit_index > node.seen_commit:
+            self._record_commits(node, core)
+        if core.role is Role.LEADER and node.leader_checked_term != core.current_term:
+            node.leader_checked_term = core.current_term
+            other = self.leader_of_term.setdefault(core.current_term, core.id)
+            if other != core.id:
+                self.fail(
+                    f"election safety: n{other} and n{core.id} both leaders of term "
+                    f"{core.current_term}"
+                )
+            self._check_leader_completeness(core)
+
+    def _record_commits(self, node: Node, core: RaftCore) -> None:
+        start = max(node.seen_commit + 1, core.first_index)
+        for index in range(start, core.commit_index + 1):
+            entry = core.entry(index)
+            assert entry is not None
+            self._committed(node.id, entry, core.current_term)
+        node.seen_commit = core.commit_index
+
+    def _committed(self, node: int, entry: Entry, term: int) -> None:
+        known = self.committed.get(entry.index)
+        if known is None:
+            self.committed[entry.index] = (entry.term, entry.command, term)
+            return
+        if (known[0], known[1]) != (entry.term, entry.command):
+            self.fail(
+                f"state machine safety: n{node} committed {entry.command!r} (term "
+                f"{entry.term}) at index {entry.index}, where {known[1]!r} (term {known[0]}) "
+                f"was committed"
+            )
+        if term < known[2]:
+            self.committed[entry.index] = (known[0], known[1], term)
+
+    def _check_leader_completeness(self, core: RaftCore) -> None:
+        """Every entry committed in an earlier term is in the new leader's log."""
+        below = core.log.snapshot_index  # its snapshot was checked against `states`
+        for index, (term, command, committed_in) in self.committed.items():
+            if committed_in >= core.current_term or index <= below:
+                continue
+            entry = core.entry(index)
+            if entry is None or (entry.term, entry.command) != (term, command):
+                self.fail(
+                    f"leader completeness: n{core.id} became leader of term "
+                    f"{core.current_term} without entry {index}@{term} ({command!r}), "
+                    f"committed in term {committed_in}; it has {entry}"
+                )
+
+    # State machine safety (Raft §5.4.3) ----------------------------------------
+
+    def applied(self, node: Node, entry: Entry) -> None:
+        app = node.app
+        if entry.index != app.index + 1:
+            self.fail(f"n{node.id} applied index {entry.index} after index {app.index}")
+        app.index = entry.index
+        app.digest = chain(app.digest, entry)
+        self._state(node.id, app.index, app.digest, "applying")
+        assert node.core is not None
+        self._committed(node.id, entry, node.core.current_term)
+
+    def restored(self, node: Node, snapshot: Snapshot) -> None:
+        index, digest = parse_snapshot(snapshot.data)
+        if index != snapshot.index:
+            self.fail(f"n{node.id} snapshot at {snapshot.index} holds state of index {index}")
+        if snapshot.index not in self.states:
+            self.fail(f"n{node.id} restored a snapshot at {index} that nobody applied")
+        self._state(node.id, index, digest, "restoring a snapshot")
+        node.app = App(index, digest)
+
+    def _state(self, node: int, index: int, digest: bytes, how: str) -> None:
+        known = self.states.setdefault(index, digest)
+        if known != digest:
+            self.fail(
+                f"state machine safety: n{node} reached a different state at index {index} "
+                f"by {how} than another node did"
+            )
+
+    # At rest ------------------------------------------------------------------
+
+    def logs_match(self, nodes: list[Node]) -> None:
+        """Log Matching over whole logs: equal (index, term) means equal prefixes."""
+        logs = []
+        for node in nodes:
+            if node.core is not None:
+                logs.append((node.id, node.core))
+        for pos, (a, core_a) in enumerate(logs):
+            for b, core_b in logs[pos + 1 :]:
+                lo = max(core_a.first_index, core_b.first_index)
+                hi = min(core_a.last_index, core_b.last_index)
+                agreed = False
+                for index in range(hi, lo - 1, -1):
+                    entry_a, entry_b = core_a.entry(index), core_b.entry(index)
+                    if agreed and entry_a != entry_b:
+                        self.fail(
+                            f"log matching: n{a} and n{b} agree above index {index} "
+                            f"but differ at it: {entry_a} vs {entry_b}"
+                        )
+                    if entry_a is not None and entry_b is not None:
+                        agreed = agreed or entry_a.term == entry_b.term
+
+
+# ----------------------------------------------------------------- simulation
+
+
+@dataclass
+class Result:
+    seed: int
+    nodes: int
+    ticks: int
+    steps: int
+    leaders: int
+    committed: int
+    crashes: int
+    snapshots_installed: int
+    liveness_ticks: int
+
+
+class Simulation:
+    """One seeded run; :meth:`run` raises :class:`Violation` or returns a summary."""
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: int = 3,
+        *,
+        safety_ticks: int = 150,
+        liveness_ticks: int | None = None,
+        planted: str | None = None,
+    ) -> None:
+        self.seed = seed
+        self.size = nodes
+        self.rng = random.Random(f"kvraft-sim/{seed}/{nodes}")
+        self.profile = Profile.pick(self.rng)
+        self.safety_ticks = safety_ticks
+        timeout = self.profile.election_timeout_ticks
+        # Generous but bounded: a few election rounds, then catching up the
+        # laggards (possibly by snapshot, one chunk per round trip).
+        self.liveness_ticks = liveness_ticks if liveness_ticks is not None else 30 * timeout
+        # A core with a planted bug (see planted.py), to test the checkers.
+        self.planted = planted
+        self.core_factory: CoreFactory = RaftCore if planted is None else PLANTED[planted]
+        self.ids = tuple(range(nodes))
+        self.nodes = {i: Node(i) for i in self.ids}
+        self.checker = Checker(self._fail)
+        self.now = 0
+        self.steps = 0
+        self.crashes = 0
+        self.installs = 0
+        self._seq = 0
+        self._network: list[tuple[int, int, Message]] = []
+        self._group: dict[int, int] = dict.fromkeys(self.ids, 0)
+        self._faults_on = True
+        self._proposals = 0
+        self._live_index: int | None = None
+
+    # ----------------------------------------------------------------- failing
+
+    def _fail(self, what: str) -> None:
+        raise Violation(
+            f"{what}\n  at tick {self.now} (seed {self.seed}, {self.size} nodes, "
+            f"{self.profile})\n  replay: {replay_command(self.seed, self.size, self.planted)}"
+        )
+
+    # ------------------------------------------------------------------- nodes
+
+    def _config(self, node: int) -> RaftConfig:
+        profile = self.profile
+        return RaftConfig(
+            node_id=node,
+            peers=self.ids,
+            election_timeout_ticks=profile.election_timeout_ticks,
+            heartbeat_interval_ticks=profile.heartbeat_interval_ticks,
+            pre_vote=profile.pre_vote,
+            check_quorum=profile.check_quorum,
+            max_entries_per_message=profile.max_entries_per_message,
+            max_bytes_per_message=profile.max_bytes_per_message,
+            max_inflight_messages=profile.max_inflight_messages,
+            snapshot_chunk_bytes=profile.snapshot_chunk_bytes,
+            rng=random.Random(self.rng.getrandbits(64)),
+        )
+
+    def _start(self, node: Node) -> None:
+        state = node.storage.load()
+        node.core = self.core_factory(self._config(node.id), state)
+        node.seen_commit = node.core.commit_index
+        node.leader_checked_term = -1
+        node.app = App()
+        if state.snapshot is not None:
+            self.checker.restored(node, state.snapshot)
+        logger.debug("t%d n%d started at %s", self.now, node.id, node.core.status())
+        self._drive(node)
+
+    def _crash(self, node: Node, where: str) -> None:
+        logger.debug("t%d n%d crashed %s", self.now, node.id, where)
+        node.core = None
+        node.writing = None  # lost with the process
+        self.crashes += 1
+
+    def _drive(self, node: Node) -> None:
+        """The driver loop: take Readies while the disk is free, then let the checker look.
+
+        Like the real driver, a Ready may take ticks to persist; meanwhile the
+        core keeps stepping messages and ticking, and the next Ready waits.
+        """
+        core = node.core
+        assert core is not None
+        while node.writing is None and core.has_ready():
+            ready = core.ready()
+            if ready.entries:
+                first = ready.entries[0].index
+                if ready.snapshot is not None:
+                    prev_term = ready.snapshot.term
+                else:
+                    known = core.term(first - 1)
+                    assert known is not None, (first, core.status())
+                    prev_term = known
+                self.checker.entries_logged(node.id, ready.entries, prev_term)
+            if self._faults_on and self.rng.random() < self.profile.slow_disk:
+                node.writing = ready
+                node.written_at = self.now + self.rng.randint(1, 2)
+                break
+            self._perform(node, ready)
+            if node.core is None:
+                return
+        self.checker.observe(node)
+
+    def _perform(self, node: Node, ready: Ready) -> None:
+        """One Ready in the durability order; the seed may crash the node between steps."""
+        core = node.core
+        assert core is not None
+        crash = self._faults_on and self.rng.random() < self.profile.crash_in_ready
+        where = self.rng.randrange(4) if crash else -1
+        if where == 0:
+            return self._crash(node, "before persisting a Ready")
+        node.storage.save(ready.hard_state, ready.entries, ready.snapshot)
+        self._check_persisted(node, ready)
+        if where == 1:
+            return self._crash(node, "after persisting, before sending")
+        for msg in ready.messages:
+            self._send(msg)
+        if where == 2:
+            return self._crash(node, "after sending, before applying")
+        if ready.snapshot is not None:
+            self.installs += 1
+            self.checker.restored(node, ready.snapshot)
+        for entry in ready.committed:
+            self.checker.applied(node, entry)
+        if where == 3:
+            return self._crash(node, "after applying, before advancing")
+        core.advance(ready)
+        return None
+
+    def _finish_writes(self) -> None:
+        for node in self.nodes.values():
+            ready = node.writing
+            if ready is not None and node.written_at <= self.now:
+                node.writing = None
+                self._perform(node, ready)
+                if node.core is not None:
+                    self._drive(node)
+
+    def _check_persisted(self, node: Node, ready: Ready) -> None:
+        """The Ready contract: what is applied and the commit hint are on disk."""
+        storage = node.storage
+        offset = storage.snapshot.index if storage.snapshot is not None else 0
+        last = offset + len(storage.entries)
+        if storage.hard_state.commit_index > last:
+            self._fail(
+                f"n{node.id} persisted commit index {storage.hard_state.commit_index} "
+                f"beyond its persisted log (last index {last})"
+            )
+        for entry in ready.committed:
+            if entry.index <= offset:
+                continue
+            stored = storage.entries[entry.index - offset - 1] if entry.index <= last else None
+            if stored != entry:
+                self._fail(f"n{node.id} handed out {entry} to apply, but stored {stored}")
+
+    # ----------------------------------------------------------------- network
+
+    def _send(self, msg: Message) -> None:
+        profile, rng = self.profile, self.rng
+        if self._faults_on and rng.random() < profile.drop:
+            return
+        copies = 2 if self._faults_on and rng.random() < profile.duplicate else 1
+        for _ in range(copies):
+            self._seq += 1
+            due = self.now + rng.randint(1, profile.max_delay_ticks)
+            heapq.heappush(self._network, (due, self._seq, msg))
+
+    def _deliver_due(self) -> None:
+        network = self._network
+        while network and network[0][0] <= self.now:
+            _, _, msg = heapq.heappop(network)
+            node = self.nodes.get(msg.dst)
+            if node is None or node.core is None:
+                continue
+            if self._group[msg.src] != self._group[msg.dst]:
+                continue
+            self.steps += 1
+            node.core.step(msg)
+            self._drive(node)
+
+    # ------------------------------------------------------------------ events
+
+    def _random_events(self) -> None:
+        profile, rng = self.profile, self.rng
+        if rng.random() < profile.partition:
+            self._partition()
+        if rng.random() < profile.heal:
+            self._group = dict.fromkeys(self.ids, 0)
+        if rng.random() < profile.crash:
+            up = [node for node in self.nodes.values() if node.core is not None]
+            # Leaders half the time: their crashes are the interesting ones.
+            leaders = [node for node in up if node.core is not None and node.core.leader]
+            if up:
+                self._crash(rng.choice(leaders if leaders and rng.random() < 0.5 else up), "now")
+        if rng.random() < profile.reboot:
+            up = [node for node in self.nodes.values() if node.core is not None]
+            # Mostly nodes in the middle of a write: those lose the most.
+            writing = [node for node in up if node.writing is not None]
+            if up:
+                node = rng.choice(writing if writing and rng.random() < 0.7 else up)
+                self._crash(node, "to reboot")
+                self._start(node)
+        if rng.random() < profile.restart:
+            down = [node for node in self.nodes.values() if node.core is None]
+            if down:
+                self._start(rng.choice(down))
+        if rng.random() < profile.propose:
+            self._propose(rng.randint(1, 3))
+        if rng.random() < profile.compact:
+            self._compact(rng.choice(list(self.nodes.values())))
+
+    def _partition(self) -> None:
+        rng = self.rng
+        if rng.random() < 0.5:
+            alone = rng.choice(self.ids)
+            self._group = {i: int(i == alone) for i in self.ids}
+        else:
+            self._group = {i: rng.randrange(2) for i in self.ids}
+        logger.debug("t%d partition %s", self.now, self._group)
+
+    def _propose(self, count: int) -> None:
+        up = [node for node in self.nodes.values() if node.core is not None]
+        if not up:
+            return
+        leaders = [node for node in up if node.core is not None and node.core.role is Role.LEADER]
+        node = self.rng.choice(leaders or up)
+        core = node.core
+        assert core is not None
+        if core.last_index - core.commit_index >= MAX_BACKLOG:
+            return  # flow control, as clients waiting for their answers would exert
+        for _ in range(count):
+            self._proposals += 1
+            node.core.propose(f"s{self.seed}-c{self._proposals}".encode())
+        self._drive(node)
+
+    def _compact(self, node: Node) -> None:
+        core = node.core
+        if core is None or node.app.index - core.log.snapshot_index < self.rng.randint(1, 8):
+            return
+        index = node.app.index
+        term = core.term(index)
+        assert term is not None and index <= core.applied_index, (index, core.status())
+        snapshot = Snapshot(
+            index, term, snapshot_data(index, node.app.digest, self.rng.randrange(48))
+        )
+        node.storage.compact(snapshot)
+        core.compact(snapshot)
+
+    # ------------------------------------------------------------------- loop
+
+    def _tick(self) -> None:
+        self.now += 1
+        self._finish_writes()
+        self._deliver_due()
+        order = list(self.nodes.values())
+        self.rng.shuffle(order)
+        for node in order:
+            if node.core is not None:
+                node.core.tick()
+                self._drive(node)
+
+    def run(self) -> Result:
+        for node in self.nodes.values():
+            self._start(node)
+        for _ in range(self.safety_ticks):
+            self._random_events()
+            self._tick()
+        self.checker.logs_match(list(self.nodes.values()))
+        liveness = self._liveness()
+        self.checker.logs_match(list(self.nodes.values()))
+        return Result(
+            seed=self.seed,
+            nodes=self.size,
+            ticks=self.now,
+            steps=self.steps,
+            leaders=len(self.checker.leader_of_term),
+            committed=len(self.checker.committed),
+            crashes=self.crashes,
+            snapshots_installed=self.installs,
+            liveness_ticks=liveness,
+        )
+
+    def _liveness(self) -> int:
+        """Heal everything; a leader must get a new command applied everywhere, in bounded time."""
+        self._faults_on = False
+        self._group = dict.fromkeys(self.ids, 0)
+        for node in self.nodes.values():
+            if node.core is not None:
+                self._crash(node, "for the liveness phase")
+            self._start(node)
+        start = self.now
+        command = f"s{self.seed}-live".encode()
+        proposed_in: set[int] = set()
+        while self.now - start < self.liveness_ticks:
+            self._tick()
+            for node in self.nodes.values():
+                core = node.core
+                assert core is not None
+                if core.role is Role.LEADER and core.current_term not in proposed_in:
+                    proposed_in.add(core.current_term)
+                    core.propose(command)
+                    self._drive(node)
+            index = self._applied_index_of(command)
+            if index is not None and all(n.app.index >= index for n in self.nodes.values()):
+                return self.now - start
+        roles = {i: n.core.status() for i, n in self.nodes.items() if n.core is not None}
+        self._fail(
+            f"liveness: command not applied on every node {self.liveness_ticks} ticks after "
+            f"healing the network (proposed in terms {sorted(proposed_in)}); nodes: {roles}"
+        )
+        raise AssertionError("unreachable")
+
+    def _applied_index_of(self, command: bytes) -> int | None:
+        if self._live_index is None:
+            for index, (_, cmd, _) in self.checker.committed.items():
+                if cmd == command:
+                    self._live_index = index
+        return self._live_index
