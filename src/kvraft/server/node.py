@@ -150,6 +150,9 @@ class RaftNode:
         """The core's status plus driver counters, for ``kvraft status``."""
         status = dict(self.core.status())
         status["role"] = self.core.role.name.lower()
+        status["log_length"] = self.core.last_index - self.core.first_index + 1
+        snapshot = self.core.snapshot
+        status["snapshot_bytes"] = len(snapshot.data) if snapshot is not None else 0
         status["storage_bytes"] = self.storage.size_bytes()
         status["messages_sent"] = self.messages_sent
         status["messages_received"] = self.messages_received
