@@ -1,4 +1,4 @@
-"""Snapshots and log compaction on real processes (issue 5): bounded disk, InstallSnapshot, restarts."""
+"""Snapshots and log compaction on real processes: bounded disk, InstallSnapshot, restarts."""
 
 from __future__ import annotations
 
