@@ -56,6 +56,11 @@ class NetworkProfile:
     Raft replies in kvraft are notifies of their own (see ``rpc/codec.py``), so
     a notify whose argument is a typed message with a tag in ``reply_tags`` is
     treated as a reply (reply drop, delay and hold rates). Empty by default.
+
+    Delays are lower bounds: a timer fires at or after its time, and epoll's
+    millisecond granularity plus thread scheduling add up to about a
+    millisecond per hop (measured: a 1-5 ms each-way profile gives 4-14 ms
+    round trips on a loaded machine, median 7.5 ms against the ideal 6).
     """
 
     name: str

@@ -22,16 +22,17 @@ long-lived thread instead.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
+import queue
 import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 # Runs with ``python -S -c``: stdlib only, no site-packages, a few ms to start.
@@ -49,7 +50,48 @@ if os.getppid() != parent:
 os.execvp(sys.argv[2], sys.argv[2:])
 """
 
-_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvraft-spawner")
+
+class _Spawner:
+    """One long-lived daemon thread that starts every server process.
+
+    A daemon thread, unlike a ThreadPoolExecutor's worker, is not joined at
+    interpreter exit before the ``atexit`` hooks run; so a cluster left open
+    is still closed in order by its finalizer (with its log lines) rather than
+    SIGKILLed by the parent-death signal as the spawner thread goes away.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
+        ] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(
+        self, start: Callable[[], subprocess.Popen[bytes]]
+    ) -> Future[subprocess.Popen[bytes]]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="kvraft-spawner", daemon=True
+                )
+                self._thread.start()
+        future: Future[subprocess.Popen[bytes]] = Future()
+        self._queue.put((start, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            start, future = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(start())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+_spawner = _Spawner()
 
 
 def launcher_argv(command: Sequence[str]) -> list[str]:
@@ -96,7 +138,7 @@ def spawn(
         raise
 
 
-def _kill_if_started(future: concurrent.futures.Future[subprocess.Popen[bytes]]) -> None:
+def _kill_if_started(future: Future[subprocess.Popen[bytes]]) -> None:
     if not future.cancelled() and future.exception() is None:
         kill(future.result())
 
