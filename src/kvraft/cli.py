@@ -1,13 +1,26 @@
-"""The ``kvraft`` command line.
+"""The ``kvraft`` command line (DESIGN 1.3), built on click.
 
-Exit codes scripts can rely on: 0 ok, 1 operation error (NoKey,
-VersionMismatch, Maybe, bad value), 2 usage error (click's own), 3 cluster
-unavailable. A mistake of the user's ends with a one-line message, never a
-traceback.
+Exit codes scripts can rely on:
+
+====  =====================================================================
+0     ok
+1     operation error: NoKey, VersionMismatch, Maybe, a bad value (too big),
+      a server that cannot start (port in use, another node's data dir)
+2     usage error: a bad flag or argument (click's own, and our checks)
+3     cluster unavailable: no answer within ``--deadline``, or no node reachable
+====  =====================================================================
+
+A mistake of the user's ends with one line on stderr, ``kvraft ...: message``,
+never a traceback: :func:`main` prints click's usage errors on one line, and
+each command turns the errors it expects into :func:`fail`.
+
+``--servers`` defaults to ``$KVRAFT_SERVERS``, else the local cluster that
+``kvraft cluster`` starts with its defaults (127.0.0.1:7001..7003).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,30 +28,42 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from kvraft.errors import KVError, StorageError, Unavailable
 
 EXIT_OK, EXIT_OP_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 DEFAULT_BASE_PORT = 7001
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# How long `kvraft cluster` waits for its nodes to stop cleanly before SIGKILL.
+CLUSTER_STOP_GRACE_S = 10.0
+
+T = TypeVar("T")
 
 
 def default_servers(nodes: int = 3, base_port: int = DEFAULT_BASE_PORT) -> list[str]:
+    """The addresses of ``kvraft cluster --nodes N --base-port P``."""
     return [f"127.0.0.1:{base_port + i}" for i in range(nodes)]
 
 
 def parse_servers(text: str | None) -> list[str]:
-    """``--servers`` / ``$KVRAFT_SERVERS`` (comma separated), else the local cluster."""
+    """``--servers`` / ``$KVRAFT_SERVERS`` (comma separated), else the local cluster.
+
+    A malformed address is a usage error (exit 2).
+    """
     from kvraft.rpc.transport import split_address
 
     text = text or os.environ.get("KVRAFT_SERVERS")
     if not text:
         return default_servers()
     servers = [s.strip() for s in text.split(",") if s.strip()]
+    if not servers:
+        raise click.BadParameter("no server addresses given", param_hint="--servers")
     for server in servers:
         try:
             split_address(server)
@@ -47,15 +72,35 @@ def parse_servers(text: str | None) -> list[str]:
     return servers
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded, so an error stays on one line."""
+    return " ".join(text.split())
+
+
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"kvraft: {message}", err=True)
+    """Print ``kvraft: message`` on stderr and exit with ``code``."""
+    click.echo(f"kvraft: {one_line(message)}", err=True)
     sys.exit(code)
+
+
+def parse_version(ctx: click.Context, param: click.Parameter, value: Any) -> int:
+    """``--version``: an integer in 0..MAX_VERSION, with a message that says so."""
+    from kvraft.server.commands import MAX_VERSION
+
+    try:
+        number = int(str(value).strip(), 10)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an integer") from None
+    if not 0 <= number <= MAX_VERSION:
+        raise click.BadParameter(f"{number} is not in 0..{MAX_VERSION}")
+    return number
 
 
 servers_option = click.option(
     "--servers",
     envvar="KVRAFT_SERVERS",
-    help="Comma-separated host:port list (default: $KVRAFT_SERVERS, else the local cluster).",
+    metavar="HOST:PORT,...",
+    help="The cluster's addresses (default: $KVRAFT_SERVERS, else 127.0.0.1:7001-7003).",
 )
 deadline_option = click.option(
     "--deadline",
@@ -66,25 +111,58 @@ deadline_option = click.option(
 )
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default=None,
+    help="Log level on stderr (default: info for server and cluster, warning otherwise).",
 )
-def cli(log_level: str) -> None:
-    """kvraft: a fault-tolerant, linearizable key-value service replicated with Raft."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """kvraft: a fault-tolerant, linearizable key-value service replicated with Raft.
+
+    \b
+    Start a local 3-node cluster in one terminal:
+      kvraft cluster
+    and use it from another:
+      kvraft put greeting hello
+      kvraft get greeting
+      kvraft status
+      kvraft bench --clients 64 --duration 10
+
+    Exit codes: 0 ok, 1 operation error (NoKey, VersionMismatch, Maybe, bad
+    value, a server that cannot start), 2 usage error, 3 cluster unavailable.
+    """
+    serving = ctx.invoked_subcommand in ("server", "cluster")
+    level = (log_level or ("info" if serving else "warning")).upper()
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+
+
+def _log_level(ctx: click.Context) -> str:
+    """The effective ``--log-level`` of this invocation, to hand to child nodes."""
+    chosen = ctx.find_root().params.get("log_level")
+    return str(chosen or "info").lower()
+
+
+# ---------------------------------------------------------------------- servers
 
 
 @cli.command()
 @click.option("--id", "node_id", type=click.IntRange(min=0), required=True, help="This node's id.")
-@click.option("--listen", required=True, help="host:port to listen on.")
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Where to listen.")
 @click.option(
-    "--peers", required=True, help="Every member, itself included: 0=host:port,1=host:port,..."
+    "--peers",
+    required=True,
+    metavar="ID=HOST:PORT,...",
+    help="Every member, itself included, each at an address that reaches it.",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="This node's directory (created if missing; refused if another node's).",
+)
 @click.option("--cluster-id", default="kvraft", show_default=True, help="Name of the cluster.")
 @click.option("--test-hooks", is_flag=True, help="Serve the raft.* RPCs the test suite uses.")
 @click.option(
@@ -120,7 +198,16 @@ def server(
     max_value_bytes: int | None,
     max_frame_bytes: int | None,
 ) -> None:
-    """Run one server node in the foreground (Ctrl-C / SIGTERM stops it cleanly)."""
+    """Run one server node in the foreground.
+
+    Ctrl-C or SIGTERM stops it cleanly; SIGKILL loses nothing acknowledged.
+    Example:
+
+    \b
+      kvraft server --id 0 --listen 127.0.0.1:7001 \\
+        --peers 0=127.0.0.1:7001,1=127.0.0.1:7002,2=127.0.0.1:7003 \\
+        --data-dir ./data/n0
+    """
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
     from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
     from kvraft.server.options import (
@@ -155,36 +242,64 @@ def server(
     except StorageError as exc:
         fail(str(exc), EXIT_OP_ERROR)
     except OSError as exc:
-        fail(f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_OP_ERROR)
+        fail(f"n{node_id}: cannot listen on {listen}: {describe_os_error(exc)}", EXIT_OP_ERROR)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short reason for a failed bind or connect, with a hint for the common cases."""
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another node or program has this port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this host"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return one_line(exc.strerror or str(exc))
 
 
 @cli.command()
-@click.option("--nodes", type=click.IntRange(min=1, max=9), default=3, show_default=True)
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True
+    "--nodes",
+    type=click.IntRange(min=1, max=9),
+    default=3,
+    show_default=True,
+    help="How many nodes (3 or 5 tolerate 1 or 2 failures).",
 )
-@click.option("--base-port", type=click.IntRange(1, 65000), default=DEFAULT_BASE_PORT)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("data"),
+    show_default=True,
+    help="Node i keeps its data in DATA_DIR/nI; rerun with the same dir to resume.",
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_BASE_PORT,
+    show_default=True,
+    help="Node i listens on BASE_PORT + i.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.pass_context
 def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host: str) -> None:
-    """Run a local cluster of NODES servers in the foreground; Ctrl-C stops them all."""
+    """Run a local cluster of NODES servers in the foreground.
+
+    Prints the nodes' addresses and how to reach them; Ctrl-C (or SIGTERM)
+    stops every node cleanly, and running it again with the same --data-dir
+    resumes the same data. If a node cannot start (a port in use, a data dir
+    of another cluster) or dies, the others are stopped and the exit status
+    is 1. The top-level --log-level is passed on to the nodes.
+    """
+    if base_port + nodes - 1 > 65535:
+        raise click.BadParameter(
+            f"ports {base_port}..{base_port + nodes - 1} go past 65535", param_hint="--base-port"
+        )
+    if data_dir.exists() and not data_dir.is_dir():
+        raise click.BadParameter(f"{data_dir} is not a directory", param_hint="--data-dir")
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
-    log_level = ctx.parent.params["log_level"] if ctx.parent else "info"
-    procs: list[subprocess.Popen[bytes]] = []
-    for i, address in addresses.items():
-        cmd = [sys.executable, "-m", "kvraft", "--log-level", log_level, "server"]
-        cmd += ["--id", str(i), "--listen", address, "--peers", peers]
-        cmd += ["--data-dir", str(data_dir / f"n{i}")]
-        procs.append(subprocess.Popen(cmd))
-    servers = ",".join(addresses.values())
-    click.echo(f"kvraft: {nodes}-node cluster, data under {data_dir}/")
-    for i, address in addresses.items():
-        click.echo(f"  n{i}  {address}")
-    click.echo(f"Try, in another terminal:\n  export KVRAFT_SERVERS={servers}")
-    click.echo("  kvraft put greeting hello && kvraft get greeting && kvraft status")
-    click.echo("Ctrl-C stops all nodes; running this again resumes the same data.")
-
+    log_level = _log_level(ctx)
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
@@ -194,33 +309,77 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    # Handlers first, so a Ctrl-C while nodes start still stops the ones started.
+    procs: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    code = 0
+    for i, address in addresses.items():
+        if stopping:
+            break
+        cmd = [sys.executable, "-m", "kvraft", "--log-level", log_level, "server"]
+        cmd += ["--id", str(i), "--listen", address, "--peers", peers]
+        cmd += ["--data-dir", str(data_dir / f"n{i}")]
+        procs.append(subprocess.Popen(cmd))
+    servers = ",".join(addresses.values())
+    click.echo(f"kvraft: {nodes}-node cluster, data under {data_dir}{os.sep}")
+    for i, address in addresses.items():
+        click.echo(f"  n{i}  {address}  pid {procs[i].pid}" if i < len(procs) else f"  n{i}")
+    click.echo("Use it from another terminal:")
+    if servers != ",".join(default_servers()):
+        click.echo(f"  export KVRAFT_SERVERS={servers}")
+    click.echo("  kvraft put greeting hello && kvraft get greeting && kvraft status")
+    click.echo("Ctrl-C stops all nodes; running this again resumes the same data.", nl=True)
+    sys.stdout.flush()
+
+    code = EXIT_OK
+    stop_deadline: float | None = None
     while any(p.poll() is None for p in procs):
         for i, proc in enumerate(procs):
             rc = proc.poll()
-            if rc not in (None, 0) and not stopping:
-                click.echo(f"kvraft: node n{i} exited with status {rc}; stopping", err=True)
+            if rc is not None and rc != 0 and not stopping:
+                click.echo(
+                    f"kvraft: node n{i} exited with status {rc}; stopping the others", err=True
+                )
                 code = EXIT_OP_ERROR
                 stop(signal.SIGTERM, None)
-        time.sleep(0.2)
+        if stopping:
+            stop_deadline = stop_deadline or time.monotonic() + CLUSTER_STOP_GRACE_S
+            if time.monotonic() > stop_deadline:
+                for i, proc in enumerate(procs):
+                    if proc.poll() is None:
+                        click.echo(f"kvraft: n{i} did not stop in time; killing it", err=True)
+                        proc.kill()
+                        code = EXIT_OP_ERROR
+        time.sleep(0.1)
+    if stopping and code == EXIT_OK:
+        click.echo("kvraft: all nodes stopped", err=True)
+    elif not stopping:
+        # every node exited 0 on its own (someone signalled them directly)
+        click.echo("kvraft: all nodes exited", err=True)
     sys.exit(code)
 
 
-def _client(servers: str | None, deadline: float) -> Any:
-    from kvraft.client.client import Client
-
-    return Client(parse_servers(servers), deadline=deadline)
+# ---------------------------------------------------------------------- clients
 
 
-def _run_op(fn: Any) -> Any:
+def _run_op(fn: Callable[[], T]) -> T:
+    """``fn()``, with the errors a user can meet turned into a message and exit code."""
     try:
         return fn()
     except Unavailable as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
+        fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
     except KVError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_OP_ERROR)
+
+
+def _with_client(servers: str | None, deadline: float, op: Callable[[Any], T]) -> T:
+    from kvraft.client.client import Client
+
+    client = Client(parse_servers(servers), deadline=deadline)
+    try:
+        return _run_op(lambda: op(client))
+    finally:
+        client.close()
 
 
 @cli.command()
@@ -229,12 +388,8 @@ def _run_op(fn: Any) -> Any:
 @deadline_option
 @click.option("--json", "as_json", is_flag=True, help="Print {key, value, version} as JSON.")
 def get(key: str, servers: str | None, deadline: float, as_json: bool) -> None:
-    """Print KEY's value and version."""
-    client = _client(servers, deadline)
-    try:
-        value, version = _run_op(lambda: client.get(key))
-    finally:
-        client.close()
+    """Print KEY's value and version (exit 1 if there is no such key)."""
+    value, version = _with_client(servers, deadline, lambda c: c.get(key))
     if as_json:
         click.echo(json.dumps({"key": key, "value": value, "version": version}))
     else:
@@ -247,61 +402,257 @@ def get(key: str, servers: str | None, deadline: float, as_json: bool) -> None:
 @click.option(
     "--version",
     "version",
-    type=click.IntRange(min=0),
-    default=0,
+    default="0",
+    callback=parse_version,
+    metavar="N",
     show_default=True,
     help="The key's current version (0 creates a new key).",
 )
 @servers_option
 @deadline_option
-def put(key: str, value: str, version: int, servers: str | None, deadline: float) -> None:
-    """Set KEY to VALUE if its version is --version; print the new version."""
-    client = _client(servers, deadline)
-    try:
-        new_version = _run_op(lambda: client.put(key, value, version))
-    finally:
-        client.close()
-    click.echo(f"ok\t(version {new_version})")
+@click.option("--json", "as_json", is_flag=True, help="Print {key, version} as JSON.")
+def put(
+    key: str, value: str, version: int, servers: str | None, deadline: float, as_json: bool
+) -> None:
+    """Set KEY to VALUE if KEY is at --version; print the new version.
+
+    VALUE "-" reads the value from stdin. Exit 1 with VersionMismatch if the
+    key is at another version, NoKey if --version > 0 and there is no such
+    key, Maybe if a retried put cannot tell whether its first attempt applied.
+    """
+    if value == "-":
+        value = sys.stdin.read()
+    new_version = _with_client(servers, deadline, lambda c: c.put(key, value, version))
+    if as_json:
+        click.echo(json.dumps({"key": key, "version": new_version}))
+    else:
+        click.echo(f"ok\t(version {new_version})")
 
 
 @cli.command()
 @servers_option
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the statuses as JSON.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for each node.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per node, as a list.")
 def status(servers: str | None, timeout: float, as_json: bool) -> None:
-    """Show every node: role, term, commit and applied index, log, leader."""
+    """Show every node: role, term, commit and applied index, log, snapshot, leader.
+
+    Unreachable nodes are listed as such. Exit 3 if no node answers.
+    """
     from kvraft.client.admin import fetch_statuses
 
     rows = fetch_statuses(parse_servers(servers), timeout)
+    for row in rows:
+        if not row.get("reachable"):
+            row["error"] = short_reason(str(row.get("error", "")))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
         click.echo(format_status_table(rows))
+        click.echo(status_summary(rows))
     if not any(r.get("reachable") for r in rows):
         sys.exit(EXIT_UNAVAILABLE)
 
 
-def format_status_table(rows: list[dict[str, Any]]) -> str:
-    cols = [
-        ("id", "id"),
-        ("address", "address"),
-        ("role", "role"),
-        ("term", "term"),
-        ("commit", "commit_index"),
-        ("applied", "applied_index"),
-        ("log", "log_length"),
-        ("snapshot", "snapshot_index"),
-        ("leader", "leader_id"),
-    ]
-    table = [[name for name, _ in cols]]
+def short_reason(error: str) -> str:
+    """Why a node did not answer, in a few words."""
+    lowered = error.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if "no reply" in lowered or "timed out" in lowered or "no connection" in lowered:
+        return "timed out"
+    return one_line(error)
+
+
+STATUS_COLUMNS = [
+    ("id", "id"),
+    ("address", "address"),
+    ("role", "role"),
+    ("term", "term"),
+    ("commit", "commit_index"),
+    ("applied", "applied_index"),
+    ("log", "log_length"),
+    ("snapshot", "snapshot_index"),
+    ("leader", "leader_id"),
+]
+
+
+def format_status_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A text table, one node a line; unreachable nodes show why instead of state."""
+    table = [[name for name, _ in STATUS_COLUMNS]]
     for row in rows:
         if not row.get("reachable"):
-            table.append(["?", row["address"], "unreachable"] + [""] * (len(cols) - 3))
+            reason = row.get("error") or "no answer"
+            cells = ["-", str(row["address"]), "unreachable", f"({reason})"]
+            table.append(cells + [""] * (len(STATUS_COLUMNS) - len(cells)))
         else:
-            table.append([str(row.get(field, "")) for _, field in cols])
-    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table)
+            cells = []
+            for _, field in STATUS_COLUMNS:
+                value = row.get(field)
+                if field == "leader_id":
+                    value = "-" if value is None else f"n{value}"
+                cells.append("" if value is None else str(value))
+            table.append(cells)
+    widths = [max(len(r[i]) for r in table if i < len(r)) for i in range(len(STATUS_COLUMNS))]
+    # An unreachable row's reason may overflow its column; it is the last text on its line.
+    lines = []
+    for r in table:
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+        lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
-def main() -> None:
-    cli(prog_name="kvraft")
+def status_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """One line: how many nodes answered and who leads."""
+    reachable = [r for r in rows if r.get("reachable")]
+    leaders = sorted({r["id"] for r in reachable if r.get("role") == "leader"})
+    text = f"{len(reachable)}/{len(rows)} nodes reachable"
+    if leaders:
+        top = max((r for r in reachable if r.get("role") == "leader"), key=lambda r: r["term"])
+        text += f"; leader n{top['id']} in term {top['term']}"
+    else:
+        text += "; no leader"
+    return text
+
+
+# ------------------------------------------------------------------------ bench
+
+
+@cli.command()
+@servers_option
+@click.option(
+    "--clients",
+    type=click.IntRange(min=1, max=10000),
+    default=64,
+    show_default=True,
+    help="Concurrent clients, each with one request in flight.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds measured, after the warm-up.",
+)
+@click.option(
+    "--warmup",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds run first and not measured.",
+)
+@click.option(
+    "--workload",
+    type=click.Choice(["put", "get", "mixed"]),
+    default="put",
+    show_default=True,
+    help="put: versioned puts; get: gets of preloaded keys; mixed: half and half.",
+)
+@click.option(
+    "--value-size", type=click.IntRange(min=0), default=100, show_default=True, help="Bytes."
+)
+@click.option(
+    "--keys",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Distinct keys (for puts, at least --clients: each put in flight owns its key).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds an operation may retry before it counts as unavailable.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Live progress line on stderr (default: when stderr is a terminal).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the results as JSON to this file ('-': stdout).",
+)
+def bench(
+    servers: str | None,
+    clients: int,
+    duration: float,
+    warmup: float,
+    workload: str,
+    value_size: int,
+    keys: int,
+    deadline: float,
+    progress: bool | None,
+    json_path: Path | None,
+) -> None:
+    """Load a running cluster and report throughput and latency.
+
+    CLIENTS concurrent clients (one event loop, one request in flight each)
+    run the workload for --warmup + --duration seconds; the table gives the
+    throughput and the p50/p95/p99/max latency of the measured part. Every
+    operation goes through the Raft log, with fsync, as in production.
+    """
+    from kvraft.bench import BenchConfig, format_result, result_json, run_bench
+
+    if workload in ("put", "mixed") and keys < clients:
+        raise click.BadParameter(
+            f"{keys} keys for {clients} clients: puts need at least one key per client",
+            param_hint="--keys",
+        )
+    config = BenchConfig(
+        servers=tuple(parse_servers(servers)),
+        clients=clients,
+        duration_s=duration,
+        warmup_s=warmup,
+        workload=workload,  # type: ignore[arg-type]  # click.Choice checked it
+        value_size=value_size,
+        keys=keys,
+        deadline_s=deadline,
+    )
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    try:
+        result = run_bench(config, progress=show_progress)
+    except Unavailable as exc:
+        fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
+    except KVError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_OP_ERROR)
+    click.echo(format_result(result))
+    if json_path is not None:
+        text = json.dumps(result_json(result), indent=2)
+        if str(json_path) == "-":
+            click.echo(text)
+        else:
+            try:
+                json_path.write_text(text + "\n")
+            except OSError as exc:
+                fail(f"cannot write {json_path}: {describe_os_error(exc)}", EXIT_OP_ERROR)
+
+
+# ------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command line and exit; usage errors are one line, not click's three."""
+    try:
+        rv = cli.main(args=argv, prog_name="kvraft", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "kvraft"
+        hint = f" (see '{where} --help')"
+        click.echo(f"{where}: {one_line(exc.format_message())}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"kvraft: {one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("kvraft: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rv if isinstance(rv, int) else EXIT_OK)

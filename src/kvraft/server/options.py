@@ -26,8 +26,12 @@ def parse_peers(text: str) -> dict[int, str]:
         peer_id = int(ident)
         if peer_id in peers:
             raise ValueError(f"--peers: peer id {peer_id} appears twice")
-        split_address(address.strip())
-        peers[peer_id] = address.strip()
+        address = address.strip()
+        try:
+            split_address(address)
+        except ValueError as exc:
+            raise ValueError(f"--peers: peer {peer_id}: {exc}") from None
+        peers[peer_id] = address
     if not peers:
         raise ValueError("--peers: no peers given")
     return peers
@@ -53,7 +57,13 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:
-            raise ValueError(f"--id {self.node_id} is not in --peers {sorted(self.peers)}")
-        split_address(self.listen)
+            ids = ",".join(str(i) for i in sorted(self.peers))
+            raise ValueError(f"--id {self.node_id} is not one of the ids in --peers ({ids})")
+        try:
+            split_address(self.listen)
+        except ValueError as exc:
+            raise ValueError(f"--listen: {exc}") from None
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ValueError(f"--data-dir: {self.data_dir} exists and is not a directory")
         if self.max_value_bytes + 4096 > self.max_frame_bytes:
             raise ValueError("--max-value-bytes must leave room in a frame (--max-frame-bytes)")

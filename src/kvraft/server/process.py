@@ -82,7 +82,12 @@ class Server:
 
 async def _serve(options: ServerOptions) -> None:
     server = Server.open(options)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        # e.g. the port is taken: release the data dir before the error surfaces
+        await server.node.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
