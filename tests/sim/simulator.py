@@ -64,6 +64,7 @@ class Profile:
     drop: float
     duplicate: float
     max_delay_ticks: int
+    long_delay: float  # per message: held back 5-40 ticks, to arrive long stale
     partition: float  # per tick: start a partition
     heal: float  # per tick: end it
     crash: float  # per tick: crash a random node
@@ -89,6 +90,7 @@ class Profile:
             drop=0.0 if calm else rng.choice([0.0, 0.02, 0.05, 0.1, 0.2]),
             duplicate=0.0 if calm else rng.choice([0.0, 0.02, 0.1]),
             max_delay_ticks=rng.choice([1, 1, 2, 3]),
+            long_delay=0.0 if calm else rng.choice([0.0, 0.0, 0.01, 0.05]),
             partition=0.0 if calm else rng.choice([0.0, 0.01, 0.03]),
             heal=rng.choice([0.05, 0.1, 0.2]),
             crash=0.0 if calm else rng.choice([0.0, 0.005, 0.01, 0.02]),
@@ -402,7 +404,11 @@ class Simulation:
         """
         core = node.core
         assert core is not None
-        while node.writing is None and core.has_ready():
+        while True:
+            # Look before every Ready is performed too: a crash may cut it short.
+            self.checker.observe(node)
+            if node.writing is not None or not core.has_ready():
+                return
             ready = core.ready()
             if ready.entries:
                 first = ready.entries[0].index
@@ -416,11 +422,10 @@ class Simulation:
             if self._faults_on and self.rng.random() < self.profile.slow_disk:
                 node.writing = ready
                 node.written_at = self.now + self.rng.randint(1, 2)
-                break
+                return
             self._perform(node, ready)
             if node.core is None:
                 return
-        self.checker.observe(node)
 
     def _perform(self, node: Node, ready: Ready) -> None:
         """One Ready in the durability order; the seed may crash the node between steps."""
@@ -483,7 +488,10 @@ class Simulation:
         copies = 2 if self._faults_on and rng.random() < profile.duplicate else 1
         for _ in range(copies):
             self._seq += 1
-            due = self.now + rng.randint(1, profile.max_delay_ticks)
+            if self._faults_on and rng.random() < profile.long_delay:
+                due = self.now + rng.randint(5, 40)
+            else:
+                due = self.now + rng.randint(1, profile.max_delay_ticks)
             heapq.heappush(self._network, (due, self._seq, msg))
 
     def _deliver_due(self) -> None:

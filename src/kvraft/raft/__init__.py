@@ -1,1 +1,33 @@
-"""See the package docstring of kvraft."""
+"""The Raft consensus core, sans-I/O: a pure state machine, no clock, sockets or files.
+
+Theory of operation. Three inputs move a :class:`~kvraft.raft.core.RaftCore`:
+``tick()`` (one unit of logical time), ``step(message)`` (a message from a
+peer) and ``propose(command)`` (from the replicated state machine). None of them
+performs I/O: their effects collect into a :class:`~kvraft.raft.ready.Ready`
+(what to persist, what to send, what to apply) that the driver takes with
+``ready()``, performs in the durability order stated in :mod:`kvraft.raft.ready`
+(persist, send, apply), and acknowledges with ``advance()``. Randomness comes
+only from ``RaftConfig.rng``, so a seeded simulation replays exactly.
+
+Layering, bottom up:
+
+- ``messages``, ``ready``, ``config``, ``storage``: the interface the driver is
+  written against (typed messages, the Ready batch, settings in ticks, the
+  storage protocol and its in-memory twin);
+- ``quorum``: majority arithmetic (commit index, vote tallies);
+- ``log``: the in-memory log after a snapshot, its consistency check, and how
+  far it was handed out and persisted;
+- ``progress``: a leader's pacing of one follower (probe, pipelined replicate,
+  snapshot);
+- ``validate``: which network messages make sense at all;
+- ``snapshot``: a follower's assembly of InstallSnapshot chunks;
+- ``leader``: the leader's side of replication (batching, heartbeats, fast
+  backtracking, the commit index, check-quorum);
+- ``core``: terms, roles, elections (with pre-vote and leader leases), the
+  follower's side, and the Ready handshake.
+
+Extensions beyond the paper's Figure 2, as real clusters need them: pre-vote
+(thesis §9.6), check-quorum with leader leases (§6.2, §4.2.3), fast log
+backtracking with conflict hints, batching and pipelining (§10.2), snapshots
+sent in chunks (Figure 13).
+"""

@@ -1,23 +1,7 @@
-"""RaftCore: the Raft consensus algorithm as a pure state machine (sans-I/O).
+"""RaftCore: terms, roles, elections and the follower's side of replication.
 
-Theory of operation. Three inputs move the core: :meth:`RaftCore.tick` (one
-unit of logical time), :meth:`RaftCore.step` (a message from a peer) and
-:meth:`RaftCore.propose` (a command from the replicated state machine). None of
-them performs I/O: their effects collect into a :class:`~kvraft.raft.ready.Ready`
-(what to persist, what to send, what to apply) that the driver takes with
-:meth:`RaftCore.ready`, performs in the durability order stated in
-:mod:`kvraft.raft.ready`, and acknowledges with :meth:`RaftCore.advance`.
-
-Layering: this module holds terms, roles, elections and the follower's side of
-replication; :mod:`~kvraft.raft.leader` the leader's side (what to send to
-whom, the commit index, check-quorum), paced per follower by
-:mod:`~kvraft.raft.progress`; :mod:`~kvraft.raft.log` keeps the in-memory log
-and how far it was persisted; :mod:`~kvraft.raft.quorum` does the majority
-arithmetic; :mod:`~kvraft.raft.validate` screens network input and
-:mod:`~kvraft.raft.snapshot` assembles snapshot chunks. Extensions beyond the
-paper's Figure 2, as real clusters need them: pre-vote (thesis §9.6),
-check-quorum with leader leases (§6.2), fast log backtracking with conflict
-hints, batching and pipelining (§10.2), snapshots sent in chunks (Figure 13).
+The leader's side lives in :mod:`~kvraft.raft.leader`; see the package
+docstring (:mod:`kvraft.raft`) for the theory of operation and the layering.
 """
 
 from __future__ import annotations
@@ -27,8 +11,8 @@ import logging
 
 from kvraft.raft import quorum
 from kvraft.raft.config import RaftConfig
-from kvraft.raft.leader import NO_TERM, Leader
-from kvraft.raft.log import RaftLog
+from kvraft.raft.leader import Leader
+from kvraft.raft.log import NO_TERM, RaftLog
 from kvraft.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -152,10 +136,9 @@ class RaftCore:
         if self.leader is not None:
             if not self.leader.tick():
                 # Thesis §6.2: a leader cut off from a majority stops acting as one.
-                logger.info(
-                    "n%d [term %d] stepping down: heard from no quorum in %d ticks",
-                    self.id,
-                    self.current_term,
+                self._log(
+                    logging.INFO,
+                    "stepping down: heard from no quorum in %d ticks",
                     self.config.election_timeout_ticks,
                 )
                 self._become_follower(self.current_term, None)
@@ -203,9 +186,7 @@ class RaftCore:
             )
         self.log.compact(snapshot.index, snapshot.term)
         self.snapshot = snapshot
-        logger.debug(
-            "n%d [term %d] compacted log up to index %d", self.id, self.current_term, snapshot.index
-        )
+        self._log(logging.DEBUG, "compacted log up to index %d", snapshot.index)
 
     # ------------------------------------------------------------ Ready handshake
 
@@ -295,10 +276,9 @@ class RaftCore:
                     # Thesis §6.2/§9.6: we heard from a leader within the election
                     # timeout, so this candidate would only disrupt a healthy
                     # leader (it is probably a partitioned node coming back).
-                    logger.debug(
-                        "n%d [term %d] ignored %s from n%d at term %d: leader n%s is alive",
-                        self.id,
-                        self.current_term,
+                    self._log(
+                        logging.DEBUG,
+                        "ignored %s from n%d at term %d: leader n%s is alive",
                         "pre-vote" if msg.pre_vote else "vote request",
                         msg.src,
                         msg.term,
@@ -357,23 +337,13 @@ class RaftCore:
             # term, so a node that cannot win never disrupts the cluster.
             self.role = Role.PRE_CANDIDATE
             term = self.current_term + 1
-            logger.debug(
-                "n%d [term %d] starting pre-vote at index %d",
-                self.id,
-                self.current_term,
-                self.log.last_index,
-            )
+            self._log(logging.DEBUG, "starting pre-vote at index %d", self.log.last_index)
         else:
             self.role = Role.CANDIDATE
             self.current_term += 1
             self.voted_for = self.id
             term = self.current_term
-            logger.info(
-                "n%d [term %d] starting election at index %d",
-                self.id,
-                self.current_term,
-                self.log.last_index,
-            )
+            self._log(logging.INFO, "starting election at index %d", self.log.last_index)
         if quorum.vote_result(self._votes, len(self.peers)) is quorum.VoteResult.WON:
             self._won_election(pre_vote=pre_vote)  # a cluster of one
             return
@@ -401,7 +371,7 @@ class RaftCore:
             if not msg.pre_vote:
                 self.voted_for = msg.src  # persisted by the Ready that carries the reply
                 self._election_elapsed = 0
-                logger.debug("n%d [term %d] voted for n%d", self.id, self.current_term, msg.src)
+                self._log(logging.DEBUG, "voted for n%d", msg.src)
             self._send(RequestVoteReply(self.id, msg.src, msg.term, True, msg.pre_vote))
         else:
             self._send(RequestVoteReply(self.id, msg.src, self.current_term, False, msg.pre_vote))
@@ -420,10 +390,9 @@ class RaftCore:
             self._won_election(pre_vote=msg.pre_vote)
         elif result is quorum.VoteResult.LOST:
             refused = sum(1 for granted in self._votes.values() if not granted)
-            logger.info(
-                "n%d [term %d] lost %s: %d of %d peers refused",
-                self.id,
-                self.current_term,
+            self._log(
+                logging.INFO,
+                "lost %s: %d of %d peers refused",
                 "pre-vote" if msg.pre_vote else "election",
                 refused,
                 len(self.peers),
@@ -449,12 +418,12 @@ class RaftCore:
         if leader is not None:
             self._set_leader(leader)
         elif was is not Role.FOLLOWER:
-            logger.info("n%d [term %d] became follower", self.id, self.current_term)
+            self._log(logging.INFO, "became follower")
 
     def _set_leader(self, leader: int) -> None:
         if self.leader_id != leader:
             self.leader_id = leader
-            logger.info("n%d [term %d] became follower of n%d", self.id, self.current_term, leader)
+            self._log(logging.INFO, "became follower of n%d", leader)
 
     def _follow(self, leader: int) -> None:
         """A message from the leader of our term: follow it and restart the election timer."""
@@ -473,19 +442,12 @@ class RaftCore:
         # the entries of earlier terms it holds (§5.4.2 forbids counting them).
         noop = Entry(self.current_term, self.log.last_index + 1, None)
         self.log.append(noop)
-        logger.info(
-            "n%d [term %d] became leader at index %d", self.id, self.current_term, noop.index
-        )
+        self._log(logging.INFO, "became leader at index %d", noop.index)
         self.leader.send_to_all(allow_empty=True)
 
     def _handle_timeout_now(self, msg: TimeoutNow) -> None:
         if self.role is Role.FOLLOWER and msg.src == self.leader_id:
-            logger.info(
-                "n%d [term %d] asked by leader n%d to campaign now",
-                self.id,
-                self.current_term,
-                msg.src,
-            )
+            self._log(logging.INFO, "asked by leader n%d to campaign now", msg.src)
             self._start_election(pre_vote=False)
 
     # ------------------------------------------------------ follower: replication
@@ -514,57 +476,28 @@ class RaftCore:
 
     def _handle_append_entries(self, msg: AppendEntries) -> None:
         if self.role is Role.LEADER:
-            logger.warning(
-                "n%d [term %d] ignored AppendEntries from n%d claiming the same term",
-                self.id,
-                self.current_term,
-                msg.src,
+            self._log(
+                logging.WARNING, "ignored AppendEntries from n%d claiming the same term", msg.src
             )
             return
         self._follow(msg.src)
-        prev, prev_term, entries = msg.prev_log_index, msg.prev_log_term, msg.entries
-        if prev < self.commit_index:
-            # Entries up to commit_index are committed, so they are in this
-            # leader's log too (Leader Completeness, §5.4): skip them.
-            skip = self.commit_index - prev
-            if skip >= len(entries):
-                self._reply_append(msg.src, True, self.commit_index)
-                return
-            entries = entries[skip:]
-            prev = self.commit_index
-            committed_term = self.log.term(prev)
-            assert committed_term is not None  # commit_index >= snapshot index
-            prev_term = committed_term
-        if prev > self.log.last_index:
-            # Fast backtracking: our log is too short; continue after its end.
-            self._reply_append(msg.src, False, msg.prev_log_index, self.log.last_index + 1, NO_TERM)
+        result = self.log.try_append(
+            msg.prev_log_index, msg.prev_log_term, msg.entries, self.commit_index
+        )
+        if not result.success:
+            self._reply_append(
+                msg.src, False, msg.prev_log_index, result.conflict_index, result.conflict_term
+            )
             return
-        term_at_prev = self.log.term(prev)
-        assert term_at_prev is not None  # prev >= commit_index >= snapshot index
-        if term_at_prev != prev_term:
-            # Fast backtracking: name the conflicting term and where its run
-            # starts, so the leader can skip the whole run in one round trip.
-            conflict_index = max(self.log.first_index_of_term_run(prev), self.commit_index + 1)
-            self._reply_append(msg.src, False, msg.prev_log_index, conflict_index, term_at_prev)
-            return
-        # Raft §5.3: if an existing entry conflicts with a new one, delete it and
-        # all that follow; append any new entries not already in the log.
-        for pos, entry in enumerate(entries):
-            if self.log.term(entry.index) != entry.term:
-                self.log.truncate_and_append(entries[pos:])
-                break
-        match_index = prev + len(entries)
+        # Figure 2, AppendEntries rule 5: commitIndex = min(leaderCommit, last new entry).
         if msg.leader_commit > self.commit_index:
-            self.commit_index = max(self.commit_index, min(msg.leader_commit, match_index))
-        self._reply_append(msg.src, True, match_index)
+            self.commit_index = max(self.commit_index, min(msg.leader_commit, result.match_index))
+        self._reply_append(msg.src, True, result.match_index)
 
     def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
         if self.role is Role.LEADER:
-            logger.warning(
-                "n%d [term %d] ignored InstallSnapshot from n%d claiming the same term",
-                self.id,
-                self.current_term,
-                msg.src,
+            self._log(
+                logging.WARNING, "ignored InstallSnapshot from n%d claiming the same term", msg.src
             )
             return
         self._follow(msg.src)
@@ -586,10 +519,9 @@ class RaftCore:
         # The snapshot is of committed state, newer than ours (checked by the caller).
         self.commit_index = snapshot.index
         self.applied_index = snapshot.index
-        logger.info(
-            "n%d [term %d] installed snapshot at index %d from n%d, kept %d entries",
-            self.id,
-            self.current_term,
+        self._log(
+            logging.INFO,
+            "installed snapshot at index %d from n%d, kept %d entries",
             snapshot.index,
             leader,
             kept,
@@ -604,3 +536,8 @@ class RaftCore:
 
     def _send(self, msg: Message) -> None:
         self._messages.append(msg)
+
+    def _log(self, level: int, event: str, *args: object) -> None:
+        """One operator log line per event: ``n2 [term 7] became leader at index 1042``."""
+        if logger.isEnabledFor(level):
+            logger.log(level, "n%d [term %d] " + event, self.id, self.current_term, *args)

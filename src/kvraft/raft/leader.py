@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvraft.raft import quorum
+from kvraft.raft.log import NO_TERM
 from kvraft.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
     from kvraft.raft.core import RaftCore
 
 logger = logging.getLogger("kvraft.raft")
-
-# conflict_term of a refusal when the follower has no entry at prev_log_index
-# (real entries have terms >= 1; index 0 is a sentinel of term 0).
-NO_TERM = 0
 
 
 class Leader:
@@ -157,13 +154,7 @@ class Leader:
             or progress.snapshot_index != snapshot.index
         ):
             progress.become_snapshot(snapshot.index)
-            logger.info(
-                "n%d [term %d] sending snapshot at index %d to n%d",
-                self.id,
-                self.term,
-                snapshot.index,
-                peer,
-            )
+            self._log(logging.INFO, "sending snapshot at index %d to n%d", snapshot.index, peer)
         offset = progress.snapshot_offset
         chunk = snapshot.data[offset : offset + max(1, self.config.snapshot_chunk_bytes)]
         self._send(
@@ -207,10 +198,9 @@ class Leader:
         if rejected > self.log.last_index:
             return
         if progress.reject(rejected, self._next_after_conflict(msg)):
-            logger.debug(
-                "n%d [term %d] n%d refused index %d; probing at %d",
-                self.id,
-                self.term,
+            self._log(
+                logging.DEBUG,
+                "n%d refused index %d; probing at %d",
                 msg.src,
                 rejected,
                 progress.next_index,
@@ -239,10 +229,9 @@ class Leader:
             progress.update_match(msg.last_included_index)
             if progress.state is ProgressState.SNAPSHOT:
                 progress.become_probe()
-                logger.info(
-                    "n%d [term %d] n%d has the snapshot at index %d",
-                    self.id,
-                    self.term,
+                self._log(
+                    logging.INFO,
+                    "n%d has the snapshot at index %d",
                     msg.src,
                     msg.last_included_index,
                 )
@@ -262,6 +251,10 @@ class Leader:
             return
         progress.snapshot_offset = min(msg.next_offset, len(snapshot.data))
         self._send_snapshot(msg.src)
+
+    def _log(self, level: int, event: str, *args: object) -> None:
+        if logger.isEnabledFor(level):
+            logger.log(level, "n%d [term %d] " + event, self.id, self.term, *args)
 
     # ------------------------------------------------------------------ commit
 

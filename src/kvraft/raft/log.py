@@ -14,8 +14,28 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from kvraft.raft.messages import Entry
+
+# conflict_term of a refusal when the follower has no entry at prev_log_index
+# (real entries have terms >= 1; index 0 is a sentinel of term 0).
+NO_TERM = 0
+
+
+class AppendResult(NamedTuple):
+    """The follower's answer to an AppendEntries (Figure 2 plus fast backtracking).
+
+    On success, ``match_index`` is the last index known to match the leader's
+    log. On refusal, ``conflict_term`` is our term at ``prev_log_index`` (or
+    NO_TERM if our log is too short) and ``conflict_index`` the first index of
+    that term's run (or our log's end + 1): the leader can skip it whole.
+    """
+
+    success: bool
+    match_index: int = 0
+    conflict_index: int = 0
+    conflict_term: int = NO_TERM
 
 
 def _term_of(entry: Entry) -> int:
@@ -128,6 +148,39 @@ class RaftLog:
         return None
 
     # ------------------------------------------------------------------ changing
+
+    def try_append(
+        self, prev_index: int, prev_term: int, entries: Sequence[Entry], commit_index: int
+    ) -> AppendResult:
+        """A follower's AppendEntries consistency check and repair (Raft §5.3, Figure 2).
+
+        Entries up to ``commit_index`` are committed, hence in every later
+        leader's log (Leader Completeness, §5.4): they are skipped, never
+        rewritten, and the check starts after them.
+        """
+        if prev_index < commit_index:
+            skip = commit_index - prev_index
+            if skip >= len(entries):
+                return AppendResult(True, commit_index)
+            entries = entries[skip:]
+            prev_index = commit_index
+            committed_term = self.term(prev_index)
+            assert committed_term is not None  # commit_index >= snapshot_index
+            prev_term = committed_term
+        if prev_index > self.last_index:
+            return AppendResult(False, conflict_index=self.last_index + 1)
+        term_at_prev = self.term(prev_index)
+        assert term_at_prev is not None  # prev_index >= commit_index >= snapshot_index
+        if term_at_prev != prev_term:
+            run_start = max(self.first_index_of_term_run(prev_index), commit_index + 1)
+            return AppendResult(False, conflict_index=run_start, conflict_term=term_at_prev)
+        # Rules 3 and 4: delete a conflicting entry and all that follow it;
+        # append any new entries not already in the log.
+        for pos, entry in enumerate(entries):
+            if self.term(entry.index) != entry.term:
+                self.truncate_and_append(entries[pos:])
+                break
+        return AppendResult(True, prev_index + len(entries))
 
     def append(self, entry: Entry) -> None:
         """A leader's append at the end of the log."""
