@@ -462,7 +462,7 @@ def status(servers: str | None, timeout: float, as_json: bool) -> None:
 def short_reason(error: str) -> str:
     """Why a node did not answer, in a few words."""
     lowered = error.lower()
-    if "refused" in lowered:
+    if "refused" in lowered or f"[errno {errno.ECONNREFUSED}]" in lowered:
         return "connection refused"
     if "no reply" in lowered or "timed out" in lowered or "no connection" in lowered:
         return "timed out"

@@ -1,0 +1,166 @@
+"""Helpers for the command-line tests: run ``kvraft`` as a real process, start local clusters.
+
+Every test here runs the product's entry point (``python -m kvraft``) in a
+subprocess, so what is asserted is what a user sees: the exit status and the
+bytes on stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvraft.client.admin import fetch_statuses_async
+from kvraft.testing.waiting import wait_until
+
+KVRAFT = [sys.executable, "-m", "kvraft"]
+CLI_TIMEOUT_S = 60.0
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = CLI_TIMEOUT_S,
+) -> subprocess.CompletedProcess[str]:
+    """``kvraft ARGS...`` to completion; $KVRAFT_SERVERS unset unless ``env`` sets it."""
+    full_env = {k: v for k, v in os.environ.items() if k != "KVRAFT_SERVERS"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [*KVRAFT, *args],
+        env=full_env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, *fragments: str
+) -> str:
+    """Assert exit ``code`` after exactly one line on stderr, containing ``fragments``."""
+    stderr = result.stderr
+    assert result.returncode == code, f"exit {result.returncode}, stderr:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def bindable(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(n: int) -> int:
+    """A port P with P..P+n-1 free, below the range the kernel hands out to connections."""
+    for _ in range(500):
+        base = random.randrange(12000, 30000)
+        if all(bindable(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def statuses(servers: Sequence[str], timeout: float = 0.5) -> list[dict[str, Any]]:
+    return asyncio.run(fetch_statuses_async(servers, timeout))
+
+
+def has_leader(servers: Sequence[str]) -> bool:
+    rows = statuses(servers)
+    return all(r.get("reachable") for r in rows) and any(r.get("role") == "leader" for r in rows)
+
+
+@dataclass
+class CliCluster:
+    """A ``kvraft cluster`` process in its own session, as if run from a terminal."""
+
+    proc: subprocess.Popen[bytes]
+    servers: list[str]
+    stdout_path: Path
+    stderr_path: Path
+    node_pids: list[int] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"KVRAFT_SERVERS": ",".join(self.servers)}
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"cluster exited early:\n{self.stderr()}"
+            return has_leader(self.servers)
+
+        wait_until(ready, timeout_s, interval_s=0.05, message="a leader among all nodes")
+        self.node_pids = [
+            int(line.rsplit("pid", 1)[1])
+            for line in self.stdout().splitlines()
+            if line.strip().startswith("n") and " pid " in line
+        ]
+
+    def ctrl_c(self, timeout_s: float = 20.0) -> int:
+        """SIGINT to the whole process group, as a terminal's Ctrl-C; the exit status."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def start_cli_cluster(tmp_path: Path) -> Iterator[Any]:
+    """``start_cli_cluster(*args, nodes=3, data_dir=None)``: a ``kvraft cluster`` process.
+
+    Killed (the whole process group) at teardown if a test left it running.
+    """
+    started: list[CliCluster] = []
+
+    def start(
+        *args: str, nodes: int = 3, data_dir: Path | None = None, base_port: int | None = None
+    ) -> CliCluster:
+        base = base_port if base_port is not None else free_base_port(nodes)
+        data = data_dir or tmp_path / "data"
+        k = len(started)
+        out, err = tmp_path / f"cluster{k}.out", tmp_path / f"cluster{k}.err"
+        argv = [*KVRAFT, *args, "cluster", "--nodes", str(nodes)]
+        argv += ["--base-port", str(base), "--data-dir", str(data)]
+        with open(out, "wb") as o, open(err, "wb") as e:
+            proc = subprocess.Popen(argv, stdout=o, stderr=e, start_new_session=True)
+        servers = [f"127.0.0.1:{base + i}" for i in range(nodes)]
+        cluster = CliCluster(proc, servers, out, err)
+        started.append(cluster)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for cluster in started:
+            cluster.kill()
