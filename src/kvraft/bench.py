@@ -228,8 +228,9 @@ class Bench:
             if reporter is not None and progress is not None:
                 reporter.cancel()
                 await asyncio.gather(reporter, return_exceptions=True)
-                progress.write("\n")
-                progress.flush()
+                if progress.isatty():
+                    progress.write("\n")
+                    progress.flush()
         return BenchResult(
             self.config, self.config.duration_s, self.stats, self.timeline, self._window_start
         )
@@ -301,6 +302,8 @@ class Bench:
             stats.errors[error] += 1
 
     async def _report(self, out: TextIO, t0: float) -> None:
+        """A progress line every PROGRESS_INTERVAL_S: rewritten in place on a terminal."""
+        start, end = ("\r", "") if out.isatty() else ("", "\n")
         last_count, last_time = 0, t0
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL_S)
@@ -311,8 +314,8 @@ class Bench:
             phase = "warm-up" if now < self._window_start else "measuring"
             left = max(0.0, self._window_end - now)
             out.write(
-                f"\r{phase:9}  {now - t0:5.1f}s  {self.completed:9,d} ops  "
-                f"{rate:9,.0f} ops/s  p99 {p99}  errors {self.failed}  {left:4.0f}s left "
+                f"{start}{phase:9}  {now - t0:5.1f}s  {self.completed:9,d} ops  "
+                f"{rate:9,.0f} ops/s  p99 {p99}  errors {self.failed}  {left:4.0f}s left {end}"
             )
             out.flush()
             last_count, last_time = self.completed, now

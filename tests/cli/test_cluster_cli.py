@@ -1,0 +1,164 @@
+"""``kvraft cluster``, ``put``, ``get``, ``status`` and ``bench`` against real local clusters."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvraft.testing.processes import pid_alive
+from kvraft.testing.waiting import wait_until
+from tests.cli.conftest import (
+    CliCluster,
+    assert_one_line_error,
+    free_base_port,
+    run_cli,
+    statuses,
+)
+
+pytestmark = pytest.mark.slow
+
+EXIT_OP_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+
+
+def stopped_cleanly(cluster: CliCluster) -> None:
+    """Ctrl-C ends the cluster with status 0, every node stopped by its own clean shutdown."""
+    assert cluster.ctrl_c() == 0, cluster.stderr()
+    err = cluster.stderr()
+    assert "Traceback" not in err, err
+    assert "kvraft: all nodes stopped" in err
+    for pid in cluster.node_pids:
+        assert not pid_alive(pid), f"node pid {pid} outlived the cluster"
+
+
+def test_cluster_serves_put_get_status_and_resumes_after_ctrl_c(
+    start_cli_cluster: Any, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    cluster: CliCluster = start_cli_cluster(data_dir=data_dir)
+    cluster.wait_ready()
+    out = cluster.stdout()
+    assert "3-node cluster" in out and f"export KVRAFT_SERVERS={','.join(cluster.servers)}" in out
+    assert len(cluster.node_pids) == 3
+    assert "became leader" in cluster.stderr(), "nodes log at info by default"
+
+    put = run_cli("put", "greeting", "hello", env=cluster.env)
+    assert (put.returncode, put.stdout) == (0, "ok\t(version 1)\n"), put.stderr
+    got = run_cli("get", "greeting", "--json", env=cluster.env)
+    assert json.loads(got.stdout) == {"key": "greeting", "value": "hello", "version": 1}
+    put = run_cli("put", "greeting", "bonjour", "--version", "1", env=cluster.env)
+    assert put.stdout == "ok\t(version 2)\n", put.stderr
+
+    # operation errors: exit 1, one line
+    stale = run_cli("put", "greeting", "hallo", "--version", "1", env=cluster.env)
+    assert_one_line_error(stale, EXIT_OP_ERROR, "VersionMismatch", "version 2")
+    missing = run_cli("get", "nothing-here", env=cluster.env)
+    assert_one_line_error(missing, EXIT_OP_ERROR, "NoKey")
+    missing_put = run_cli("put", "nothing-here", "v", "--version", "3", env=cluster.env)
+    assert_one_line_error(missing_put, EXIT_OP_ERROR, "NoKey")
+
+    # status: one row per node, a leader, and an unreachable node shown as such
+    dead = f"127.0.0.1:{free_base_port(1)}"
+    status = run_cli("status", "--servers", ",".join([*cluster.servers, dead]))
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].split() == [
+        "id", "address", "role", "term", "commit", "applied", "log", "snapshot", "leader",
+    ]  # fmt: skip
+    rows = {line.split()[1]: line.split() for line in lines[1:-1]}
+    assert {rows[a][2] for a in cluster.servers} <= {"leader", "follower"}
+    assert sum(rows[a][2] == "leader" for a in cluster.servers) == 1
+    assert rows[dead][2] == "unreachable"
+    assert "3/4 nodes reachable; leader n" in lines[-1]
+    as_json = json.loads(run_cli("status", "--json", env=cluster.env).stdout)
+    assert sorted(r["id"] for r in as_json) == [0, 1, 2]
+    assert all(r["reachable"] and r["applied_index"] >= 3 for r in as_json)
+
+    stopped_cleanly(cluster)
+
+    # a rerun on the same data resumes it (and --log-level reaches the nodes)
+    again: CliCluster = start_cli_cluster("--log-level", "warning", data_dir=data_dir)
+    again.wait_ready()
+    got = run_cli("get", "greeting", env=again.env)
+    assert got.stdout == "bonjour\t(version 2)\n", got.stderr
+    assert " INFO " not in again.stderr(), "--log-level warning was not passed to the nodes"
+    stopped_cleanly(again)
+
+
+def test_five_node_cluster(start_cli_cluster: Any) -> None:
+    cluster: CliCluster = start_cli_cluster(nodes=5)
+    cluster.wait_ready()
+    rows = statuses(cluster.servers)
+    assert sorted(r["id"] for r in rows) == [0, 1, 2, 3, 4]
+    assert sum(r["role"] == "leader" for r in rows) == 1
+    put = run_cli("put", "five", "nodes", env=cluster.env)
+    assert put.returncode == 0, put.stderr
+    # the put is on a majority: every node applies it soon
+    wait_until(
+        lambda: all(r.get("applied_index", 0) >= 2 for r in statuses(cluster.servers)),
+        10,
+        message="all five nodes applied the put",
+    )
+    stopped_cleanly(cluster)
+
+
+def test_cluster_stops_every_node_when_one_cannot_start(
+    start_cli_cluster: Any, tmp_path: Path
+) -> None:
+    base = free_base_port(3)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 1))
+        taken.listen()
+        cluster: CliCluster = start_cli_cluster(base_port=base)
+        status = cluster.proc.wait(30)
+    err = cluster.stderr()
+    assert status == EXIT_OP_ERROR, err
+    assert "Traceback" not in err
+    assert f"cannot listen on 127.0.0.1:{base + 1}: address already in use" in err
+    assert "node n1 exited with status 1; stopping the others" in err
+
+
+def test_bench_reports_a_table_and_json(start_cli_cluster: Any, tmp_path: Path) -> None:
+    cluster: CliCluster = start_cli_cluster()
+    cluster.wait_ready()
+    out = tmp_path / "bench.json"
+    args = ["--duration", "0.5", "--warmup", "0.2", "--clients", "4", "--keys", "20"]
+    result = run_cli("bench", *args, "--workload", "mixed", "--json", str(out), env=cluster.env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "no progress line unless stderr is a terminal"
+    table = result.stdout.splitlines()
+    assert table[1].split()[:7] == ["op", "ops", "ops/s", "p50", "ms", "p95", "ms"]
+    assert [line.split()[0] for line in table[2:]] == ["get", "put", "all"]
+    data = json.loads(out.read_text())
+    assert data["config"]["workload"] == "mixed" and data["config"]["clients"] == 4
+    for kind in ("get", "put", "all"):
+        summary = data["results"][kind]
+        assert summary["ops"] > 0 and summary["errors"] == {}
+        assert 0 < summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+    assert (
+        data["results"]["all"]["ops"]
+        == data["results"]["get"]["ops"] + data["results"]["put"]["ops"]
+    )
+
+    progress = run_cli("bench", *args, "--progress", env=cluster.env)
+    assert progress.returncode == 0, progress.stderr
+    lines = progress.stderr.splitlines()
+    assert any(line.startswith("measuring") and "ops/s" in line for line in lines), lines
+    stopped_cleanly(cluster)
+
+
+def test_servers_default_to_the_environment(start_cli_cluster: Any) -> None:
+    """$KVRAFT_SERVERS is used when --servers is not given, and --servers wins over it."""
+    cluster: CliCluster = start_cli_cluster()
+    cluster.wait_ready()
+    assert run_cli("put", "env", "yes", env=cluster.env).returncode == 0
+    wrong = {"KVRAFT_SERVERS": f"127.0.0.1:{free_base_port(1)}"}
+    got = run_cli("get", "env", "--servers", ",".join(cluster.servers), env=wrong)
+    assert got.stdout == "yes\t(version 1)\n", got.stderr
+    unavailable = run_cli("get", "env", "--deadline", "0.3", env=wrong)
+    assert unavailable.returncode == EXIT_UNAVAILABLE
+    stopped_cleanly(cluster)
