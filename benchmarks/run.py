@@ -157,6 +157,8 @@ def sequential_puts(servers: Sequence[str], duration_s: float, warmup_s: float) 
 def bench(config: BenchConfig) -> dict[str, Any]:
     result = asyncio.run(Bench(config).run())
     summary: dict[str, Any] = result.summary()[config.workload]
+    cpu = result.client_cpu_s_per_op
+    summary["client_cpu_us_per_op"] = None if cpu is None else cpu * 1e6
     return summary
 
 

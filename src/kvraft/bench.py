@@ -116,6 +116,8 @@ class BenchResult:
     stats: dict[str, OpStats]
     timeline: list[tuple[str, float, float]] = field(default_factory=list)
     window_start: float = 0.0
+    #: CPU seconds this process spent per successful operation (whole run, warm-up included)
+    client_cpu_s_per_op: float | None = None
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per kind of operation, plus ``all`` when the workload mixes them."""
@@ -217,6 +219,7 @@ class Bench:
         if self.config.workload != "put":
             await self.preload()
         now = time.perf_counter()
+        cpu_start = time.process_time()
         self._window_start = now + self.config.warmup_s
         self._window_end = self._window_start + self.config.duration_s
         reporter = None
@@ -231,8 +234,14 @@ class Bench:
                 if progress.isatty():
                     progress.write("\n")
                     progress.flush()
+        cpu = time.process_time() - cpu_start
         return BenchResult(
-            self.config, self.config.duration_s, self.stats, self.timeline, self._window_start
+            self.config,
+            self.config.duration_s,
+            self.stats,
+            self.timeline,
+            self._window_start,
+            cpu / self.completed if self.completed else None,
         )
 
     async def _worker(self, index: int) -> None:
@@ -366,6 +375,8 @@ def format_result(result: BenchResult) -> str:
             v.rjust(w) for v, w in zip(r[1:-1], widths[1:-1], strict=True)
         ]
         lines.append("  ".join([*cells, r[-1]]))
+    if result.client_cpu_s_per_op is not None:
+        lines.append(f"client CPU: {result.client_cpu_s_per_op * 1e6:.0f} us per operation")
     return "\n".join(lines)
 
 
@@ -373,7 +384,12 @@ def result_json(result: BenchResult) -> dict[str, Any]:
     """The results as plain data: the config and, per kind of operation, its summary."""
     config = asdict(result.config)
     config["servers"] = list(result.config.servers)
-    return {"config": config, "results": result.summary()}
+    cpu = result.client_cpu_s_per_op
+    return {
+        "config": config,
+        "results": result.summary(),
+        "client_cpu_us_per_op": None if cpu is None else cpu * 1e6,
+    }
 
 
 def failover_time_s(
