@@ -24,10 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no Raft log lines")
     parser.add_argument("--debug", action="store_true", help="debug log lines too")
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.debug else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stdout, format="%(message)s")
     kwargs = {} if args.safety_ticks is None else {"safety_ticks": args.safety_ticks}
     simulation = Simulation(args.seed, args.nodes, planted=args.planted, **kwargs)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.debug else logging.INFO
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("t%(tick)-4s %(message)s"))
+    handler.addFilter(lambda record: setattr(record, "tick", simulation.now) or True)
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.raiseExceptions = False  # e.g. piped into `head`
     print(f"seed {args.seed}, {args.nodes} nodes: {simulation.profile}")
     try:
         result = simulation.run()

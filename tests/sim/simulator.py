@@ -99,7 +99,7 @@ class Profile:
             restart=rng.choice([0.05, 0.1, 0.3]),
             reboot=0.0 if calm else rng.choice([0.0, 0.01, 0.05]),
             propose=rng.choice([0.1, 0.3, 0.6]),
-            compact=rng.choice([0.0, 0.02, 0.1]),
+            compact=rng.choice([0.0, 0.05, 0.2, 0.5]),
             election_timeout_ticks=rng.choice([8, 10, 12]),
             heartbeat_interval_ticks=rng.choice([2, 3]),
             max_entries_per_message=rng.choice([1, 2, 4, 64]),
@@ -323,7 +323,7 @@ class Simulation:
         seed: int,
         nodes: int = 3,
         *,
-        safety_ticks: int = 150,
+        safety_ticks: int = 200,
         liveness_ticks: int | None = None,
         planted: str | None = None,
     ) -> None:
@@ -387,11 +387,18 @@ class Simulation:
         node.app = App()
         if state.snapshot is not None:
             self.checker.restored(node, state.snapshot)
-        logger.debug("t%d n%d started at %s", self.now, node.id, node.core.status())
+        logger.info(
+            "sim: n%d started: term %d, log %d..%d, commit %d",
+            node.id,
+            node.core.current_term,
+            node.core.first_index,
+            node.core.last_index,
+            node.core.commit_index,
+        )
         self._drive(node)
 
     def _crash(self, node: Node, where: str) -> None:
-        logger.debug("t%d n%d crashed %s", self.now, node.id, where)
+        logger.info("sim: n%d crashed %s", node.id, where)
         node.core = None
         node.writing = None  # lost with the process
         self.crashes += 1
@@ -513,7 +520,8 @@ class Simulation:
         profile, rng = self.profile, self.rng
         if rng.random() < profile.partition:
             self._partition()
-        if rng.random() < profile.heal:
+        if rng.random() < profile.heal and any(self._group.values()):
+            logger.info("sim: partition healed")
             self._group = dict.fromkeys(self.ids, 0)
         if rng.random() < profile.crash:
             up = [node for node in self.nodes.values() if node.core is not None]
@@ -545,7 +553,7 @@ class Simulation:
             self._group = {i: int(i == alone) for i in self.ids}
         else:
             self._group = {i: rng.randrange(2) for i in self.ids}
-        logger.debug("t%d partition %s", self.now, self._group)
+        logger.info("sim: partition %s", self._group)
 
     def _propose(self, count: int) -> None:
         up = [node for node in self.nodes.values() if node.core is not None]
@@ -611,6 +619,7 @@ class Simulation:
 
     def _liveness(self) -> int:
         """Heal everything; a leader must get a new command applied everywhere, in bounded time."""
+        logger.info("sim: liveness phase: network healed, faults off, every node restarted")
         self._faults_on = False
         self._group = dict.fromkeys(self.ids, 0)
         for node in self.nodes.values():

@@ -36,11 +36,13 @@ def quiet_raft_log() -> Iterator[None]:
 
     The replay command prints them for the one seed that matters.
     """
-    raft_log = logging.getLogger("kvraft.raft")
-    level = raft_log.level
-    raft_log.setLevel(logging.WARNING)
+    loggers = [logging.getLogger("kvraft.raft"), logging.getLogger("kvraft.sim")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     yield
-    raft_log.setLevel(level)
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 def run_seeds(nodes: int, seeds: range) -> list[Result]:
