@@ -116,6 +116,8 @@ class RaftTester:
         self.n = cluster.n
         self.call_timeout_s = call_timeout_s
         self.connected = [True] * self.n
+        #: How long :meth:`one` tries before failing (the classic 10 s).
+        self.one_deadline_s = ONE_DEADLINE_S
         #: index -> command, for every entry any server reported committed.
         self.known: dict[int, bytes] = {}
         self._loop = asyncio.new_event_loop()
@@ -331,11 +333,11 @@ class RaftTester:
         accepts, wait up to 2 s for the command to be committed at the index it
         returned by at least ``expected_servers``. If another command lands
         there instead, or too few commit it, try again if ``retry``, else fail.
-        Gives up after 10 s. Returns the index.
+        Gives up after :attr:`one_deadline_s` (10 s). Returns the index.
         """
         started = time.monotonic()
         starts = 0
-        while time.monotonic() - started < ONE_DEADLINE_S:
+        while time.monotonic() - started < self.one_deadline_s:
             index = None
             for _ in range(self.n):
                 starts = (starts + 1) % self.n
@@ -362,7 +364,7 @@ class RaftTester:
                     )
             else:
                 time.sleep(0.05)
-        raise AssertionError(f"one({cmd!r}) failed to reach agreement in {ONE_DEADLINE_S}s")
+        raise AssertionError(f"one({cmd!r}) failed to reach agreement in {self.one_deadline_s}s")
 
     def wait(self, index: int, n: int, start_term: int | None) -> bytes | None:
         """Wait for ``n`` servers to commit ``index``; its command.
