@@ -101,6 +101,20 @@ class LocalCluster:
             time.sleep(0.05)
         raise RuntimeError(f"no leader within {timeout_s}s")
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the live nodes have used so far, from /proc."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for proc in self.procs:
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return total
+
     def kill(self, i: int) -> None:
         proc = self.procs[i]
         assert proc is not None
@@ -132,9 +146,11 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def sequential_puts(servers: Sequence[str], duration_s: float, warmup_s: float) -> dict[str, Any]:
+def sequential_puts(cluster: LocalCluster, duration_s: float, warmup_s: float) -> dict[str, Any]:
     """The blocking Client, one put after another over rotating keys."""
+    servers = cluster.addresses
     stats = OpStats()
+    cpu_before = (time.process_time(), cluster.cpu_s())
     client = Client(list(servers), deadline=10.0)
     versions: dict[str, int] = {}
     prefix = f"seq/{os.getpid()}-{time.monotonic_ns()}"
@@ -151,14 +167,29 @@ def sequential_puts(servers: Sequence[str], duration_s: float, warmup_s: float) 
             n += 1
     finally:
         client.close()
-    return stats.summary(duration_s)
+    summary = stats.summary(duration_s)
+    summary.update(cpu_per_op(cluster, cpu_before, n))
+    return summary
 
 
-def bench(config: BenchConfig) -> dict[str, Any]:
-    result = asyncio.run(Bench(config).run())
+def cpu_per_op(cluster: LocalCluster, before: tuple[float, float], ops: int) -> dict[str, Any]:
+    """CPU microseconds per operation of this (client) process and of all the nodes together.
+
+    On a shared machine throughput swings with the load; CPU per operation
+    much less, and 2 CPUs / (client + nodes) per op bounds the throughput of
+    this 2-core box when idle.
+    """
+    client = (time.process_time() - before[0]) / ops * 1e6 if ops else None
+    nodes = (cluster.cpu_s() - before[1]) / ops * 1e6 if ops else None
+    return {"client_cpu_us_per_op": client, "nodes_cpu_us_per_op": nodes}
+
+
+def bench(cluster: LocalCluster, config: BenchConfig) -> dict[str, Any]:
+    before = (time.process_time(), cluster.cpu_s())
+    runner = Bench(config)
+    result = asyncio.run(runner.run())
     summary: dict[str, Any] = result.summary()[config.workload]
-    cpu = result.client_cpu_s_per_op
-    summary["client_cpu_us_per_op"] = None if cpu is None else cpu * 1e6
+    summary.update(cpu_per_op(cluster, before, runner.completed))
     return summary
 
 
@@ -213,14 +244,14 @@ def run_set(
         cluster.wait_for_leader()
         servers = tuple(cluster.addresses)
         log(f"rep {rep}: sequential puts")
-        runs.append(Run("sequential put", 1, sequential_puts(servers, args.duration, args.warmup)))
+        runs.append(Run("sequential put", 1, sequential_puts(cluster, args.duration, args.warmup)))
         for n in PUT_IN_FLIGHT:
             log(f"rep {rep}: puts at {n} in flight")
             config = BenchConfig(servers, n, args.duration, args.warmup, "put")
-            runs.append(Run("put", n, bench(config)))
+            runs.append(Run("put", n, bench(cluster, config)))
         log(f"rep {rep}: gets at {GET_IN_FLIGHT} in flight")
         config = BenchConfig(servers, GET_IN_FLIGHT, args.duration, args.warmup, "get")
-        runs.append(Run("get", GET_IN_FLIGHT, bench(config)))
+        runs.append(Run("get", GET_IN_FLIGHT, bench(cluster, config)))
     finally:
         cluster.stop()
     log(f"rep {rep}: failover")
@@ -233,7 +264,15 @@ def run_set(
 # ----------------------------------------------------------------------- results
 
 
-FIELDS = ("ops_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+FIELDS = (
+    "ops_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "client_cpu_us_per_op",
+    "nodes_cpu_us_per_op",
+)
 
 
 def medians(all_runs: list[list[Run]]) -> list[dict[str, Any]]:
@@ -305,15 +344,17 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         f"Medians of {env['repeats']} runs of {env['duration_s']:g} s "
         f"(after {env['warmup_s']:g} s warm-up); latencies in ms, client side, retries included.",
         "",
-        "| benchmark | in flight | ops/s | p50 | p95 | p99 | max | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| benchmark | in flight | ops/s | p50 | p95 | p99 | max | errors "
+        "| CPU µs/op: client | nodes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "0"
         lines.append(
             f"| {LABELS[r['name']]} | {r['in_flight']} | {_fmt(r['ops_per_s'])} | "
             f"{_fmt(r['p50_ms'])} | {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | "
-            f"{_fmt(r['max_ms'])} | {errors} |"
+            f"{_fmt(r['max_ms'])} | {errors} | {_fmt(r['client_cpu_us_per_op'], 0)} | "
+            f"{_fmt(r['nodes_cpu_us_per_op'], 0)} |"
         )
     fo = _find(rows, "failover", FAILOVER_IN_FLIGHT)
     runs = ", ".join(_fmt(v, 3) for v in fo["failover_s_runs"])
