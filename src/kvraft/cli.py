@@ -179,7 +179,7 @@ def _log_level(ctx: click.Context) -> str:
     show_default=True,
     help="Election timeout in ticks (randomized up to twice this).",
 )
-@click.option("--heartbeat-ticks", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--heartbeat-ticks", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--max-value-bytes", type=click.IntRange(min=1), default=None, help="Default 1 MiB.")
 @click.option(
     "--max-frame-bytes", type=click.IntRange(min=1024), default=None, help="Default 16 MiB."
@@ -297,6 +297,7 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
         )
     if data_dir.exists() and not data_dir.is_dir():
         raise click.BadParameter(f"{data_dir} is not a directory", param_hint="--data-dir")
+    check_cluster_size(data_dir, nodes)
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
     log_level = _log_level(ctx)
@@ -357,6 +358,46 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
         # every node exited 0 on its own (someone signalled them directly)
         click.echo("kvraft: all nodes exited", err=True)
     sys.exit(code)
+
+
+CLUSTER_META = "cluster.json"
+
+
+def check_cluster_size(data_dir: Path, nodes: int) -> None:
+    """Refuse to run DATA_DIR's cluster with another number of nodes; record it if new.
+
+    Raft's safety assumes every node agrees on the membership: rerunning a
+    3-node data dir as 5 nodes would let two empty nodes and one stale node
+    elect a leader that lacks committed entries. So the size is kept in
+    ``DATA_DIR/cluster.json`` (or inferred from the nI dirs of an older run).
+    """
+    meta = data_dir / CLUSTER_META
+    recorded: int | None = None
+    if meta.exists():
+        try:
+            recorded = int(json.loads(meta.read_text())["nodes"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise click.BadParameter(
+                f"{meta} is unreadable ({type(exc).__name__}); fix or remove it",
+                param_hint="--data-dir",
+            ) from None
+    elif data_dir.is_dir():
+        ids = [int(p.name[1:]) for p in data_dir.glob("n*") if p.name[1:].isdigit() and p.is_dir()]
+        recorded = max(ids) + 1 if ids else None
+    if recorded is not None and recorded != nodes:
+        raise click.BadParameter(
+            f"{data_dir} holds a {recorded}-node cluster; run it with --nodes {recorded} "
+            "or use another --data-dir",
+            param_hint="--nodes",
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if not meta.exists():
+            meta.write_text(json.dumps({"nodes": nodes}) + "\n")
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot use {data_dir}: {describe_os_error(exc)}", param_hint="--data-dir"
+        ) from None
 
 
 # ---------------------------------------------------------------------- clients

@@ -135,27 +135,35 @@ class CliCluster:
             self.proc.wait(10)
 
 
+def launch_cli_cluster(
+    tmp_dir: Path,
+    *args: str,
+    nodes: int = 3,
+    data_dir: Path | None = None,
+    base_port: int | None = None,
+) -> CliCluster:
+    """Start ``kvraft [ARGS] cluster`` in a new session; output goes to files in ``tmp_dir``."""
+    base = base_port if base_port is not None else free_base_port(nodes)
+    data = data_dir or tmp_dir / "data"
+    k = len(list(tmp_dir.glob("cluster*.out")))
+    out, err = tmp_dir / f"cluster{k}.out", tmp_dir / f"cluster{k}.err"
+    argv = [*KVRAFT, *args, "cluster", "--nodes", str(nodes)]
+    argv += ["--base-port", str(base), "--data-dir", str(data)]
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen(argv, stdout=o, stderr=e, start_new_session=True)
+    return CliCluster(proc, [f"127.0.0.1:{base + i}" for i in range(nodes)], out, err)
+
+
 @pytest.fixture
 def start_cli_cluster(tmp_path: Path) -> Iterator[Any]:
-    """``start_cli_cluster(*args, nodes=3, data_dir=None)``: a ``kvraft cluster`` process.
+    """``start_cli_cluster(*args, nodes=3, data_dir=None, base_port=None)``: a cluster process.
 
     Killed (the whole process group) at teardown if a test left it running.
     """
     started: list[CliCluster] = []
 
-    def start(
-        *args: str, nodes: int = 3, data_dir: Path | None = None, base_port: int | None = None
-    ) -> CliCluster:
-        base = base_port if base_port is not None else free_base_port(nodes)
-        data = data_dir or tmp_path / "data"
-        k = len(started)
-        out, err = tmp_path / f"cluster{k}.out", tmp_path / f"cluster{k}.err"
-        argv = [*KVRAFT, *args, "cluster", "--nodes", str(nodes)]
-        argv += ["--base-port", str(base), "--data-dir", str(data)]
-        with open(out, "wb") as o, open(err, "wb") as e:
-            proc = subprocess.Popen(argv, stdout=o, stderr=e, start_new_session=True)
-        servers = [f"127.0.0.1:{base + i}" for i in range(nodes)]
-        cluster = CliCluster(proc, servers, out, err)
+    def start(*args: str, **kwargs: Any) -> CliCluster:
+        cluster = launch_cli_cluster(tmp_path, *args, **kwargs)
         started.append(cluster)
         return cluster
 
@@ -164,3 +172,14 @@ def start_cli_cluster(tmp_path: Path) -> Iterator[Any]:
     finally:
         for cluster in started:
             cluster.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
+    """One running 3-node ``kvraft cluster`` for tests that only use it (and do not stop it)."""
+    cluster = launch_cli_cluster(tmp_path_factory.mktemp("shared"))
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.kill()

@@ -34,33 +34,34 @@ def stopped_cleanly(cluster: CliCluster) -> None:
         assert not pid_alive(pid), f"node pid {pid} outlived the cluster"
 
 
-def test_cluster_serves_put_get_status_and_resumes_after_ctrl_c(
-    start_cli_cluster: Any, tmp_path: Path
-) -> None:
-    data_dir = tmp_path / "data"
-    cluster: CliCluster = start_cli_cluster(data_dir=data_dir)
-    cluster.wait_ready()
-    out = cluster.stdout()
-    assert "3-node cluster" in out and f"export KVRAFT_SERVERS={','.join(cluster.servers)}" in out
-    assert len(cluster.node_pids) == 3
-    assert "became leader" in cluster.stderr(), "nodes log at info by default"
-
-    put = run_cli("put", "greeting", "hello", env=cluster.env)
+def test_put_get_and_operation_errors(shared_cli_cluster: CliCluster) -> None:
+    env = shared_cli_cluster.env
+    put = run_cli("put", "greeting", "hello", env=env)
     assert (put.returncode, put.stdout) == (0, "ok\t(version 1)\n"), put.stderr
-    got = run_cli("get", "greeting", "--json", env=cluster.env)
+    got = run_cli("get", "greeting", "--json", env=env)
     assert json.loads(got.stdout) == {"key": "greeting", "value": "hello", "version": 1}
-    put = run_cli("put", "greeting", "bonjour", "--version", "1", env=cluster.env)
+    put = run_cli("put", "greeting", "bonjour", "--version", "1", env=env)
     assert put.stdout == "ok\t(version 2)\n", put.stderr
+    got = run_cli("get", "greeting", env=env)
+    assert got.stdout == "bonjour\t(version 2)\n", got.stderr
 
     # operation errors: exit 1, one line
-    stale = run_cli("put", "greeting", "hallo", "--version", "1", env=cluster.env)
+    stale = run_cli("put", "greeting", "hallo", "--version", "1", env=env)
     assert_one_line_error(stale, EXIT_OP_ERROR, "VersionMismatch", "version 2")
-    missing = run_cli("get", "nothing-here", env=cluster.env)
+    missing = run_cli("get", "nothing-here", env=env)
     assert_one_line_error(missing, EXIT_OP_ERROR, "NoKey")
-    missing_put = run_cli("put", "nothing-here", "v", "--version", "3", env=cluster.env)
+    missing_put = run_cli("put", "nothing-here", "v", "--version", "3", env=env)
     assert_one_line_error(missing_put, EXIT_OP_ERROR, "NoKey")
+    value = run_cli("put", "from-stdin", "-", env=env, input="line 1\nline 2\n")
+    assert value.returncode == 0, value.stderr
+    got = run_cli("get", "from-stdin", "--json", env=env)
+    assert json.loads(got.stdout)["value"] == "line 1\nline 2\n"
 
-    # status: one row per node, a leader, and an unreachable node shown as such
+
+def test_status_table_shows_every_node_and_the_unreachable(
+    shared_cli_cluster: CliCluster,
+) -> None:
+    cluster = shared_cli_cluster
     dead = f"127.0.0.1:{free_base_port(1)}"
     status = run_cli("status", "--servers", ",".join([*cluster.servers, dead]))
     assert status.returncode == 0, status.stderr
@@ -71,19 +72,37 @@ def test_cluster_serves_put_get_status_and_resumes_after_ctrl_c(
     rows = {line.split()[1]: line.split() for line in lines[1:-1]}
     assert {rows[a][2] for a in cluster.servers} <= {"leader", "follower"}
     assert sum(rows[a][2] == "leader" for a in cluster.servers) == 1
-    assert rows[dead][2] == "unreachable"
+    assert rows[dead][2] == "unreachable" and "connection refused" in " ".join(rows[dead])
     assert "3/4 nodes reachable; leader n" in lines[-1]
     as_json = json.loads(run_cli("status", "--json", env=cluster.env).stdout)
     assert sorted(r["id"] for r in as_json) == [0, 1, 2]
-    assert all(r["reachable"] and r["applied_index"] >= 3 for r in as_json)
+    assert all(r["reachable"] and r["applied_index"] >= 1 for r in as_json)
+    fields = {"role", "term", "commit_index", "applied_index", "log_length", "snapshot_index"}
+    assert fields <= set(as_json[0]) and "leader_id" in as_json[0]
+
+
+def test_ctrl_c_stops_every_node_and_a_rerun_resumes_the_data(
+    start_cli_cluster: Any, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    cluster: CliCluster = start_cli_cluster(data_dir=data_dir)
+    cluster.wait_ready()
+    out = cluster.stdout()
+    assert "3-node cluster" in out and f"export KVRAFT_SERVERS={','.join(cluster.servers)}" in out
+    assert "kvraft put" in out and "kvraft status" in out
+    assert len(cluster.node_pids) == 3
+    assert json.loads((data_dir / "cluster.json").read_text()) == {"nodes": 3}
+    assert "became leader" in cluster.stderr(), "nodes log at info by default"
+    put = run_cli("put", "kept", "across restarts", env=cluster.env)
+    assert put.returncode == 0, put.stderr
 
     stopped_cleanly(cluster)
 
     # a rerun on the same data resumes it (and --log-level reaches the nodes)
     again: CliCluster = start_cli_cluster("--log-level", "warning", data_dir=data_dir)
     again.wait_ready()
-    got = run_cli("get", "greeting", env=again.env)
-    assert got.stdout == "bonjour\t(version 2)\n", got.stderr
+    got = run_cli("get", "kept", env=again.env)
+    assert got.stdout == "across restarts\t(version 1)\n", got.stderr
     assert " INFO " not in again.stderr(), "--log-level warning was not passed to the nodes"
     stopped_cleanly(again)
 
@@ -122,9 +141,8 @@ def test_cluster_stops_every_node_when_one_cannot_start(
     assert "node n1 exited with status 1; stopping the others" in err
 
 
-def test_bench_reports_a_table_and_json(start_cli_cluster: Any, tmp_path: Path) -> None:
-    cluster: CliCluster = start_cli_cluster()
-    cluster.wait_ready()
+def test_bench_reports_a_table_and_json(shared_cli_cluster: CliCluster, tmp_path: Path) -> None:
+    cluster = shared_cli_cluster
     out = tmp_path / "bench.json"
     args = ["--duration", "0.5", "--warmup", "0.2", "--clients", "4", "--keys", "20"]
     result = run_cli("bench", *args, "--workload", "mixed", "--json", str(out), env=cluster.env)
@@ -132,7 +150,8 @@ def test_bench_reports_a_table_and_json(start_cli_cluster: Any, tmp_path: Path) 
     assert result.stderr == "", "no progress line unless stderr is a terminal"
     table = result.stdout.splitlines()
     assert table[1].split()[:7] == ["op", "ops", "ops/s", "p50", "ms", "p95", "ms"]
-    assert [line.split()[0] for line in table[2:]] == ["get", "put", "all"]
+    assert [line.split()[0] for line in table[2:5]] == ["get", "put", "all"]
+    assert table[5].startswith("client CPU: ")
     data = json.loads(out.read_text())
     assert data["config"]["workload"] == "mixed" and data["config"]["clients"] == 4
     for kind in ("get", "put", "all"):
@@ -148,17 +167,14 @@ def test_bench_reports_a_table_and_json(start_cli_cluster: Any, tmp_path: Path) 
     assert progress.returncode == 0, progress.stderr
     lines = progress.stderr.splitlines()
     assert any(line.startswith("measuring") and "ops/s" in line for line in lines), lines
-    stopped_cleanly(cluster)
 
 
-def test_servers_default_to_the_environment(start_cli_cluster: Any) -> None:
+def test_servers_default_to_the_environment(shared_cli_cluster: CliCluster) -> None:
     """$KVRAFT_SERVERS is used when --servers is not given, and --servers wins over it."""
-    cluster: CliCluster = start_cli_cluster()
-    cluster.wait_ready()
+    cluster = shared_cli_cluster
     assert run_cli("put", "env", "yes", env=cluster.env).returncode == 0
     wrong = {"KVRAFT_SERVERS": f"127.0.0.1:{free_base_port(1)}"}
     got = run_cli("get", "env", "--servers", ",".join(cluster.servers), env=wrong)
     assert got.stdout == "yes\t(version 1)\n", got.stderr
     unavailable = run_cli("get", "env", "--deadline", "0.3", env=wrong)
     assert unavailable.returncode == EXIT_UNAVAILABLE
-    stopped_cleanly(cluster)

@@ -216,3 +216,17 @@ def test_every_command_explains_itself(command: list[str], fragment: str) -> Non
     result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert fragment in result.stdout.replace("\n", " ")
+
+
+def test_cluster_refuses_a_data_dir_of_another_size(tmp_path: Path) -> None:
+    """Rerunning a 3-node data dir as 5 nodes would break Raft's agreement on membership."""
+    data_dir = tmp_path / "data"
+    for i in range(3):
+        (data_dir / f"n{i}").mkdir(parents=True)
+    result = run_cli("cluster", "--nodes", "5", "--data-dir", str(data_dir))
+    assert_one_line_error(
+        result, EXIT_USAGE, "--nodes", "holds a 3-node cluster; run it with --nodes 3"
+    )
+    (data_dir / "cluster.json").write_text('{"nodes": 3}\n')
+    result = run_cli("cluster", "--nodes", "1", "--data-dir", str(data_dir))
+    assert_one_line_error(result, EXIT_USAGE, "holds a 3-node cluster")
