@@ -426,6 +426,11 @@ class RaftTester:
         """Raft messages that reached a proxy since the last reset (each crosses one)."""
         return self.cluster.stats().total("notify", method="raft").seen
 
+    def raft_messages_by_sender(self) -> dict[str, int]:
+        """Raft messages seen so far, by sender (``p0``, ``p1``, ...)."""
+        stats = self.cluster.stats().select("notify", method="raft")
+        return {sender: counts.seen for sender, counts in stats.by_sender().items()}
+
     def raft_bytes(self) -> int:
         return self.cluster.stats().total("notify", method="raft").bytes_seen
 
