@@ -457,7 +457,8 @@ def put(
 ) -> None:
     """Set KEY to VALUE if KEY is at --version; print the new version.
 
-    VALUE "-" reads the value from stdin. Exit 1 with VersionMismatch if the
+    VALUE "-" reads the value from stdin; a VALUE that starts with "-" goes
+    after "--" (kvraft put KEY -- -5). Exit 1 with VersionMismatch if the
     key is at another version, NoKey if --version > 0 and there is no such
     key, Maybe if a retried put cannot tell whether its first attempt applied.
     """
@@ -524,41 +525,48 @@ STATUS_COLUMNS = [
 
 
 def format_status_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A text table, one node a line; unreachable nodes show why instead of state."""
-    table = [[name for name, _ in STATUS_COLUMNS]]
+    """A text table, one node a line; an unreachable node shows why instead of its state."""
+    header = [name for name, _ in STATUS_COLUMNS]
+    table: list[list[str]] = []
     for row in rows:
         if not row.get("reachable"):
             reason = row.get("error") or "no answer"
-            cells = ["-", str(row["address"]), "unreachable", f"({reason})"]
-            table.append(cells + [""] * (len(STATUS_COLUMNS) - len(cells)))
-        else:
-            cells = []
-            for _, field in STATUS_COLUMNS:
-                value = row.get(field)
-                if field == "leader_id":
-                    value = "-" if value is None else f"n{value}"
-                cells.append("" if value is None else str(value))
-            table.append(cells)
-    widths = [max(len(r[i]) for r in table if i < len(r)) for i in range(len(STATUS_COLUMNS))]
-    # An unreachable row's reason may overflow its column; it is the last text on its line.
+            table.append(["-", str(row["address"]), "unreachable", f"({reason})"])
+            continue
+        cells = []
+        for _, field in STATUS_COLUMNS:
+            value = row.get(field)
+            if field == "leader_id":
+                value = "-" if value is None else f"n{value}"
+            cells.append("" if value is None else str(value))
+        table.append(cells)
+    # An unreachable row's reason runs on past the columns it would widen.
+    widths = [
+        max(len(r[i]) for r in [header, *table] if i < 3 or len(r) == len(header))
+        for i in range(len(header))
+    ]
     lines = []
-    for r in table:
-        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-        lines.append(line.rstrip())
+    for r in [header, *table]:
+        if len(r) == len(header):
+            cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
+        else:  # unreachable: id, address, role, then the reason
+            cells = [c.ljust(w) for c, w in zip(r[:3], widths, strict=False)] + [r[3]]
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
 def status_summary(rows: Sequence[dict[str, Any]]) -> str:
     """One line: how many nodes answered and who leads."""
     reachable = [r for r in rows if r.get("reachable")]
-    leaders = sorted({r["id"] for r in reachable if r.get("role") == "leader"})
     text = f"{len(reachable)}/{len(rows)} nodes reachable"
+    leaders = [r for r in reachable if r.get("role") == "leader"]
     if leaders:
-        top = max((r for r in reachable if r.get("role") == "leader"), key=lambda r: r["term"])
-        text += f"; leader n{top['id']} in term {top['term']}"
-    else:
-        text += "; no leader"
-    return text
+        top = max(leaders, key=lambda r: r["term"])
+        return f"{text}; leader n{top['id']} in term {top['term']}"
+    named = sorted({r["leader_id"] for r in reachable if r.get("leader_id") is not None})
+    if named:
+        return f"{text}; no leader among them (they name {', '.join(f'n{i}' for i in named)})"
+    return f"{text}; no leader"
 
 
 # ------------------------------------------------------------------------ bench
