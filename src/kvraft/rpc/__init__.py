@@ -15,7 +15,14 @@ from kvraft.rpc.codec import (
     wire_message,
 )
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
-from kvraft.rpc.transport import Handler, RpcClient, RpcServer, UnknownMethod, split_address
+from kvraft.rpc.transport import (
+    Handler,
+    RpcClient,
+    RpcServer,
+    UnknownMethod,
+    install_event_loop_policy,
+    split_address,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -29,6 +36,7 @@ __all__ = [
     "UnknownMethod",
     "client_sender",
     "frame",
+    "install_event_loop_policy",
     "peer_sender",
     "sender_peer_id",
     "split_address",

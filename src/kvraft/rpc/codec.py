@@ -14,10 +14,14 @@ client. Typed messages (frozen dataclasses registered with :func:`wire_message`)
 travel as msgpack extension types whose code is the class's tag and whose data
 is the packed field tuple; decoding checks the field count and every field's
 type against the class's annotations, so a handler never sees a wrong type.
+Messages nest (an AppendEntries carries Entries) at most :data:`MAX_NESTING`
+deep: msgpack decodes each level on the C stack, so unbounded nesting from the
+network would overflow it and kill the process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -32,6 +36,8 @@ from kvraft.errors import ProtocolError
 T = TypeVar("T")
 
 REQUEST, REPLY, NOTIFY = 0, 1, 2
+# How deep registered messages may nest inside one another on the wire.
+MAX_NESTING = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +76,15 @@ def client_sender(client_id: str) -> str:
 
 
 def sender_peer_id(sender: str) -> int | None:
-    """The peer id in a peer sender identity, or None for clients and junk."""
-    if len(sender) > 1 and sender[0] == "p" and sender[1:].isdigit():
-        return int(sender[1:])
+    """The peer id in a peer sender identity, or None for clients and junk.
+
+    Only the exact form :func:`peer_sender` makes counts: ``"p07"``, ``"p²"``
+    or ``"p-1"`` are junk, not peers.
+    """
+    digits = sender[1:]
+    canonical = digits == "0" or digits[:1] != "0"
+    if sender[:1] == "p" and digits.isascii() and digits.isdigit() and canonical:
+        return int(digits)
     return None
 
 
@@ -90,6 +102,10 @@ def wire_message(tag: int) -> Callable[[type[T]], type[T]]:
         assert dataclasses.is_dataclass(cls), cls
         assert 0 <= tag <= 127, tag
         assert tag not in _BY_TAG or _BY_TAG[tag] is cls, f"tag {tag} taken by {_BY_TAG[tag]}"
+        # Check the annotations now if they resolve now (a forward reference
+        # to a class defined later is checked at first use instead).
+        with contextlib.suppress(NameError):
+            _fields(cls)
         _BY_TAG[tag] = cls
         _TAG_OF[cls] = tag
         return cls
@@ -97,13 +113,39 @@ def wire_message(tag: int) -> Callable[[type[T]], type[T]]:
     return register
 
 
+class WireSchemaError(AssertionError):
+    """A registered message has an annotation the codec cannot check: a local bug."""
+
+
 def _fields(cls: type[Any]) -> list[tuple[str, Any]]:
     hints = _HINTS.get(cls)
     if hints is None:
         resolved = typing.get_type_hints(cls)
         hints = [(f.name, resolved[f.name]) for f in dataclasses.fields(cls)]
+        for name, hint in hints:
+            if not _supported(hint):
+                raise WireSchemaError(f"{cls.__name__}.{name}: unsupported annotation {hint!r}")
         _HINTS[cls] = hints
     return hints
+
+
+def _supported(hint: Any) -> bool:
+    """Whether :func:`_conforms` can check values against ``hint``."""
+    if hint is Any or hint is None or hint is type(None):
+        return True
+    if hint in (int, float, str, bool, bytes):
+        return True
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return all(_supported(h) for h in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return _supported(args[0])
+        return all(_supported(h) for h in args)
+    if origin is dict:
+        return all(_supported(h) for h in args)
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
 def _default(obj: Any) -> Any:
@@ -114,11 +156,22 @@ def _default(obj: Any) -> Any:
     return msgpack.ExtType(tag, msgpack.packb(values, default=_default, use_bin_type=True))
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def _ext_hook_at(depth: int) -> Callable[[int, bytes], Any]:
+    """The msgpack ext hook for messages ``depth`` levels deep."""
+    return lambda code, data: _decode_message(code, data, depth)
+
+
+_EXT_HOOKS = [_ext_hook_at(depth) for depth in range(1, MAX_NESTING + 1)]
+
+
+def _decode_message(code: int, data: bytes, depth: int) -> Any:
     cls = _BY_TAG.get(code)
     if cls is None:
         raise ProtocolError(f"unknown message type {code}")
-    values = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, use_list=False)
+    ext_hook = _EXT_HOOKS[depth] if depth < MAX_NESTING else _too_deep
+    values = msgpack.unpackb(
+        data, ext_hook=ext_hook, raw=False, use_list=False, strict_map_key=False
+    )
     fields = _fields(cls)
     if not isinstance(values, tuple) or len(values) != len(fields):
         raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields")
@@ -126,6 +179,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
         if not _conforms(value, hint):
             raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
     return cls(*values)
+
+
+def _too_deep(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"messages nested more than {MAX_NESTING} deep")
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -159,7 +216,7 @@ def _conforms(value: Any, hint: Any) -> bool:
         )
     if isinstance(hint, type):
         return type(value) is hint
-    raise AssertionError(f"unsupported wire annotation {hint!r}")
+    raise WireSchemaError(f"unsupported wire annotation {hint!r}")
 
 
 def pack(obj: Any) -> bytes:
@@ -171,9 +228,9 @@ def unpack(data: bytes) -> Any:
     """Decode what :func:`pack` made; raise ProtocolError on anything else."""
     try:
         return msgpack.unpackb(
-            data, ext_hook=_ext_hook, raw=False, use_list=False, strict_map_key=False
+            data, ext_hook=_EXT_HOOKS[0], raw=False, use_list=False, strict_map_key=False
         )
-    except ProtocolError:
+    except (ProtocolError, WireSchemaError):
         raise
     except Exception as exc:  # msgpack raises several unrelated classes on junk
         raise ProtocolError(f"undecodable msgpack: {exc.__class__.__name__}: {exc}") from None
@@ -203,6 +260,8 @@ def decode_envelope(body: bytes) -> Envelope:
     if not isinstance(msg, tuple) or not msg:
         raise ProtocolError("frame is not a msgpack array")
     kind = msg[0]
+    if type(kind) is not int:
+        raise ProtocolError(f"envelope kind {kind!r} is not an int")
     if kind == REQUEST and len(msg) == 5:
         _, rid, method, sender, args = msg
         if type(rid) is int and type(method) is str and type(sender) is str:
@@ -224,3 +283,22 @@ def decode_envelope(body: bytes) -> Envelope:
         if type(method) is str and type(sender) is str:
             return Notify(method, sender, args)
     raise ProtocolError(f"malformed envelope of kind {kind!r} with {len(msg)} items")
+
+
+def reply_id_of_head(head: bytes) -> int:
+    """The request id of a reply frame, from the first bytes of its body.
+
+    For a reply too large to decode: its request id comes right after the
+    array header and the kind. ProtocolError if ``head`` does not start a reply.
+    """
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(head)
+    try:
+        size = unpacker.read_array_header()
+        kind = unpacker.unpack()
+        rid = unpacker.unpack()
+    except Exception as exc:
+        raise ProtocolError(f"oversize frame does not start a reply: {exc}") from None
+    if size != 4 or type(kind) is not int or kind != REPLY or type(rid) is not int:
+        raise ProtocolError("oversize frame does not start a reply")
+    return rid
