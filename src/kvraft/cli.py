@@ -629,7 +629,7 @@ def status_summary(rows: Sequence[dict[str, Any]]) -> str:
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write the results as JSON to this file ('-': stdout).",
+    help="Also write the results as JSON to this file ('-': stdout, instead of the table).",
 )
 def bench(
     servers: str | None,
@@ -674,10 +674,12 @@ def bench(
         fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
     except KVError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_OP_ERROR)
-    click.echo(format_result(result))
+    to_stdout = json_path is not None and str(json_path) == "-"
+    if not to_stdout:
+        click.echo(format_result(result))
     if json_path is not None:
         text = json.dumps(result_json(result), indent=2)
-        if str(json_path) == "-":
+        if to_stdout:
             click.echo(text)
         else:
             try:

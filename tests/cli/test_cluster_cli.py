@@ -163,8 +163,9 @@ def test_bench_reports_a_table_and_json(shared_cli_cluster: CliCluster, tmp_path
         == data["results"]["get"]["ops"] + data["results"]["put"]["ops"]
     )
 
-    progress = run_cli("bench", *args, "--progress", env=cluster.env)
+    progress = run_cli("bench", *args, "--progress", "--json", "-", env=cluster.env)
     assert progress.returncode == 0, progress.stderr
+    assert json.loads(progress.stdout)["results"]["put"]["ops"] > 0, "--json -: JSON alone"
     lines = progress.stderr.splitlines()
     assert any(line.startswith("measuring") and "ops/s" in line for line in lines), lines
 
