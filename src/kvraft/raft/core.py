@@ -139,13 +139,21 @@ class RaftCore:
                 self._log(
                     logging.INFO,
                     "stepping down: heard from no quorum in %d ticks",
-                    self.config.election_timeout_ticks,
+                    self.config.check_quorum_timeout_ticks,
                 )
                 self._become_follower(self.current_term, None)
             return
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_election_timeout:
             self._start_election(pre_vote=self.config.pre_vote)
+        elif (
+            self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE)
+            and self._election_elapsed % self.config.heartbeat_interval_ticks == 0
+        ):
+            # Votes travel as one-way messages: on a lossy network a single round
+            # rarely reaches a majority and back, so ask the silent peers again
+            # (same term, same log position: a repeated grant changes nothing).
+            self._request_votes(pre_vote=self.role is Role.PRE_CANDIDATE)
 
     def propose(self, command: bytes) -> tuple[int, int] | None:
         """Append ``command`` if leader: ``(index, term)``; None if not leader.
@@ -336,21 +344,27 @@ class RaftCore:
             # Thesis §9.6: ask first whether we could win, without bumping the
             # term, so a node that cannot win never disrupts the cluster.
             self.role = Role.PRE_CANDIDATE
-            term = self.current_term + 1
             self._log(logging.DEBUG, "starting pre-vote at index %d", self.log.last_index)
         else:
             self.role = Role.CANDIDATE
             self.current_term += 1
             self.voted_for = self.id
-            term = self.current_term
             self._log(logging.INFO, "starting election at index %d", self.log.last_index)
         if quorum.vote_result(self._votes, len(self.peers)) is quorum.VoteResult.WON:
             self._won_election(pre_vote=pre_vote)  # a cluster of one
             return
+        self._request_votes(pre_vote=pre_vote)
+
+    def _request_votes(self, *, pre_vote: bool) -> None:
+        """Send RequestVote to every peer that has not answered this round yet."""
+        term = self.current_term + 1 if pre_vote else self.current_term
         for peer in self._others:
-            self._send(
-                RequestVote(self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote)
-            )
+            if peer not in self._votes:
+                self._send(
+                    RequestVote(
+                        self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote
+                    )
+                )
 
     def _can_grant_vote(self, msg: RequestVote) -> bool:
         """Raft §5.2 (one vote per term, first come) and §5.4.1 (up-to-date log)."""

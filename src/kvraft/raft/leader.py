@@ -62,7 +62,7 @@ class Leader:
         """One tick: heartbeats, and check-quorum; False if the leader must step down."""
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
-        if self._election_elapsed >= self.config.election_timeout_ticks:
+        if self._election_elapsed >= self.config.check_quorum_timeout_ticks:
             self._election_elapsed = 0
             if self.config.check_quorum and not self._quorum_active():
                 return False

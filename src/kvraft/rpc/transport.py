@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from kvraft.errors import (
     WIRE_ERRORS,
     CallTimeout,
+    ConnectFailed,
     ConnectionLost,
     KVError,
     ProtocolError,
@@ -526,9 +527,9 @@ class RpcClient:
                 )
         except TimeoutError:  # (an OSError too, so first)
             reason = f"timed out after {self.connect_timeout_s}s"
-            raise ConnectionLost(f"cannot connect to {self.address}: {reason}") from None
+            raise ConnectFailed(f"cannot connect to {self.address}: {reason}") from None
         except OSError as exc:
-            raise ConnectionLost(f"cannot connect to {self.address}: {exc}") from None
+            raise ConnectFailed(f"cannot connect to {self.address}: {exc}") from None
         except asyncio.CancelledError:
             if self._closed:  # close() cancelled us: waiters see ConnectionLost
                 raise ConnectionLost(f"client for {self.address} is closed") from None

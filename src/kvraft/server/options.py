@@ -50,7 +50,7 @@ class ServerOptions:
     snapshot_threshold_bytes: int | None = DEFAULT_SNAPSHOT_THRESHOLD_BYTES
     tick_interval_s: float = 0.010
     election_timeout_ticks: int = 15
-    heartbeat_interval_ticks: int = 5
+    heartbeat_interval_ticks: int = 3
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     op_timeout_s: float = 2.0
