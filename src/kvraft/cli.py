@@ -24,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -328,7 +329,8 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
     click.echo("Use it from another terminal:")
     if servers != ",".join(default_servers()):
         click.echo(f"  export KVRAFT_SERVERS={servers}")
-    click.echo("  kvraft put greeting hello && kvraft get greeting && kvraft status")
+    k = command_name()
+    click.echo(f"  {k} put greeting hello && {k} get greeting && {k} status")
     click.echo("Ctrl-C stops all nodes; running this again resumes the same data.", nl=True)
     sys.stdout.flush()
 
@@ -358,6 +360,16 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
         # every node exited 0 on its own (someone signalled them directly)
         click.echo("kvraft: all nodes exited", err=True)
     sys.exit(code)
+
+
+def command_name() -> str:
+    """How the user can run this command again: ``kvraft`` if it is on PATH, else its path."""
+    if shutil.which("kvraft"):
+        return "kvraft"
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "kvraft":
+        return str(argv0)
+    return f"{sys.executable} -m kvraft"
 
 
 CLUSTER_META = "cluster.json"
