@@ -344,7 +344,7 @@ class RaftCore:
             # Thesis §9.6: ask first whether we could win, without bumping the
             # term, so a node that cannot win never disrupts the cluster.
             self.role = Role.PRE_CANDIDATE
-            self._log(logging.DEBUG, "starting pre-vote at index %d", self.log.last_index)
+            self._log(logging.INFO, "starting pre-vote at index %d", self.log.last_index)
         else:
             self.role = Role.CANDIDATE
             self.current_term += 1
