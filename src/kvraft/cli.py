@@ -302,64 +302,94 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
     log_level = _log_level(ctx)
-    stopping = False
-
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
+    supervisor = _NodeProcesses()
     # Handlers first, so a Ctrl-C while nodes start still stops the ones started.
-    procs: list[subprocess.Popen[bytes]] = []
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, supervisor.stop)
+    signal.signal(signal.SIGTERM, supervisor.stop)
     for i, address in addresses.items():
-        if stopping:
-            break
         cmd = [sys.executable, "-m", "kvraft", "--log-level", log_level, "server"]
         cmd += ["--id", str(i), "--listen", address, "--peers", peers]
         cmd += ["--data-dir", str(data_dir / f"n{i}")]
-        procs.append(subprocess.Popen(cmd))
-    servers = ",".join(addresses.values())
-    click.echo(f"kvraft: {nodes}-node cluster, data under {data_dir}{os.sep}")
+        if not supervisor.start(cmd):
+            break
+    _print_cluster_banner(data_dir, addresses, supervisor.procs)
+    sys.exit(supervisor.watch())
+
+
+def _print_cluster_banner(
+    data_dir: Path, addresses: dict[int, str], procs: Sequence[subprocess.Popen[bytes]]
+) -> None:
+    """The nodes' addresses and how to use them."""
+    click.echo(f"kvraft: {len(addresses)}-node cluster, data under {data_dir}{os.sep}")
     for i, address in addresses.items():
         click.echo(f"  n{i}  {address}  pid {procs[i].pid}" if i < len(procs) else f"  n{i}")
     click.echo("Use it from another terminal:")
+    servers = ",".join(addresses.values())
     if servers != ",".join(default_servers()):
         click.echo(f"  export KVRAFT_SERVERS={servers}")
     k = command_name()
     click.echo(f"  {k} put greeting hello && {k} get greeting && {k} status")
-    click.echo("Ctrl-C stops all nodes; running this again resumes the same data.", nl=True)
+    click.echo("Ctrl-C stops all nodes; running this again resumes the same data.")
     sys.stdout.flush()
 
-    code = EXIT_OK
-    stop_deadline: float | None = None
-    while any(p.poll() is None for p in procs):
-        for i, proc in enumerate(procs):
-            rc = proc.poll()
-            if rc is not None and rc != 0 and not stopping:
-                click.echo(
-                    f"kvraft: node n{i} exited with status {rc}; stopping the others", err=True
-                )
-                code = EXIT_OP_ERROR
-                stop(signal.SIGTERM, None)
-        if stopping:
-            stop_deadline = stop_deadline or time.monotonic() + CLUSTER_STOP_GRACE_S
-            if time.monotonic() > stop_deadline:
-                for i, proc in enumerate(procs):
-                    if proc.poll() is None:
-                        click.echo(f"kvraft: n{i} did not stop in time; killing it", err=True)
-                        proc.kill()
-                        code = EXIT_OP_ERROR
-        time.sleep(0.1)
-    if stopping and code == EXIT_OK:
-        click.echo("kvraft: all nodes stopped", err=True)
-    elif not stopping:
-        # every node exited 0 on its own (someone signalled them directly)
-        click.echo("kvraft: all nodes exited", err=True)
-    sys.exit(code)
+
+class _NodeProcesses:
+    """The server processes of ``kvraft cluster``: started, watched, stopped together.
+
+    Any node exiting with an error stops the others (exit status 1). A stop
+    (Ctrl-C, SIGTERM) sends SIGTERM to each node, which shuts down cleanly;
+    one still running after CLUSTER_STOP_GRACE_S is killed (exit status 1).
+    """
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+        self.code = EXIT_OK
+
+    def start(self, cmd: list[str]) -> bool:
+        """Start one node, unless a stop came first; whether it was started."""
+        if self.stopping:
+            return False
+        self.procs.append(subprocess.Popen(cmd))
+        return True
+
+    def stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        """Ask every running node to stop (a signal handler)."""
+        self.stopping = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def watch(self) -> int:
+        """Wait until every node has exited; the exit status for ``kvraft cluster``."""
+        stop_deadline: float | None = None
+        while any(p.poll() is None for p in self.procs):
+            for i, proc in enumerate(self.procs):
+                rc = proc.poll()
+                if rc is not None and rc != 0 and not self.stopping:
+                    click.echo(
+                        f"kvraft: node n{i} exited with status {rc}; stopping the others", err=True
+                    )
+                    self.code = EXIT_OP_ERROR
+                    self.stop()
+            if self.stopping:
+                stop_deadline = stop_deadline or time.monotonic() + CLUSTER_STOP_GRACE_S
+                if time.monotonic() > stop_deadline:
+                    self._kill_stragglers()
+            time.sleep(0.1)
+        if self.stopping and self.code == EXIT_OK:
+            click.echo("kvraft: all nodes stopped", err=True)
+        elif not self.stopping:
+            # every node exited 0 on its own (someone signalled them directly)
+            click.echo("kvraft: all nodes exited", err=True)
+        return self.code
+
+    def _kill_stragglers(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is None:
+                click.echo(f"kvraft: n{i} did not stop in time; killing it", err=True)
+                proc.kill()
+                self.code = EXIT_OP_ERROR
 
 
 def command_name() -> str:
