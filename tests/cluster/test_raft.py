@@ -710,7 +710,7 @@ def scenario_figure8(make: ClusterFactory, iterations: int, leader_crashes: int 
 
 
 def test_figure8(make_cluster: ClusterFactory) -> None:
-    scenario_figure8(make_cluster, iterations=1000, leader_crashes=15)
+    scenario_figure8(make_cluster, iterations=1000, leader_crashes=30)
 
 
 @pytest.mark.stress
@@ -939,7 +939,7 @@ KEY_SCENARIOS: list[tuple[str, Callable[[ClusterFactory], None]]] = [
     ("persist1", scenario_persist1),
     ("persist2", scenario_persist2),
     ("persist3", scenario_persist3),
-    ("figure8", lambda make: scenario_figure8(make, iterations=1000, leader_crashes=15)),
+    ("figure8", lambda make: scenario_figure8(make, iterations=1000, leader_crashes=30)),
     (
         "unreliable_agree",
         lambda make: scenario_unreliable_agree(make, iterations=10, network=unreliable_profile()),
