@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -148,12 +149,40 @@ def _supported(hint: Any) -> bool:
     return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
+class _PackState(threading.local):
+    """Per thread: one reusable Packer per nesting depth.
+
+    A message's fields are packed by a nested pack inside the outer one, and a
+    Packer cannot be re-entered; a fresh ``msgpack.packb`` per message costs
+    a 1 MiB buffer allocation each time (measured: 25 us of a 27 us encode).
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.packers: list[msgpack.Packer] = []
+
+
+_pack_state = _PackState()
+
+
 def _default(obj: Any) -> Any:
     tag = _TAG_OF.get(type(obj))
     if tag is None:
         raise TypeError(f"cannot encode {type(obj).__name__} on the wire")
     values = [getattr(obj, name) for name, _ in _fields(type(obj))]
-    return msgpack.ExtType(tag, msgpack.packb(values, default=_default, use_bin_type=True))
+    state = _pack_state
+    depth = state.depth
+    if depth == len(state.packers):
+        state.packers.append(msgpack.Packer(default=_default, use_bin_type=True))
+    state.depth = depth + 1
+    try:
+        data = state.packers[depth].pack(values)
+    except BaseException:
+        state.packers[depth].reset()
+        raise
+    finally:
+        state.depth = depth
+    return msgpack.ExtType(tag, data)
 
 
 def _ext_hook_at(depth: int) -> Callable[[int, bytes], Any]:
@@ -172,13 +201,63 @@ def _decode_message(code: int, data: bytes, depth: int) -> Any:
     values = msgpack.unpackb(
         data, ext_hook=ext_hook, raw=False, use_list=False, strict_map_key=False
     )
-    fields = _fields(cls)
-    if not isinstance(values, tuple) or len(values) != len(fields):
-        raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields")
-    for value, (name, hint) in zip(values, fields, strict=True):
-        if not _conforms(value, hint):
+    checks = _field_checks(cls)
+    if not isinstance(values, tuple) or len(values) != len(checks):
+        raise ProtocolError(f"{cls.__name__}: expected {len(checks)} fields")
+    for value, (name, conforms) in zip(values, checks, strict=True):
+        if not conforms(value):
             raise ProtocolError(f"{cls.__name__}.{name}: wrong type {type(value).__name__}")
     return cls(*values)
+
+
+_CHECKS: dict[type[Any], list[tuple[str, Callable[[Any], bool]]]] = {}
+
+
+def _field_checks(cls: type[Any]) -> list[tuple[str, Callable[[Any], bool]]]:
+    """Per field of ``cls``, a compiled type check (decoding is hot: every Raft entry)."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        checks = [(name, _checker(hint)) for name, hint in _fields(cls)]
+        _CHECKS[cls] = checks
+    return checks
+
+
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """A function that tells whether a decoded value matches ``hint`` (see _conforms)."""
+    if hint is Any:
+        return lambda v: True
+    if hint is None or hint is type(None):
+        return lambda v: v is None
+    if hint is float:
+        return lambda v: type(v) in (float, int)
+    if hint in (int, str, bool, bytes):
+        return lambda v: type(v) is hint
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        options = [_checker(h) for h in args]
+        return lambda v: any(check(v) for check in options)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            if isinstance(args[0], type) and args[0] in _TAG_OF:
+                item_type = args[0]  # the codec built these: type identity suffices
+                return lambda v: isinstance(v, tuple) and all(type(x) is item_type for x in v)
+            item = _checker(args[0])
+            return lambda v: isinstance(v, tuple) and all(item(x) for x in v)
+        items = [_checker(h) for h in args]
+        return lambda v: (
+            isinstance(v, tuple)
+            and len(v) == len(items)
+            and all(check(x) for check, x in zip(items, v, strict=True))
+        )
+    if origin is dict:
+        key_check, value_check = (_checker(h) for h in args)
+        return lambda v: (
+            isinstance(v, dict) and all(key_check(k) and value_check(x) for k, x in v.items())
+        )
+    if isinstance(hint, type):
+        return lambda v: type(v) is hint
+    raise WireSchemaError(f"unsupported wire annotation {hint!r}")
 
 
 def _too_deep(code: int, data: bytes) -> Any:
@@ -187,36 +266,7 @@ def _too_deep(code: int, data: bytes) -> Any:
 
 def _conforms(value: Any, hint: Any) -> bool:
     """Whether a decoded value matches a type annotation (the subset the wire uses)."""
-    if hint is Any:
-        return True
-    if hint is None or hint is type(None):
-        return value is None
-    if hint is int:
-        return type(value) is int
-    if hint is float:
-        return type(value) in (float, int)
-    if hint in (str, bool, bytes):
-        return type(value) is hint
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_conforms(value, h) for h in typing.get_args(hint))
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_conforms(v, args[0]) for v in value)
-        return len(args) == len(value) and all(
-            _conforms(v, h) for v, h in zip(value, args, strict=True)
-        )
-    if origin is dict:
-        key_t, val_t = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _conforms(k, key_t) and _conforms(v, val_t) for k, v in value.items()
-        )
-    if isinstance(hint, type):
-        return type(value) is hint
-    raise WireSchemaError(f"unsupported wire annotation {hint!r}")
+    return _checker(hint)(value)
 
 
 def pack(obj: Any) -> bytes:
