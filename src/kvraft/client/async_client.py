@@ -36,7 +36,14 @@ from kvraft.errors import (
 )
 from kvraft.rpc.codec import client_sender
 from kvraft.rpc.transport import RpcClient, split_address
-from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES, GetOp, PutOp, check_op, result_of
+from kvraft.server.commands import (
+    DEFAULT_MAX_VALUE_BYTES,
+    GetOp,
+    NotLeaderResult,
+    PutOp,
+    check_op,
+    result_of,
+)
 
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02
@@ -66,6 +73,8 @@ class AsyncClient:
         self.max_value_bytes = max_value_bytes
         self._rpc = [RpcClient(a, client_sender(self.client_id)) for a in self.servers]
         self._leader = 0
+        self._index = {address: i for i, address in enumerate(self.servers)}
+        self._closed = False
         self._request_ids = itertools.count(1)
 
     async def get(self, key: str) -> tuple[str, int]:
@@ -105,6 +114,8 @@ class AsyncClient:
         Appends to ``uncertain``, for each failed attempt, whether it may have
         been applied.
         """
+        if self._closed:
+            raise RuntimeError("client is closed")
         loop = asyncio.get_running_loop()
         give_up = None if self.deadline is None else loop.time() + self.deadline
         failures_in_round = 0
@@ -121,10 +132,13 @@ class AsyncClient:
             index = self._leader
             try:
                 result = await self._rpc[index].call(method, op, timeout)
+                if isinstance(result, NotLeaderResult):
+                    raise NotLeader(result.leader_address or "")
             except (WrongLeader, CallTimeout, ConnectionLost) as exc:
                 if uncertain is not None:
                     uncertain.append(not isinstance(exc, NotLeader | ConnectFailed))
-                self._leader = (index + 1) % len(self.servers)
+                hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None
+                self._leader = hint if hint is not None else (index + 1) % len(self.servers)
                 failures_in_round += 1
                 if failures_in_round >= len(self.servers):
                     failures_in_round = 0
@@ -135,6 +149,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close connections; the client is unusable afterwards."""
+        self._closed = True
         for rpc in self._rpc:
             rpc.close()
 

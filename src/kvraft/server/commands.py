@@ -126,6 +126,18 @@ class VersionMismatchResult:
 Result = GetOk | PutOk | NoKeyResult | VersionMismatchResult
 
 
+@wire_message(26)
+@dataclass(frozen=True, slots=True)
+class NotLeaderResult:
+    """Not a result of applying: the server is not the leader and submitted nothing.
+
+    ``leader_address`` is the address (from ``--peers``) of the server it
+    believes leads, if it knows one, so the client can go straight there.
+    """
+
+    leader_address: str | None
+
+
 # ------------------------------------------------------------------- encoding
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvraft.errors import ProtocolError
+from kvraft.errors import NotLeader, ProtocolError
 from kvraft.rpc.codec import check, sender_peer_id
 from kvraft.rpc.transport import UnknownMethod
-from kvraft.server.commands import GetOp, PutOp, check_op
+from kvraft.server.commands import GetOp, NotLeaderResult, PutOp, check_op
 from kvraft.server.node import RAFT_METHOD, RaftNode
 from kvraft.server.options import ServerOptions
 from kvraft.server.rsm import RSM
@@ -34,7 +34,13 @@ class Service:
             # Validate before anything else, so a bad operation changes nothing anywhere.
             check(args, GetOp if method == "get" else PutOp, method)
             check_op(args, self.options.max_value_bytes)
-            return await self.rsm.execute(args)
+            try:
+                return await self.rsm.execute(args)
+            except NotLeader:
+                leader = self.node.core.leader_id
+                return NotLeaderResult(
+                    self.options.peers.get(leader) if leader is not None else None
+                )
         if method == "status":
             status = self.node.status()
             status["address"] = self.options.listen
