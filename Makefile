@@ -30,7 +30,9 @@ stress: $(STAMP)
 run: $(STAMP)
 	$(BIN)/kvraft cluster --nodes 3 --data-dir ./data
 
+# The standard benchmark set (fresh 3-node clusters, fsync on); results in benchmarks/results/.
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
 clean:
