@@ -92,6 +92,22 @@ def test_follower_commit_never_exceeds_its_last_new_entry() -> None:
     assert [e.index for e in ready.committed] == [1, 2]
 
 
+def test_append_entries_contradicting_committed_entries_change_nothing() -> None:
+    """A message that disagrees with a committed entry cannot come from a leader.
+
+    Found by the random-message test: skipping the committed prefix without
+    checking it let an old-term entry follow a newer one.
+    Reference: Raft §5.4 (Leader Completeness), Figure 2 (AppendEntries rule 2)
+    """
+    follower = make_core(2, term=2, commit=3, entries=log_of([1, 1, 2]))
+
+    follower.step(AppendEntries(1, 2, 2, 1, 1, log_of([1, 1, 1], start=2), 0))
+    [reply] = sent(follower)
+
+    assert [follower.term(i) for i in (1, 2, 3, 4)] == [1, 1, 2, None]
+    assert isinstance(reply, AppendEntriesReply) and not reply.success
+
+
 def test_duplicate_append_entries_do_not_truncate() -> None:
     """A delayed copy of an older AppendEntries leaves the newer entries in place.
 

@@ -133,6 +133,17 @@ class Leader:
                 progress.probe_sent = False  # the last probe may be lost: probe again
                 self._send_append(peer, allow_empty=True)
             case ProgressState.REPLICATE:
+                stalled = bool(progress.inflight) and (
+                    progress.match_index == progress.match_at_heartbeat
+                )
+                progress.match_at_heartbeat = progress.match_index
+                if stalled:
+                    # Nothing acknowledged for a whole heartbeat interval while
+                    # entries are in flight: assume they were lost, and resend
+                    # from the match on (retransmission, in one round trip).
+                    progress.become_probe(progress.match_index + 1)
+                    self._send_append(peer, allow_empty=True)
+                    return
                 # Empty, right after what was sent: a follower that lost some
                 # in-flight message refuses it, which sends us back to probing.
                 prev = progress.next_index - 1

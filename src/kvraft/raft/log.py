@@ -160,13 +160,14 @@ class RaftLog:
         """
         if prev_index < commit_index:
             skip = commit_index - prev_index
-            if skip >= len(entries):
+            if skip > len(entries):
                 return AppendResult(True, commit_index)
+            claimed_term = entries[skip - 1].term  # the message's entry at commit_index
+            if claimed_term != self.term(commit_index):
+                # Contradicts an entry we know is committed: no leader sends that.
+                return AppendResult(False, conflict_index=commit_index + 1)
             entries = entries[skip:]
-            prev_index = commit_index
-            committed_term = self.term(prev_index)
-            assert committed_term is not None  # commit_index >= snapshot_index
-            prev_term = committed_term
+            prev_index, prev_term = commit_index, claimed_term
         if prev_index > self.last_index:
             return AppendResult(False, conflict_index=self.last_index + 1)
         term_at_prev = self.term(prev_index)

@@ -41,6 +41,8 @@ class Progress:
     inflight: deque[int] = field(default_factory=deque)
     # Check-quorum (thesis §6.2): heard from this follower in the current election timeout.
     recent_active: bool = False
+    # REPLICATE: match_index at the last heartbeat, to notice a stalled pipeline.
+    match_at_heartbeat: int = 0
     # The highest commit index sent in an AppendEntries, to tell a new one promptly.
     commit_sent: int = 0
     # SNAPSHOT: the index of the snapshot being sent and the next byte to send.
@@ -55,10 +57,13 @@ class Progress:
             return len(self.inflight) >= self.max_inflight
         return True
 
-    def become_probe(self) -> None:
+    def become_probe(self, next_index: int | None = None) -> None:
+        """Probe from ``next_index`` (by default, where we were about to send)."""
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.inflight.clear()
+        if next_index is not None:
+            self.next_index = next_index
         self.next_index = max(self.next_index, self.match_index + 1)
 
     def become_replicate(self) -> None:
