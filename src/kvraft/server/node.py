@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,15 @@ class StateMachine:
         """Replace the whole state with ``snapshot`` (received from a leader)."""
         raise NotImplementedError
 
-    def take_snapshot(self) -> bytes:
-        """The whole state as of the last applied entry."""
+    def capture_snapshot(self) -> Callable[[], bytes]:
+        """A consistent view of the state as of the last applied entry, as an encoder.
+
+        Called on the event loop, between applies, so it must be cheap: copy
+        references, not data (O(keys) at most). The returned function encodes
+        that view into the snapshot bytes; the node calls it in a worker
+        thread while this state machine keeps applying entries, so it must
+        not read the live state.
+        """
         raise NotImplementedError
 
     def on_role_change(self, term: int, is_leader: bool) -> None:
@@ -90,10 +98,16 @@ class RaftNode:
         }
         # One worker thread: storage calls are never concurrent (SqliteStorage's rule).
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"n{self.id}-io")
+        # Snapshot encoding gets its own thread: on the storage thread it would hold
+        # up every Ready's fsync for as long as it takes to encode the whole store.
+        self._encoder = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"n{self.id}-snap"
+        )
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._last_role: tuple[int, bool] = (self.core.current_term, False)
+        # Invariant: at most one snapshot is being taken (copied, encoded, stored) at a time.
         self._snapshotting = False
         self._snapshot_task: asyncio.Task[None] | None = None
         self.messages_sent = 0
@@ -111,15 +125,20 @@ class RaftNode:
     async def stop(self) -> None:
         """Stop the loops, close peer connections and storage."""
         self._running = False
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        if self._snapshot_task is not None:
+            tasks.append(self._snapshot_task)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for client in self.peers.values():
             client.close()
         await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
         self._io.shutdown(wait=True)
+        # An encoding still running is abandoned: its snapshot would never be stored.
+        self._encoder.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------- RSM API
 
@@ -229,37 +248,90 @@ class RaftNode:
             self.state_machine.on_role_change(*now)
 
     # ----------------------------------------------------------------- snapshots
+    #
+    # A snapshot is taken in four steps, so that the event loop (which applies
+    # entries and answers clients) only does the cheap one:
+    #   1. on the loop: capture a consistent copy of the state at applied_index;
+    #   2. encoder thread: encode it;
+    #   3. storage thread: store it and drop the log prefix (one transaction);
+    #      Readys queue behind this step, so it is the one pause left;
+    #   4. on the loop: drop the core's in-memory prefix.
+    # Meanwhile entries keep being applied and a leader's InstallSnapshot may
+    # replace the log; a snapshot that no longer matches the log is skipped.
 
     def _maybe_snapshot(self) -> None:
         threshold = self.snapshot_threshold_bytes
         if threshold is None or self._snapshotting:
             return
-        if self.storage.size_bytes() < threshold:
+        # Once the data itself nears the threshold, every batch would pass it again
+        # right after a snapshot: wait until the log has grown as large as the
+        # snapshot, so the storage stays under 2 x max(threshold, data) plus slack.
+        held = self.core.snapshot
+        if self.storage.size_bytes() < max(threshold, 2 * len(held.data) if held else 0):
             return
         index = self.core.applied_index
         entry = self.core.entry(index)
         if entry is None:  # already compacted up to applied
             return
-        snapshot = Snapshot(index, entry.term, self.state_machine.take_snapshot())
+        started = time.perf_counter()
+        encode = self.state_machine.capture_snapshot()
+        copy_s = time.perf_counter() - started
         self._snapshotting = True
         self._snapshot_task = asyncio.get_running_loop().create_task(
-            self._persist_snapshot(snapshot)
+            self._take_snapshot(index, entry.term, encode, copy_s)
         )
 
-    async def _persist_snapshot(self, snapshot: Snapshot) -> None:
+    def _matches_log(self, index: int, term: int) -> bool:
+        """Whether a snapshot at ``(index, term)`` still compacts the core's log.
+
+        False once the log was replaced by a snapshot at or past ``index``
+        (an InstallSnapshot while ours was being taken), or if the log's term
+        at ``index`` is not ``term``.
+        """
+        return index >= self.core.first_index and self.core.term(index) == term
+
+    async def _take_snapshot(
+        self, index: int, term: int, encode: Callable[[], bytes], copy_s: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
         try:
             started = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(
-                self._io, self.storage.compact, snapshot
-            )
+            data = await loop.run_in_executor(self._encoder, encode)
+            encoded = time.perf_counter()
+            snapshot = Snapshot(index, term, data)
+            if not self._matches_log(index, term):
+                log.info("n%d skipped its snapshot at index %d: log replaced", self.id, index)
+                return
+            await loop.run_in_executor(self._io, self._persist_snapshot, snapshot)
+            stored = time.perf_counter()
+            if not self._matches_log(index, term):
+                # The storage ignored it too if an installed snapshot is at or past it.
+                log.info("n%d skipped its snapshot at index %d: log replaced", self.id, index)
+                return
             self.core.compact(snapshot)
             log.info(
-                "n%d [term %d] snapshot at index %d (%d bytes) in %.0f ms",
+                "n%d [term %d] snapshot at index %d (%d bytes) in %.0f ms"
+                " (copy %.1f ms on the loop, encode %.0f ms, store %.0f ms)",
                 self.id,
                 self.core.current_term,
-                snapshot.index,
-                len(snapshot.data),
-                (time.perf_counter() - started) * 1000,
+                index,
+                len(data),
+                (stored - started + copy_s) * 1000,
+                copy_s * 1000,
+                (encoded - started) * 1000,
+                (stored - encoded) * 1000,
             )
         finally:
             self._snapshotting = False
+
+    def _persist_snapshot(self, snapshot: Snapshot) -> None:
+        """Storage thread: store ``snapshot`` and drop the log up to it, or nothing.
+
+        SqliteStorage ignores a snapshot at or below the stored one and refuses
+        (ValueError, nothing written) one whose term disagrees with its log:
+        both mean the log was replaced since the snapshot was captured.
+        """
+        try:
+            self.storage.compact(snapshot)
+        except ValueError as exc:
+            log.info("n%d skipped its snapshot at index %d: %s", self.id, snapshot.index, exc)

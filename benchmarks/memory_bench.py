@@ -1,0 +1,299 @@
+"""Memory and disk bounds (issue 5, item 4): a million puts over 1,000 keys.
+
+    .venv/bin/python benchmarks/memory_bench.py                     # 1M puts, default threshold
+    .venv/bin/python benchmarks/memory_bench.py --thresholds 0,4194304 --puts 1000000
+
+For each snapshot threshold (``0`` is the server's default, 64 MiB), a fresh
+local 3-node cluster (real ``kvraft server`` processes, fsync on) takes
+``--puts`` versioned puts spread evenly over ``--keys`` keys, ``--in-flight``
+at a time. At the end it reports, per node: the disk use of its data dir
+(``du``), its resident memory (``VmRSS`` and the peak ``VmHWM`` from
+``/proc/PID/status``) and its Raft state (``storage_bytes``, snapshot, log
+length) from ``kvraft status``; against the data size, the sum over keys of
+key plus value bytes. Results go to ``--out``: ``memory.md`` and
+``memory.json``.
+
+The helpers here (a cluster with extra server flags, puts that resolve
+``Maybe``, /proc and du readers) are shared with ``snapshot_bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kvraft.client.admin import fetch_statuses_async
+from kvraft.client.async_client import AsyncClient
+from kvraft.errors import Maybe, VersionMismatch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import LocalCluster  # benchmarks/ is not a package
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# Long enough that a snapshot stall is waited out rather than turned into resends.
+CALL_TIMEOUT_S = 30.0
+
+
+class ServerCluster(LocalCluster):
+    """LocalCluster with extra ``kvraft server`` flags and a chosen log level."""
+
+    def __init__(
+        self, base_dir: Path, server_args: Sequence[str] = (), log_level: str = "warning"
+    ) -> None:
+        super().__init__(base_dir)
+        self.server_args = list(server_args)
+        self.log_level = log_level
+
+    def start(self) -> None:
+        peers = ",".join(f"{i}={a}" for i, a in enumerate(self.addresses))
+        for i, address in enumerate(self.addresses):
+            cmd = [sys.executable, "-m", "kvraft", "--log-level", self.log_level, "server"]
+            cmd += ["--id", str(i), "--listen", address, "--peers", peers]
+            cmd += ["--data-dir", str(self.data_dir(i)), *self.server_args]
+            with open(self.log_path(i), "ab") as log:
+                self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def data_dir(self, i: int) -> Path:
+        return self.base_dir / f"n{i}"
+
+    def log_path(self, i: int) -> Path:
+        return self.base_dir / f"n{i}.log"
+
+    def pid(self, i: int) -> int:
+        proc = self.procs[i]
+        assert proc is not None
+        return proc.pid
+
+
+def proc_status_kib(pid: int, field: str) -> int | None:
+    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM), in KiB; None if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def du_bytes(path: Path) -> int:
+    """Disk use of ``path`` (``du -s``: allocated blocks, not apparent size), in bytes."""
+    out = subprocess.run(
+        ["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.split()[0])
+
+
+async def put_resolving(
+    client: AsyncClient, key: str, value: str, versions: dict[str, int]
+) -> None:
+    """Put at the version we know; on Maybe or a mismatch, re-read the key's version."""
+    try:
+        versions[key] = await client.put(key, value, versions.get(key, 0))
+    except (Maybe, VersionMismatch):
+        versions[key] = (await client.get(key))[1]
+
+
+async def put_workload(
+    servers: Sequence[str],
+    keys: Sequence[str],
+    value_of: Any,
+    in_flight: int,
+    *,
+    puts: int | None = None,
+    until: float | None = None,
+    versions: dict[str, int] | None = None,
+    completions: list[float] | None = None,
+    clients: int = 8,
+    progress: Any = None,
+) -> dict[str, int]:
+    """``puts`` puts (or puts until ``time.time() >= until``), ``in_flight`` at a time.
+
+    Worker ``w`` owns keys ``w, w + in_flight, ...`` and cycles over them, so
+    puts never conflict; ``value_of(n)`` is the value of the n-th put. Appends
+    each completion time to ``completions``; returns the versions.
+    """
+    assert len(keys) >= in_flight, "each put in flight owns its keys"
+    versions = {} if versions is None else versions
+    issued = 0
+    done = 0
+    conns = [AsyncClient(list(servers), call_timeout_s=CALL_TIMEOUT_S) for _ in range(clients)]
+
+    async def worker(w: int) -> None:
+        nonlocal issued, done
+        mine = keys[w::in_flight]
+        client = conns[w % clients]
+        i = 0
+        while True:
+            if puts is not None and issued >= puts:
+                return
+            if until is not None and time.time() >= until:
+                return
+            n = issued
+            issued += 1
+            await put_resolving(client, mine[i % len(mine)], value_of(n), versions)
+            i += 1
+            done += 1
+            if completions is not None:
+                completions.append(time.time())
+            if progress is not None and done % 50_000 == 0:
+                progress(done)
+
+    try:
+        await asyncio.gather(*(worker(w) for w in range(in_flight)))
+    finally:
+        for conn in conns:
+            await conn.close()
+    return versions
+
+
+def one_run(args: argparse.Namespace, threshold: int, base: Path) -> dict[str, Any]:
+    server_args = ["--snapshot-threshold", str(threshold)] if threshold else []
+    cluster = ServerCluster(base, server_args, log_level="info")
+    cluster.start()
+    try:
+        cluster.wait_for_leader()
+        keys = [f"mem/{k:04d}" for k in range(args.keys)]
+        filler = "x" * max(0, args.value_size - 8)
+
+        def value_of(n: int) -> str:
+            return f"{n:08x}"[-8:] + filler if args.value_size >= 8 else "v" * args.value_size
+
+        started = time.time()
+
+        def progress(done: int) -> None:
+            rate = done / (time.time() - started)
+            print(f"  {done} puts, {rate:.0f}/s", file=sys.stderr, flush=True)
+
+        asyncio.run(
+            put_workload(
+                cluster.addresses,
+                keys,
+                value_of,
+                args.in_flight,
+                puts=args.puts,
+                progress=progress,
+            )
+        )
+        elapsed = time.time() - started
+        time.sleep(2.0)  # let followers apply and settle
+        statuses = asyncio.run(fetch_statuses_async(cluster.addresses, 2.0))
+        data_bytes = sum(len(k) + len(value_of(0)) for k in keys)
+        nodes = []
+        for i in range(len(cluster.addresses)):
+            row = next((r for r in statuses if r.get("id") == i), {})
+            nodes.append(
+                {
+                    "node": i,
+                    "role": row.get("role"),
+                    "du_bytes": du_bytes(cluster.data_dir(i)),
+                    "files": {
+                        p.name: p.stat().st_size for p in sorted(cluster.data_dir(i).iterdir())
+                    },
+                    "rss_kib": proc_status_kib(cluster.pid(i), "VmRSS"),
+                    "peak_rss_kib": proc_status_kib(cluster.pid(i), "VmHWM"),
+                    "storage_bytes": row.get("storage_bytes"),
+                    "snapshot_bytes": row.get("snapshot_bytes"),
+                    "snapshot_index": row.get("snapshot_index"),
+                    "log_length": row.get("log_length"),
+                    "applied": row.get("applied_index", row.get("applied")),
+                    "snapshots_taken": sum(
+                        "snapshot at index" in line
+                        for line in cluster.log_path(i).read_text(errors="replace").splitlines()
+                    ),
+                }
+            )
+        return {
+            "threshold_bytes": threshold or 64 * 1024 * 1024,
+            "threshold_flag": threshold or None,
+            "puts": args.puts,
+            "keys": args.keys,
+            "value_size": args.value_size,
+            "data_bytes": data_bytes,
+            "seconds": elapsed,
+            "puts_per_s": args.puts / elapsed,
+            "nodes": nodes,
+        }
+    finally:
+        cluster.stop()
+
+
+def write_results(results: list[dict[str, Any]], command: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": command,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "load_avg": os.getloadavg(),
+    }
+    (out / "memory.json").write_text(json.dumps({**meta, "runs": results}, indent=2) + "\n")
+    mib = 1024 * 1024
+    lines = [
+        "# Memory and disk after a million puts over 1,000 keys",
+        "",
+        f"`{command}`  ",
+        f"{meta['date']}, {meta['machine']}, load {meta['load_avg'][0]:.1f}. "
+        "Fresh local 3-node cluster per run, fsync on (SQLite synchronous=FULL).",
+        "",
+    ]
+    for run in results:
+        lines += [
+            f"## Snapshot threshold {run['threshold_bytes'] / mib:g} MiB"
+            f"{' (default)' if run['threshold_flag'] is None else ''}",
+            "",
+            f"{run['puts']:,} puts over {run['keys']:,} keys of {run['value_size']} B values "
+            f"in {run['seconds']:.0f} s ({run['puts_per_s']:.0f} puts/s); "
+            f"data size (keys + values) {run['data_bytes'] / mib:.2f} MiB.",
+            "",
+            "| node | role | disk (du) MiB | RSS MiB | peak RSS MiB | Raft state MiB "
+            "| snapshot KiB | log entries | snapshots taken |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for n in run["nodes"]:
+            lines.append(
+                f"| n{n['node']} | {n['role']} | {n['du_bytes'] / mib:.1f} "
+                f"| {(n['rss_kib'] or 0) / 1024:.1f} | {(n['peak_rss_kib'] or 0) / 1024:.1f} "
+                f"| {(n['storage_bytes'] or 0) / mib:.1f} "
+                f"| {(n['snapshot_bytes'] or 0) / 1024:.1f} | {n['log_length']} "
+                f"| {n['snapshots_taken']} |"
+            )
+        lines.append("")
+    (out / "memory.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--puts", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--value-size", type=int, default=100)
+    parser.add_argument("--in-flight", type=int, default=128)
+    parser.add_argument(
+        "--thresholds",
+        default="0,4194304",
+        help="comma-separated snapshot thresholds in bytes; 0 = the server default (64 MiB)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    command = "python benchmarks/memory_bench.py " + " ".join(sys.argv[1:])
+    results = []
+    with tempfile.TemporaryDirectory(prefix="kvraft-mem-") as tmp:
+        for threshold in (int(t) for t in args.thresholds.split(",")):
+            print(f"threshold {threshold or 'default'}: {args.puts} puts", file=sys.stderr)
+            results.append(one_run(args, threshold, Path(tmp) / f"t{threshold}"))
+            write_results(results, command.strip(), args.out)
+    print((args.out / "memory.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
