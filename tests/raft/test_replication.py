@@ -308,3 +308,24 @@ def test_restart_applies_what_the_hard_state_says_is_committed() -> None:
 
     assert [e.index for e in ready.committed] == [1, 2, 3]
     assert ready.hard_state is None and ready.entries == []
+
+
+def test_stalled_pipeline_is_resent_after_two_silent_heartbeat_intervals() -> None:
+    """Entries in flight with no acknowledgement over two heartbeat intervals are resent.
+
+    The first heartbeat after the send sets the baseline; the third resends.
+
+    Reference: Raft §5.3 (the leader retries AppendEntries indefinitely), thesis §10.2.2
+    """
+    cluster = Cluster.of(3, max_inflight_messages=8)
+    cluster.elect(1)
+    leader = cluster.cores[1]
+    cluster.propose(1, b"lost")
+    sent(leader)  # the AppendEntries are lost
+    resent = []
+
+    for _ in range(6):  # three heartbeats
+        leader.tick()
+        resent.extend(m for m in appends(sent(leader), 2) if m.entries)
+
+    assert [[e.command for e in m.entries] for m in resent] == [[b"lost"]]

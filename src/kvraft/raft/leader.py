@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("kvraft.raft")
 
+# Heartbeat intervals without an acknowledgement, while AppendEntries are in
+# flight, after which the leader resends from the follower's match: long enough
+# that a slow disk or link is not mistaken for a loss (which would resend a
+# whole pipeline), short enough to repair losses faster than waiting for the
+# follower to refuse a later message.
+STALLED_HEARTBEATS = 2
+
 
 class Leader:
     """Replication state of a leader: one :class:`Progress` per follower."""
@@ -133,14 +140,16 @@ class Leader:
                 progress.probe_sent = False  # the last probe may be lost: probe again
                 self._send_append(peer, allow_empty=True)
             case ProgressState.REPLICATE:
-                stalled = bool(progress.inflight) and (
-                    progress.match_index == progress.match_at_heartbeat
-                )
+                if progress.inflight and progress.match_index == progress.match_at_heartbeat:
+                    progress.stalled_heartbeats += 1
+                else:
+                    progress.stalled_heartbeats = 0
                 progress.match_at_heartbeat = progress.match_index
-                if stalled:
-                    # Nothing acknowledged for a whole heartbeat interval while
-                    # entries are in flight: assume they were lost, and resend
-                    # from the match on (retransmission, in one round trip).
+                if progress.stalled_heartbeats >= STALLED_HEARTBEATS:
+                    # Nothing acknowledged for whole heartbeat intervals while
+                    # entries are in flight: assume they or their answers were
+                    # lost, and resend from the match on.
+                    progress.stalled_heartbeats = 0
                     progress.become_probe(progress.match_index + 1)
                     self._send_append(peer, allow_empty=True)
                     return

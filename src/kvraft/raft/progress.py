@@ -41,8 +41,10 @@ class Progress:
     inflight: deque[int] = field(default_factory=deque)
     # Check-quorum (thesis §6.2): heard from this follower in the current election timeout.
     recent_active: bool = False
-    # REPLICATE: match_index at the last heartbeat, to notice a stalled pipeline.
+    # REPLICATE: match_index at the last heartbeat, and how many heartbeats in a
+    # row found it unchanged with entries in flight (a stalled pipeline).
     match_at_heartbeat: int = 0
+    stalled_heartbeats: int = 0
     # The highest commit index sent in an AppendEntries, to tell a new one promptly.
     commit_sent: int = 0
     # SNAPSHOT: the index of the snapshot being sent and the next byte to send.
@@ -70,6 +72,7 @@ class Progress:
         self.state = ProgressState.REPLICATE
         self.probe_sent = False
         self.inflight.clear()
+        self.stalled_heartbeats = 0
         self.next_index = self.match_index + 1
 
     def become_snapshot(self, snapshot_index: int) -> None:
