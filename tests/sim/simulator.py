@@ -82,10 +82,12 @@ class Profile:
     snapshot_chunk_bytes: int
     pre_vote: bool
     check_quorum: bool
+    check_quorum_ticks: int
 
     @classmethod
     def pick(cls, rng: random.Random) -> Profile:
         calm = rng.random() < 0.15
+        election_timeout_ticks = rng.choice([8, 10, 12])
         return cls(
             drop=0.0 if calm else rng.choice([0.0, 0.02, 0.05, 0.1, 0.2]),
             duplicate=0.0 if calm else rng.choice([0.0, 0.02, 0.1]),
@@ -100,7 +102,7 @@ class Profile:
             reboot=0.0 if calm else rng.choice([0.0, 0.01, 0.05]),
             propose=rng.choice([0.1, 0.3, 0.6]),
             compact=rng.choice([0.0, 0.05, 0.2, 0.5]),
-            election_timeout_ticks=rng.choice([8, 10, 12]),
+            election_timeout_ticks=election_timeout_ticks,
             heartbeat_interval_ticks=rng.choice([2, 3]),
             max_entries_per_message=rng.choice([1, 2, 4, 64]),
             max_bytes_per_message=rng.choice([16, 1 << 20]),
@@ -108,6 +110,7 @@ class Profile:
             snapshot_chunk_bytes=rng.choice([7, 16, 1024]),
             pre_vote=rng.random() < 0.85,
             check_quorum=rng.random() < 0.85,
+            check_quorum_ticks=rng.choice([0, 0, election_timeout_ticks]),  # 0: the default
         )
 
 
@@ -372,6 +375,7 @@ class Simulation:
             heartbeat_interval_ticks=profile.heartbeat_interval_ticks,
             pre_vote=profile.pre_vote,
             check_quorum=profile.check_quorum,
+            check_quorum_ticks=profile.check_quorum_ticks,
             max_entries_per_message=profile.max_entries_per_message,
             max_bytes_per_message=profile.max_bytes_per_message,
             max_inflight_messages=profile.max_inflight_messages,

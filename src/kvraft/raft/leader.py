@@ -61,16 +61,16 @@ class Leader:
         # e.g. to carry a new commit index). Sending lazily batches proposals.
         self._to_send: dict[int, bool] = {}
         self._heartbeat_elapsed = 0
-        self._election_elapsed = 0
+        self._quorum_elapsed = 0  # ticks into the current check-quorum period
 
     # ------------------------------------------------------------------ timing
 
     def tick(self) -> bool:
         """One tick: heartbeats, and check-quorum; False if the leader must step down."""
         self._heartbeat_elapsed += 1
-        self._election_elapsed += 1
-        if self._election_elapsed >= self.config.check_quorum_timeout_ticks:
-            self._election_elapsed = 0
+        self._quorum_elapsed += 1
+        if self._quorum_elapsed >= self.config.check_quorum_timeout_ticks:
+            self._quorum_elapsed = 0
             if self.config.check_quorum and not self._quorum_active():
                 return False
         if self._heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
@@ -80,7 +80,7 @@ class Leader:
         return True
 
     def _quorum_active(self) -> bool:
-        """Whether a majority (us included) answered in the last election timeout; resets."""
+        """Whether a majority (us included) answered in the last period; resets for the next."""
         active = 1
         for progress in self.progress.values():
             if progress.recent_active:
@@ -94,9 +94,6 @@ class Leader:
         """Queue a send to every follower for the next Ready."""
         for peer in self.progress:
             self._to_send[peer] = allow_empty or self._to_send.get(peer, False)
-
-    def has_queued(self) -> bool:
-        return bool(self._to_send)
 
     def flush(self) -> None:
         """Send what was queued since the last Ready: all proposals in few messages."""
