@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvraft.client.client import Client
+from kvraft.errors import Maybe
 from kvraft.testing.cluster import Cluster
 from kvraft.testing.waiting import wait_until
 
@@ -38,7 +39,15 @@ def fill(
             key = f"key{k}"
             value = f"{r}-" + "x" * value_bytes
             version = expected.get(key, ("", 0))[1]
-            expected[key] = (value, client.put(key, value, version))
+            while True:
+                try:
+                    expected[key] = (value, client.put(key, value, version))
+                    break
+                except Maybe:  # lossy network: read whether the resent put applied
+                    got, version = client.get(key)
+                    if got == value:
+                        expected[key] = (value, version)
+                        break
     return expected
 
 

@@ -2,7 +2,10 @@
 
 The client remembers which server answered last and tries it first. On
 ``WrongLeader``, a timeout or a connection error it moves to the next server,
-wrapping around; after a whole round without an answer it backs off briefly so
+wrapping around — or straight to the leader a follower names in its
+``NotLeaderResult``, and only after a third timeout in a row from the server
+that answered last (on a lossy network a lost message is likelier than a new
+leader); after a whole round without an answer it backs off briefly so
 an election can finish. ``deadline=None`` retries forever (the classic
 contract); a number of seconds raises :class:`Unavailable` after that long.
 
@@ -48,6 +51,8 @@ from kvraft.server.commands import (
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02
 MAX_BACKOFF_S = 0.2
+# Timeouts in a row from the server that answered last before trying the next one.
+TIMEOUTS_BEFORE_MOVING_ON = 2
 
 
 class AsyncClient:
@@ -73,6 +78,7 @@ class AsyncClient:
         self.max_value_bytes = max_value_bytes
         self._rpc = [RpcClient(a, client_sender(self.client_id)) for a in self.servers]
         self._leader = 0
+        self._answered: int | None = None  # the server that answered last
         self._index = {address: i for i, address in enumerate(self.servers)}
         self._closed = False
         self._request_ids = itertools.count(1)
@@ -119,6 +125,7 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         give_up = None if self.deadline is None else loop.time() + self.deadline
         failures_in_round = 0
+        timeouts_here = 0
         backoff = BACKOFF_S
         while True:
             timeout = self.call_timeout_s
@@ -138,13 +145,28 @@ class AsyncClient:
                 if uncertain is not None:
                     uncertain.append(not isinstance(exc, NotLeader | ConnectFailed))
                 hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None
-                self._leader = hint if hint is not None else (index + 1) % len(self.servers)
+                if hint is not None:
+                    self._leader = hint
+                elif (
+                    isinstance(exc, CallTimeout)
+                    and index == self._answered
+                    and timeouts_here < TIMEOUTS_BEFORE_MOVING_ON
+                ):
+                    # The server that answered last is most likely still the leader;
+                    # on a lossy network a lost request or reply is likelier than a
+                    # new leader, and another server would only redirect us back.
+                    timeouts_here += 1
+                    continue
+                else:
+                    self._leader = (index + 1) % len(self.servers)
+                timeouts_here = 0
                 failures_in_round += 1
                 if failures_in_round >= len(self.servers):
                     failures_in_round = 0
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
+            self._answered = index
             return result
 
     async def close(self) -> None:
