@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: test lint typecheck unit run stress bench clean
+.PHONY: test lint run stress bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,15 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q $(ARGS)
 
-# Long or repeated suites, not in CI.
+# Long or repeated suites, not in CI: everything marked stress, then the real-process
+# Raft and key-value suites 10 times in a row (STRESS_ROUNDS=N to change).
+STRESS_ROUNDS ?= 10
 stress: $(STAMP)
 	$(BIN)/pytest -q -m stress $(ARGS)
+	for i in $$(seq $(STRESS_ROUNDS)); do \
+	  echo "== stress round $$i of $(STRESS_ROUNDS)"; \
+	  $(BIN)/pytest -q -m 'not stress' tests/cluster/test_raft.py tests/cluster/test_kvraft.py || exit 1; \
+	done
 
 # A local 3-node cluster in the foreground, data under ./data.
 run: $(STAMP)
