@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvraft.errors import RpcError
+from kvraft.loop_thread import EventLoopThread
 from kvraft.rpc import RpcClient, RpcServer, UnknownMethod, client_sender
-from kvraft.testing.loop_thread import EventLoopThread
 
 HOST = "127.0.0.1"
 

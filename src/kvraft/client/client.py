@@ -7,13 +7,12 @@ of retries and ``Maybe`` (the async one).
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
+from kvraft.loop_thread import EventLoopThread
 from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
 
 T = TypeVar("T")
@@ -38,11 +37,7 @@ class Client:
             client_id=client_id,
             max_value_bytes=max_value_bytes,
         )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"kvraft-client-{self.client_id[:8]}", daemon=True
-        )
-        self._thread.start()
+        self._loop = EventLoopThread(name=f"kvraft-client-{self.client_id[:8]}")
         self._closed = False
 
     @property
@@ -53,7 +48,7 @@ class Client:
         if self._closed:
             coro.close()
             raise RuntimeError("client is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self._loop.run(coro, timeout_s=None)
 
     def get(self, key: str) -> tuple[str, int]:
         """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
@@ -69,9 +64,7 @@ class Client:
             return
         self._run(self._async.close())
         self._closed = True
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._loop.stop()
 
     def __enter__(self) -> Client:
         return self

@@ -40,6 +40,7 @@ from typing import Any
 import msgpack
 
 from kvraft.errors import ProtocolError
+from kvraft.loop_thread import EventLoopThread
 from kvraft.rpc.codec import NOTIFY, REPLY, REQUEST
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
 from kvraft.rpc.transport import split_address
@@ -58,7 +59,6 @@ from kvraft.testing.faults import (
     TrafficStats,
     network_profile,
 )
-from kvraft.testing.loop_thread import EventLoopThread
 
 __all__ = [
     "LOSSY",

@@ -1,8 +1,8 @@
 """An asyncio event loop in a daemon thread, driven from synchronous code.
 
-The proxies live on one of these so that plain (synchronous) pytest tests can
-use them while their own code blocks; :meth:`EventLoopThread.run` is the
-bridge.
+The blocking :class:`kvraft.Client` runs its AsyncClient on one of these, and
+the test proxies live on one so that plain (synchronous) pytest tests can use
+them while their own code blocks; :meth:`EventLoopThread.run` is the bridge.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ class EventLoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-        """Run ``coro`` on the loop and wait for its result (not from the loop's thread)."""
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = 30.0) -> T:
+        """Run ``coro`` on the loop and wait for its result (not from the loop's thread).
+
+        ``timeout_s=None`` waits as long as the coroutine takes.
+        """
         assert threading.current_thread() is not self._thread, "would deadlock"
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
