@@ -335,10 +335,8 @@ class Simulation:
         self.rng = random.Random(f"kvraft-sim/{seed}/{nodes}")
         self.profile = Profile.pick(self.rng)
         self.safety_ticks = safety_ticks
-        timeout = self.profile.election_timeout_ticks
-        # Generous but bounded: a few election rounds, then catching up the
-        # laggards (possibly by snapshot, one chunk per round trip).
-        self.liveness_ticks = liveness_ticks if liveness_ticks is not None else 30 * timeout
+        # None: bounded by the settings and the logs (see _liveness_bound).
+        self.liveness_ticks = liveness_ticks
         # A core with a planted bug (see planted.py), to test the checkers.
         self.planted = planted
         self.core_factory: CoreFactory = RaftCore if planted is None else PLANTED[planted]
@@ -631,9 +629,10 @@ class Simulation:
                 self._crash(node, "for the liveness phase")
             self._start(node)
         start = self.now
+        bound = self.liveness_ticks or self._liveness_bound()
         command = f"s{self.seed}-live".encode()
         proposed_in: set[int] = set()
-        while self.now - start < self.liveness_ticks:
+        while self.now - start < bound:
             self._tick()
             for node in self.nodes.values():
                 core = node.core
@@ -647,10 +646,32 @@ class Simulation:
                 return self.now - start
         roles = {i: n.core.status() for i, n in self.nodes.items() if n.core is not None}
         self._fail(
-            f"liveness: command not applied on every node {self.liveness_ticks} ticks after "
+            f"liveness: command not applied on every node {bound} ticks after "
             f"healing the network (proposed in terms {sorted(proposed_in)}); nodes: {roles}"
         )
         raise AssertionError("unreachable")
+
+    def _liveness_bound(self) -> int:
+        """Ticks for a healed cluster to elect a leader and bring every node up to date.
+
+        Elections: 20 election timeouts, generous for pre-vote rounds, leases
+        running out and split votes. Catching up: a node may need the longest
+        log from scratch, at a message's worth of entries (by count and bytes)
+        times max_inflight_messages per round trip, plus a snapshot at one
+        chunk per round trip.
+        """
+        profile = self.profile
+        round_trip = 2 * profile.max_delay_ticks + profile.heartbeat_interval_ticks
+        longest = max(node.core.last_index for node in self.nodes.values() if node.core)
+        # Commands are at most 16 bytes ("s<seed>-c<n>").
+        per_message = min(
+            profile.max_entries_per_message, max(1, profile.max_bytes_per_message // 16)
+        )
+        per_round = per_message * profile.max_inflight_messages
+        snapshots = [node.storage.snapshot for node in self.nodes.values()]
+        biggest = max((len(snap.data) for snap in snapshots if snap is not None), default=0)
+        rounds = -(-longest // per_round) + -(-biggest // profile.snapshot_chunk_bytes)
+        return 20 * profile.election_timeout_ticks + rounds * round_trip
 
     def _applied_index_of(self, command: bytes) -> int | None:
         if self._live_index is None:
