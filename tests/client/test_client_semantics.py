@@ -20,7 +20,7 @@ from kvraft.errors import (
 )
 from kvraft.rpc.codec import client_sender
 from kvraft.rpc.transport import RpcClient
-from kvraft.server.commands import PutOk, PutOp, VersionMismatchResult
+from kvraft.server.commands import NotLeaderResult, PutOk, PutOp, VersionMismatchResult
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until
@@ -232,7 +232,10 @@ def test_memory_per_client_is_bounded(make_cluster) -> None:  # type: ignore[no-
                 while True:  # the client's retry rule, for ops carrying 100,000 client ids
                     try:
                         result = await rpcs[leader].call("put", op, 10)
-                        break
+                        if not isinstance(result, NotLeaderResult):
+                            break
+                        leader = (leader + 1) % len(rpcs)
+                        await asyncio.sleep(0.01)
                     except (WrongLeader, RpcError):
                         leader = (leader + 1) % len(rpcs)
                         await asyncio.sleep(0.01)
