@@ -111,6 +111,10 @@ class RaftNode:
         self._snapshotting = False
         self._snapshot_task: asyncio.Task[None] | None = None
         self.messages_sent = 0
+        self._ticks = 0
+        self._started = time.monotonic()
+        self._last_heard: dict[int, float] = {}
+        self._lost_peers: set[int] = set()
         self.messages_received = 0
 
     # ----------------------------------------------------------------- lifecycle
@@ -188,8 +192,41 @@ class RaftNode:
             log.debug("n%d dropped a misaddressed %s", self.id, type(message).__name__)
             return
         self.messages_received += 1
+        self._last_heard[sender_peer] = time.monotonic()
+        if sender_peer in self._lost_peers:
+            self._lost_peers.discard(sender_peer)
+            log.info(
+                "n%d [term %d] peer n%d is back at index %d",
+                self.id,
+                self.core.current_term,
+                sender_peer,
+                self.core.last_index,
+            )
         self.core.step(message)
         self._wakeup.set()
+
+    def _check_peers(self) -> None:
+        """As leader, log each follower that falls silent (and, in receive, its return).
+
+        Only a leader hears from every peer, so only a leader can tell.
+        """
+        if self.core.role is not Role.LEADER:
+            self._lost_peers.clear()
+            return
+        silent_s = 2 * self.config.election_timeout_ticks * self.timing.tick_interval_s
+        now = time.monotonic()
+        for peer in self.peers:
+            heard = self._last_heard.get(peer, self._started)
+            if peer not in self._lost_peers and now - heard > silent_s:
+                self._lost_peers.add(peer)
+                log.info(
+                    "n%d [term %d] lost contact with n%d (silent for %.1f s) at index %d",
+                    self.id,
+                    self.core.current_term,
+                    peer,
+                    now - heard,
+                    self.core.last_index,
+                )
 
     def _send(self, message: Message) -> None:
         client = self.peers.get(message.dst)
@@ -208,6 +245,9 @@ class RaftNode:
             if next_tick < loop.time():  # fell behind (GC, load): don't burst-tick
                 next_tick = loop.time() + interval
             self.core.tick()
+            self._ticks += 1
+            if self._ticks % 10 == 0:
+                self._check_peers()
             self._wakeup.set()
 
     async def _ready_loop(self) -> None:
