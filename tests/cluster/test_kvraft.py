@@ -18,6 +18,7 @@ from kvraft.testing.linearizability import assert_linearizable
 
 from .kv_support import (
     RecordingClient,
+    call_timeout_for,
     find_leader,
     own_key_puts,
     run_threads,
@@ -144,7 +145,7 @@ def test_partition_kvraft(make_cluster) -> None:  # type: ignore[no-untyped-def]
 
 def unreliable_rounds(cluster: Cluster, nclients: int, seconds: float) -> None:
     history = History()
-    clients = clients_for(cluster, history, nclients, call_timeout_s=0.3)
+    clients = clients_for(cluster, history, nclients, call_timeout_s=call_timeout_for(cluster))
     stop = threading.Event()
     try:
         own = [lambda c=c, i=i: own_key_puts(c, f"own{i}", 5) for i, c in enumerate(clients)]
@@ -210,7 +211,7 @@ def rounds_with_faults(
 ) -> None:
     """Rounds of own-key and shared-key clients under ``fault``; maybe crash all after each."""
     history = History()
-    clients = clients_for(cluster, history, nclients, call_timeout_s=0.3)
+    clients = clients_for(cluster, history, nclients, call_timeout_s=call_timeout_for(cluster))
     expected: dict[str, tuple[str | None, int]] = {}
     try:
         for rnd in range(rounds):
@@ -361,7 +362,7 @@ def lock_workers(
     from kvraft.client.lock import Lock
 
     history = History()
-    clients = clients_for(cluster, history, nclients, call_timeout_s=0.3)
+    clients = clients_for(cluster, history, nclients, call_timeout_s=call_timeout_for(cluster))
     section = CriticalSection()
     stop = threading.Event()
 

@@ -9,7 +9,7 @@ from kvraft.errors import Maybe
 from kvraft.testing.cluster import Cluster
 from kvraft.testing.waiting import wait_until
 
-from .kv_support import find_leader, statuses
+from .kv_support import call_timeout_for, find_leader, statuses
 from .test_kvraft import partition_churn, rounds_with_faults
 
 pytestmark = pytest.mark.slow
@@ -116,16 +116,25 @@ def test_install_snapshot_to_crashed_follower(make_cluster) -> None:  # type: ig
 
 
 def test_install_snapshot_unreliable(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    """InstallSnapshot on the lossy network, with a follower repeatedly cut off."""
-    cluster = make_cluster(3, network="lossy", server_args=SNAP_ARGS)
-    with Client(cluster.addresses, deadline=60, call_timeout_s=0.3) as c:
+    """InstallSnapshot on the lossy network, with a follower repeatedly cut off.
+
+    Five servers, so the four left can keep a leader through the losses; a
+    small threshold, so a few puts per round compact past the cut-off one.
+    """
+    cluster = make_cluster(5, network="lossy", server_args=["--snapshot-threshold", "3000"])
+    with Client(cluster.addresses, deadline=60, call_timeout_s=call_timeout_for(cluster)) as c:
         expected: dict[str, tuple[str, int]] = {}
         for rnd in range(3):
-            victim = rnd % 3
+            victim = rnd % 5
             cluster.disconnect(victim)
-            fill(c, keys=5, rounds=8, expected=expected)
+            fill(c, keys=4, rounds=4, expected=expected)
             cluster.reconnect(victim)
         check_all(c, expected)
+        wait_until(
+            lambda: sum(r["snapshot_index"] > 0 for r in statuses(cluster)) >= 3,
+            20,
+            message="snapshots taken and installed",
+        )
 
 
 def test_crash_restart_with_snapshots(make_cluster) -> None:  # type: ignore[no-untyped-def]
