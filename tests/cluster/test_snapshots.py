@@ -127,7 +127,7 @@ def test_install_snapshot_unreliable(make_cluster) -> None:  # type: ignore[no-u
         for rnd in range(3):
             victim = rnd % 5
             cluster.disconnect(victim)
-            fill(c, keys=4, rounds=4, expected=expected)
+            fill(c, keys=3, rounds=3, expected=expected)
             cluster.reconnect(victim)
         check_all(c, expected)
         wait_until(
