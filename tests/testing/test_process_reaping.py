@@ -115,9 +115,25 @@ def run_inner_pytest(
         env["KVRAFT_TEST_INTERRUPT"] = "1"
         argv += ["-k", "test_hangs_until_interrupted"]
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     return proc, pids
+
+
+def _default_sigint() -> None:
+    """Give the inner pytest the default SIGINT disposition.
+
+    A shell starts background jobs with SIGINT ignored, and an ignored signal
+    survives exec: a suite run in the background (a CI runner, `make test &`)
+    would start an inner pytest that Ctrl-C cannot interrupt.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_teardown_reaps_after_pass_failure_and_timeout(
