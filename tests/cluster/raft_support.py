@@ -32,7 +32,6 @@ import asyncio
 import logging
 import random
 import statistics
-import threading
 import time
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
@@ -41,6 +40,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from kvraft.errors import CallTimeout, ConnectionLost
+from kvraft.loop_thread import EventLoopThread
 from kvraft.rpc.codec import client_sender, pack
 from kvraft.rpc.transport import RpcClient
 from kvraft.testing.cluster import Cluster
@@ -120,11 +120,7 @@ class RaftTester:
         self.one_deadline_s = ONE_DEADLINE_S
         #: index -> command, for every entry any server reported committed.
         self.known: dict[int, bytes] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"raft-tester-{cluster.name}", daemon=True
-        )
-        self._thread.start()
+        self._loop = EventLoopThread(name=f"raft-tester-{cluster.name}")
         self._rpcs: dict[int, RpcClient] = {}
         self._sender = client_sender("tester")
         self._closed = False
@@ -136,7 +132,7 @@ class RaftTester:
         if self._closed:
             coro.close()
             raise RuntimeError("tester is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+        return self._loop.run(coro, timeout_s)
 
     async def call(self, i: int, method: str, args: Any = None) -> Any:
         """One hook call on server ``i``'s private address; None if it gives no answer.
@@ -166,10 +162,7 @@ class RaftTester:
                 self.run(close_all(), 5.0)
             finally:
                 self._closed = True
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(5.0)
-                if not self._thread.is_alive():
-                    self._loop.close()
+                self._loop.stop()
         self.cluster.close()
 
     def __enter__(self) -> RaftTester:
