@@ -21,7 +21,7 @@ Reported, medians over the repetitions: the probe's longest put and longest
 gap between consecutive completions, p50/p99, and the longest gap between any
 two completions of the writers (the cluster applying nothing at all); in
 ``snapshot`` mode also these within the snapshot windows (from each node's
-``snapshot at index ... in N ms (copy, encode, store)`` log line, +-0.5 s),
+``snapshot at index ... in N ms (copy, encode, write, record)`` log line, +-0.5 s),
 and the snapshot's size and times per node. Results: ``--out``/snapshot.md
 and snapshot.json.
 """
@@ -58,7 +58,7 @@ SNAPSHOT_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO kvraft\.node: n(?P<node>\d+) "
     r"\[term \d+\] snapshot at index (?P<index>\d+) \((?P<bytes>\d+) bytes\) in (?P<ms>\d+) ms"
     r"(?: \(copy (?P<copy>[\d.]+) ms on the loop, encode (?P<encode>\d+) ms, "
-    r"store (?P<store>\d+) ms\))?"
+    r"write (?P<write>\d+) ms, record (?P<record>\d+) ms\))?"
 )
 SLOW_FSYNC = re.compile(r"^(?P<ts>\S+ \S+) WARNING kvraft\.node: n\d+ slow fsync: (?P<ms>\d+) ms")
 WINDOW_MARGIN_S = 0.5
@@ -108,7 +108,8 @@ def snapshot_events(cluster: ServerCluster) -> list[dict[str, Any]]:
                         "total_ms": int(m["ms"]),
                         "copy_ms": float(m["copy"]) if m["copy"] else None,
                         "encode_ms": int(m["encode"]) if m["encode"] else None,
-                        "store_ms": int(m["store"]) if m["store"] else None,
+                        "write_ms": int(m["write"]) if m["write"] else None,
+                        "record_ms": int(m["record"]) if m["record"] else None,
                         "start": end - int(m["ms"]) / 1000,
                         "end": end,
                     }
@@ -296,8 +297,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if events:
             row["snapshot"] = {
                 k: med([e[k] for e in events])
-                for k in ("bytes", "total_ms", "copy_ms", "encode_ms", "store_ms")
-            } | {"count": len(events), "max_store_ms": max(e["store_ms"] or 0 for e in events)}
+                for k in ("bytes", "total_ms", "copy_ms", "encode_ms", "write_ms", "record_ms")
+            } | {"count": len(events), "max_record_ms": max(e["record_ms"] or 0 for e in events)}
         row["slow_fsync_ms"] = [ms for r in mine for ms in r["slow_fsync_ms"]]
         by_mode[mode] = row
     return by_mode
@@ -354,9 +355,10 @@ def write_results(
             f"Snapshots ({snap['count']} over all nodes and runs), medians: "
             f"{snap['bytes'] / 1e6:.1f} MB, total {f(snap['total_ms'])} ms = copy on the "
             f"event loop {f(snap['copy_ms'], '.1f')} ms + encode in its own thread "
-            f"{f(snap['encode_ms'])} ms + store (SqliteStorage.compact in the storage "
-            f"thread, which holds up Ready saves meanwhile) {f(snap['store_ms'])} ms; "
-            f"longest store {snap['max_store_ms']} ms.",
+            f"{f(snap['encode_ms'])} ms + write its file in that thread, while Readys "
+            f"are saved, {f(snap['write_ms'])} ms + record it (SqliteStorage.compact in "
+            f"the storage thread, which holds up Ready saves meanwhile) "
+            f"{f(snap['record_ms'])} ms; longest record {snap['max_record_ms']} ms.",
         ]
     for mode, row in summary.items():
         if row["slow_fsync_ms"]:

@@ -1,4 +1,5 @@
-"""RaftNode's snapshots: copied on the loop, encoded in a worker thread, skipped when overtaken."""
+"""RaftNode's snapshots: copied on the loop, encoded and written in a worker thread while Readys
+keep being saved, skipped when overtaken; and a node whose storage fails stops."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import asyncio
 import threading
 from collections.abc import Callable
 
+import pytest
+
+from kvraft.errors import StorageError
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
@@ -41,7 +45,39 @@ class Recorder(StateMachine):
         return encode
 
 
-def make_node(sm: Recorder, storage: MemoryStorage, threshold: int) -> RaftNode:
+class GatedStorage(MemoryStorage):
+    """MemoryStorage whose stage_snapshot waits for ``stage_gate``, recording where it ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage_gate = threading.Event()
+        self.staging = threading.Event()
+        self.threads: dict[str, str] = {}
+
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        self.threads["stage"] = threading.current_thread().name
+        self.staging.set()
+        assert self.stage_gate.wait(10)
+
+    def compact(self, snapshot: Snapshot) -> None:
+        self.threads["compact"] = threading.current_thread().name
+        super().compact(snapshot)
+
+
+class FailingStorage(MemoryStorage):
+    """MemoryStorage whose saves fail once ``fail`` is set, as on a full disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def save(self, *args: object) -> None:
+        if self.fail:
+            raise StorageError("raft.db: save failed: database or disk is full")
+        super().save(*args)  # type: ignore[arg-type]
+
+
+def make_node(sm: Recorder, storage: MemoryStorage, threshold: int | None) -> RaftNode:
     config = RaftConfig(node_id=0, peers=(0,))
     return RaftNode(
         config,
@@ -90,6 +126,55 @@ def test_snapshot_is_encoded_off_the_event_loop_and_compacts_storage_and_core() 
             await node.stop()
 
     asyncio.run(main())
+
+
+def test_readys_are_saved_while_a_snapshot_is_written() -> None:
+    """Writing a snapshot's data (stage_snapshot) happens off the storage thread, so new
+    entries keep being persisted and committed meanwhile; then compact() on the storage
+    thread records it. This is what keeps a 100 MB snapshot from stalling commits."""
+
+    async def main() -> None:
+        sm, storage = Recorder(), GatedStorage()
+        node = make_node(sm, storage, threshold=2000)
+        await node.start()
+        try:
+            await become_leader_and_submit(node, 100)
+            await wait_for(storage.staging.is_set)
+            saves, applied = storage.saves, node.core.applied_index
+            await become_leader_and_submit(node, 20)  # committed while the write is held
+            assert storage.saves > saves and node.core.applied_index >= applied + 20
+            assert storage.snapshot is None and node._snapshotting
+            storage.stage_gate.set()
+            await wait_for(lambda: not node._snapshotting)
+            assert storage.snapshot is not None and storage.snapshot == node.core.snapshot
+            assert "-snap" in storage.threads["stage"] and "-io" in storage.threads["compact"]
+        finally:
+            storage.stage_gate.set()
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def test_a_storage_failure_stops_the_node_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """A node that cannot persist fails (fail-stop): wait_failed() hands out the error, and
+    one log line says which node failed where; the server process exits on it."""
+
+    async def main() -> BaseException:
+        sm, storage = Recorder(), FailingStorage()
+        node = make_node(sm, storage, threshold=None)
+        await node.start()
+        try:
+            await become_leader_and_submit(node, 5)
+            storage.fail = True
+            node.submit(b"lost")
+            return await asyncio.wait_for(node.wait_failed(), timeout=10)
+        finally:
+            await node.stop()
+
+    failure = asyncio.run(main())
+    assert isinstance(failure, StorageError)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
+    assert line.startswith("n0 [term 1] failed at index 7, stopping: raft.db: save failed")
 
 
 def test_snapshot_overtaken_while_encoding_is_skipped() -> None:

@@ -30,6 +30,7 @@ class Save:
 @dataclass(frozen=True, slots=True)
 class Compact:
     snapshot: Snapshot
+    staged: bool = False  # stage_snapshot() first, as the node does; else compact() writes it
 
 
 Op = Save | Compact
@@ -39,7 +40,9 @@ def apply(storage: Storage, op: Op) -> None:
     match op:
         case Save(hard_state, entries, snapshot):
             storage.save(hard_state, entries, snapshot)
-        case Compact(snapshot):
+        case Compact(snapshot, staged):
+            if staged:
+                storage.stage_snapshot(snapshot)
             storage.compact(snapshot)
 
 
@@ -136,7 +139,8 @@ class Workload:
         if commit <= self.offset:
             return self._commit(rng)
         index = rng.randint(self.offset + 1, commit)
-        return Compact(Snapshot(index, self.term_at(index), self._snapshot_data(rng)))
+        snapshot = Snapshot(index, self.term_at(index), self._snapshot_data(rng))
+        return Compact(snapshot, staged=rng.random() < 0.5)
 
     def _install(self, rng: random.Random) -> Op:
         """A leader's snapshot beyond our commit index replaces the whole log."""

@@ -93,9 +93,15 @@ def test_refuses_the_data_dir_of_another_cluster(data_dir: Path) -> None:
 
 
 def test_refuses_a_newer_format_version(data_dir: Path) -> None:
-    edit(data_dir, ("UPDATE meta SET value = 2 WHERE key = 'format_version'", ()))
+    edit(data_dir, ("UPDATE meta SET value = 3 WHERE key = 'format_version'", ()))
     message = refusal(data_dir)
-    assert "format version 2 is newer than this kvraft supports (1)" in message
+    assert "format version 3 is newer than this kvraft supports (2)" in message
+
+
+def test_refuses_the_pre_release_format(data_dir: Path) -> None:
+    edit(data_dir, ("UPDATE meta SET value = 1 WHERE key = 'format_version'", ()))
+    message = refusal(data_dir)
+    assert "format version 1 was written by a pre-release kvraft" in message
 
 
 def test_refuses_a_sqlite_database_of_another_application(tmp_path: Path) -> None:
@@ -214,9 +220,14 @@ WRONG_TYPES = [
         id="vote-as-text",
     ),
     pytest.param(
-        "UPDATE snapshot SET data = 'abc'",
-        "snapshot.data has the wrong type (text",
-        id="snapshot-as-text",
+        "UPDATE snapshot SET file = x'00'",
+        "snapshot.file has the wrong type (bytes",
+        id="snapshot-file-as-blob",
+    ),
+    pytest.param(
+        "UPDATE snapshot SET size = 'twelve'",
+        "snapshot.size has the wrong type (str",
+        id="snapshot-size-as-text",
     ),
 ]
 
@@ -243,9 +254,48 @@ def test_detects_a_flipped_byte_in_a_command(data_dir: Path) -> None:
     assert ": corrupt: log entry 25 checksum mismatch" in refusal(data_dir)
 
 
+def snapshot_file(data_dir: Path) -> Path:
+    (path,) = data_dir.glob("snapshot-*.snap")
+    return path
+
+
 def test_detects_a_flipped_byte_in_the_snapshot(data_dir: Path) -> None:
-    flip_byte_after(data_dir, MARKER + b"snap")
+    path = snapshot_file(data_dir)
+    raw = bytearray(path.read_bytes())
+    raw[len(MARKER) - 1] ^= 0x01
+    path.write_bytes(raw)
     assert ": corrupt: snapshot (index 10) checksum mismatch" in refusal(data_dir)
+
+
+def test_refuses_a_missing_snapshot_file(data_dir: Path) -> None:
+    path = snapshot_file(data_dir)
+    path.unlink()
+    assert f": corrupt: snapshot (index 10) file {path.name} is missing" in refusal(data_dir)
+
+
+@pytest.mark.parametrize("change", [-1, +1], ids=["truncated", "extended"])
+def test_refuses_a_snapshot_file_of_the_wrong_size(data_dir: Path, change: int) -> None:
+    path = snapshot_file(data_dir)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-1] if change < 0 else raw + b"x")
+    expected = f"file {path.name} has {len(raw) + change} bytes, expected {len(raw)}"
+    assert expected in refusal(data_dir)
+
+
+def test_refuses_a_snapshot_row_naming_a_path(data_dir: Path) -> None:
+    """The row names a file in the data dir; anything else (a path, "..") is not trusted."""
+    edit(data_dir, ("UPDATE snapshot SET file = '../raft.db'", ()))
+    assert "snapshot.file is not a snapshot file name: '../raft.db'" in refusal(data_dir)
+
+
+def test_a_refused_open_deletes_no_snapshot_file(data_dir: Path) -> None:
+    """Cleaning up unrecorded snapshot files waits until the store checks out."""
+    recorded = snapshot_file(data_dir)
+    stray = data_dir / recorded.name.replace(".snap", ".snap.tmp")
+    stray.write_bytes(b"half-written")
+    edit(data_dir, ("UPDATE log SET term = 'two' WHERE idx = 12", ()))
+    refusal(data_dir)
+    assert recorded.exists() and stray.exists()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ import pytest
 from kvraft.errors import StorageError
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
+from kvraft.storage.snapshot_files import WriteAborted
 from kvraft.storage.sqlite import SqliteStorage
 
 CLUSTER = "unit"
@@ -127,6 +130,111 @@ def test_compacting_at_or_below_the_snapshot_is_ignored(store: SqliteStorage) ->
     assert [e.index for e in state.entries] == [5]
 
 
+def snapshot_files_in(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in data_dir.glob("snapshot-*"))
+
+
+def test_a_staged_snapshot_counts_only_once_compact_records_it(tmp_path: Path) -> None:
+    """stage_snapshot writes the file; compact() records it (the commit point) and the
+    file of the snapshot it supersedes goes."""
+    store = open_store(tmp_path)
+    store.save(HardState(1, 0, 8), entries(1, 8, 1), None)
+    first = Snapshot(4, 1, b"at 4")
+    store.stage_snapshot(first)
+    (staged,) = snapshot_files_in(tmp_path)
+    assert store.load().snapshot is None  # not recorded yet
+    store.compact(first)
+    assert snapshot_files_in(tmp_path) == [staged]
+    second = Snapshot(6, 1, b"at 6")
+    store.stage_snapshot(second)
+    store.compact(second)
+    (recorded,) = snapshot_files_in(tmp_path)
+    assert recorded != staged
+    store.close()
+    store = open_store(tmp_path)
+    assert store.load().snapshot == second
+    assert snapshot_files_in(tmp_path) == [recorded]
+    store.close()
+
+
+def test_unrecorded_snapshot_files_are_deleted_on_open(tmp_path: Path) -> None:
+    """A crash between writing a snapshot file and recording it leaves a stray file: the
+    next open deletes it (and any temporary), keeping the recorded one."""
+    store = open_store(tmp_path)
+    store.save(HardState(1, 0, 8), entries(1, 8, 1), None)
+    store.compact(Snapshot(2, 1, b"at 2"))
+    (recorded,) = snapshot_files_in(tmp_path)
+    store.stage_snapshot(Snapshot(5, 1, b"at 5"))  # never recorded
+    (tmp_path / "snapshot-00000000000000000009-1-0123456789abcdef.snap.tmp").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not ours to delete")
+    assert len(snapshot_files_in(tmp_path)) == 3
+    store.close()
+    store = open_store(tmp_path)
+    assert store.load().snapshot == Snapshot(2, 1, b"at 2")
+    assert snapshot_files_in(tmp_path) == [recorded]
+    assert (tmp_path / "notes.txt").exists()
+    store.close()
+
+
+def test_compact_discards_a_staged_snapshot_it_does_not_record(store: SqliteStorage) -> None:
+    """A staged snapshot overtaken by a newer one, or contradicting the log, leaves no file."""
+    store.save(HardState(2, 0, 8), entries(1, 4, 1) + entries(5, 8, 2), None)
+    store.compact(Snapshot(6, 2, b"at 6"))
+    recorded = snapshot_files_in(store.path.parent)
+    stale = Snapshot(3, 1, b"at 3")
+    store.stage_snapshot(stale)
+    store.compact(stale)
+    wrong_term = Snapshot(7, 1, b"at 7, wrong term")
+    store.stage_snapshot(wrong_term)
+    with pytest.raises(ValueError, match="has term 1, the stored entry has term 2"):
+        store.compact(wrong_term)
+    assert snapshot_files_in(store.path.parent) == recorded
+    assert store.load().snapshot == Snapshot(6, 2, b"at 6")
+
+
+def test_staging_needs_no_turn_on_the_storage_thread(store: SqliteStorage) -> None:
+    """stage_snapshot runs while another call holds the store: it never waits for a save."""
+    store.save(HardState(1, 0, 3), entries(1, 3, 1), None)
+    snapshot = Snapshot(3, 1, b"s" * 100_000)
+    with store._busy_lock():  # as if a save were running in the storage thread
+        store.stage_snapshot(snapshot)
+    store.compact(snapshot)
+    assert store.load().snapshot == snapshot
+
+
+def test_close_stops_a_snapshot_being_written(tmp_path: Path) -> None:
+    """A staging write still running when the store closes stops and leaves nothing behind."""
+    store = open_store(tmp_path)
+    store.close()
+    with pytest.raises(WriteAborted, match="store closed while writing the snapshot"):
+        store.stage_snapshot(Snapshot(1, 1, b"x" * 10))
+    assert snapshot_files_in(tmp_path) == []
+
+
+def test_a_failed_snapshot_write_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refusing a snapshot file is a StorageError that leaves no file and the
+    store as it was, still usable (nothing was recorded)."""
+    store = open_store(tmp_path)
+    store.save(HardState(1, 0, 3), entries(1, 3, 1), None)
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full_disk)
+        with pytest.raises(StorageError, match=r"index 3 failed: .*No space left on device"):
+            store.stage_snapshot(Snapshot(3, 1, b"s"))
+        with pytest.raises(StorageError, match=r"index 3 failed: .*No space left on device"):
+            store.compact(Snapshot(3, 1, b"s"))
+    assert snapshot_files_in(tmp_path) == []
+    store.save(HardState(1, 0, 3), entries(4, 4, 1), None)
+    assert [e.index for e in store.load().entries] == [1, 2, 3, 4]
+    assert store.load().snapshot is None
+    store.close()
+
+
 MISUSES = [
     pytest.param(
         lambda s: s.save(None, entries(7, 8, 1), None), "entries start at index 7", id="gap"
@@ -204,7 +312,7 @@ def test_a_failed_write_leaves_the_old_state_and_an_unusable_store(tmp_path: Pat
     (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
     store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # the "disk" is now full
     with pytest.raises(StorageError, match="save failed: database or disk is full"):
-        store.save(None, [], Snapshot(3, 1, b"z" * 1_000_000))
+        store.save(None, [Entry(1, 4, b"z" * 1_000_000)], None)
     with pytest.raises(StorageError, match="unusable after a failed write"):
         store.save(HardState(2, 0, 1), [], None)
     store.close()

@@ -26,6 +26,14 @@ class Storage(Protocol):
     ) -> None:
         """Persist one Ready atomically and durably (see :class:`Ready` for the meaning)."""
 
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Prepare a locally taken snapshot for :meth:`compact` (e.g. write its data).
+
+        May be called from any thread, overlapping the other calls: it is how a
+        driver keeps the slow part of storing a large snapshot off the thread
+        that persists Readys. It changes nothing a restart would see.
+        """
+
     def compact(self, snapshot: Snapshot) -> None:
         """Persist a locally taken snapshot and drop log entries up to its index, atomically."""
 
@@ -69,6 +77,9 @@ class MemoryStorage:
             self.entries.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
+
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        pass  # nothing slow to do ahead of compact()
 
     def compact(self, snapshot: Snapshot) -> None:
         drop = snapshot.index - self._offset()

@@ -105,6 +105,8 @@ class RaftNode:
         )
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Completed with the exception that killed one of the node's tasks (see start).
+        self._failure: asyncio.Future[BaseException] | None = None
         self._running = False
         self._last_role: tuple[int, bool] = (self.core.current_term, False)
         # Invariant: at most one snapshot is being taken (copied, encoded, stored) at a time.
@@ -123,8 +125,37 @@ class RaftNode:
         """Start ticking and the Ready loop."""
         self._running = True
         loop = asyncio.get_running_loop()
+        self._failure = loop.create_future()
         self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker())]
+        for task in self._tasks:
+            task.add_done_callback(self._on_task_done)
         self._wakeup.set()
+
+    async def wait_failed(self) -> BaseException:
+        """Wait until the node fails (a storage write failed, or a bug); the exception.
+
+        A node that cannot persist must stop (fail-stop): going on would
+        acknowledge what is not on disk, and silently not going on would leave a
+        process that answers nothing. The server process exits when this returns.
+        """
+        assert self._failure is not None, "start() first"
+        return await asyncio.shield(self._failure)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        log.critical(
+            "n%d [term %d] failed at index %d, stopping: %s",
+            self.id,
+            self.core.current_term,
+            self.core.last_index,
+            exc,
+            exc_info=exc,
+        )
+        if self._failure is not None and not self._failure.done():
+            self._failure.set_result(exc)
 
     async def stop(self) -> None:
         """Stop the loops, close peer connections and storage."""
@@ -135,13 +166,16 @@ class RaftNode:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # A task that failed was reported by _on_task_done already.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for client in self.peers.values():
             client.close()
         await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
         self._io.shutdown(wait=True)
         # An encoding still running is abandoned: its snapshot would never be stored.
+        # A snapshot file still being written stops (storage.close told it to) or is
+        # left unrecorded, which the next open deletes.
         self._encoder.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------- RSM API
@@ -289,13 +323,15 @@ class RaftNode:
 
     # ----------------------------------------------------------------- snapshots
     #
-    # A snapshot is taken in four steps, so that the event loop (which applies
-    # entries and answers clients) only does the cheap one:
+    # A snapshot is taken in five steps, so that the event loop (which applies
+    # entries and answers clients) only does the cheap one, and the storage
+    # thread (which persists every Ready) only a small transaction:
     #   1. on the loop: capture a consistent copy of the state at applied_index;
     #   2. encoder thread: encode it;
-    #   3. storage thread: store it and drop the log prefix (one transaction);
-    #      Readys queue behind this step, so it is the one pause left;
-    #   4. on the loop: drop the core's in-memory prefix.
+    #   3. encoder thread: write it to its own file (storage.stage_snapshot),
+    #      while Readys keep being saved;
+    #   4. storage thread: record it and drop the log prefix (one transaction);
+    #   5. on the loop: drop the core's in-memory prefix.
     # Meanwhile entries keep being applied and a leader's InstallSnapshot may
     # replace the log; a snapshot that no longer matches the log is skipped.
 
@@ -320,6 +356,7 @@ class RaftNode:
         self._snapshot_task = asyncio.get_running_loop().create_task(
             self._take_snapshot(index, entry.term, encode, copy_s)
         )
+        self._snapshot_task.add_done_callback(self._on_task_done)
 
     def _matches_log(self, index: int, term: int) -> bool:
         """Whether a snapshot at ``(index, term)`` still compacts the core's log.
@@ -342,6 +379,9 @@ class RaftNode:
             if not self._matches_log(index, term):
                 log.info("n%d skipped its snapshot at index %d: log replaced", self.id, index)
                 return
+            await loop.run_in_executor(self._encoder, self.storage.stage_snapshot, snapshot)
+            written = time.perf_counter()
+            # Called even if the log was replaced meanwhile: compact then discards the file.
             await loop.run_in_executor(self._io, self._persist_snapshot, snapshot)
             stored = time.perf_counter()
             if not self._matches_log(index, term):
@@ -351,7 +391,7 @@ class RaftNode:
             self.core.compact(snapshot)
             log.info(
                 "n%d [term %d] snapshot at index %d (%d bytes) in %.0f ms"
-                " (copy %.1f ms on the loop, encode %.0f ms, store %.0f ms)",
+                " (copy %.1f ms on the loop, encode %.0f ms, write %.0f ms, record %.0f ms)",
                 self.id,
                 self.core.current_term,
                 index,
@@ -359,7 +399,8 @@ class RaftNode:
                 (stored - started + copy_s) * 1000,
                 copy_s * 1000,
                 (encoded - started) * 1000,
-                (stored - encoded) * 1000,
+                (written - encoded) * 1000,
+                (stored - written) * 1000,
             )
         finally:
             self._snapshotting = False

@@ -2,7 +2,9 @@
 
 ``run_server`` is what ``kvraft server`` calls. SIGTERM and SIGINT stop the node
 cleanly (stop serving, stop Raft, close storage); SIGKILL loses nothing
-acknowledged because every acknowledgement waits for an fsync.
+acknowledged because every acknowledgement waits for an fsync. A node that
+fails (a storage write failed) stops the same way and the process exits with
+the reason (fail-stop: it must not go on answering without its disk).
 """
 
 from __future__ import annotations
@@ -92,8 +94,14 @@ async def _serve(options: ServerOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stopped = loop.create_task(stop.wait())
+    failed = loop.create_task(server.node.wait_failed())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
     await server.stop()
+    if failed.done() and not failed.cancelled():
+        raise failed.result()  # e.g. a StorageError: the process exits with its message
 
 
 def run_server(options: ServerOptions) -> None:

@@ -18,6 +18,7 @@ import sqlite3
 import struct
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -81,6 +82,7 @@ class LoadedState:
     state: PersistentState
     terms: array[int]
     sizes: array[int]
+    snapshot_file: str | None  # the file holding state.snapshot's data
 
 
 def _int(value: object, what: str, *, minimum: int = 0) -> int:
@@ -109,34 +111,50 @@ def _read_hard_state(conn: sqlite3.Connection) -> HardState:
     return hard_state
 
 
-def _read_snapshot(conn: sqlite3.Connection) -> Snapshot | None:
-    rows = conn.execute(
-        "SELECT id, idx, term, crc, typeof(data) FROM snapshot"
-    ).fetchall()  # the data itself is read below, through a blob handle
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    """The snapshot row: which file holds the snapshot's data, and how to check it."""
+
+    index: int
+    term: int
+    crc: int
+    size: int
+    file: str
+
+
+def read_snapshot_row(conn: sqlite3.Connection) -> SnapshotRow | None:
+    """The snapshot row, type-checked, or None if no snapshot was ever stored."""
+    rows = conn.execute("SELECT id, idx, term, crc, size, file FROM snapshot").fetchall()
     if not rows:
         return None
     if len(rows) != 1 or rows[0][0] != SINGLE_ROW_ID:
         raise CorruptRow(f"expected at most one snapshot row, found {len(rows)}")
-    _, index, term, crc, data_type = rows[0]
-    index = _int(index, "snapshot.idx")
-    term = _int(term, "snapshot.term")
-    crc = _int(crc, "snapshot.crc")
-    if data_type != "blob":
-        raise CorruptRow(f"snapshot.data has the wrong type ({data_type}, expected blob)")
-    # An incremental blob read fills one bytes object directly; ``SELECT data``
-    # would first assemble the value in a SQLite buffer, doubling the peak
-    # memory for a 100 MB snapshot.
-    with conn.blobopen("snapshot", "data", SINGLE_ROW_ID, readonly=True) as blob:
-        data = blob.read()
-    if crc != snapshot_crc(index, term, data):
-        raise CorruptRow(f"snapshot (index {index}) checksum mismatch")
-    return Snapshot(index=index, term=term, data=data)
+    _, index, term, crc, size, file = rows[0]
+    if type(file) is not str:
+        raise CorruptRow(f"snapshot.file has the wrong type ({type(file).__name__}, expected text)")
+    return SnapshotRow(
+        index=_int(index, "snapshot.idx"),
+        term=_int(term, "snapshot.term"),
+        crc=_int(crc, "snapshot.crc"),
+        size=_int(size, "snapshot.size"),
+        file=file,
+    )
 
 
-def read_state(conn: sqlite3.Connection) -> LoadedState:
-    """Read and check everything; raise :class:`CorruptRow` on the first rule broken."""
+def read_state(
+    conn: sqlite3.Connection, read_snapshot_data: Callable[[SnapshotRow], bytes]
+) -> LoadedState:
+    """Read and check everything; raise :class:`CorruptRow` on the first rule broken.
+
+    ``read_snapshot_data`` reads and checks the data of the snapshot a row
+    describes (it lives outside the database: see :mod:`kvraft.storage.snapshot_files`).
+    """
     hard_state = _read_hard_state(conn)
-    snapshot = _read_snapshot(conn)
+    snapshot_row = read_snapshot_row(conn)
+    snapshot = None
+    if snapshot_row is not None:
+        data = read_snapshot_data(snapshot_row)
+        snapshot = Snapshot(index=snapshot_row.index, term=snapshot_row.term, data=data)
     expected = snapshot.index + 1 if snapshot is not None else 1
     prev_term = snapshot.term if snapshot is not None else 0
     entries: list[Entry] = []
@@ -169,4 +187,9 @@ def read_state(conn: sqlite3.Connection) -> LoadedState:
         raise CorruptRow(
             f"commit index {hard_state.commit_index} is beyond the last index {last_index}"
         )
-    return LoadedState(PersistentState(hard_state, snapshot, tuple(entries)), terms, sizes)
+    return LoadedState(
+        PersistentState(hard_state, snapshot, tuple(entries)),
+        terms,
+        sizes,
+        snapshot_row.file if snapshot_row is not None else None,
+    )

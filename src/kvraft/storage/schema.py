@@ -10,7 +10,10 @@ The connection takes SQLite's exclusive lock at once and keeps it until
 closed, so a second process started on the same data dir is refused instead
 of interleaving its log writes with ours.
 
-Format history: 1 — first format (meta, hard_state, snapshot, log; CRC32 per row).
+Format history: 1 — first format (meta, hard_state, snapshot, log; CRC32 per row);
+2 — the snapshot's data moved to its own file, the row names it (see
+:mod:`kvraft.storage.snapshot_files`). Format 1 was only ever written by
+pre-release builds and is refused, not upgraded.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from kvraft.errors import StorageError
 from kvraft.raft.ready import HardState
 from kvraft.storage.records import SINGLE_ROW_ID, hard_state_crc
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 # Written to the SQLite header: tells a kvraft store from any other SQLite file.
 APPLICATION_ID: Final = 0x6B767266  # "kvrf"
 DB_FILENAME: Final = "raft.db"
@@ -50,9 +53,10 @@ _DDL: Final = (
     "CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 0),"
     " current_term INTEGER NOT NULL, voted_for INTEGER, commit_index INTEGER NOT NULL,"
     " crc INTEGER NOT NULL)",
-    # At most one row. data last, so reading idx/term/crc never walks its overflow pages.
+    # At most one row; the data is in the file it names (in the data dir), of this size and CRC.
     "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
-    " idx INTEGER NOT NULL, term INTEGER NOT NULL, crc INTEGER NOT NULL, data BLOB NOT NULL)",
+    " idx INTEGER NOT NULL, term INTEGER NOT NULL, crc INTEGER NOT NULL,"
+    " size INTEGER NOT NULL, file TEXT NOT NULL)",
     # idx is the rowid: appends, suffix truncation and prefix deletion are b-tree range ops.
     # command NULL: the no-op a new leader appends.
     "CREATE TABLE log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, command BLOB,"
@@ -148,7 +152,10 @@ def _check_identity(conn: sqlite3.Connection, db_path: Path, cluster_id: str, no
             f" ({FORMAT_VERSION}); upgrade kvraft"
         )
     if version != FORMAT_VERSION:
-        raise StorageError(f"{db_path}: unknown format version {version}")
+        raise StorageError(
+            f"{db_path}: format version {version} was written by a pre-release kvraft"
+            f" and cannot be opened by this one ({FORMAT_VERSION}); there is no upgrade path"
+        )
     stored_cluster, stored_node = meta.get("cluster_id"), meta.get("node_id")
     if type(stored_cluster) is not str or type(stored_node) is not int:
         raise StorageError(

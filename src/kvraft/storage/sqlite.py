@@ -6,9 +6,15 @@ tests check them against each other), with these additions:
 
 - **Durability**: WAL journal with ``synchronous=FULL``. Each ``save()`` is one
   transaction, so a whole Ready (snapshot + hard state + a batch of entries)
-  costs one commit and one fsync; ``compact()`` writes the snapshot and drops
+  costs one commit and one fsync; ``compact()`` records the snapshot and drops
   the log prefix in one transaction. A SIGKILL at any instant leaves the old or
   the new state, never a mix (issue 5, item 1).
+- **Snapshots beside the database**: a snapshot's data is a file of its own
+  (:mod:`kvraft.storage.snapshot_files`), and the database row naming it is
+  the commit point. :meth:`SqliteStorage.stage_snapshot` writes that file from
+  any thread, *while saves go on*, so that the only work a local snapshot puts
+  on the storage thread is a small transaction (measured in
+  ``benchmarks/results/snapshot.md``).
 - **Refusal**: opening a data dir of another node or cluster, of a newer
   format, or with corrupt contents raises :class:`kvraft.errors.StorageError`
   (see :mod:`kvraft.storage.schema` and :mod:`kvraft.storage.records`).
@@ -17,25 +23,27 @@ tests check them against each other), with these additions:
   persisting it would only make the next start refuse the store.
 
 Threading: the driver calls ``save``/``compact`` from one worker thread, and
-``open``/``load``/``close`` from the event loop before or after. The calls
+``open``/``load``/``close`` from the event loop before or after. These calls
 must never overlap: a call made while another is running raises RuntimeError
-(a lock taken without waiting detects it). ``size_bytes`` reads one int and is
-safe from any thread at any time.
+(a lock taken without waiting detects it). ``stage_snapshot`` touches only its
+own new file and may run in any thread at any time, overlapping all of them
+(``close`` makes a running one stop and remove its file). ``size_bytes`` reads
+one int and is safe from any thread at any time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
 
 from kvraft.errors import StorageError
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
-from kvraft.storage import schema
+from kvraft.storage import schema, snapshot_files
 from kvraft.storage.records import (
     SINGLE_ROW_ID,
     CorruptRow,
@@ -44,14 +52,10 @@ from kvraft.storage.records import (
     entry_size,
     hard_state_crc,
     read_state,
-    snapshot_crc,
 )
+from kvraft.storage.snapshot_files import SnapshotFile
 
 _LogRow = tuple[int, int, bytes | None, int]  # idx, term, command, crc
-
-# Snapshot data is written in slices of this size through a blob handle, so
-# SQLite never holds a second full copy of a 100 MB snapshot.
-_BLOB_CHUNK_BYTES: Final = 1 << 20
 
 
 class SqliteStorage:
@@ -61,7 +65,15 @@ class SqliteStorage:
         """Internal: use :meth:`open`, which checks the store before building this."""
         self._conn: sqlite3.Connection | None = conn
         self._path = db_path
+        self._dir = db_path.parent
         self._busy = threading.Lock()
+        # Set by close(): a stage_snapshot still writing stops and removes its file.
+        self._closing = threading.Event()
+        # Snapshot files written by stage_snapshot, waiting for compact() to record them.
+        self._staged: dict[tuple[int, int], tuple[Snapshot, SnapshotFile]] = {}
+        self._staged_lock = threading.Lock()
+        # The file the snapshot row names (None: no snapshot stored).
+        self._snapshot_file = loaded.snapshot_file
         self._failed: str | None = None  # why the store is unusable after a failed write
         state = loaded.state
         self._hard_state = state.hard_state
@@ -100,13 +112,18 @@ class SqliteStorage:
             raise StorageError(f"{data_dir}: cannot create a store: {schema.one_line(e)}") from e
         conn = schema.connect(db_path, cluster_id=cluster_id, node_id=node_id)
         try:
-            loaded = read_state(conn)
+            loaded = read_state(conn, functools.partial(snapshot_files.read, data_dir))
+            # Only now that the state checks out: a refused store is left untouched.
+            snapshot_files.remove_unreferenced(data_dir, keep=loaded.snapshot_file)
         except CorruptRow as e:
             conn.close()
             raise StorageError(f"{db_path}: corrupt: {e}") from None
         except sqlite3.DatabaseError as e:
             conn.close()
             raise StorageError(f"{db_path}: corrupt: {schema.one_line(e)}") from None
+        except OSError as e:
+            conn.close()
+            raise StorageError(f"{data_dir}: cannot clean up: {schema.one_line(e)}") from None
         return cls(conn, db_path, loaded)
 
     @property
@@ -123,7 +140,7 @@ class SqliteStorage:
                 state, self._unclaimed = self._unclaimed, None
                 return state
             try:
-                return read_state(conn).state
+                return read_state(conn, functools.partial(snapshot_files.read, self._dir)).state
             except (CorruptRow, sqlite3.DatabaseError) as e:
                 raise StorageError(f"{self._path}: corrupt: {schema.one_line(e)}") from None
 
@@ -147,9 +164,12 @@ class SqliteStorage:
                 return  # nothing to persist
             keep, rows = self._check_save(hard_state, entries, snapshot)
             new_hard_state = hard_state if hard_state is not None else self._hard_state
+            # A leader's snapshot: the follower waits for it anyway, so it is written here.
+            file = self._write_snapshot_file(snapshot) if snapshot is not None else None
             with self._transaction(conn, "save"):
                 if snapshot is not None:
-                    _write_snapshot(conn, snapshot)
+                    assert file is not None
+                    _write_snapshot_row(conn, snapshot, file)
                     conn.execute("DELETE FROM log")
                 elif keep < len(self._terms):
                     conn.execute("DELETE FROM log WHERE idx > ?", (self._offset + keep,))
@@ -162,7 +182,8 @@ class SqliteStorage:
             # Committed: bring the bookkeeping up to date.
             self._unclaimed = None
             if snapshot is not None:
-                self._set_snapshot(snapshot)
+                assert file is not None
+                self._set_snapshot(snapshot, file)
             new_sizes = [entry_size(e.command) for e in entries]
             self._log_bytes += sum(new_sizes) - sum(self._sizes[keep:])
             del self._terms[keep:]
@@ -172,27 +193,48 @@ class SqliteStorage:
             self._hard_state = new_hard_state
             self._size_bytes = self._snapshot_bytes + self._log_bytes
 
-    def compact(self, snapshot: Snapshot) -> None:
-        """Store a locally taken snapshot and drop the log up to its index, in one transaction.
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Write a locally taken snapshot's data to its file, durably, for :meth:`compact`.
 
-        A snapshot at or below the stored one is ignored (as MemoryStorage
-        does). Raises ValueError, writing nothing, if its term disagrees with
-        the stored entry at its index.
+        Safe in any thread, overlapping any other call (it only creates a new
+        file): this is how a large snapshot is stored without holding up
+        saves. Nothing changes for a restart until :meth:`compact` records it.
+        Raises StorageError if the disk refuses; the store stays usable.
+        """
+        file = self._write_snapshot_file(snapshot)
+        with self._staged_lock:
+            replaced = self._staged.pop((snapshot.index, snapshot.term), None)
+            self._staged[(snapshot.index, snapshot.term)] = (snapshot, file)
+        if replaced is not None:
+            snapshot_files.remove(self._dir, replaced[1].name)
+
+    def compact(self, snapshot: Snapshot) -> None:
+        """Record a locally taken snapshot and drop the log up to its index, in one transaction.
+
+        Its data goes to a file first, unless :meth:`stage_snapshot` already
+        wrote it. A snapshot at or below the stored one is ignored (as
+        MemoryStorage does). Raises ValueError, recording nothing, if its term
+        disagrees with the stored entry at its index.
         """
         with self._exclusive() as conn:
+            file = self._take_staged(snapshot)
             drop = snapshot.index - self._offset
-            if drop <= 0:
-                return
-            if drop <= len(self._terms) and self._terms[drop - 1] != snapshot.term:
+            if drop <= 0 or (drop <= len(self._terms) and self._terms[drop - 1] != snapshot.term):
+                if file is not None:
+                    snapshot_files.remove(self._dir, file.name)
+                if drop <= 0:
+                    return
                 raise ValueError(
                     f"snapshot at index {snapshot.index} has term {snapshot.term},"
                     f" the stored entry has term {self._terms[drop - 1]}"
                 )
+            if file is None:
+                file = self._write_snapshot_file(snapshot)
             with self._transaction(conn, "compact"):
-                _write_snapshot(conn, snapshot)
+                _write_snapshot_row(conn, snapshot, file)
                 conn.execute("DELETE FROM log WHERE idx <= ?", (snapshot.index,))
             self._unclaimed = None
-            self._set_snapshot(snapshot)
+            self._set_snapshot(snapshot, file)
             self._log_bytes -= sum(self._sizes[:drop])
             del self._terms[:drop]
             del self._sizes[:drop]
@@ -204,6 +246,7 @@ class SqliteStorage:
 
     def close(self) -> None:
         """Close the database (releasing its lock); idempotent. The store is unusable afterwards."""
+        self._closing.set()
         with self._busy_lock():
             if self._conn is not None:
                 self._conn.close()
@@ -235,10 +278,34 @@ class SqliteStorage:
             raise ValueError(f"commit index {commit_index} beyond last index {last_index}")
         return keep, rows
 
-    def _set_snapshot(self, snapshot: Snapshot) -> None:
+    def _set_snapshot(self, snapshot: Snapshot, file: SnapshotFile) -> None:
+        """After the row naming ``file`` committed: the bookkeeping, and the old file goes."""
+        previous, self._snapshot_file = self._snapshot_file, file.name
+        if previous is not None and previous != file.name:
+            snapshot_files.remove(self._dir, previous)
         self._offset = snapshot.index
         self._offset_term = snapshot.term
         self._snapshot_bytes = len(snapshot.data)
+
+    def _write_snapshot_file(self, snapshot: Snapshot) -> SnapshotFile:
+        try:
+            return snapshot_files.write(
+                self._dir, snapshot.index, snapshot.term, snapshot.data, aborted=self._closing
+            )
+        except OSError as e:
+            raise StorageError(
+                f"{self._dir}: writing the snapshot at index {snapshot.index} failed:"
+                f" {schema.one_line(e)}"
+            ) from e
+
+    def _take_staged(self, snapshot: Snapshot) -> SnapshotFile | None:
+        """The file stage_snapshot wrote for this very snapshot, handed over once."""
+        with self._staged_lock:
+            staged = self._staged.get((snapshot.index, snapshot.term))
+            if staged is None or staged[0] is not snapshot:
+                return None
+            del self._staged[(snapshot.index, snapshot.term)]
+            return staged[1]
 
     @contextlib.contextmanager
     def _busy_lock(self) -> Iterator[None]:
@@ -316,24 +383,13 @@ def _write_hard_state(conn: sqlite3.Connection, hard_state: HardState) -> None:
     )
 
 
-def _write_snapshot(conn: sqlite3.Connection, snapshot: Snapshot) -> None:
-    """Replace the snapshot row, streaming the data in slices (no second full copy)."""
-    data = memoryview(snapshot.data)
+def _write_snapshot_row(conn: sqlite3.Connection, snapshot: Snapshot, file: SnapshotFile) -> None:
+    """Replace the snapshot row with one naming ``file``: the commit point of a snapshot."""
     conn.execute(
-        "INSERT OR REPLACE INTO snapshot (id, idx, term, crc, data)"
-        " VALUES (?, ?, ?, ?, zeroblob(?))",
-        (
-            SINGLE_ROW_ID,
-            snapshot.index,
-            snapshot.term,
-            snapshot_crc(snapshot.index, snapshot.term, data),
-            len(data),
-        ),
+        "INSERT OR REPLACE INTO snapshot (id, idx, term, crc, size, file)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (SINGLE_ROW_ID, snapshot.index, snapshot.term, file.crc, file.size, file.name),
     )
-    if len(data):
-        with conn.blobopen("snapshot", "data", SINGLE_ROW_ID) as blob:
-            for start in range(0, len(data), _BLOB_CHUNK_BYTES):
-                blob.write(data[start : start + _BLOB_CHUNK_BYTES])
 
 
 __all__ = ["SqliteStorage"]
