@@ -83,6 +83,7 @@ class LoadedState:
     terms: array[int]
     sizes: array[int]
     snapshot_file: str | None  # the file holding state.snapshot's data
+    lowest_row: int | None  # the lowest log row's idx, dead rows included; None: no rows
 
 
 def _int(value: object, what: str, *, minimum: int = 0) -> int:
@@ -160,7 +161,11 @@ def read_state(
     entries: list[Entry] = []
     terms: array[int] = array("q")
     sizes: array[int] = array("q")
-    for row in conn.execute("SELECT idx, term, command, crc FROM log ORDER BY idx"):
+    # Rows at or below the snapshot are dead (deleted a batch at a time by later saves).
+    rows = conn.execute(
+        "SELECT idx, term, command, crc FROM log WHERE idx > ? ORDER BY idx", (expected - 1,)
+    )
+    for row in rows:
         index = _int(row[0], "log.idx")
         where = f"log entry {index}"
         term = _int(row[1], f"{where} term")
@@ -183,6 +188,9 @@ def read_state(
         expected += 1
         prev_term = term
     last_index = expected - 1
+    (lowest_row,) = conn.execute("SELECT min(idx) FROM log").fetchone()
+    if lowest_row is not None:
+        lowest_row = _int(lowest_row, "log.idx")
     if hard_state.commit_index > last_index:
         raise CorruptRow(
             f"commit index {hard_state.commit_index} is beyond the last index {last_index}"
@@ -192,4 +200,5 @@ def read_state(
         terms,
         sizes,
         snapshot_row.file if snapshot_row is not None else None,
+        lowest_row,
     )

@@ -81,6 +81,10 @@ def _configure(conn: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
     # FULL: every commit fsyncs the WAL, so a returned save() survives power loss.
     conn.execute("PRAGMA synchronous = FULL")
+    # Debian's SQLite zeroes freed pages by default (secure_delete=ON), which
+    # more than doubles what deleting dead log rows writes; FAST zeroes only
+    # what costs no extra I/O.
+    conn.execute("PRAGMA secure_delete = FAST")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
 
