@@ -1,0 +1,46 @@
+"""A server process whose storage fails stops and reports why (fail-stop), rather than
+living on with a dead Raft loop that answers nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from kvraft.errors import StorageError
+from kvraft.server import process
+from kvraft.server.options import ServerOptions
+from kvraft.storage.sqlite import SqliteStorage
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_storage_failure_ends_the_server_with_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single node votes for itself, then its disk fails as it saves its first entry: ``_serve``
+    returns by raising that StorageError (``kvraft server`` prints it and exits 1), and
+    the data dir is released (it opens again)."""
+    address = f"127.0.0.1:{free_port()}"
+    options = ServerOptions(node_id=0, listen=address, peers={0: address}, data_dir=tmp_path)
+    real_save = SqliteStorage.save
+    saves = 0
+
+    def failing_save(self: SqliteStorage, *args: object) -> None:
+        nonlocal saves
+        saves += 1
+        if saves > 1:  # the vote is saved; the new leader's first entry is not
+            raise StorageError(f"{self.path}: save failed: disk I/O error")
+        real_save(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqliteStorage, "save", failing_save)
+    with pytest.raises(StorageError, match="save failed: disk I/O error"):
+        asyncio.run(asyncio.wait_for(process._serve(options), timeout=30))
+    # Once the process has stopped, the store is closed: the next start can open it.
+    SqliteStorage.open(tmp_path, cluster_id=options.cluster_id, node_id=0).close()
