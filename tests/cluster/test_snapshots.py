@@ -56,6 +56,22 @@ def check_all(client: Client, expected: dict[str, tuple[str, int]]) -> None:
         assert client.get(key) == want, key
 
 
+def catch_up_then_lose_the_leader(
+    cluster: Cluster, client: Client, lagger: int, leader: int, expected: dict[str, tuple[str, int]]
+) -> None:
+    """Wait until ``lagger`` has applied all the leader committed; then kill the leader, so
+    that the caught-up follower is needed for a majority, and read everything back."""
+    commit = status_of(cluster, find_leader(cluster))["commit_index"]
+    wait_until(
+        lambda: status_of(cluster, lagger)["applied_index"] >= commit,
+        10,
+        message=f"n{lagger} caught up to index {commit}",
+    )
+    cluster.kill(leader)
+    check_all(client, expected)
+    assert status_of(cluster, lagger)["snapshot_index"] > 0
+
+
 def test_snapshot_basic(make_cluster) -> None:  # type: ignore[no-untyped-def]
     """Past the threshold every node snapshots and drops its log prefix; data stays intact."""
     cluster = make_cluster(3, server_args=SNAP_ARGS)
@@ -84,15 +100,7 @@ def test_install_snapshot_to_disconnected_follower(make_cluster) -> None:  # typ
         leader_row = status_of(cluster, find_leader(cluster))
         assert leader_row["snapshot_index"] > status_of(cluster, lagger)["last_index"]
         cluster.reconnect(lagger)
-        wait_until(
-            lambda: status_of(cluster, lagger)["applied_index"] >= leader_row["commit_index"],
-            10,
-            message="the lagging follower caught up",
-        )
-        assert status_of(cluster, lagger)["snapshot_index"] > 0
-        # The caught-up follower has the data: make it needed for a majority.
-        cluster.kill(leader)
-        check_all(c, expected)
+        catch_up_then_lose_the_leader(cluster, c, lagger, leader, expected)
 
 
 def test_install_snapshot_to_crashed_follower(make_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -105,14 +113,7 @@ def test_install_snapshot_to_crashed_follower(make_cluster) -> None:  # type: ig
         cluster.kill(lagger)
         expected = fill(c, keys=10, rounds=30)
         cluster.restart(lagger)
-        commit = status_of(cluster, find_leader(cluster))["commit_index"]
-        wait_until(
-            lambda: status_of(cluster, lagger)["applied_index"] >= commit,
-            10,
-            message="the restarted follower caught up",
-        )
-        cluster.kill(leader)
-        check_all(c, expected)
+        catch_up_then_lose_the_leader(cluster, c, lagger, leader, expected)
 
 
 def test_install_snapshot_unreliable(make_cluster) -> None:  # type: ignore[no-untyped-def]
