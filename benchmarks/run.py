@@ -9,7 +9,7 @@ election timeout 150-300 ms) and runs, through the client library:
 
 - sequential puts: the blocking ``kvraft.Client``, one put after another;
 - puts at 1, 8, 64 and 256 in flight (``kvraft bench --workload put``);
-- gets at 64 in flight (``kvraft bench --workload get``);
+- gets at 1 and 64 in flight (``kvraft bench --workload get``);
 - failover, on another fresh cluster: puts at 64 in flight, the leader is
   SIGKILLed, and the time until a put sent after the kill succeeds.
 
@@ -48,7 +48,7 @@ from kvraft.rpc.transport import install_event_loop_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 PUT_IN_FLIGHT = (1, 8, 64, 256)
-GET_IN_FLIGHT = 64
+GET_IN_FLIGHT = (1, 64)
 FAILOVER_IN_FLIGHT = 64
 TARGETS = {
     # what the project aims at (issue 6), checked against the medians
@@ -249,9 +249,10 @@ def run_set(
             log(f"rep {rep}: puts at {n} in flight")
             config = BenchConfig(servers, n, args.duration, args.warmup, "put")
             runs.append(Run("put", n, bench(cluster, config)))
-        log(f"rep {rep}: gets at {GET_IN_FLIGHT} in flight")
-        config = BenchConfig(servers, GET_IN_FLIGHT, args.duration, args.warmup, "get")
-        runs.append(Run("get", GET_IN_FLIGHT, bench(cluster, config)))
+        for n in GET_IN_FLIGHT:
+            log(f"rep {rep}: gets at {n} in flight")
+            config = BenchConfig(servers, n, args.duration, args.warmup, "get")
+            runs.append(Run("get", n, bench(cluster, config)))
     finally:
         cluster.stop()
     log(f"rep {rep}: failover")
@@ -303,7 +304,7 @@ def target_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, float | None
     measured = {
         "put_256_ops_per_s": _find(rows, "put", 256)["ops_per_s"],
         "sequential_put_p50_ms": _find(rows, "sequential put", 1)["p50_ms"],
-        "get_64_ops_per_s": _find(rows, "get", GET_IN_FLIGHT)["ops_per_s"],
+        "get_64_ops_per_s": _find(rows, "get", 64)["ops_per_s"],
         "failover_s": _find(rows, "failover", FAILOVER_IN_FLIGHT)["failover_s"],
     }
     out = []
@@ -382,10 +383,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         return False
     puts = [_find(rows, "put", n) for n in PUT_IN_FLIGHT]
-    get = _find(rows, "get", GET_IN_FLIGHT)
+    gets = [_find(rows, "get", n) for n in GET_IN_FLIGHT]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(PUT_IN_FLIGHT, [r["ops_per_s"] for r in puts], "o-", label="put")
-    left.plot([GET_IN_FLIGHT], [get["ops_per_s"]], "s", label="get")
+    left.plot(GET_IN_FLIGHT, [r["ops_per_s"] for r in gets], "s--", label="get")
     left.axhline(10_000, ls=":", c="C0", label="put target (256 in flight)")
     left.axhline(11_500, ls=":", c="C1", label="get target (64 in flight)")
     left.set(xscale="log", xlabel="requests in flight", ylabel="ops/s", title="Throughput")
@@ -394,7 +395,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     left.legend()
     right.plot(PUT_IN_FLIGHT, [r["p99_ms"] for r in puts], "o-", label="put p99")
     right.plot(PUT_IN_FLIGHT, [r["p50_ms"] for r in puts], "o--", label="put p50")
-    right.plot([GET_IN_FLIGHT], [get["p99_ms"]], "s", label="get p99")
+    right.plot(GET_IN_FLIGHT, [r["p99_ms"] for r in gets], "s--", label="get p99")
     right.set(xscale="log", yscale="log", xlabel="requests in flight", ylabel="ms")
     right.set(title="Latency")
     right.set_xticks(PUT_IN_FLIGHT, [str(n) for n in PUT_IN_FLIGHT])
