@@ -20,36 +20,33 @@ each command turns the errors it expects into :func:`fail`.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from kvraft.errors import KVError, StorageError, Unavailable
+from kvraft.errors import KVError, StorageError, Unavailable, one_line
+from kvraft.local_cluster import (
+    DEFAULT_BASE_PORT,
+    NodeProcesses,
+    check_cluster_size,
+    default_servers,
+    describe_os_error,
+    print_banner,
+)
+from kvraft.status_table import format_status_table, short_reason, status_summary
 
 EXIT_OK, EXIT_OP_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
-DEFAULT_BASE_PORT = 7001
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# How long `kvraft cluster` waits for its nodes to stop cleanly before SIGKILL.
-CLUSTER_STOP_GRACE_S = 10.0
 
 T = TypeVar("T")
-
-
-def default_servers(nodes: int = 3, base_port: int = DEFAULT_BASE_PORT) -> list[str]:
-    """The addresses of ``kvraft cluster --nodes N --base-port P``."""
-    return [f"127.0.0.1:{base_port + i}" for i in range(nodes)]
 
 
 def parse_servers(text: str | None) -> list[str]:
@@ -71,11 +68,6 @@ def parse_servers(text: str | None) -> list[str]:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--servers") from None
     return servers
-
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks folded, so an error stays on one line."""
-    return " ".join(text.split())
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -246,19 +238,6 @@ def server(
         fail(f"n{node_id}: cannot listen on {listen}: {describe_os_error(exc)}", EXIT_OP_ERROR)
 
 
-def describe_os_error(exc: OSError) -> str:
-    """A short reason for a failed bind or connect, with a hint for the common cases."""
-    if exc.errno == errno.EADDRINUSE:
-        return "address already in use (another node or program has this port)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "not an address of this host"
-    if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges)"
-    if exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno).lower()
-    return one_line(exc.strerror or str(exc))
-
-
 @cli.command()
 @click.option(
     "--nodes",
@@ -302,7 +281,7 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
     log_level = _log_level(ctx)
-    supervisor = _NodeProcesses()
+    supervisor = NodeProcesses()
     # Handlers first, so a Ctrl-C while nodes start still stops the ones started.
     signal.signal(signal.SIGINT, supervisor.stop)
     signal.signal(signal.SIGTERM, supervisor.stop)
@@ -312,134 +291,8 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
         cmd += ["--data-dir", str(data_dir / f"n{i}")]
         if not supervisor.start(cmd):
             break
-    _print_cluster_banner(data_dir, addresses, supervisor.procs)
-    sys.exit(supervisor.watch())
-
-
-def _print_cluster_banner(
-    data_dir: Path, addresses: dict[int, str], procs: Sequence[subprocess.Popen[bytes]]
-) -> None:
-    """The nodes' addresses and how to use them."""
-    click.echo(f"kvraft: {len(addresses)}-node cluster, data under {data_dir}{os.sep}")
-    for i, address in addresses.items():
-        click.echo(f"  n{i}  {address}  pid {procs[i].pid}" if i < len(procs) else f"  n{i}")
-    click.echo("Use it from another terminal:")
-    servers = ",".join(addresses.values())
-    if servers != ",".join(default_servers()):
-        click.echo(f"  export KVRAFT_SERVERS={servers}")
-    k = command_name()
-    click.echo(f"  {k} put greeting hello && {k} get greeting && {k} status")
-    click.echo("Ctrl-C stops all nodes; running this again resumes the same data.")
-    sys.stdout.flush()
-
-
-class _NodeProcesses:
-    """The server processes of ``kvraft cluster``: started, watched, stopped together.
-
-    Any node exiting with an error stops the others (exit status 1). A stop
-    (Ctrl-C, SIGTERM) sends SIGTERM to each node, which shuts down cleanly;
-    one still running after CLUSTER_STOP_GRACE_S is killed (exit status 1).
-    """
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.stopping = False
-        self.code = EXIT_OK
-
-    def start(self, cmd: list[str]) -> bool:
-        """Start one node, unless a stop came first; whether it was started."""
-        if self.stopping:
-            return False
-        self.procs.append(subprocess.Popen(cmd))
-        return True
-
-    def stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
-        """Ask every running node to stop (a signal handler)."""
-        self.stopping = True
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    def watch(self) -> int:
-        """Wait until every node has exited; the exit status for ``kvraft cluster``."""
-        stop_deadline: float | None = None
-        while any(p.poll() is None for p in self.procs):
-            for i, proc in enumerate(self.procs):
-                rc = proc.poll()
-                if rc is not None and rc != 0 and not self.stopping:
-                    click.echo(
-                        f"kvraft: node n{i} exited with status {rc}; stopping the others", err=True
-                    )
-                    self.code = EXIT_OP_ERROR
-                    self.stop()
-            if self.stopping:
-                stop_deadline = stop_deadline or time.monotonic() + CLUSTER_STOP_GRACE_S
-                if time.monotonic() > stop_deadline:
-                    self._kill_stragglers()
-            time.sleep(0.1)
-        if self.stopping and self.code == EXIT_OK:
-            click.echo("kvraft: all nodes stopped", err=True)
-        elif not self.stopping:
-            # every node exited 0 on its own (someone signalled them directly)
-            click.echo("kvraft: all nodes exited", err=True)
-        return self.code
-
-    def _kill_stragglers(self) -> None:
-        for i, proc in enumerate(self.procs):
-            if proc.poll() is None:
-                click.echo(f"kvraft: n{i} did not stop in time; killing it", err=True)
-                proc.kill()
-                self.code = EXIT_OP_ERROR
-
-
-def command_name() -> str:
-    """How the user can run this command again: ``kvraft`` if it is on PATH, else its path."""
-    if shutil.which("kvraft"):
-        return "kvraft"
-    argv0 = Path(sys.argv[0])
-    if argv0.name == "kvraft":
-        return str(argv0)
-    return f"{sys.executable} -m kvraft"
-
-
-CLUSTER_META = "cluster.json"
-
-
-def check_cluster_size(data_dir: Path, nodes: int) -> None:
-    """Refuse to run DATA_DIR's cluster with another number of nodes; record it if new.
-
-    Raft's safety assumes every node agrees on the membership: rerunning a
-    3-node data dir as 5 nodes would let two empty nodes and one stale node
-    elect a leader that lacks committed entries. So the size is kept in
-    ``DATA_DIR/cluster.json`` (or inferred from the nI dirs of an older run).
-    """
-    meta = data_dir / CLUSTER_META
-    recorded: int | None = None
-    if meta.exists():
-        try:
-            recorded = int(json.loads(meta.read_text())["nodes"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise click.BadParameter(
-                f"{meta} is unreadable ({type(exc).__name__}); fix or remove it",
-                param_hint="--data-dir",
-            ) from None
-    elif data_dir.is_dir():
-        ids = [int(p.name[1:]) for p in data_dir.glob("n*") if p.name[1:].isdigit() and p.is_dir()]
-        recorded = max(ids) + 1 if ids else None
-    if recorded is not None and recorded != nodes:
-        raise click.BadParameter(
-            f"{data_dir} holds a {recorded}-node cluster; run it with --nodes {recorded} "
-            "or use another --data-dir",
-            param_hint="--nodes",
-        )
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        if not meta.exists():
-            meta.write_text(json.dumps({"nodes": nodes}) + "\n")
-    except OSError as exc:
-        raise click.BadParameter(
-            f"cannot use {data_dir}: {describe_os_error(exc)}", param_hint="--data-dir"
-        ) from None
+    print_banner(data_dir, addresses, supervisor.procs)
+    sys.exit(EXIT_OK if supervisor.watch() else EXIT_OP_ERROR)
 
 
 # ---------------------------------------------------------------------- clients
@@ -541,74 +394,6 @@ def status(servers: str | None, timeout: float, as_json: bool) -> None:
         click.echo(status_summary(rows))
     if not any(r.get("reachable") for r in rows):
         sys.exit(EXIT_UNAVAILABLE)
-
-
-def short_reason(error: str) -> str:
-    """Why a node did not answer, in a few words."""
-    lowered = error.lower()
-    if "refused" in lowered or f"[errno {errno.ECONNREFUSED}]" in lowered:
-        return "connection refused"
-    if "no reply" in lowered or "timed out" in lowered or "no connection" in lowered:
-        return "timed out"
-    return one_line(error)
-
-
-STATUS_COLUMNS = [
-    ("id", "id"),
-    ("address", "address"),
-    ("role", "role"),
-    ("term", "term"),
-    ("commit", "commit_index"),
-    ("applied", "applied_index"),
-    ("log", "log_length"),
-    ("snapshot", "snapshot_index"),
-    ("leader", "leader_id"),
-]
-
-
-def format_status_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A text table, one node a line; an unreachable node shows why instead of its state."""
-    header = [name for name, _ in STATUS_COLUMNS]
-    table: list[list[str]] = []
-    for row in rows:
-        if not row.get("reachable"):
-            reason = row.get("error") or "no answer"
-            table.append(["-", str(row["address"]), "unreachable", f"({reason})"])
-            continue
-        cells = []
-        for _, field in STATUS_COLUMNS:
-            value = row.get(field)
-            if field == "leader_id":
-                value = "-" if value is None else f"n{value}"
-            cells.append("" if value is None else str(value))
-        table.append(cells)
-    # An unreachable row's reason runs on past the columns it would widen.
-    widths = [
-        max(len(r[i]) for r in [header, *table] if i < 3 or len(r) == len(header))
-        for i in range(len(header))
-    ]
-    lines = []
-    for r in [header, *table]:
-        if len(r) == len(header):
-            cells = [c.ljust(w) for c, w in zip(r, widths, strict=True)]
-        else:  # unreachable: id, address, role, then the reason
-            cells = [c.ljust(w) for c, w in zip(r[:3], widths, strict=False)] + [r[3]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def status_summary(rows: Sequence[dict[str, Any]]) -> str:
-    """One line: how many nodes answered and who leads."""
-    reachable = [r for r in rows if r.get("reachable")]
-    text = f"{len(reachable)}/{len(rows)} nodes reachable"
-    leaders = [r for r in reachable if r.get("role") == "leader"]
-    if leaders:
-        top = max(leaders, key=lambda r: r["term"])
-        return f"{text}; leader n{top['id']} in term {top['term']}"
-    named = sorted({r["leader_id"] for r in reachable if r.get("leader_id") is not None})
-    if named:
-        return f"{text}; no leader among them (they name {', '.join(f'n{i}' for i in named)})"
-    return f"{text}; no leader"
 
 
 # ------------------------------------------------------------------------ bench

@@ -81,3 +81,8 @@ class StorageError(Exception):
 WIRE_ERRORS: dict[str, type[KVError]] = {
     cls.__name__: cls for cls in (NoKey, VersionMismatch, WrongLeader, NotLeader, InvalidArgument)
 }
+
+
+def one_line(text: str | BaseException) -> str:
+    """An error's text with its line breaks folded: messages for operators are one line."""
+    return " ".join(str(text).split())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvraft.cli import format_status_table, short_reason, status_summary
+from kvraft.status_table import format_status_table, short_reason, status_summary
 
 
 def node(i: int, role: str, leader: int | None, term: int = 3) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from kvraft.errors import StorageError
+from kvraft.errors import StorageError, one_line
 from kvraft.raft.ready import HardState
 from kvraft.storage.records import SINGLE_ROW_ID, hard_state_crc
 
@@ -119,11 +119,6 @@ def create_database(db_path: Path, *, cluster_id: str, node_id: int) -> None:
     fsync_path(tmp)
     os.replace(tmp, db_path)
     fsync_path(db_path.parent)
-
-
-def one_line(error: BaseException) -> str:
-    """An error's text on one line: refusals are one-line messages for operators."""
-    return " ".join(str(error).split())
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from kvraft.errors import StorageError
+from kvraft.errors import StorageError, one_line
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
 from kvraft.storage import schema, snapshot_files
@@ -123,7 +123,7 @@ class SqliteStorage:
             if not db_path.exists():
                 schema.create_database(db_path, cluster_id=cluster_id, node_id=node_id)
         except (OSError, sqlite3.Error) as e:
-            raise StorageError(f"{data_dir}: cannot create a store: {schema.one_line(e)}") from e
+            raise StorageError(f"{data_dir}: cannot create a store: {one_line(e)}") from e
         conn = schema.connect(db_path, cluster_id=cluster_id, node_id=node_id)
         try:
             loaded = read_state(conn, functools.partial(snapshot_files.read, data_dir))
@@ -134,10 +134,10 @@ class SqliteStorage:
             raise StorageError(f"{db_path}: corrupt: {e}") from None
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise StorageError(f"{db_path}: corrupt: {schema.one_line(e)}") from None
+            raise StorageError(f"{db_path}: corrupt: {one_line(e)}") from None
         except OSError as e:
             conn.close()
-            raise StorageError(f"{data_dir}: cannot clean up: {schema.one_line(e)}") from None
+            raise StorageError(f"{data_dir}: cannot clean up: {one_line(e)}") from None
         return cls(conn, db_path, loaded)
 
     @property
@@ -156,7 +156,7 @@ class SqliteStorage:
             try:
                 return read_state(conn, functools.partial(snapshot_files.read, self._dir)).state
             except (CorruptRow, sqlite3.DatabaseError) as e:
-                raise StorageError(f"{self._path}: corrupt: {schema.one_line(e)}") from None
+                raise StorageError(f"{self._path}: corrupt: {one_line(e)}") from None
 
     def save(
         self,
@@ -321,8 +321,7 @@ class SqliteStorage:
             )
         except OSError as e:
             raise StorageError(
-                f"{self._dir}: writing the snapshot at index {snapshot.index} failed:"
-                f" {schema.one_line(e)}"
+                f"{self._dir}: writing the snapshot at index {snapshot.index} failed: {one_line(e)}"
             ) from e
 
     def _take_staged(self, snapshot: Snapshot) -> SnapshotFile | None:
