@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from kvraft.raft.core import RaftCore, Role
-from kvraft.raft.messages import AppendEntries, AppendEntriesReply, Message, RequestVoteReply
+from kvraft.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Entry,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+)
 from kvraft.raft.progress import ProgressState
 from kvraft.raft.ready import HardState, PersistentState
 
@@ -329,3 +336,64 @@ def test_stalled_pipeline_is_resent_after_two_silent_heartbeat_intervals() -> No
         resent.extend(m for m in appends(sent(leader), 2) if m.entries)
 
     assert [[e.command for e in m.entries] for m in resent] == [[b"lost"]]
+
+
+def test_a_leaders_messages_may_leave_before_its_own_write() -> None:
+    """A leader's Ready says its messages may be sent before persisting its entries; a
+    leader whose own write is lost still never counts those entries toward commit.
+
+    Reference: Raft thesis §10.2.1
+    """
+    leader = make_leader()
+    drain(leader)
+    for follower in (2, 3):  # both hold the no-op: replicating, not probing
+        leader.step(AppendEntriesReply(follower, 1, 2, True, 1, 0, 0))
+    drain(leader)
+    index, _ = leader.propose(b"x") or (0, 0)
+    ready = leader.ready()
+    assert ready.send_before_persist
+    assert [e.index for e in ready.entries] == [index]
+    assert [m.entries[-1].index for m in appends(ready.messages) if m.entries] == [index, index]
+    # One follower acknowledges before the leader's write completes: no majority yet.
+    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    assert leader.commit_index < index
+    leader.advance(ready)
+    assert leader.commit_index == index
+
+
+def test_votes_and_acknowledgements_wait_for_the_write() -> None:
+    """A candidate's vote requests, a voter's grant and a follower's acknowledgement each
+    promise something about the disk: their Readies never allow sending first.
+
+    Reference: Raft thesis §3.8, §10.2.1
+    """
+    candidate = make_core(1, pre_vote=False)
+    candidate.campaign()
+    ready = candidate.ready()
+    assert ready.hard_state is not None and not ready.send_before_persist
+
+    voter = make_core(2, pre_vote=False)
+    voter.step(RequestVote(1, 2, 1, 0, 0, False))
+    ready = voter.ready()
+    assert any(isinstance(m, RequestVoteReply) and m.vote_granted for m in ready.messages)
+    assert not ready.send_before_persist
+
+    follower = make_core(2, term=1)
+    follower.step(AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, b"x"),), 0))
+    ready = follower.ready()
+    assert ready.entries and ready.messages and not ready.send_before_persist
+
+
+def test_a_leader_that_steps_down_in_the_batch_sends_after_its_write() -> None:
+    """A leader that learned of a higher term in this batch must persist the new term before
+    anything it answers leaves.
+
+    Reference: Raft thesis §3.8
+    """
+    leader = make_leader()
+    drain(leader)
+    leader.step(AppendEntries(3, 1, 5, 0, 0, (), 0))  # n3 leads term 5
+    assert leader.role is Role.FOLLOWER
+    ready = leader.ready()
+    assert ready.hard_state is not None and ready.hard_state.current_term == 5
+    assert not ready.send_before_persist

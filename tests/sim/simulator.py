@@ -7,7 +7,8 @@ iteration is one tick, and ``RaftCore.tick()`` is called directly.
 
 Each node is a RaftCore over a ``MemoryStorage`` plus a tiny state machine (a
 hash chain over the applied commands). The driver loop performs every Ready in
-the durability order of ``kvraft.raft.ready`` — persist, send, apply, advance —
+the durability order of ``kvraft.raft.ready`` — persist, send, apply, advance
+(a leader's messages leave before the persist, as ``send_before_persist`` allows) —
 and may crash the node between any two of those steps; a crash loses whatever
 was not saved, and a restart rebuilds the core from ``MemoryStorage.load()``.
 
@@ -69,7 +70,10 @@ class Profile:
     heal: float  # per tick: end it
     crash: float  # per tick: crash a random node
     crash_in_ready: float  # per Ready: crash between two of its steps
-    slow_disk: float  # per Ready: it takes a tick or two to persist
+    crash_writing: float  # per tick: crash a node whose (slow) write is not done, losing it
+    slow_disk: float  # per Ready: it takes 1..max_write_ticks ticks to persist
+    max_write_ticks: int  # a slow write's longest: time for a leader's early messages to
+    # be answered before its own write is done (Ready.send_before_persist)
     restart: float  # per tick: restart a random crashed node
     reboot: float  # per tick: crash a random node and restart it at once
     propose: float  # per tick
@@ -97,7 +101,9 @@ class Profile:
             heal=rng.choice([0.05, 0.1, 0.2]),
             crash=0.0 if calm else rng.choice([0.0, 0.005, 0.01, 0.02]),
             crash_in_ready=0.0 if calm else rng.choice([0.0, 0.002, 0.01, 0.03]),
+            crash_writing=0.0 if calm else rng.choice([0.0, 0.0, 0.05, 0.2]),
             slow_disk=rng.choice([0.0, 0.0, 0.2, 0.6]),
+            max_write_ticks=rng.choice([2, 2, 6]),
             restart=rng.choice([0.05, 0.1, 0.3]),
             reboot=0.0 if calm else rng.choice([0.0, 0.01, 0.05]),
             propose=rng.choice([0.1, 0.3, 0.6]),
@@ -428,9 +434,12 @@ class Simulation:
                     assert known is not None, (first, core.status())
                     prev_term = known
                 self.checker.entries_logged(node.id, ready.entries, prev_term)
+            if ready.send_before_persist:  # a leader's: they leave before the disk write
+                for msg in ready.messages:
+                    self._send(msg)
             if self._faults_on and self.rng.random() < self.profile.slow_disk:
                 node.writing = ready
-                node.written_at = self.now + self.rng.randint(1, 2)
+                node.written_at = self.now + self.rng.randint(1, self.profile.max_write_ticks)
                 return
             self._perform(node, ready)
             if node.core is None:
@@ -448,8 +457,9 @@ class Simulation:
         self._check_persisted(node, ready)
         if where == 1:
             return self._crash(node, "after persisting, before sending")
-        for msg in ready.messages:
-            self._send(msg)
+        if not ready.send_before_persist:
+            for msg in ready.messages:
+                self._send(msg)
         if where == 2:
             return self._crash(node, "after sending, before applying")
         if ready.snapshot is not None:
@@ -531,6 +541,10 @@ class Simulation:
             leaders = [node for node in up if node.core is not None and node.core.leader]
             if up:
                 self._crash(rng.choice(leaders if leaders and rng.random() < 0.5 else up), "now")
+        if rng.random() < profile.crash_writing:
+            writing = [node for node in self.nodes.values() if node.writing is not None]
+            if writing:
+                self._crash(rng.choice(writing), "in the middle of a write")
         if rng.random() < profile.reboot:
             up = [node for node in self.nodes.values() if node.core is not None]
             # Mostly nodes in the middle of a write: those lose the most.

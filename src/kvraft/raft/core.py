@@ -218,6 +218,14 @@ class RaftCore:
             self.leader.flush()
         ready = Ready()
         hard = HardState(self.current_term, self.voted_for, self.commit_index)
+        persisted = self._hard_state
+        # Thesis §10.2.1 (see Ready.send_before_persist): a leader's messages depend
+        # only on its term and vote, which must already be on disk.
+        ready.send_before_persist = (
+            self.role is Role.LEADER
+            and hard.current_term == persisted.current_term
+            and hard.voted_for == persisted.voted_for
+        )
         if hard != self._hard_state:
             # commit_index <= last_index, and this Ready persists the whole log
             # up to last_index: the persisted commit never exceeds the persisted log.

@@ -6,7 +6,8 @@ by the driver's one loop for every Ready, in this order:
 1. persist ``snapshot`` (if any), ``hard_state`` (if any) and ``entries`` in one
    atomic, fsynced write — votes and terms are on disk before any message that
    depends on them leaves, log entries before they are acknowledged;
-2. send ``messages``;
+2. send ``messages`` — or, if ``send_before_persist``, send them first and
+   persist meanwhile (a leader's messages; Raft thesis §10.2.1, see below);
 3. restore the state machine from ``snapshot`` (if any), then apply
    ``committed`` entries in index order;
 4. call ``core.advance(ready)``.
@@ -61,7 +62,16 @@ class Ready:
       last stored index, first delete stored entries from that index on.
     - ``snapshot``: received from a leader; if not None, the stored log is
       replaced by the snapshot followed by exactly ``entries``.
-    - ``messages``: send after persisting.
+    - ``messages``: send after persisting, unless ``send_before_persist``.
+    - ``send_before_persist``: True when every message depends on nothing this
+      Ready persists, so the driver may send them before (or while) it
+      persists: the messages of a leader whose term and vote are already on
+      disk. A leader may replicate entries before they are on its own disk
+      (Raft thesis §10.2.1) because it counts itself toward a commit only for
+      entries it has persisted (``advance`` tells it); its AppendEntries,
+      heartbeats, snapshot chunks and refusals of stale terms promise nothing
+      about its own disk. A follower's acknowledgement or a vote does, and is
+      never sent early. This takes the leader's fsync off the commit path.
     - ``committed``: newly committed entries, to apply in order after
       persisting (and after restoring ``snapshot``).
     """
@@ -71,6 +81,7 @@ class Ready:
     snapshot: Snapshot | None = None
     messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
+    send_before_persist: bool = False
 
     def is_empty(self) -> bool:
         return not (

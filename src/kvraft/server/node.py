@@ -291,6 +291,11 @@ class RaftNode:
             self._wakeup.clear()
             while self.core.has_ready():
                 ready = self.core.ready()
+                # A leader's messages depend on nothing this Ready persists: they leave
+                # now, and its own fsync overlaps the followers' (thesis §10.2.1).
+                if ready.send_before_persist:
+                    for message in ready.messages:
+                        self._send(message)
                 # 1. Persist first: a vote, a term, or an acknowledged entry must be on
                 #    disk before any message that depends on it leaves (thesis §3.8).
                 if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
@@ -302,8 +307,9 @@ class RaftNode:
                     if elapsed > 0.5:
                         log.warning("n%d slow fsync: %.0f ms", self.id, elapsed * 1000)
                 # 2. Send.
-                for message in ready.messages:
-                    self._send(message)
+                if not ready.send_before_persist:
+                    for message in ready.messages:
+                        self._send(message)
                 # 3. Apply, in index order.
                 if ready.snapshot is not None:
                     self.state_machine.restore(ready.snapshot)
