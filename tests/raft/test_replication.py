@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import (
     AppendEntries,
@@ -12,7 +14,7 @@ from kvraft.raft.messages import (
     RequestVoteReply,
 )
 from kvraft.raft.progress import ProgressState
-from kvraft.raft.ready import HardState, PersistentState
+from kvraft.raft.ready import HardState, PersistentState, Snapshot
 
 from .harness import Cluster, drain, log_of, make_config, make_core, sent
 
@@ -397,3 +399,44 @@ def test_a_leader_that_steps_down_in_the_batch_sends_after_its_write() -> None:
     ready = leader.ready()
     assert ready.hard_state is not None and ready.hard_state.current_term == 5
     assert not ready.send_before_persist
+
+
+def test_a_new_commit_index_alone_is_applied_without_a_write() -> None:
+    """Entries committed since the last Ready are applied without persisting the commit
+    index first; the hint goes to disk with the next write.
+
+    Reference: Raft thesis §3.8 (only term, vote and log must be durable first)
+    """
+    leader = make_leader()
+    drain(leader)
+    for follower in (2, 3):
+        leader.step(AppendEntriesReply(follower, 1, 2, True, 1, 0, 0))
+    drain(leader)
+    index, _ = leader.propose(b"x") or (0, 0)
+    leader.advance(leader.ready())
+    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    assert leader.commit_index == index
+
+    ready = leader.ready()
+    assert [e.index for e in ready.committed] == [index]
+    assert ready.hard_state is None and not ready.entries
+    leader.advance(ready)
+    assert not leader.has_ready()
+
+    leader.propose(b"y")
+    ready = leader.ready()
+    assert ready.hard_state is not None and ready.hard_state.commit_index == index
+
+
+def test_a_commit_hint_behind_the_snapshot_is_normal_on_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The persisted commit index may trail a later snapshot: a restart starts from the
+    snapshot's index, quietly; only a hint past the log is worth a warning."""
+    core = make_core(1, commit=2, snapshot=Snapshot(5, 1, b"s"), entries=log_of([1], start=6))
+    assert core.commit_index == 5 and core.applied_index == 5
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    core = make_core(1, commit=9, entries=log_of([1, 1]))
+    assert core.commit_index == 2
+    assert "persisted commit index 9 outside the persisted log" in caplog.text

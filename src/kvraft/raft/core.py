@@ -69,10 +69,12 @@ class RaftCore:
         self.role = Role.FOLLOWER
         self.leader_id: int | None = None
         # Invariant: snapshot index <= applied_index <= commit_index <= last_index.
+        # The persisted commit index is a hint that may trail the snapshot (it is
+        # written only along with other writes); past the log it is an anomaly.
         self.commit_index = min(
             max(hard.commit_index, self.log.snapshot_index), self.log.last_index
         )
-        if self.commit_index != hard.commit_index:
+        if hard.commit_index > self.log.last_index:
             logger.warning(
                 "n%d persisted commit index %d outside the persisted log %d..%d; using %d",
                 self.id,
@@ -209,7 +211,6 @@ class RaftCore:
             or self.commit_index > self.applied_index
             or hard.current_term != self.current_term
             or hard.voted_for != self.voted_for
-            or hard.commit_index != self.commit_index
         )
 
     def ready(self) -> Ready:
@@ -226,9 +227,18 @@ class RaftCore:
             and hard.current_term == persisted.current_term
             and hard.voted_for == persisted.voted_for
         )
-        if hard != self._hard_state:
-            # commit_index <= last_index, and this Ready persists the whole log
-            # up to last_index: the persisted commit never exceeds the persisted log.
+        writes_log = self._pending_snapshot is not None or self.log.unstable <= self.log.last_index
+        if hard != persisted and (
+            writes_log
+            or hard.current_term != persisted.current_term
+            or hard.voted_for != persisted.voted_for
+        ):
+            # The commit index alone is no reason to write: it is a hint for a
+            # restart (which learns the rest from a leader), and waiting for its
+            # fsync before applying would put a third fsync on every commit's path.
+            # It goes along with the next write. commit_index <= last_index, and
+            # this Ready persists the whole log up to last_index: the persisted
+            # commit never exceeds the persisted log.
             ready.hard_state = self._hard_state = hard
         if self._pending_snapshot is not None:
             # The stored log is replaced by the snapshot followed by exactly these.

@@ -57,7 +57,9 @@ class PersistentState:
 class Ready:
     """One batch of work for the driver; see the module docstring for the order.
 
-    - ``hard_state``: persist if not None (it changed).
+    - ``hard_state``: persist if not None: the term or vote changed, or the
+      commit index changed and this Ready writes entries anyway (the commit
+      index alone is a hint, not worth an fsync before applying).
     - ``entries``: append to the log; if ``entries[0].index`` is at or below the
       last stored index, first delete stored entries from that index on.
     - ``snapshot``: received from a leader; if not None, the stored log is
