@@ -284,5 +284,8 @@ class Leader:
         # Raft §5.4.2: only an entry of the current term is committed by counting
         # replicas; earlier ones are committed indirectly, by the Log Matching property.
         if index > self.core.commit_index and self.log.term(index) == self.term:
+            # Followers learn it with the next AppendEntries or heartbeat (within a
+            # heartbeat interval), not by a message of its own: clients wait only for
+            # the leader's apply, and a broadcast per commit would double the
+            # messages (and CPU) per replicated batch.
             self.core.commit_index = index
-            self.send_to_all(allow_empty=True)  # tell followers the new commit index
