@@ -336,7 +336,8 @@ class RaftNode:
     #   2. encoder thread: encode it;
     #   3. encoder thread: write it to its own file (storage.stage_snapshot),
     #      while Readys keep being saved;
-    #   4. storage thread: record it and drop the log prefix (one transaction);
+    #   4. storage thread: record it (one small transaction; the log rows up to it
+    #      are dead from then on, deleted a batch per later save);
     #   5. on the loop: drop the core's in-memory prefix.
     # Meanwhile entries keep being applied and a leader's InstallSnapshot may
     # replace the log; a snapshot that no longer matches the log is skipped.
