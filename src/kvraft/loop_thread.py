@@ -20,11 +20,13 @@ class EventLoopThread:
     """An asyncio loop running in a daemon thread, driven from synchronous code.
 
     Plain asyncio, not uvloop, on purpose: uvloop schedules timers in whole
-    milliseconds from a clock cached per loop iteration, which blurs the 1-5 ms
-    delays the profiles promise; asyncio's timers use the monotonic clock.
+    milliseconds from a clock cached per loop iteration, which would blur the
+    1-5 ms delays the test proxies' fault profiles promise; asyncio's timers
+    use the monotonic clock. The blocking Client gains nothing from uvloop here
+    either: it has one request in flight at a time.
     """
 
-    def __init__(self, name: str = "kvraft-proxy") -> None:
+    def __init__(self, name: str = "kvraft-loop") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()

@@ -234,11 +234,10 @@ def test_memory_per_client_is_bounded(make_cluster) -> None:  # type: ignore[no-
                         result = await rpcs[leader].call("put", op, 10)
                         if not isinstance(result, NotLeaderResult):
                             break
-                        leader = (leader + 1) % len(rpcs)
-                        await asyncio.sleep(0.01)
                     except (WrongLeader, RpcError):
-                        leader = (leader + 1) % len(rpcs)
-                        await asyncio.sleep(0.01)
+                        pass
+                    leader = (leader + 1) % len(rpcs)
+                    await asyncio.sleep(0.01)
             assert isinstance(result, PutOk | VersionMismatchResult), result
 
         await asyncio.gather(*(one(i) for i in range(start, stop)))

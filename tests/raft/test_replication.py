@@ -420,6 +420,8 @@ def test_a_new_commit_index_alone_is_applied_without_a_write() -> None:
     ready = leader.ready()
     assert [e.index for e in ready.committed] == [index]
     assert ready.hard_state is None and not ready.entries
+    # No broadcast: only n2, whose acknowledgement is being answered, hears of it now.
+    assert {m.dst for m in ready.messages} == {2}
     leader.advance(ready)
     assert not leader.has_ready()
 

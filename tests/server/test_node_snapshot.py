@@ -4,8 +4,9 @@ keep being saved, skipped when overtaken; and a node whose storage fails stops."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -77,9 +78,18 @@ class FailingStorage(MemoryStorage):
         super().save(*args)  # type: ignore[arg-type]
 
 
-def make_node(sm: Recorder, storage: MemoryStorage, threshold: int | None) -> RaftNode:
+@contextlib.asynccontextmanager
+async def running_node(
+    sm: Recorder,
+    storage: MemoryStorage,
+    threshold: int | None,
+    *,
+    before_stop: Callable[[], None] = lambda: None,
+) -> AsyncIterator[RaftNode]:
+    """A started single-node RaftNode, stopped on exit (after ``before_stop``, which
+    releases whatever a test held, so that stopping does not wait on it)."""
     config = RaftConfig(node_id=0, peers=(0,))
-    return RaftNode(
+    node = RaftNode(
         config,
         storage,
         {0: "127.0.0.1:1"},
@@ -87,6 +97,12 @@ def make_node(sm: Recorder, storage: MemoryStorage, threshold: int | None) -> Ra
         timing=NodeTiming(tick_interval_s=0.002),
         snapshot_threshold_bytes=threshold,
     )
+    await node.start()
+    try:
+        yield node
+    finally:
+        before_stop()
+        await node.stop()
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -110,9 +126,7 @@ def test_snapshot_is_encoded_off_the_event_loop_and_compacts_storage_and_core() 
 
     async def main() -> None:
         sm, storage = Recorder(), MemoryStorage()
-        node = make_node(sm, storage, threshold=2000)
-        await node.start()
-        try:
+        async with running_node(sm, storage, threshold=2000) as node:
             await become_leader_and_submit(node, 100)
             await wait_for(lambda: node.core.snapshot is not None and not node._snapshotting)
             snapshot = node.core.snapshot
@@ -122,8 +136,6 @@ def test_snapshot_is_encoded_off_the_event_loop_and_compacts_storage_and_core() 
             # The encoded state is the state at the snapshot's index (one no-op first).
             assert int(snapshot.data) == snapshot.index - 1
             assert sm.encoder_threads and all("-snap" in t for t in sm.encoder_threads)
-        finally:
-            await node.stop()
 
     asyncio.run(main())
 
@@ -135,9 +147,7 @@ def test_readys_are_saved_while_a_snapshot_is_written() -> None:
 
     async def main() -> None:
         sm, storage = Recorder(), GatedStorage()
-        node = make_node(sm, storage, threshold=2000)
-        await node.start()
-        try:
+        async with running_node(sm, storage, 2000, before_stop=storage.stage_gate.set) as node:
             await become_leader_and_submit(node, 100)
             await wait_for(storage.staging.is_set)
             saves, applied = storage.saves, node.core.applied_index
@@ -148,9 +158,6 @@ def test_readys_are_saved_while_a_snapshot_is_written() -> None:
             await wait_for(lambda: not node._snapshotting)
             assert storage.snapshot is not None and storage.snapshot == node.core.snapshot
             assert "-snap" in storage.threads["stage"] and "-io" in storage.threads["compact"]
-        finally:
-            storage.stage_gate.set()
-            await node.stop()
 
     asyncio.run(main())
 
@@ -161,15 +168,11 @@ def test_a_storage_failure_stops_the_node_with_the_reason(caplog: pytest.LogCapt
 
     async def main() -> BaseException:
         sm, storage = Recorder(), FailingStorage()
-        node = make_node(sm, storage, threshold=None)
-        await node.start()
-        try:
+        async with running_node(sm, storage, threshold=None) as node:
             await become_leader_and_submit(node, 5)
             storage.fail = True
             node.submit(b"lost")
             return await asyncio.wait_for(node.wait_failed(), timeout=10)
-        finally:
-            await node.stop()
 
     failure = asyncio.run(main())
     assert isinstance(failure, StorageError)
@@ -183,10 +186,13 @@ def test_snapshot_overtaken_while_encoding_is_skipped() -> None:
 
     async def main() -> None:
         sm, storage = Recorder(), MemoryStorage()
-        node = make_node(sm, storage, threshold=2000)
         sm.gate.clear()
-        await node.start()
-        try:
+
+        def release() -> None:
+            sm.gate.set()
+            node.snapshot_threshold_bytes = None
+
+        async with running_node(sm, storage, 2000, before_stop=release) as node:
             await become_leader_and_submit(node, 100)
             await wait_for(lambda: node._snapshotting)
             # Meanwhile the log is replaced by a newer snapshot.
@@ -199,9 +205,6 @@ def test_snapshot_overtaken_while_encoding_is_skipped() -> None:
             await wait_for(lambda: not node._snapshotting)
             assert node.core.snapshot == newer
             assert storage.snapshot == newer
-        finally:
-            node.snapshot_threshold_bytes = None
-            await node.stop()
 
     asyncio.run(main())
 

@@ -217,6 +217,20 @@ def test_compact_discards_a_staged_snapshot_it_does_not_record(store: SqliteStor
     assert store.load().snapshot == Snapshot(6, 2, b"at 6")
 
 
+def test_a_newer_staged_snapshot_supersedes_an_unrecorded_one(store: SqliteStorage) -> None:
+    """A snapshot staged and never recorded (its driver gave up on it) leaves no file once
+    a newer one is staged; compact() then records only the newer one."""
+    store.save(HardState(1, 0, 6), entries(1, 6, 1), None)
+    abandoned, newer = Snapshot(3, 1, b"at 3"), Snapshot(5, 1, b"at 5")
+    store.stage_snapshot(abandoned)
+    store.stage_snapshot(newer)
+    (staged,) = snapshot_files_in(store.path.parent)
+    store.compact(abandoned)  # not the staged one: written afresh, then recorded
+    store.compact(newer)
+    assert snapshot_files_in(store.path.parent) == [staged]
+    assert store.load().snapshot == newer
+
+
 def test_staging_needs_no_turn_on_the_storage_thread(store: SqliteStorage) -> None:
     """stage_snapshot runs while another call holds the store: it never waits for a save."""
     store.save(HardState(1, 0, 3), entries(1, 3, 1), None)

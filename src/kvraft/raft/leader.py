@@ -284,8 +284,9 @@ class Leader:
         # Raft §5.4.2: only an entry of the current term is committed by counting
         # replicas; earlier ones are committed indirectly, by the Log Matching property.
         if index > self.core.commit_index and self.log.term(index) == self.term:
-            # Followers learn it with the next AppendEntries or heartbeat (within a
-            # heartbeat interval), not by a message of its own: clients wait only for
-            # the leader's apply, and a broadcast per commit would double the
-            # messages (and CPU) per replicated batch.
+            # No broadcast: each follower hears of it with the next message it is
+            # sent anyway — the answer to its own acknowledgement (empty if there is
+            # nothing new: see _send_append), the next entries, or a heartbeat.
+            # Clients wait only for the leader's apply, and a broadcast per commit
+            # would double the messages to followers that are not waiting for any.
             self.core.commit_index = index

@@ -119,16 +119,12 @@ def remove(data_dir: Path, name: str) -> None:
     (data_dir / name).unlink(missing_ok=True)
 
 
-def remove_unreferenced(data_dir: Path, keep: str | None) -> list[str]:
-    """Delete every snapshot file and temporary in ``data_dir`` except ``keep``; their names.
+def remove_unreferenced(data_dir: Path, keep: str | None) -> None:
+    """Delete every snapshot file and temporary in ``data_dir`` except ``keep``.
 
     Only names this module makes are touched: nothing else in a data dir is ours to delete.
     """
-    removed = []
     for path in data_dir.iterdir():
         name = path.name
-        base = name.removesuffix(_TMP_SUFFIX)
-        if name != keep and is_valid_name(base):
+        if name != keep and is_valid_name(name.removesuffix(_TMP_SUFFIX)):
             path.unlink(missing_ok=True)
-            removed.append(name)
-    return sorted(removed)

@@ -81,8 +81,9 @@ class SqliteStorage:
         self._busy = threading.Lock()
         # Set by close(): a stage_snapshot still writing stops and removes its file.
         self._closing = threading.Event()
-        # Snapshot files written by stage_snapshot, waiting for compact() to record them.
-        self._staged: dict[tuple[int, int], tuple[Snapshot, SnapshotFile]] = {}
+        # The snapshot stage_snapshot wrote last and its file, until compact() takes it.
+        # One slot: a driver takes one snapshot at a time, and a newer one supersedes it.
+        self._staged: tuple[Snapshot, SnapshotFile] | None = None
         self._staged_lock = threading.Lock()
         # The file the snapshot row names (None: no snapshot stored).
         self._snapshot_file = loaded.snapshot_file
@@ -220,9 +221,8 @@ class SqliteStorage:
         """
         file = self._write_snapshot_file(snapshot)
         with self._staged_lock:
-            replaced = self._staged.pop((snapshot.index, snapshot.term), None)
-            self._staged[(snapshot.index, snapshot.term)] = (snapshot, file)
-        if replaced is not None:
+            replaced, self._staged = self._staged, (snapshot, file)
+        if replaced is not None:  # staged but never recorded (the driver gave up on it)
             snapshot_files.remove(self._dir, replaced[1].name)
 
     def compact(self, snapshot: Snapshot) -> None:
@@ -327,11 +327,10 @@ class SqliteStorage:
     def _take_staged(self, snapshot: Snapshot) -> SnapshotFile | None:
         """The file stage_snapshot wrote for this very snapshot, handed over once."""
         with self._staged_lock:
-            staged = self._staged.get((snapshot.index, snapshot.term))
-            if staged is None or staged[0] is not snapshot:
+            if self._staged is None or self._staged[0] is not snapshot:
                 return None
-            del self._staged[(snapshot.index, snapshot.term)]
-            return staged[1]
+            file, self._staged = self._staged[1], None
+            return file
 
     @contextlib.contextmanager
     def _busy_lock(self) -> Iterator[None]:

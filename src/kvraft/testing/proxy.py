@@ -467,7 +467,7 @@ class ProxyNetwork:
         self.host = host
         self.proxies: dict[int, FaultProxy] = {}
         self._lock = threading.Lock()
-        self._thread = EventLoopThread()
+        self._thread = EventLoopThread(name="kvraft-proxy")
         self._closed = False
 
     def add(self, server_id: int, upstream: str, *, port: int = 0) -> str:

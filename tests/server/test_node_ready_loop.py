@@ -1,0 +1,130 @@
+"""RaftNode's Ready loop performs the durability order the core asks for: a leader's
+AppendEntries leave while its own write is still running (Raft thesis §10.2.1), and a
+candidate's vote requests only after its vote for itself is on disk (thesis §3.8)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from kvraft.raft.config import RaftConfig
+from kvraft.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Entry,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+)
+from kvraft.raft.ready import HardState, Snapshot
+from kvraft.raft.storage import MemoryStorage
+from kvraft.server.node import NodeTiming, RaftNode, StateMachine
+
+
+class NullStateMachine(StateMachine):
+    def apply(self, entry: Entry) -> None:
+        pass
+
+    def restore(self, snapshot: Snapshot) -> None:
+        pass
+
+
+class HeldStorage(MemoryStorage):
+    """MemoryStorage whose saves wait while ``hold`` is set (a slow disk), saying so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.held = threading.Event()  # a save is waiting now
+
+    def save(self, *args: object) -> None:
+        if self.hold.is_set():
+            self.held.set()
+            assert self.release.wait(10)
+            self.held.clear()
+        super().save(*args)  # type: ignore[arg-type]
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+def test_leader_sends_append_entries_while_its_own_write_is_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With its write of a new entry held, a leader has already sent the entry to its
+    followers, and counts a follower's acknowledgement toward commit only once its own
+    write is done. Before that, as a candidate, it sent no vote request until its vote
+    for itself was saved.
+
+    Reference: Raft thesis §10.2.1, §3.8
+    """
+
+    async def main() -> None:
+        storage = HeldStorage()
+        # No timers of its own get in the way: long elections, no check-quorum.
+        config = RaftConfig(
+            node_id=0, peers=(0, 1, 2), pre_vote=False, check_quorum=False,
+            election_timeout_ticks=1000,
+        )  # fmt: skip
+        node = RaftNode(
+            config,
+            storage,
+            {1: "127.0.0.1:1", 2: "127.0.0.1:1"},
+            NullStateMachine(),
+            timing=NodeTiming(tick_interval_s=0.01),
+        )
+        sent: list[Message] = []
+        monkeypatch.setattr(node, "_send", sent.append)
+        await node.start()
+        try:
+            # A candidate's vote requests wait for its vote for itself to be on disk.
+            storage.hold.set()
+            node.core.campaign()
+            node._wakeup.set()
+            await wait_for(storage.held.is_set)
+            # Sent before the save, they would be here already.
+            assert not any(isinstance(m, RequestVote) for m in sent)
+            storage.hold.clear()
+            storage.release.set()
+            await wait_for(lambda: any(isinstance(m, RequestVote) for m in sent))
+            assert storage.hard_state == HardState(1, 0, 0)
+
+            node.receive(1, RequestVoteReply(1, 0, 1, True, False))
+            await wait_for(lambda: node.get_state() == (1, True))
+            node.receive(1, AppendEntriesReply(1, 0, 1, True, 1, 0, 0))  # n1 holds the no-op
+            await wait_for(lambda: node.core.commit_index == 1)
+
+            # The leader's write of a new entry is held; its AppendEntries go out anyway.
+            storage.release.clear()
+            storage.hold.set()
+            index, _ = node.submit(b"x") or (0, 0)
+            await wait_for(storage.held.is_set)
+            await wait_for(lambda: _carries(sent, index, dst=1))
+            assert storage.held.is_set() and len(storage.entries) == 1
+            # A follower's acknowledgement alone commits nothing while the write is held.
+            node.receive(1, AppendEntriesReply(1, 0, 1, True, index, 0, 0))  # steps at once
+            assert node.core.commit_index == 1
+            storage.hold.clear()
+            storage.release.set()
+            await wait_for(lambda: node.core.commit_index == index)
+        finally:
+            storage.hold.clear()
+            storage.release.set()
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def _carries(sent: list[Message], index: int, dst: int) -> bool:
+    return any(
+        isinstance(m, AppendEntries) and m.dst == dst and any(e.index == index for e in m.entries)
+        for m in sent
+    )
