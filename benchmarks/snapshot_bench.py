@@ -60,7 +60,9 @@ SNAPSHOT_LINE = re.compile(
     r"(?: \(copy (?P<copy>[\d.]+) ms on the loop, encode (?P<encode>\d+) ms, "
     r"write (?P<write>\d+) ms, record (?P<record>\d+) ms\))?"
 )
-SLOW_FSYNC = re.compile(r"^(?P<ts>\S+ \S+) WARNING kvraft\.node: n\d+ slow fsync: (?P<ms>\d+) ms")
+SLOW_FSYNC = re.compile(
+    r"^(?P<ts>\S+ \S+) WARNING kvraft\.node: n\d+ (?:\[term \d+\] )?slow fsync: (?P<ms>\d+) ms"
+)
 WINDOW_MARGIN_S = 0.5
 SETTLE_AFTER_SNAPSHOT_S = 3.0
 MAX_PHASE_S = 180.0

@@ -8,8 +8,6 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-import pytest
-
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.messages import (
     AppendEntries,
@@ -22,6 +20,8 @@ from kvraft.raft.messages import (
 from kvraft.raft.ready import HardState, Snapshot
 from kvraft.raft.storage import MemoryStorage
 from kvraft.server.node import NodeTiming, RaftNode, StateMachine
+
+from .node_support import RecordingTransport
 
 
 class NullStateMachine(StateMachine):
@@ -56,9 +56,7 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> No
         await asyncio.sleep(0.002)
 
 
-def test_leader_sends_append_entries_while_its_own_write_is_held(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_leader_sends_append_entries_while_its_own_write_is_held() -> None:
     """With its write of a new entry held, a leader has already sent the entry to its
     followers, and counts a follower's acknowledgement toward commit only once its own
     write is done. Before that, as a candidate, it sent no vote request until its vote
@@ -74,21 +72,16 @@ def test_leader_sends_append_entries_while_its_own_write_is_held(
             node_id=0, peers=(0, 1, 2), pre_vote=False, check_quorum=False,
             election_timeout_ticks=1000,
         )  # fmt: skip
+        transport = RecordingTransport()
         node = RaftNode(
-            config,
-            storage,
-            {1: "127.0.0.1:1", 2: "127.0.0.1:1"},
-            NullStateMachine(),
-            timing=NodeTiming(tick_interval_s=0.01),
+            config, storage, transport, NullStateMachine(), timing=NodeTiming(tick_interval_s=0.01)
         )
-        sent: list[Message] = []
-        monkeypatch.setattr(node, "_send", sent.append)
+        sent = transport.sent
         await node.start()
         try:
             # A candidate's vote requests wait for its vote for itself to be on disk.
             storage.hold.set()
-            node.core.campaign()
-            node._wakeup.set()
+            node.campaign()
             await wait_for(storage.held.is_set)
             # Sent before the save, they would be here already.
             assert not any(isinstance(m, RequestVote) for m in sent)

@@ -18,6 +18,8 @@ from kvraft.raft.storage import MemoryStorage
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode, StateMachine
 
+from .node_support import RecordingTransport
+
 
 class Recorder(StateMachine):
     """Counts applied commands; its snapshot is the count, encoded by ``gate``-held encoders."""
@@ -92,7 +94,7 @@ async def running_node(
     node = RaftNode(
         config,
         storage,
-        {0: "127.0.0.1:1"},
+        RecordingTransport(),
         sm,
         timing=NodeTiming(tick_interval_s=0.002),
         snapshot_threshold_bytes=threshold,

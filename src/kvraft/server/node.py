@@ -7,6 +7,12 @@ transaction), then send, then apply, then advance. While a Ready is being
 persisted, proposals and messages keep arriving in the core; the next Ready
 carries them all, so one fsync commits a whole batch (group commit).
 
+The clock, the transport to peers and the worker threads are parameters
+(:mod:`kvraft.server.driver_io`): a server process passes the event loop's
+clock, the RPC layer and real threads; the simulator in ``tests/sim`` passes
+virtual time, a seeded faulty network and a disk that can die mid-write, so
+its seeds exercise this very loop.
+
 The RSM API is the specification's: :meth:`submit`, :meth:`get_committed`,
 :meth:`get_state`; plus :meth:`status` for operators.
 """
@@ -14,10 +20,8 @@ The RSM API is the specification's: :meth:`submit`, :meth:`get_committed`,
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +29,14 @@ from typing import Any
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import MESSAGE_TYPES, Entry, Message
-from kvraft.raft.ready import Snapshot
+from kvraft.raft.ready import PersistentState, Ready, Snapshot
 from kvraft.raft.storage import Storage
-from kvraft.rpc.codec import peer_sender
-from kvraft.rpc.transport import RpcClient
+from kvraft.server.driver_io import Clock, LoopClock, PeerTransport, ThreadWorkers, Workers
 
 log = logging.getLogger("kvraft.node")
 
-RAFT_METHOD = "raft"
+# A save slower than this is worth an operator's warning line.
+SLOW_SAVE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -69,40 +73,39 @@ class StateMachine:
 
 
 class RaftNode:
-    """Drives a :class:`RaftCore` with real time, SQLite storage and the RPC layer."""
+    """Drives a :class:`RaftCore` with a clock, a storage, a transport and workers.
+
+    ``core_factory`` builds the core from the loaded state (``RaftCore``; the
+    simulator passes cores with planted bugs to test its checkers).
+    """
 
     def __init__(
         self,
         config: RaftConfig,
         storage: Storage,
-        peer_addresses: dict[int, str],
+        transport: PeerTransport,
         state_machine: StateMachine,
         *,
+        clock: Clock | None = None,
+        workers: Workers | None = None,
         timing: NodeTiming = NodeTiming(),
         snapshot_threshold_bytes: int | None = None,
+        core_factory: Callable[[RaftConfig, PersistentState], RaftCore] = RaftCore,
     ) -> None:
         self.id = config.node_id
         self.config = config
         self.storage = storage
+        self.transport = transport
         self.state_machine = state_machine
+        self.clock: Clock = clock if clock is not None else LoopClock()
+        self.workers: Workers = workers if workers is not None else ThreadWorkers(f"n{self.id}")
         self.timing = timing
         self.snapshot_threshold_bytes = snapshot_threshold_bytes
         persisted = storage.load()
-        self.core = RaftCore(config, persisted)
+        self.core = core_factory(config, persisted)
         if persisted.snapshot is not None:
             state_machine.restore(persisted.snapshot)
-        self.peers: dict[int, RpcClient] = {
-            pid: RpcClient(addr, peer_sender(self.id))
-            for pid, addr in peer_addresses.items()
-            if pid != self.id
-        }
-        # One worker thread: storage calls are never concurrent (SqliteStorage's rule).
-        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"n{self.id}-io")
-        # Snapshot encoding gets its own thread: on the storage thread it would hold
-        # up every Ready's fsync for as long as it takes to encode the whole store.
-        self._encoder = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"n{self.id}-snap"
-        )
+        self.peers: tuple[int, ...] = tuple(p for p in config.peers if p != self.id)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Completed with the exception that killed one of the node's tasks (see start).
@@ -114,7 +117,7 @@ class RaftNode:
         self._snapshot_task: asyncio.Task[None] | None = None
         self.messages_sent = 0
         self._ticks = 0
-        self._started = time.monotonic()
+        self._started: float | None = None  # clock time of start()
         self._last_heard: dict[int, float] = {}
         self._lost_peers: set[int] = set()
         self.messages_received = 0
@@ -124,6 +127,7 @@ class RaftNode:
     async def start(self) -> None:
         """Start ticking and the Ready loop."""
         self._running = True
+        self._started = self.clock.now_s()
         loop = asyncio.get_running_loop()
         self._failure = loop.create_future()
         self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker())]
@@ -159,24 +163,32 @@ class RaftNode:
 
     async def stop(self) -> None:
         """Stop the loops, close peer connections and storage."""
+        for task in self.halt():
+            # A task that failed was reported by _on_task_done already.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.transport.close()
+        await self.workers.storage(self.storage.close)
+        # An encoding still running is abandoned: its snapshot would never be stored.
+        # A snapshot file still being written stops (storage.close told it to) or is
+        # left unrecorded, which the next open deletes.
+        self.workers.shutdown()
+
+    def halt(self) -> list[asyncio.Task[None]]:
+        """Stop at once, as a killed process would: cancel the loops and any snapshot.
+
+        Nothing is closed or flushed: the storage keeps exactly what its
+        completed calls saved, and a call still waiting for its worker is lost.
+        :meth:`stop` is this plus an orderly close; the simulator calls this
+        alone to crash a node at any instant. Returns the cancelled tasks.
+        """
         self._running = False
         tasks = list(self._tasks)
         if self._snapshot_task is not None:
             tasks.append(self._snapshot_task)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            # A task that failed was reported by _on_task_done already.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for client in self.peers.values():
-            client.close()
-        await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
-        self._io.shutdown(wait=True)
-        # An encoding still running is abandoned: its snapshot would never be stored.
-        # A snapshot file still being written stops (storage.close told it to) or is
-        # left unrecorded, which the next open deletes.
-        self._encoder.shutdown(wait=False, cancel_futures=True)
+        return tasks
 
     # ------------------------------------------------------------------- RSM API
 
@@ -198,6 +210,11 @@ class RaftNode:
         if entry is None:
             return None
         return entry.command if entry.command is not None else b""
+
+    def campaign(self) -> None:
+        """Start an election now (operators' and tests' hook; Raft would in time)."""
+        self.core.campaign()
+        self._wakeup.set()
 
     def get_state(self) -> tuple[int, bool]:
         """``(current_term, is_leader)``."""
@@ -226,7 +243,7 @@ class RaftNode:
             log.debug("n%d dropped a misaddressed %s", self.id, type(message).__name__)
             return
         self.messages_received += 1
-        self._last_heard[sender_peer] = time.monotonic()
+        self._last_heard[sender_peer] = self.clock.now_s()
         if sender_peer in self._lost_peers:
             self._lost_peers.discard(sender_peer)
             log.info(
@@ -248,9 +265,10 @@ class RaftNode:
             self._lost_peers.clear()
             return
         silent_s = 2 * self.config.election_timeout_ticks * self.timing.tick_interval_s
-        now = time.monotonic()
+        now = self.clock.now_s()
+        started = self._started if self._started is not None else now
         for peer in self.peers:
-            heard = self._last_heard.get(peer, self._started)
+            heard = self._last_heard.get(peer, started)
             if peer not in self._lost_peers and now - heard > silent_s:
                 self._lost_peers.add(peer)
                 log.info(
@@ -262,22 +280,22 @@ class RaftNode:
                     self.core.last_index,
                 )
 
-    def _send(self, message: Message) -> None:
-        client = self.peers.get(message.dst)
-        if client is not None and client.notify(RAFT_METHOD, message):
-            self.messages_sent += 1
+    def _send_all(self, messages: list[Message]) -> None:
+        for message in messages:
+            if self.transport.send(message):
+                self.messages_sent += 1
 
     # --------------------------------------------------------------------- loops
 
     async def _ticker(self) -> None:
         interval = self.timing.tick_interval_s
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time() + interval
+        clock = self.clock
+        next_tick = clock.now_s() + interval
         while self._running:
-            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            await clock.sleep_s(next_tick - clock.now_s())
             next_tick += interval
-            if next_tick < loop.time():  # fell behind (GC, load): don't burst-tick
-                next_tick = loop.time() + interval
+            if next_tick < clock.now_s():  # fell behind (GC, load): don't burst-tick
+                next_tick = clock.now_s() + interval
             self.core.tick()
             self._ticks += 1
             if self._ticks % 10 == 0:
@@ -285,41 +303,47 @@ class RaftNode:
             self._wakeup.set()
 
     async def _ready_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._running:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self.core.has_ready():
-                ready = self.core.ready()
-                # A leader's messages depend on nothing this Ready persists: they leave
-                # now, and its own fsync overlaps the followers' (thesis §10.2.1).
-                if ready.send_before_persist:
-                    for message in ready.messages:
-                        self._send(message)
-                # 1. Persist first: a vote, a term, or an acknowledged entry must be on
-                #    disk before any message that depends on it leaves (thesis §3.8).
-                if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
-                    started = time.perf_counter()
-                    await loop.run_in_executor(
-                        self._io, self.storage.save, ready.hard_state, ready.entries, ready.snapshot
-                    )
-                    elapsed = time.perf_counter() - started
-                    if elapsed > 0.5:
-                        log.warning("n%d slow fsync: %.0f ms", self.id, elapsed * 1000)
-                # 2. Send.
-                if not ready.send_before_persist:
-                    for message in ready.messages:
-                        self._send(message)
-                # 3. Apply, in index order.
-                if ready.snapshot is not None:
-                    self.state_machine.restore(ready.snapshot)
-                for entry in ready.committed:
-                    self.state_machine.apply(entry)
-                # 4. Advance.
-                self.core.advance(ready)
+                await self._perform(self.core.ready())
                 self._notify_role_change()
             self._notify_role_change()
             self._maybe_snapshot()
+
+    async def _perform(self, ready: Ready) -> None:
+        """One Ready, in the durability order of :mod:`kvraft.raft.ready`: the one place."""
+        # A leader's messages depend on nothing this Ready persists: they leave
+        # now, and its own fsync overlaps the followers' (thesis §10.2.1).
+        if ready.send_before_persist:
+            self._send_all(ready.messages)
+        # 1. Persist first: a vote, a term, or an acknowledged entry must be on
+        #    disk before any message that depends on it leaves (thesis §3.8).
+        if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+            started = self.clock.now_s()
+            await self.workers.storage(
+                self.storage.save, ready.hard_state, ready.entries, ready.snapshot
+            )
+            elapsed = self.clock.now_s() - started
+            if elapsed > SLOW_SAVE_S:
+                log.warning(
+                    "n%d [term %d] slow fsync: %.0f ms at index %d",
+                    self.id,
+                    self.core.current_term,
+                    elapsed * 1000,
+                    self.core.last_index,
+                )
+        # 2. Send.
+        if not ready.send_before_persist:
+            self._send_all(ready.messages)
+        # 3. Apply, in index order.
+        if ready.snapshot is not None:
+            self.state_machine.restore(ready.snapshot)
+        for entry in ready.committed:
+            self.state_machine.apply(entry)
+        # 4. Advance.
+        self.core.advance(ready)
 
     def _notify_role_change(self) -> None:
         now = self.get_state()
@@ -356,9 +380,9 @@ class RaftNode:
         entry = self.core.entry(index)
         if entry is None:  # already compacted up to applied
             return
-        started = time.perf_counter()
+        started = self.clock.now_s()
         encode = self.state_machine.capture_snapshot()
-        copy_s = time.perf_counter() - started
+        copy_s = self.clock.now_s() - started
         self._snapshotting = True
         self._snapshot_task = asyncio.get_running_loop().create_task(
             self._take_snapshot(index, entry.term, encode, copy_s)
@@ -377,20 +401,20 @@ class RaftNode:
     async def _take_snapshot(
         self, index: int, term: int, encode: Callable[[], bytes], copy_s: float
     ) -> None:
-        loop = asyncio.get_running_loop()
+        clock, workers = self.clock, self.workers
         try:
-            started = time.perf_counter()
-            data = await loop.run_in_executor(self._encoder, encode)
-            encoded = time.perf_counter()
+            started = clock.now_s()
+            data = await workers.encode(encode)
+            encoded = clock.now_s()
             snapshot = Snapshot(index, term, data)
             if not self._matches_log(index, term):
                 log.info("n%d skipped its snapshot at index %d: log replaced", self.id, index)
                 return
-            await loop.run_in_executor(self._encoder, self.storage.stage_snapshot, snapshot)
-            written = time.perf_counter()
+            await workers.encode(self.storage.stage_snapshot, snapshot)
+            written = clock.now_s()
             # Called even if the log was replaced meanwhile: compact then discards the file.
-            await loop.run_in_executor(self._io, self._persist_snapshot, snapshot)
-            stored = time.perf_counter()
+            await workers.storage(self._persist_snapshot, snapshot)
+            stored = clock.now_s()
             if not self._matches_log(index, term):
                 # The storage ignored it too if an installed snapshot is at or past it.
                 log.info("n%d skipped its snapshot at index %d: log replaced", self.id, index)

@@ -18,6 +18,7 @@ from kvraft.rpc.transport import RpcServer, install_event_loop_policy, split_add
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode
 from kvraft.server.options import ServerOptions
+from kvraft.server.peer_transport import RpcPeerTransport
 from kvraft.server.rsm import RSM
 from kvraft.server.service import Service
 from kvraft.storage.sqlite import SqliteStorage
@@ -50,7 +51,7 @@ class Server:
         node = RaftNode(
             config,
             storage,
-            options.peers,
+            RpcPeerTransport(options.node_id, options.peers),
             rsm,
             timing=NodeTiming(tick_interval_s=options.tick_interval_s),
             snapshot_threshold_bytes=options.snapshot_threshold_bytes,

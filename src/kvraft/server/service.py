@@ -14,8 +14,9 @@ from kvraft.errors import NotLeader, ProtocolError
 from kvraft.rpc.codec import check, sender_peer_id
 from kvraft.rpc.transport import UnknownMethod
 from kvraft.server.commands import GetOp, NotLeaderResult, PutOp, check_op
-from kvraft.server.node import RAFT_METHOD, RaftNode
+from kvraft.server.node import RaftNode
 from kvraft.server.options import ServerOptions
+from kvraft.server.peer_transport import RAFT_METHOD
 from kvraft.server.rsm import RSM
 
 TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign")
@@ -63,7 +64,7 @@ class Service:
             check(args, int, "raft.committed")
             return self.node.get_committed(args)
         if method == "raft.campaign":
-            self.node.core.campaign()
+            self.node.campaign()
             return None
         raise AssertionError(method)
 

@@ -1,0 +1,38 @@
+"""Raft messages over the RPC layer: the PeerTransport a server process gives its node.
+
+Each peer gets one :class:`~kvraft.rpc.transport.RpcClient` that identifies as
+this node (sender ``p<id>``) and carries Raft messages as one-way
+notifications of method :data:`RAFT_METHOD`; the receiving server's service
+hands them to its node. A peer that is down costs a dropped message, never a
+blocked Ready loop: the client reconnects in the background and Raft resends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kvraft.raft.messages import Message
+from kvraft.rpc.codec import peer_sender
+from kvraft.rpc.transport import RpcClient
+
+RAFT_METHOD = "raft"
+
+
+class RpcPeerTransport:
+    """One RPC connection per peer of ``node_id`` (itself excluded)."""
+
+    def __init__(self, node_id: int, peer_addresses: Mapping[int, str]) -> None:
+        self.node_id = node_id
+        self._peers: dict[int, RpcClient] = {
+            pid: RpcClient(address, peer_sender(node_id))
+            for pid, address in peer_addresses.items()
+            if pid != node_id
+        }
+
+    def send(self, message: Message) -> bool:
+        client = self._peers.get(message.dst)
+        return client is not None and client.notify(RAFT_METHOD, message)
+
+    def close(self) -> None:
+        for client in self._peers.values():
+            client.close()
