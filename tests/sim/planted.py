@@ -1,7 +1,8 @@
-"""Cores with a planted bug each, to prove the simulator's checkers catch them.
+"""Cores and drivers with a planted bug each, to prove the simulators' checkers catch them.
 
-Each is a one-rule violation of the paper that an unlucky implementation could
-make; the simulator must report the property it breaks within a few seeds.
+Each is a one-rule violation that an unlucky implementation could make: of
+the paper, in a core; of the durability order (Raft thesis §3.8), in the
+driver. The simulator must report the property it breaks within a few seeds.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore
 from kvraft.raft.log import RaftLog
 from kvraft.raft.messages import Entry, RequestVote
-from kvraft.raft.ready import PersistentState
+from kvraft.raft.ready import PersistentState, Ready
+from kvraft.server.node import RaftNode
 
 
 class DoubleVoteCore(RaftCore):
@@ -61,4 +63,35 @@ PLANTED: dict[str, type[RaftCore]] = {
     "double-vote": DoubleVoteCore,
     "stale-log-vote": StaleLogVoteCore,
     "keep-suffix": KeepSuffixCore,
+}
+
+
+# ---------------------------------------------------------------- drivers
+
+
+class EarlyAckNode(RaftNode):
+    """Sends every Ready's messages before persisting it, a follower's acknowledgements
+    and votes included (breaks thesis §3.8: an entry acknowledged but lost in a crash)."""
+
+    async def _perform(self, ready: Ready) -> None:
+        if not ready.send_before_persist:
+            ready.send_before_persist = True
+        await super()._perform(ready)
+
+
+class ApplyFirstNode(RaftNode):
+    """Applies a Ready's committed entries before persisting it (breaks the Ready contract:
+    an entry applied, then lost in a crash, the state machine ahead of the log)."""
+
+    async def _perform(self, ready: Ready) -> None:
+        if ready.snapshot is None:
+            for entry in ready.committed:
+                self.state_machine.apply(entry)
+            ready.committed = []
+        await super()._perform(ready)
+
+
+PLANTED_DRIVERS: dict[str, type[RaftNode]] = {
+    "early-ack": EarlyAckNode,
+    "apply-first": ApplyFirstNode,
 }

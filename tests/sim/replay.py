@@ -1,6 +1,10 @@
 """Replay one simulator seed, with the operator log of every node.
 
     .venv/bin/python -m tests.sim.replay --seed 1234 --nodes 5 [--quiet | --debug]
+    .venv/bin/python -m tests.sim.replay --driver node --seed 1234 --nodes 3
+
+``--driver core`` (the default) replays the RaftCore simulator, ``--driver
+node`` the simulator of real RaftNodes (simulator.py, node_sim.py).
 
 Run from the repository root. Exits 1 and prints the violation if the seed fails.
 """
@@ -11,7 +15,8 @@ import argparse
 import logging
 import sys
 
-from .planted import PLANTED
+from .node_sim import NodeSimulation
+from .planted import PLANTED, PLANTED_DRIVERS
 from .simulator import Simulation, Violation
 
 
@@ -20,16 +25,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--safety-ticks", type=int, default=None)
-    parser.add_argument("--planted", choices=sorted(PLANTED), help="a core with a planted bug")
+    parser.add_argument("--driver", choices=("core", "node"), default="core")
+    parser.add_argument(
+        "--planted",
+        choices=sorted([*PLANTED, *PLANTED_DRIVERS]),
+        help="a core (or, with --driver node, a driver) with a planted bug",
+    )
     parser.add_argument("--quiet", action="store_true", help="no Raft log lines")
     parser.add_argument("--debug", action="store_true", help="debug log lines too")
     args = parser.parse_args(argv)
     kwargs = {} if args.safety_ticks is None else {"safety_ticks": args.safety_ticks}
-    simulation = Simulation(args.seed, args.nodes, planted=args.planted, **kwargs)
+    simulation: Simulation | NodeSimulation
+    if args.driver == "node":
+        node_sim = NodeSimulation(args.seed, args.nodes, planted=args.planted, **kwargs)
+        simulation, now = node_sim, lambda: node_sim.ticks
+    else:
+        if args.planted in PLANTED_DRIVERS:
+            parser.error(f"--planted {args.planted} needs --driver node")
+        core_sim = Simulation(args.seed, args.nodes, planted=args.planted, **kwargs)
+        simulation, now = core_sim, lambda: core_sim.now
     level = logging.WARNING if args.quiet else logging.DEBUG if args.debug else logging.INFO
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("t%(tick)-4s %(message)s"))
-    handler.addFilter(lambda record: setattr(record, "tick", simulation.now) or True)
+    handler.addFilter(lambda record: setattr(record, "tick", now()) or True)
     logging.basicConfig(level=level, handlers=[handler])
     logging.raiseExceptions = False  # e.g. piped into `head`
     print(f"seed {args.seed}, {args.nodes} nodes: {simulation.profile}")

@@ -224,10 +224,10 @@ class Checker:
         for index in range(start, core.commit_index + 1):
             entry = core.entry(index)
             assert entry is not None
-            self._committed(node.id, entry, core.current_term)
+            self.committed_entry(node.id, entry, core.current_term)
         node.seen_commit = core.commit_index
 
-    def _committed(self, node: int, entry: Entry, term: int) -> None:
+    def committed_entry(self, node: int, entry: Entry, term: int) -> None:
         known = self.committed.get(entry.index)
         if known is None:
             self.committed[entry.index] = (entry.term, entry.command, term)
@@ -263,9 +263,9 @@ class Checker:
             self.fail(f"n{node.id} applied index {entry.index} after index {app.index}")
         app.index = entry.index
         app.digest = chain(app.digest, entry)
-        self._state(node.id, app.index, app.digest, "applying")
+        self.state_reached(node.id, app.index, app.digest, "applying")
         assert node.core is not None
-        self._committed(node.id, entry, node.core.current_term)
+        self.committed_entry(node.id, entry, node.core.current_term)
 
     def restored(self, node: Node, snapshot: Snapshot) -> None:
         index, digest = parse_snapshot(snapshot.data)
@@ -273,10 +273,10 @@ class Checker:
             self.fail(f"n{node.id} snapshot at {snapshot.index} holds state of index {index}")
         if snapshot.index not in self.states:
             self.fail(f"n{node.id} restored a snapshot at {index} that nobody applied")
-        self._state(node.id, index, digest, "restoring a snapshot")
+        self.state_reached(node.id, index, digest, "restoring a snapshot")
         node.app = App(index, digest)
 
-    def _state(self, node: int, index: int, digest: bytes, how: str) -> None:
+    def state_reached(self, node: int, index: int, digest: bytes, how: str) -> None:
         known = self.states.setdefault(index, digest)
         if known != digest:
             self.fail(

@@ -6,10 +6,8 @@ Every failure message ends with the one command that replays its seed, e.g.
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,21 +26,6 @@ STRESS_CHUNK = 1000
 STRESS_RUNS = [(3, start) for start in range(10_000, 22_000, STRESS_CHUNK)] + [
     (5, start) for start in range(10_000, 18_000, STRESS_CHUNK)
 ]
-
-
-@pytest.fixture(autouse=True)
-def quiet_raft_log() -> Iterator[None]:
-    """Operator log lines of thousands of runs would only slow the runs down.
-
-    The replay command prints them for the one seed that matters.
-    """
-    loggers = [logging.getLogger("kvraft.raft"), logging.getLogger("kvraft.sim")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
 
 
 def run_seeds(nodes: int, seeds: range) -> list[Result]:

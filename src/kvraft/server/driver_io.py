@@ -92,9 +92,7 @@ class ThreadWorkers:
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-io")
         # Snapshot encoding gets its own thread: on the storage thread it would hold
         # up every Ready's fsync for as long as it takes to encode the whole store.
-        self._encoder = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"{name}-snap"
-        )
+        self._encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-snap")
 
     async def storage(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)

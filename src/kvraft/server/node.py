@@ -145,6 +145,12 @@ class RaftNode:
         assert self._failure is not None, "start() first"
         return await asyncio.shield(self._failure)
 
+    def failure(self) -> BaseException | None:
+        """The exception that stopped the node, if one did (see :meth:`wait_failed`)."""
+        if self._failure is None or not self._failure.done():
+            return None
+        return self._failure.result()
+
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return

@@ -1,0 +1,681 @@
+"""A deterministic simulator of real RaftNodes: the production driver under seeded faults.
+
+``simulator.py`` drives bare RaftCores with a loop of its own; this one runs
+the code a server process runs — :class:`~kvraft.server.node.RaftNode` (its
+Ready loop, early send, persist, send, apply, advance and the snapshot
+steps), the real :class:`~kvraft.server.rsm.RSM` over a real
+:class:`~kvraft.server.kvstore.KVStore` — with only the world replaced, through
+the node's own parameters (:mod:`kvraft.server.driver_io`):
+
+- time is a :class:`~tests.sim.virtual_loop.VirtualTimeLoop`: the node's
+  ticker, the RSM's timeouts and every delay run on virtual seconds;
+- the network (:class:`SimTransport`) drops, duplicates, delays (so
+  reorders) and partitions messages as the seed says;
+- the disk (:class:`SimDisk`, the node's ``Workers``) runs storage calls on
+  :class:`~kvraft.raft.storage.MemoryStorage`, the in-memory twin of the
+  SQLite storage, after a delay; a node crashed while a write waits loses it.
+
+A crash is :meth:`RaftNode.halt` at any instant: the storage keeps what was
+saved, nothing else survives; a restart builds a new node and RSM from that
+storage. Clients submit gets and versioned puts through the RSM of the node
+that leads, and their history, with virtual call and return times, must be
+linearizable. The :class:`~tests.sim.simulator.Checker` of the core simulator
+watches every node (election safety, log matching, leader completeness,
+state machine safety, now on KV states), plus the Ready contract as the
+driver performs it: an entry is applied only once it is on this node's disk.
+
+A run has a safety phase (faults on), then a liveness phase (network healed,
+faults off, every node restarted: a put must be applied by every node within
+a bound). A violation raises :class:`~tests.sim.simulator.Violation` ending
+with the one command that replays the seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from kvraft.errors import NotLeader, WrongLeader
+from kvraft.raft.config import RaftConfig
+from kvraft.raft.core import RaftCore
+from kvraft.raft.messages import Entry, Message
+from kvraft.raft.ready import HardState, Snapshot
+from kvraft.raft.storage import MemoryStorage
+from kvraft.server.commands import (
+    GetOk,
+    GetOp,
+    NoKeyResult,
+    Op,
+    PutOk,
+    PutOp,
+    VersionMismatchResult,
+)
+from kvraft.server.driver_io import LoopClock
+from kvraft.server.kvstore import KVStore
+from kvraft.server.node import NodeTiming, RaftNode
+from kvraft.server.rsm import RSM
+from kvraft.testing.history import Operation, Outcome
+from kvraft.testing.linearizability import check
+
+from .planted import PLANTED, PLANTED_DRIVERS
+from .simulator import Checker, Profile, Violation
+from .virtual_loop import VirtualTimeLoop
+
+T = TypeVar("T")
+
+logger = logging.getLogger("kvraft.sim")
+
+REPLAY_COMMAND = ".venv/bin/python -m tests.sim.replay --driver node --seed {seed} --nodes {nodes}"
+
+TICK_S = 0.010  # virtual seconds per Raft tick, as a server's default
+KEYS = ("a", "b", "c", "d")
+# Every write takes this long at least (a real fsync is never instant), so a
+# message sent before its write always has a window in which a crash loses it.
+MIN_WRITE_S = 0.0005
+# Client operations wait while a leader has this many entries not yet applied.
+MAX_BACKLOG = 24
+
+
+def replay_command(seed: int, nodes: int, planted: str | None = None) -> str:
+    command = REPLAY_COMMAND.format(seed=seed, nodes=nodes)
+    return command if planted is None else f"{command} --planted {planted}"
+
+
+def kv_digest(store: KVStore) -> bytes:
+    """The whole state of a store, as a short digest (compared across replicas)."""
+    items = sorted((key, store.lookup(key)) for key in store)
+    return hashlib.blake2b(repr(items).encode(), digest_size=16).digest()
+
+
+# --------------------------------------------------------------- the world
+
+
+class SimTransport:
+    """A node's PeerTransport: messages into the simulated network."""
+
+    def __init__(self, sim: NodeSimulation, src: int) -> None:
+        self._sim = sim
+        self._src = src
+
+    def send(self, message: Message) -> bool:
+        return self._sim.network_send(message)
+
+    def close(self) -> None:
+        pass
+
+
+class SimDisk:
+    """A node's Workers: storage calls one at a time after a delay, on virtual time.
+
+    The call itself happens after the delay, all at once (MemoryStorage.save
+    is atomic, as SQLite's transaction is): a node halted while a call waits
+    loses exactly that call.
+    """
+
+    def __init__(self, sim: NodeSimulation) -> None:
+        self._sim = sim
+        self._lock = asyncio.Lock()
+        self.busy = False
+
+    async def storage(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            self.busy = True
+            try:
+                await asyncio.sleep(self._sim.write_delay_s())
+                return fn(*args)
+            finally:
+                self.busy = False
+
+    async def encode(self, fn: Callable[..., T], *args: object) -> T:
+        await asyncio.sleep(self._sim.write_delay_s())
+        return fn(*args)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class ObservedStorage(MemoryStorage):
+    """MemoryStorage that shows the checker every log it persists (Log Matching)."""
+
+    def __init__(self, node_id: int, checker: Checker, fail: Callable[[str], None]) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self._checker = checker
+        self._fail = fail
+        self.compactions = 0  # snapshots the node took and stored
+
+    def compact(self, snapshot: Snapshot) -> None:
+        if snapshot.index > self._offset():
+            self.compactions += 1
+        super().compact(snapshot)
+
+    def last_index(self) -> int:
+        return self._offset() + len(self.entries)
+
+    def term_at(self, index: int) -> int | None:
+        """The persisted term at ``index`` (of the snapshot at its index), or None."""
+        if index == 0:
+            return 0
+        if self.snapshot is not None and index == self.snapshot.index:
+            return self.snapshot.term
+        offset = self._offset()
+        if offset < index <= self.last_index():
+            return self.entries[index - offset - 1].term
+        return None
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether ``entry`` is on this disk (or covered by the persisted snapshot)."""
+        if entry.index <= self._offset():
+            return True
+        return (
+            entry.index <= self.last_index()
+            and self.entries[entry.index - self._offset() - 1] == entry
+        )
+
+    def save(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> None:
+        if entries:
+            if snapshot is not None:
+                prev_term: int | None = snapshot.term
+            else:
+                prev_term = self.term_at(entries[0].index - 1)
+            assert prev_term is not None, (entries[0], self._offset(), self.last_index())
+            self._checker.entries_logged(self.node_id, list(entries), prev_term)
+        super().save(hard_state, entries, snapshot)
+        if self.hard_state.commit_index > self.last_index():
+            self._fail(
+                f"n{self.node_id} persisted commit index {self.hard_state.commit_index} "
+                f"beyond its persisted log (last index {self.last_index()})"
+            )
+
+
+class ObservedRSM(RSM):
+    """The real RSM, with the checker looking at every entry it applies or restores."""
+
+    def __init__(self, sim: NodeSimulation, sim_node: SimNode) -> None:
+        super().__init__(sim_node.id, KVStore(), op_timeout_s=sim.op_timeout_s)
+        self._sim = sim
+        self._sim_node = sim_node
+        self.applied = 0  # the last index this RSM applied or restored
+
+    def apply(self, entry: Entry) -> None:
+        sim, sim_node = self._sim, self._sim_node
+        if not sim_node.storage.holds(entry):
+            sim.fail(f"n{self.node_id} applied {entry} before it was on its disk")
+        if entry.index != self.applied + 1:
+            sim.fail(f"n{self.node_id} applied index {entry.index} after index {self.applied}")
+        super().apply(entry)
+        self.applied = entry.index
+        sim.checker.state_reached(self.node_id, entry.index, kv_digest(self.store), "applying")
+        core = sim_node.core
+        sim.checker.committed_entry(self.node_id, entry, core.current_term if core else 0)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        super().restore(snapshot)
+        self.applied = snapshot.index
+        checker = self._sim.checker
+        if snapshot.index not in checker.states:
+            self._sim.fail(
+                f"n{self.node_id} restored a snapshot at {snapshot.index} nobody applied"
+            )
+        checker.state_reached(
+            self.node_id, snapshot.index, kv_digest(self.store), "restoring a snapshot"
+        )
+        if self._sim_node.node is not None:  # not the load at construction: from a leader
+            self._sim.installs += 1
+
+
+@dataclass
+class SimNode:
+    """One server: its disk survives crashes, its RaftNode and RSM do not."""
+
+    id: int
+    storage: ObservedStorage
+    node: RaftNode | None = None
+    rsm: ObservedRSM | None = None
+    disk: SimDisk | None = None
+    # The client operations in progress here (a dict: cancelled in a fixed order).
+    clients: dict[asyncio.Task[None], None] = field(default_factory=dict)
+    # What the Checker's observe() keeps per node.
+    seen_commit: int = 0
+    leader_checked_term: int = -1
+
+    @property
+    def core(self) -> RaftCore | None:
+        return self.node.core if self.node is not None else None
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass
+class NodeResult:
+    seed: int
+    nodes: int
+    leaders: int
+    committed: int
+    crashes: int
+    snapshots_installed: int
+    snapshots_taken: int
+    operations: int
+    acknowledged: int
+    liveness_ticks: int
+
+
+# --------------------------------------------------------------- simulation
+
+
+class NodeSimulation:
+    """One seeded run of real nodes; :meth:`run` raises Violation or returns a summary."""
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: int = 3,
+        *,
+        safety_ticks: int = 200,
+        planted: str | None = None,
+    ) -> None:
+        self.seed = seed
+        self.size = nodes
+        self.rng = random.Random(f"kvraft-node-sim/{seed}/{nodes}")
+        self.profile = Profile.pick(self.rng)
+        self.snapshot_threshold_bytes = self.rng.choice([None, 400, 1500, 6000])
+        self.op_timeout_s = self.rng.choice([10, 30]) * TICK_S
+        self.safety_ticks = safety_ticks
+        self.planted = planted
+        self.node_class: type[RaftNode] = (
+            RaftNode if planted is None or planted in PLANTED else PLANTED_DRIVERS[planted]
+        )
+        self.core_factory = PLANTED.get(planted) if planted is not None else None
+        self.ids = tuple(range(nodes))
+        self.checker = Checker(self.fail)
+        self.nodes = {i: SimNode(i, ObservedStorage(i, self.checker, self.fail)) for i in self.ids}
+        self.crashes = 0
+        self.installs = 0
+        self._group: dict[int, int] = dict.fromkeys(self.ids, 0)
+        self._faults_on = True
+        self._ops: dict[int, Operation | tuple[Op, float]] = {}
+        self._versions: dict[str, int] = {}
+        self._loop: VirtualTimeLoop | None = None
+        self._failure: Violation | None = None
+
+    # ----------------------------------------------------------------- failing
+
+    def fail(self, what: str) -> None:
+        violation = Violation(
+            f"{what}\n  at {self.now_s():.4f} s (seed {self.seed}, {self.size} nodes, "
+            f"snapshot threshold {self.snapshot_threshold_bytes}, {self.profile})\n"
+            f"  replay: {replay_command(self.seed, self.size, self.planted)}"
+        )
+        # Raised here, and kept: a check inside a node's task would only end that task.
+        if self._failure is None:
+            self._failure = violation
+        raise violation
+
+    def now_s(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
+    @property
+    def ticks(self) -> int:
+        return round(self.now_s() / TICK_S)
+
+    # ------------------------------------------------------------------ world
+
+    def write_delay_s(self) -> float:
+        profile = self.profile
+        if self._faults_on and self.rng.random() < profile.slow_disk:
+            return self.rng.uniform(0.1, profile.max_write_ticks) * TICK_S
+        return MIN_WRITE_S
+
+    def network_send(self, message: Message) -> bool:
+        profile, rng = self.profile, self.rng
+        loop = self._loop
+        assert loop is not None
+        if self._faults_on and rng.random() < profile.drop:
+            return True  # lost on the way
+        copies = 2 if self._faults_on and rng.random() < profile.duplicate else 1
+        for _ in range(copies):
+            if self._faults_on and rng.random() < profile.long_delay:
+                delay = rng.uniform(5, 40) * TICK_S
+            else:
+                delay = rng.uniform(0.2, profile.max_delay_ticks) * TICK_S
+            loop.call_later(delay, self._deliver, message)
+        return True
+
+    def _deliver(self, message: Message) -> None:
+        target = self.nodes.get(message.dst)
+        if target is None or target.node is None:
+            return
+        if self._group[message.src] != self._group[message.dst]:
+            return
+        target.node.receive(message.src, message)
+        self._observe(target)
+
+    def _observe(self, sim_node: SimNode) -> None:
+        if sim_node.node is not None:
+            self.checker.observe(sim_node)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ nodes
+
+    def _config(self, node: int) -> RaftConfig:
+        profile = self.profile
+        return RaftConfig(
+            node_id=node,
+            peers=self.ids,
+            election_timeout_ticks=profile.election_timeout_ticks,
+            heartbeat_interval_ticks=profile.heartbeat_interval_ticks,
+            pre_vote=profile.pre_vote,
+            check_quorum=profile.check_quorum,
+            check_quorum_ticks=profile.check_quorum_ticks,
+            max_entries_per_message=profile.max_entries_per_message,
+            max_bytes_per_message=profile.max_bytes_per_message,
+            max_inflight_messages=profile.max_inflight_messages,
+            snapshot_chunk_bytes=profile.snapshot_chunk_bytes,
+            rng=random.Random(self.rng.getrandbits(64)),
+        )
+
+    async def _start(self, sim_node: SimNode) -> None:
+        assert sim_node.node is None
+        rsm = ObservedRSM(self, sim_node)
+        disk = SimDisk(self)
+        extra = {} if self.core_factory is None else {"core_factory": self.core_factory}
+        node = self.node_class(
+            self._config(sim_node.id),
+            sim_node.storage,
+            SimTransport(self, sim_node.id),
+            rsm,
+            clock=LoopClock(),
+            workers=disk,
+            timing=NodeTiming(tick_interval_s=TICK_S),
+            snapshot_threshold_bytes=self.snapshot_threshold_bytes,
+            **extra,
+        )
+        rsm.attach(node)
+        sim_node.node, sim_node.rsm, sim_node.disk = node, rsm, disk
+        sim_node.seen_commit = node.core.commit_index
+        sim_node.leader_checked_term = -1
+        logger.info(
+            "sim: n%d started: term %d, log %d..%d, commit %d",
+            sim_node.id,
+            node.core.current_term,
+            node.core.first_index,
+            node.core.last_index,
+            node.core.commit_index,
+        )
+        await node.start()
+
+    def _crash(self, sim_node: SimNode, where: str) -> None:
+        node = sim_node.node
+        if node is None:
+            return
+        logger.info("sim: n%d crashed %s", sim_node.id, where)
+        node.halt()
+        for task in sim_node.clients:
+            task.cancel()  # its caller hears nothing: the outcome is unknown
+        sim_node.node = sim_node.rsm = sim_node.disk = None
+        self.crashes += 1
+
+    def _up(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.node is not None]
+
+    def _leaders(self) -> list[SimNode]:
+        return [n for n in self._up() if n.node is not None and n.node.get_state()[1]]
+
+    # ----------------------------------------------------------------- events
+
+    async def _random_events(self) -> None:
+        profile, rng = self.profile, self.rng
+        loop = self._loop
+        assert loop is not None
+        if rng.random() < profile.partition:
+            self._partition()
+        if rng.random() < profile.heal and any(self._group.values()):
+            logger.info("sim: partition healed")
+            self._group = dict.fromkeys(self.ids, 0)
+        if rng.random() < profile.crash:
+            up, leaders = self._up(), self._leaders()
+            if up:
+                # Leaders half the time; at any instant within the coming tick.
+                victim = rng.choice(leaders if leaders and rng.random() < 0.5 else up)
+                loop.call_later(rng.uniform(0, TICK_S), self._crash, victim, "now")
+        if rng.random() < profile.crash_writing:
+            writing = [n for n in self._up() if n.disk is not None and n.disk.busy]
+            if writing:
+                self._crash(rng.choice(writing), "in the middle of a write")
+        if rng.random() < profile.reboot:
+            up = self._up()
+            writing = [n for n in up if n.disk is not None and n.disk.busy]
+            if up:
+                victim = rng.choice(writing if writing and rng.random() < 0.7 else up)
+                self._crash(victim, "to reboot")
+                await self._start(victim)
+        if rng.random() < profile.restart:
+            down = [n for n in self.nodes.values() if n.node is None]
+            if down:
+                await self._start(rng.choice(down))
+        if rng.random() < profile.propose:
+            for _ in range(rng.randint(1, 3)):
+                self._client_operation()
+
+    def _partition(self) -> None:
+        rng = self.rng
+        if rng.random() < 0.5:
+            alone = rng.choice(self.ids)
+            self._group = {i: int(i == alone) for i in self.ids}
+        else:
+            self._group = {i: rng.randrange(2) for i in self.ids}
+        logger.info("sim: partition %s", self._group)
+
+    # ---------------------------------------------------------------- clients
+
+    def _client_operation(self) -> None:
+        """Start one get or versioned put at a node that believes it leads."""
+        leaders = self._leaders()
+        if not leaders:
+            return
+        sim_node = self.rng.choice(leaders)
+        node = sim_node.node
+        assert node is not None
+        if node.core.last_index - node.core.commit_index >= MAX_BACKLOG:
+            return  # flow control, as clients waiting for their answers would exert
+        number = len(self._ops)
+        key = self.rng.choice(KEYS)
+        client_id = f"c{number}"
+        op: Op
+        if self.rng.random() < 0.4:
+            op = GetOp(key, client_id, 1)
+        else:
+            known = self._versions.get(key, 0)
+            version = known if self.rng.random() < 0.8 else self.rng.randrange(4)
+            op = PutOp(key, f"v{number}", version, client_id, 1)
+        self._ops[number] = (op, self.now_s())
+        task = asyncio.get_running_loop().create_task(self._run_operation(sim_node, number, op))
+        sim_node.clients[task] = None
+        task.add_done_callback(lambda done: sim_node.clients.pop(done, None))
+
+    async def _run_operation(self, sim_node: SimNode, number: int, op: Op) -> None:
+        rsm = sim_node.rsm
+        assert rsm is not None
+        try:
+            result = await rsm.execute(op)
+        except NotLeader:
+            del self._ops[number]  # refused before submitting: it surely did not apply
+            return
+        except (WrongLeader, asyncio.CancelledError):
+            return  # unknown: left pending, reported as UNKNOWN
+        _, call_s = self._ops[number]  # type: ignore[misc]
+        self._ops[number] = self._operation(op, result, call_s, self.now_s())
+
+    def _operation(self, op: Op, result: object, call_s: float, return_s: float) -> Operation:
+        match op, result:
+            case GetOp(), GetOk(value=value, version=version):
+                self._versions[op.key] = max(self._versions.get(op.key, 0), version)
+                return Operation.get(op.client_id, op.key, (value, version), call_s, return_s)
+            case GetOp(), NoKeyResult():
+                return Operation.get(op.client_id, op.key, Outcome.NO_KEY, call_s, return_s)
+            case PutOp(), PutOk(version=version):
+                self._versions[op.key] = max(self._versions.get(op.key, 0), version)
+                return Operation.put(
+                    op.client_id, op.key, op.value, op.version, version, call_s, return_s
+                )
+            case PutOp(), NoKeyResult():
+                return Operation.put(
+                    op.client_id, op.key, op.value, op.version, Outcome.NO_KEY, call_s, return_s
+                )
+            case PutOp(), VersionMismatchResult(current_version=current):
+                self._versions[op.key] = max(self._versions.get(op.key, 0), current)
+                return Operation.put(
+                    op.client_id, op.key, op.value, op.version, Outcome.MISMATCH,
+                    call_s, return_s, current_version=current,
+                )  # fmt: skip
+        raise AssertionError(f"{op} answered {result!r}")
+
+    def _history(self) -> list[Operation]:
+        history = []
+        for entry in self._ops.values():
+            if isinstance(entry, Operation):
+                history.append(entry)
+                continue
+            op, call_s = entry  # never answered: may take effect at any later time
+            if isinstance(op, GetOp):
+                history.append(Operation.get(op.client_id, op.key, Outcome.UNKNOWN, call_s))
+            else:
+                history.append(
+                    Operation.put(
+                        op.client_id, op.key, op.value, op.version, Outcome.UNKNOWN, call_s
+                    )
+                )
+        return history
+
+    # ------------------------------------------------------------------- run
+
+    def run(self) -> NodeResult:
+        loop = VirtualTimeLoop()
+        self._loop = loop
+        try:
+            return loop.run_until_complete(self._main())
+        finally:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+            self._loop = None
+
+    async def _main(self) -> NodeResult:
+        for sim_node in self.nodes.values():
+            await self._start(sim_node)
+        for _ in range(self.safety_ticks):
+            await self._random_events()
+            await asyncio.sleep(TICK_S)
+            self._check()
+        self.checker.logs_match(self._cores())  # type: ignore[arg-type]
+        liveness_ticks = await self._liveness()
+        self.checker.logs_match(self._cores())  # type: ignore[arg-type]
+        for sim_node in self.nodes.values():
+            self._crash(sim_node, "at the end")
+        result = check(self._history(), timeout_s=30.0)
+        if result.ok is not True:
+            self.fail(f"client history not linearizable:\n{result.explanation}")
+        ops = [op for op in self._ops.values() if isinstance(op, Operation)]
+        return NodeResult(
+            seed=self.seed,
+            nodes=self.size,
+            leaders=len(self.checker.leader_of_term),
+            committed=len(self.checker.committed),
+            crashes=self.crashes,
+            snapshots_installed=self.installs,
+            snapshots_taken=sum(s.storage.compactions for s in self.nodes.values()),
+            operations=len(self._ops),
+            acknowledged=len(ops),
+            liveness_ticks=liveness_ticks,
+        )
+
+    def _check(self) -> None:
+        """Between ticks: a failure inside a node's task, and every node's invariants."""
+        if self._failure is not None:
+            raise self._failure
+        for sim_node in self._up():
+            node = sim_node.node
+            assert node is not None
+            failure = node.failure()
+            if failure is not None:
+                self.fail(f"n{sim_node.id} stopped: {failure!r}")
+            self._observe(sim_node)
+
+    def _cores(self) -> list[SimNode]:
+        return self._up()
+
+    async def _liveness(self) -> int:
+        """Heal everything; a put must be applied by every node within a bound."""
+        logger.info("sim: liveness phase: network healed, faults off, every node restarted")
+        self._faults_on = False
+        self._group = dict.fromkeys(self.ids, 0)
+        for sim_node in self.nodes.values():
+            self._crash(sim_node, "for the liveness phase")
+            await self._start(sim_node)
+        start = self.ticks
+        bound = self._liveness_bound()
+        value = f"live-{self.seed}"
+        attempts: set[int] = set()
+        while self.ticks - start < bound:
+            await asyncio.sleep(TICK_S)
+            self._check()
+            for sim_node in self._leaders():
+                node = sim_node.node
+                assert node is not None
+                term = node.get_state()[0]
+                if term not in attempts:
+                    attempts.add(term)
+                    self._start_live_put(sim_node, value)
+            if all(
+                n.rsm is not None and n.rsm.store.lookup("live") == (value, 1)
+                for n in self.nodes.values()
+            ):
+                return self.ticks - start
+        self.fail(
+            f"liveness: the put was not applied on every node {bound} ticks after healing "
+            f"the network (tried in terms {sorted(attempts)}); nodes: "
+            f"{ {i: n.core.status() for i, n in self.nodes.items() if n.core is not None} }"
+        )
+        raise AssertionError("unreachable")
+
+    def _start_live_put(self, sim_node: SimNode, value: str) -> None:
+        rsm = sim_node.rsm
+        assert rsm is not None
+
+        async def put() -> None:
+            # A retry of this put after an unknown outcome finds version 1: fine.
+            with contextlib.suppress(NotLeader, WrongLeader):
+                await rsm.execute(PutOp("live", value, 0, "live", len(self._ops)))
+
+        task = asyncio.get_running_loop().create_task(put())
+        sim_node.clients[task] = None
+        task.add_done_callback(lambda done: sim_node.clients.pop(done, None))
+
+    def _liveness_bound(self) -> int:
+        """Ticks for a healed cluster to elect a leader and bring every node up to date.
+
+        As the core simulator's bound, plus the RSM's timeout (a put submitted
+        just before a leader change waits that long before it is retried).
+        """
+        profile = self.profile
+        round_trip = 2 * profile.max_delay_ticks + profile.heartbeat_interval_ticks
+        longest = max(n.core.last_index for n in self.nodes.values() if n.core is not None)
+        # A put's command is about 60 bytes; a message carries at least one.
+        per_message = min(
+            profile.max_entries_per_message, max(1, profile.max_bytes_per_message // 64)
+        )
+        per_round = per_message * profile.max_inflight_messages
+        snapshots = [n.storage.snapshot for n in self.nodes.values()]
+        biggest = max((len(snap.data) for snap in snapshots if snap is not None), default=0)
+        rounds = -(-longest // per_round) + -(-biggest // profile.snapshot_chunk_bytes)
+        timeouts = 2 * round(self.op_timeout_s / TICK_S)
+        return 20 * profile.election_timeout_ticks + rounds * round_trip + timeouts
