@@ -31,6 +31,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from kvraft import __version__
 from kvraft.errors import KVError, StorageError, Unavailable, one_line
 from kvraft.local_cluster import (
     DEFAULT_BASE_PORT,
@@ -105,6 +106,7 @@ deadline_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="kvraft", message="%(prog)s %(version)s")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
