@@ -1,7 +1,7 @@
 """Fixtures shared by the whole suite.
 
 The cluster fixtures and the failure-report hook (server log tails) come from
-``kvraft.testing.pytest_plugin``: ``make_cluster`` and ``kvraft_server_command``.
+``tests/support/cluster_fixtures.py``: ``make_cluster`` and ``kvraft_server_command``.
 This file adds the stand-in server of ``tests/support/standin.py``, which
 speaks the product's command line and a few trivial RPCs, for tests that need
 real server processes without depending on the real server.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ("kvraft.testing.pytest_plugin",)
+pytest_plugins = ("tests.support.cluster_fixtures",)
 
 STANDIN = Path(__file__).resolve().parent / "support" / "standin.py"
 

@@ -1,9 +1,9 @@
 """``kvraft cluster``: a local cluster of server processes, started, watched and stopped together.
 
-The command itself (flags, signal handlers) is in :mod:`kvraft.cli`; this is
-what it runs: the size check that keeps a data dir's membership fixed, the
-supervisor of the node processes, and the banner that tells the user how to
-reach them.
+The command itself (flags, signal handlers) is in :mod:`kvraft.cli_servers`;
+this is what it runs: the size check that keeps a data dir's membership fixed,
+the supervisor of the node processes, and the banner that tells the user how
+to reach them.
 """
 
 from __future__ import annotations

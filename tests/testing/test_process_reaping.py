@@ -2,9 +2,10 @@
 
 Processes are named by (pid, start time), so a recycled pid is never mistaken
 for a survivor. The teardown cases run an inner pytest in a subprocess, with
-the plugin loaded, and check the servers while that pytest is still alive (so
-the parent-death signal cannot be what killed them); the parent-death cases
-kill a cluster's parent process outright.
+the suite's cluster plugin (``tests/support/cluster_fixtures.py``) loaded, and
+check the servers while that pytest is still alive (so the parent-death signal
+cannot be what killed them); the parent-death cases kill a cluster's parent
+process outright.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kvraft.testing.cluster import Cluster
 from kvraft.testing.waiting import wait_until
 
 Proc = tuple[int, int | None]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def survivors(procs: list[Proc]) -> list[Proc]:
@@ -113,7 +115,9 @@ def run_inner_pytest(
         KVRAFT_TEST_COMMAND=json.dumps(standin_command),
     )
     env.pop("PYTEST_ADDOPTS", None)
-    argv = [sys.executable, "-m", "pytest", "-p", "kvraft.testing.pytest_plugin"]
+    # The suite's plugin, imported from this checkout's tests tree (it is not shipped).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "pytest", "-p", "tests.support.cluster_fixtures"]
     argv += ["-p", "no:cacheprovider", "-q", "-rA", "--basetemp", str(tmp_path / "inner")]
     argv.append("test_inner.py")
     if interrupt:

@@ -51,8 +51,9 @@ class ServerStartError(RuntimeError):
     """A server died before it was ready, or was not ready in time; says why, with its log."""
 
 
-# Called with every new Cluster; the pytest plugin uses it to find the logs of
-# the clusters a test made, whichever way it made them.
+# Called with every new Cluster; the test suite's pytest plugin
+# (tests/support/cluster_fixtures.py) uses it to find the logs of the clusters
+# a test made, whichever way it made them.
 _listeners: list[Callable[[Cluster], None]] = []
 _listeners_lock = threading.Lock()
 

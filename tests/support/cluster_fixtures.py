@@ -1,7 +1,10 @@
 """pytest fixtures and hooks for real-process clusters.
 
-Load with ``pytest_plugins = ["kvraft.testing.pytest_plugin"]`` in a top-level
-conftest, or ``pytest -p kvraft.testing.pytest_plugin``.
+``tests/conftest.py`` loads this plugin for the whole suite
+(``pytest_plugins``); a pytest run outside the suite loads it with
+``-p tests.support.cluster_fixtures`` (the repository root on ``sys.path``).
+It lives in the tests tree, not in ``kvraft.testing``, because it imports
+pytest and the shipped package must import without it.
 
 - ``make_cluster(n, **kwargs)`` builds a :class:`~kvraft.testing.cluster.Cluster`
   under the test's ``tmp_path`` and closes it (killing every server) at
