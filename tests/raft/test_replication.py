@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from kvraft.raft.core import RaftCore, Role
@@ -14,7 +16,7 @@ from kvraft.raft.messages import (
     RequestVoteReply,
 )
 from kvraft.raft.progress import ProgressState
-from kvraft.raft.ready import HardState, PersistentState, Snapshot
+from kvraft.raft.ready import HardState, PersistentState, Ready, Snapshot
 
 from .harness import Cluster, drain, log_of, make_config, make_core, sent
 
@@ -442,3 +444,82 @@ def test_a_commit_hint_behind_the_snapshot_is_normal_on_restart(
     core = make_core(1, commit=9, entries=log_of([1, 1]))
     assert core.commit_index == 2
     assert "persisted commit index 9 outside the persisted log" in caplog.text
+
+
+def five_node_leader_with_an_unacknowledged_entry() -> tuple[RaftCore, int]:
+    """Node 1 of five, leading term 1 with every follower replicating; its entry at the
+    returned index is on its own disk and sent to all, and none has acknowledged it."""
+    leader = make_core(1, (1, 2, 3, 4, 5), pre_vote=False)
+    leader.campaign()
+    drain(leader)
+    for voter in (2, 3):
+        leader.step(RequestVoteReply(src=voter, dst=1, term=1, vote_granted=True, pre_vote=False))
+    assert leader.role is Role.LEADER
+    drain(leader)
+    for follower in (2, 3, 4, 5):  # all hold the no-op: replicating
+        leader.step(acknowledgement(follower, term=1, match_index=1))
+    drain(leader)
+    index, _ = leader.propose(b"x") or (0, 0)
+    drain(leader)
+    return leader, index
+
+
+def acknowledgement(src: int, *, term: int, match_index: int) -> AppendEntriesReply:
+    return AppendEntriesReply(
+        src=src,
+        dst=1,
+        term=term,
+        success=True,
+        match_index=match_index,
+        conflict_index=0,
+        conflict_term=0,
+    )
+
+
+def test_has_ready_changes_nothing_a_ready_is_the_same_however_often_it_is_asked() -> None:
+    """has_ready() is a query: asking it (once, twice, between inputs or not) leaves the
+    core as it was, so the next Ready is the one a driver that never asked would get.
+
+    Here n2's acknowledgement is answered by nothing yet (no commit moves: two of five)
+    when has_ready() is asked; n3's then commits the entry, and the Ready tells both.
+    Reference: etcd raft's HasReady (a query); Raft thesis §10.2.1
+    """
+    asked, _ = five_node_leader_with_an_unacknowledged_entry()
+    never_asked, index = five_node_leader_with_an_unacknowledged_entry()
+    for core in (asked, never_asked):
+        core.step(acknowledgement(2, term=1, match_index=index))
+    assert asked.leader is not None
+    progress_before = copy.deepcopy(asked.leader.progress)
+    status_before = asked.status()
+
+    assert not asked.has_ready() and not asked.has_ready()
+    assert asked.status() == status_before
+    assert asked.leader.progress == progress_before
+
+    for core in (asked, never_asked):
+        core.step(acknowledgement(3, term=1, match_index=index))
+    assert asked.has_ready() and asked.has_ready()
+    ready = asked.ready()
+
+    assert ready == never_asked.ready()
+    assert [e.index for e in ready.committed] == [index]
+    assert {m.dst for m in appends(ready.messages)} == {2, 3}
+    assert all(m.leader_commit == index for m in appends(ready.messages))
+
+
+def test_has_ready_is_true_exactly_when_the_ready_holds_something() -> None:
+    """A leader's queued sends count toward has_ready() only if they would send a message.
+
+    Reference: etcd raft's HasReady
+    """
+    leader, index = five_node_leader_with_an_unacknowledged_entry()
+    # Queues an answer to n2, which would say nothing: n2 has it all and knows the
+    # commit index, which two of five do not move.
+    leader.step(acknowledgement(2, term=1, match_index=index))
+    assert not leader.has_ready()
+    assert leader.ready() == Ready(send_before_persist=True)
+
+    leader.propose(b"y")
+    assert leader.has_ready()
+    ready = leader.ready()
+    assert ready.entries and {m.dst for m in appends(ready.messages)} == {2, 3, 4, 5}

@@ -146,7 +146,16 @@ class Observer:
 
     def perform_ready(self) -> None:
         core = self.core
+        has_ready = core.has_ready()
         ready = core.ready()
+        # has_ready() is the query of exactly this: whether the Ready holds anything.
+        assert has_ready == bool(
+            ready.hard_state is not None
+            or ready.entries
+            or ready.snapshot is not None
+            or ready.messages
+            or ready.committed
+        )
         self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
         stored = self.storage.load()
         stored_last = (stored.snapshot.index if stored.snapshot else 0) + len(stored.entries)

@@ -201,11 +201,16 @@ class RaftCore:
     # ------------------------------------------------------------ Ready handshake
 
     def has_ready(self) -> bool:
-        if self.leader is not None:
-            self.leader.flush()
+        """Whether :meth:`ready` would hand out anything; a pure query (changes nothing).
+
+        True exactly when the Ready would hold a hard state, entries, a
+        snapshot, messages or committed entries: the leader's queued sends are
+        asked whether they would produce a message, not turned into messages.
+        """
         hard = self._hard_state
         return bool(
             self._messages
+            or (self.leader is not None and self.leader.has_pending_sends())
             or self._pending_snapshot is not None
             or self.log.unstable <= self.log.last_index
             or self.commit_index > self.applied_index
