@@ -30,7 +30,7 @@ def make_leader(entries: tuple[object, ...] = (), term: int = 1, **overrides: ob
     core = make_core(1, term=term, entries=entries, pre_vote=False, **overrides)  # type: ignore[arg-type]
     core.campaign()
     drain(core)
-    core.step(RequestVoteReply(3, 1, term + 1, True, False))
+    core.step(RequestVoteReply(src=3, dst=1, term=term + 1, vote_granted=True, pre_vote=False))
     assert core.role is Role.LEADER
     return core
 
@@ -44,10 +44,18 @@ def test_leader_commits_only_current_term_entries_by_counting() -> None:
     drain(leader)
     assert leader.commit_index == 0
 
-    leader.step(AppendEntriesReply(2, 1, 4, True, 2, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=4, success=True, match_index=2, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 0  # index 2 is on a majority, but of term 2
 
-    leader.step(AppendEntriesReply(2, 1, 4, True, 3, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=4, success=True, match_index=3, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 3  # the no-op commits, and index 2 with it
 
 
@@ -58,11 +66,19 @@ def test_leader_counts_itself_only_for_persisted_entries() -> None:
     """
     leader = make_leader()
     drain(leader)
-    leader.step(AppendEntriesReply(2, 1, 2, True, 1, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=1, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 1
     index, _ = leader.propose(b"x") or (0, 0)
 
-    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=index, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 1  # the leader's own copy is not on disk yet
     ready = leader.ready()
     assert [e.index for e in ready.entries] == [index]
@@ -79,7 +95,11 @@ def test_follower_truncates_a_conflicting_suffix() -> None:
     follower = make_core(2, term=2, entries=log_of([1, 1, 2, 2]))
     new = log_of([3, 3], start=3)
 
-    follower.step(AppendEntries(1, 2, 3, 2, 1, new, 0))
+    follower.step(
+        AppendEntries(
+            src=1, dst=2, term=3, prev_log_index=2, prev_log_term=1, entries=new, leader_commit=0
+        )
+    )
     [ready] = drain(follower)
 
     assert [(e.index, e.term) for e in ready.entries] == [(3, 3), (4, 3)]
@@ -95,7 +115,17 @@ def test_follower_commit_never_exceeds_its_last_new_entry() -> None:
     """
     follower = make_core(2, term=1)
 
-    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1]), 50))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=log_of([1, 1]),
+            leader_commit=50,
+        )
+    )
     [ready] = drain(follower)
 
     assert follower.commit_index == 2
@@ -112,7 +142,17 @@ def test_append_entries_contradicting_committed_entries_change_nothing() -> None
     """
     follower = make_core(2, term=2, commit=3, entries=log_of([1, 1, 2]))
 
-    follower.step(AppendEntries(1, 2, 2, 1, 1, log_of([1, 1, 1], start=2), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=2,
+            prev_log_index=1,
+            prev_log_term=1,
+            entries=log_of([1, 1, 1], start=2),
+            leader_commit=0,
+        )
+    )
     [reply] = sent(follower)
 
     assert [follower.term(i) for i in (1, 2, 3, 4)] == [1, 1, 2, None]
@@ -125,10 +165,30 @@ def test_duplicate_append_entries_do_not_truncate() -> None:
     Reference: Raft §5.3
     """
     follower = make_core(2, term=1)
-    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1, 1, 1]), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=log_of([1, 1, 1, 1]),
+            leader_commit=0,
+        )
+    )
     drain(follower)
 
-    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1]), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=log_of([1, 1]),
+            leader_commit=0,
+        )
+    )
     [reply] = sent(follower)
 
     assert follower.last_index == 4
@@ -278,7 +338,11 @@ def test_probe_state_sends_one_append_at_a_time() -> None:
     assert leader.leader is not None
     drain(leader)
     # The refusal of the first probe (prev_log_index 5): the follower ends at index 2.
-    leader.step(AppendEntriesReply(2, 1, 2, False, 5, 3, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=False, match_index=5, conflict_index=3, conflict_term=0
+        )
+    )
 
     first = appends(sent(leader), 2)
     leader.propose(b"more")
@@ -351,7 +415,17 @@ def test_a_leaders_messages_may_leave_before_its_own_write() -> None:
     leader = make_leader()
     drain(leader)
     for follower in (2, 3):  # both hold the no-op: replicating, not probing
-        leader.step(AppendEntriesReply(follower, 1, 2, True, 1, 0, 0))
+        leader.step(
+            AppendEntriesReply(
+                src=follower,
+                dst=1,
+                term=2,
+                success=True,
+                match_index=1,
+                conflict_index=0,
+                conflict_term=0,
+            )
+        )
     drain(leader)
     index, _ = leader.propose(b"x") or (0, 0)
     ready = leader.ready()
@@ -359,7 +433,11 @@ def test_a_leaders_messages_may_leave_before_its_own_write() -> None:
     assert [e.index for e in ready.entries] == [index]
     assert [m.entries[-1].index for m in appends(ready.messages) if m.entries] == [index, index]
     # One follower acknowledges before the leader's write completes: no majority yet.
-    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=index, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index < index
     leader.advance(ready)
     assert leader.commit_index == index
@@ -377,13 +455,23 @@ def test_votes_and_acknowledgements_wait_for_the_write() -> None:
     assert ready.hard_state is not None and not ready.send_before_persist
 
     voter = make_core(2, pre_vote=False)
-    voter.step(RequestVote(1, 2, 1, 0, 0, False))
+    voter.step(RequestVote(src=1, dst=2, term=1, last_log_index=0, last_log_term=0, pre_vote=False))
     ready = voter.ready()
     assert any(isinstance(m, RequestVoteReply) and m.vote_granted for m in ready.messages)
     assert not ready.send_before_persist
 
     follower = make_core(2, term=1)
-    follower.step(AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, b"x"),), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=(Entry(term=1, index=1, command=b"x"),),
+            leader_commit=0,
+        )
+    )
     ready = follower.ready()
     assert ready.entries and ready.messages and not ready.send_before_persist
 
@@ -396,7 +484,12 @@ def test_a_leader_that_steps_down_in_the_batch_sends_after_its_write() -> None:
     """
     leader = make_leader()
     drain(leader)
-    leader.step(AppendEntries(3, 1, 5, 0, 0, (), 0))  # n3 leads term 5
+    # n3 leads term 5
+    leader.step(
+        AppendEntries(
+            src=3, dst=1, term=5, prev_log_index=0, prev_log_term=0, entries=(), leader_commit=0
+        )
+    )
     assert leader.role is Role.FOLLOWER
     ready = leader.ready()
     assert ready.hard_state is not None and ready.hard_state.current_term == 5
@@ -412,11 +505,25 @@ def test_a_new_commit_index_alone_is_applied_without_a_write() -> None:
     leader = make_leader()
     drain(leader)
     for follower in (2, 3):
-        leader.step(AppendEntriesReply(follower, 1, 2, True, 1, 0, 0))
+        leader.step(
+            AppendEntriesReply(
+                src=follower,
+                dst=1,
+                term=2,
+                success=True,
+                match_index=1,
+                conflict_index=0,
+                conflict_term=0,
+            )
+        )
     drain(leader)
     index, _ = leader.propose(b"x") or (0, 0)
     leader.advance(leader.ready())
-    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=index, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == index
 
     ready = leader.ready()

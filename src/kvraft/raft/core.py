@@ -167,7 +167,7 @@ class RaftCore:
             raise TypeError(f"a command is bytes, not {type(command).__name__}")
         if self.leader is None:
             return None
-        entry = Entry(self.current_term, self.log.last_index + 1, command)
+        entry = Entry(term=self.current_term, index=self.log.last_index + 1, command=command)
         self.log.append(entry)
         self.leader.send_to_all(allow_empty=False)
         return entry.index, entry.term
@@ -334,7 +334,13 @@ class RaftCore:
                 self._reply_snapshot(msg, 0, done=False)
             case RequestVote():
                 self._send(
-                    RequestVoteReply(self.id, msg.src, self.current_term, False, msg.pre_vote)
+                    RequestVoteReply(
+                        src=self.id,
+                        dst=msg.src,
+                        term=self.current_term,
+                        vote_granted=False,
+                        pre_vote=msg.pre_vote,
+                    )
                 )
             case _:
                 pass  # stale replies: whatever they answered is moot
@@ -385,7 +391,12 @@ class RaftCore:
             if peer not in self._votes:
                 self._send(
                     RequestVote(
-                        self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote
+                        src=self.id,
+                        dst=peer,
+                        term=term,
+                        last_log_index=self.log.last_index,
+                        last_log_term=self.log.last_term,
+                        pre_vote=pre_vote,
                     )
                 )
 
@@ -409,9 +420,25 @@ class RaftCore:
                 self.voted_for = msg.src  # persisted by the Ready that carries the reply
                 self._election_elapsed = 0
                 self._log(logging.DEBUG, "voted for n%d", msg.src)
-            self._send(RequestVoteReply(self.id, msg.src, msg.term, True, msg.pre_vote))
+            self._send(
+                RequestVoteReply(
+                    src=self.id,
+                    dst=msg.src,
+                    term=msg.term,
+                    vote_granted=True,
+                    pre_vote=msg.pre_vote,
+                )
+            )
         else:
-            self._send(RequestVoteReply(self.id, msg.src, self.current_term, False, msg.pre_vote))
+            self._send(
+                RequestVoteReply(
+                    src=self.id,
+                    dst=msg.src,
+                    term=self.current_term,
+                    vote_granted=False,
+                    pre_vote=msg.pre_vote,
+                )
+            )
 
     def _handle_vote_reply(self, msg: RequestVoteReply) -> None:
         if msg.pre_vote:
@@ -477,7 +504,7 @@ class RaftCore:
         self.leader = Leader(self, self._send)
         # Raft §8 / thesis §6.4: a no-op of the new term lets the leader commit
         # the entries of earlier terms it holds (§5.4.2 forbids counting them).
-        noop = Entry(self.current_term, self.log.last_index + 1, None)
+        noop = Entry(term=self.current_term, index=self.log.last_index + 1, command=None)
         self.log.append(noop)
         self._log(logging.INFO, "became leader at index %d", noop.index)
         self.leader.send_to_all(allow_empty=True)
@@ -501,13 +528,13 @@ class RaftCore:
         # leader can tell a stale refusal from a current one.
         self._send(
             AppendEntriesReply(
-                self.id,
-                leader,
-                self.current_term,
-                success,
-                match_index,
-                conflict_index,
-                conflict_term,
+                src=self.id,
+                dst=leader,
+                term=self.current_term,
+                success=success,
+                match_index=match_index,
+                conflict_index=conflict_index,
+                conflict_term=conflict_term,
             )
         )
 
@@ -567,7 +594,12 @@ class RaftCore:
     def _reply_snapshot(self, msg: InstallSnapshot, next_offset: int, *, done: bool) -> None:
         self._send(
             InstallSnapshotReply(
-                self.id, msg.src, self.current_term, msg.last_included_index, next_offset, done
+                src=self.id,
+                dst=msg.src,
+                term=self.current_term,
+                last_included_index=msg.last_included_index,
+                next_offset=next_offset,
+                done=done,
             )
         )
 

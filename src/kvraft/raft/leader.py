@@ -147,7 +147,17 @@ class Leader:
             prev = progress.next_index - 1
             prev_term = log.term(prev)
             assert prev_term is not None, (prev, log.first_index)
-            self._send(AppendEntries(self.id, peer, self.term, prev, prev_term, entries, commit))
+            self._send(
+                AppendEntries(
+                    src=self.id,
+                    dst=peer,
+                    term=self.term,
+                    prev_log_index=prev,
+                    prev_log_term=prev_term,
+                    entries=entries,
+                    leader_commit=commit,
+                )
+            )
             progress.commit_sent = commit
             sent = True
             progress.sent(entries[-1].index if entries else None)
@@ -184,7 +194,17 @@ class Leader:
                     self._send_snapshot(peer)
                     return
                 commit = self.core.commit_index
-                self._send(AppendEntries(self.id, peer, self.term, prev, prev_term, (), commit))
+                self._send(
+                    AppendEntries(
+                        src=self.id,
+                        dst=peer,
+                        term=self.term,
+                        prev_log_index=prev,
+                        prev_log_term=prev_term,
+                        entries=(),
+                        leader_commit=commit,
+                    )
+                )
                 progress.commit_sent = commit
 
     def _send_snapshot(self, peer: int) -> None:
@@ -202,14 +222,14 @@ class Leader:
         chunk = snapshot.data[offset : offset + max(1, self.config.snapshot_chunk_bytes)]
         self._send(
             InstallSnapshot(
-                self.id,
-                peer,
-                self.term,
-                snapshot.index,
-                snapshot.term,
-                offset,
-                chunk,
-                offset + len(chunk) >= len(snapshot.data),
+                src=self.id,
+                dst=peer,
+                term=self.term,
+                last_included_index=snapshot.index,
+                last_included_term=snapshot.term,
+                offset=offset,
+                data=chunk,
+                done=offset + len(chunk) >= len(snapshot.data),
             )
         )
 

@@ -3,6 +3,11 @@
 Every message carries ``src`` and ``dst`` (peer ids) and the sender's ``term``.
 They travel as one-way notifications (method ``"raft"``); a reply is a message
 of its own. Tags 1..19 are reserved for Raft on the wire.
+
+Build them with keyword arguments: ``RequestVote(2, 1, 2, 0, 0, False)`` says
+nothing without the class open (``tests/raft/test_message_style.py`` checks).
+They are not ``kw_only`` because the codec builds them from a decoded tuple of
+fields, positionally, on the path every log entry takes.
 """
 
 from __future__ import annotations
