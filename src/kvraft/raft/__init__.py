@@ -12,8 +12,9 @@ only from ``RaftConfig.rng``, so a seeded simulation replays exactly.
 Layering, bottom up:
 
 - ``messages``, ``ready``, ``config``, ``storage``: the interface the driver is
-  written against (typed messages, the Ready batch, settings in ticks, the
-  storage protocol and its in-memory twin);
+  written against (typed messages, the Ready batch, settings in ticks with the
+  one definition of the timing defaults, the storage protocol and its
+  in-memory twin);
 - ``quorum``: majority arithmetic (commit index, vote tallies);
 - ``log``: the in-memory log after a snapshot, its consistency check, and how
   far it was handed out and persisted;

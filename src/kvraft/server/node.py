@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvraft.raft.config import RaftConfig
+from kvraft.raft.config import DEFAULT_TICK_INTERVAL_S, RaftConfig
 from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import MESSAGE_TYPES, Entry, Message
 from kvraft.raft.ready import Snapshot
@@ -39,7 +39,7 @@ RAFT_METHOD = "raft"
 class NodeTiming:
     """Wall-clock settings; the core counts ticks (see RaftConfig for tick counts)."""
 
-    tick_interval_s: float = 0.010
+    tick_interval_s: float = DEFAULT_TICK_INTERVAL_S
 
 
 class StateMachine:
