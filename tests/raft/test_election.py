@@ -8,7 +8,13 @@ import random
 import pytest
 
 from kvraft.raft.core import Role
-from kvraft.raft.messages import AppendEntries, AppendEntriesReply, RequestVote, RequestVoteReply
+from kvraft.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    RequestVote,
+    RequestVoteReply,
+    TimeoutNow,
+)
 
 from .harness import Cluster, drain, log_of, make_core, sent
 
@@ -324,3 +330,37 @@ def test_operator_log_lines(caplog: pytest.LogCaptureFixture) -> None:
         "n2 [term 1] became follower of n1",
         "n3 [term 1] became follower of n1",
     ]
+
+
+def test_timeout_now_from_its_leader_makes_a_follower_campaign_at_once() -> None:
+    """The receiving half of leadership transfer: no waiting for the election timeout, and
+    no pre-vote (the leader asked), so the term goes up at once.
+
+    Reference: Raft thesis §3.10
+    """
+    cluster = Cluster.of(3)  # pre-vote on
+    cluster.elect(1)
+    follower = cluster.cores[2]
+
+    follower.step(TimeoutNow(src=1, dst=2, term=1))
+
+    assert (follower.role, follower.current_term, follower.voted_for) == (Role.CANDIDATE, 2, 2)
+    requests = [m for m in sent(follower) if isinstance(m, RequestVote)]
+    assert {m.dst for m in requests} == {1, 3} and not any(m.pre_vote for m in requests)
+
+
+def test_timeout_now_from_anyone_but_its_leader_is_ignored() -> None:
+    """Only the leader a follower follows may ask it to campaign: another node's request
+    would let it depose a healthy leader.
+
+    Reference: Raft thesis §3.10
+    """
+    cluster = Cluster.of(3)
+    cluster.elect(1)
+    follower = cluster.cores[2]
+
+    follower.step(TimeoutNow(src=3, dst=2, term=1))
+    follower.step(TimeoutNow(src=1, dst=2, term=0))  # a stale term
+
+    assert (follower.role, follower.current_term, follower.leader_id) == (Role.FOLLOWER, 1, 1)
+    assert sent(follower) == []

@@ -510,6 +510,11 @@ class RaftCore:
         self.leader.send_to_all(allow_empty=True)
 
     def _handle_timeout_now(self, msg: TimeoutNow) -> None:
+        """The receiving half of leadership transfer (see TimeoutNow): campaign now.
+
+        Only on our own leader's word: anyone else could depose a healthy leader.
+        No pre-vote: the leader asked, so the election is wanted.
+        """
         if self.role is Role.FOLLOWER and msg.src == self.leader_id:
             self._log(logging.INFO, "asked by leader n%d to campaign now", msg.src)
             self._start_election(pre_vote=False)

@@ -113,7 +113,18 @@ class InstallSnapshotReply:
 @wire_message(8)
 @dataclass(frozen=True, slots=True)
 class TimeoutNow:
-    """Leadership transfer: the receiver campaigns at once, skipping pre-vote."""
+    """Leadership transfer: the receiver campaigns at once, skipping pre-vote.
+
+    Half of a transfer (thesis §3.10) exists: a follower that receives this from
+    the leader it follows, in its term, starts an election at once
+    (``RaftCore._handle_timeout_now``); from anyone else, or in another term,
+    it is ignored. The sending half does not: no leader code and no API sends
+    it yet (the leader would stop taking proposals, bring the target's log up
+    to date, then send this). Nor do the resulting vote requests carry a mark
+    that lets voters still hearing from the leader set their lease aside, so
+    with check-quorum they refuse them until the old leader, answered by the
+    candidate's higher term, steps down.
+    """
 
     src: int
     dst: int
