@@ -22,10 +22,16 @@ Layering, bottom up:
   snapshot);
 - ``validate``: which network messages make sense at all;
 - ``snapshot``: a follower's assembly of InstallSnapshot chunks;
+- ``election``: the election timer (randomized timeouts; whether a leader was
+  heard from within one, for its lease)
+  and a (pre-)candidate's round of vote requests and replies;
+- ``follower``: the follower's side of replication (the log's consistency
+  check and repair, the commit index a leader allows, snapshot chunks, the
+  replies);
 - ``leader``: the leader's side of replication (batching, heartbeats, fast
   backtracking, the commit index, check-quorum);
-- ``core``: terms, roles, elections (with pre-vote and leader leases), the
-  follower's side, and the Ready handshake.
+- ``core``: terms and roles (when to campaign, follow, lead or step down, with
+  pre-vote and leader leases), granting votes, and the Ready handshake.
 
 Extensions beyond the paper's Figure 2, as real clusters need them: pre-vote
 (thesis §9.6), check-quorum with leader leases (§6.2, §4.2.3), fast log
