@@ -545,7 +545,7 @@ def test_a_commit_hint_behind_the_snapshot_is_normal_on_restart(
     """The persisted commit index may trail a later snapshot: a restart starts from the
     snapshot's index, quietly; only a hint past the log is worth a warning."""
     core = make_core(1, commit=2, snapshot=Snapshot(5, 1, b"s"), entries=log_of([1], start=6))
-    assert core.commit_index == 5 and core.applied_index == 5
+    assert core.commit_index == 5 and core.applying_index == 5
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
     core = make_core(1, commit=9, entries=log_of([1, 1]))

@@ -205,7 +205,7 @@ class Observer:
 
     def check(self) -> None:
         core = self.core
-        assert core.log.snapshot_index <= core.applied_index <= core.commit_index
+        assert core.log.snapshot_index <= core.applying_index <= core.commit_index
         assert core.commit_index <= core.last_index
         assert core.first_index == core.log.snapshot_index + 1
         if core.snapshot is not None:
@@ -268,7 +268,7 @@ def test_random_messages_never_raise_and_keep_invariants(
                 core.campaign()
             case "compact":
                 observer.perform_ready()
-                index = core.applied_index
+                index = core.applying_index
                 term = core.term(index)
                 if index > core.log.snapshot_index and term is not None:
                     core.compact(Snapshot(index, term, b"compacted"))

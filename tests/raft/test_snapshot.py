@@ -104,7 +104,7 @@ def test_follower_installs_snapshot_and_keeps_a_matching_suffix() -> None:
     assert ready.snapshot == Snapshot(20, 1, DATA)
     assert [e.index for e in ready.entries] == list(range(21, 31))
     assert (follower.first_index, follower.last_index) == (21, 30)
-    assert (follower.commit_index, follower.applied_index) == (20, 20)
+    assert (follower.commit_index, follower.applying_index) == (20, 20)
     assert ready.committed == []
     [reply] = ready.messages
     assert isinstance(reply, InstallSnapshotReply) and reply.done

@@ -73,7 +73,7 @@ class RaftCore:
         self.voted_for = hard.voted_for
         self.role = Role.FOLLOWER
         self.leader_id: int | None = None
-        # Invariant: snapshot index <= applied_index <= commit_index <= last_index.
+        # Invariant: snapshot index <= applying_index <= commit_index <= last_index.
         # The persisted commit index is a hint that may trail the snapshot (it is
         # written only along with other writes); past the log it is an anomaly.
         self.commit_index = min(
@@ -88,8 +88,12 @@ class RaftCore:
                 self.log.last_index,
                 self.commit_index,
             )
-        # The last index handed out in Ready.committed, or the snapshot's index.
-        self.applied_index = self.log.snapshot_index
+        # The last index handed out in Ready.committed for the driver to apply (or
+        # the snapshot's index): what the state machine will have applied once the
+        # driver performed the Readies taken so far. Not the paper's lastApplied,
+        # which is the state machine's own and which the core never sees; etcd
+        # raft calls this position "applying".
+        self.applying_index = self.log.snapshot_index
         # The hard state last handed out in a Ready (or loaded).
         self._hard_state = HardState(self.current_term, self.voted_for, self.commit_index)
         self._messages: list[Message] = []
@@ -128,7 +132,10 @@ class RaftCore:
             "term": self.current_term,
             "leader_id": self.leader_id,
             "commit_index": self.commit_index,
-            "applied_index": self.applied_index,
+            # Under this name for `kvraft status`: the driver applies a Ready's
+            # entries right after persisting it, so this runs ahead of what the
+            # state machine applied only while a Ready is being performed.
+            "applied_index": self.applying_index,
             "first_index": self.log.first_index,
             "last_index": self.log.last_index,
             "snapshot_index": self.log.snapshot_index,
@@ -187,9 +194,9 @@ class RaftCore:
         """
         if snapshot.index <= self.log.snapshot_index:
             return
-        if snapshot.index > self.applied_index:
+        if snapshot.index > self.applying_index:
             raise ValueError(
-                f"n{self.id}: snapshot at {snapshot.index} is past applied {self.applied_index}"
+                f"n{self.id}: snapshot at {snapshot.index} is past applied {self.applying_index}"
             )
         if self.log.term(snapshot.index) != snapshot.term:
             raise ValueError(
@@ -215,7 +222,7 @@ class RaftCore:
             or (self.leader is not None and self.leader.has_pending_sends())
             or self._pending_snapshot is not None
             or self.log.unstable <= self.log.last_index
-            or self.commit_index > self.applied_index
+            or self.commit_index > self.applying_index
             or hard.current_term != self.current_term
             or hard.voted_for != self.voted_for
         )
@@ -256,10 +263,10 @@ class RaftCore:
             ready.entries = self.log.unstable_entries()
         self.log.mark_handed_out()
         ready.messages, self._messages = self._messages, []
-        if self.commit_index > self.applied_index:
+        if self.commit_index > self.applying_index:
             # Persisted earlier or by this very Ready (it holds every unstable entry).
-            ready.committed = self.log.between(self.applied_index + 1, self.commit_index)
-            self.applied_index = self.commit_index
+            ready.committed = self.log.between(self.applying_index + 1, self.commit_index)
+            self.applying_index = self.commit_index
         return ready
 
     def advance(self, ready: Ready) -> None:
@@ -516,7 +523,7 @@ class RaftCore:
         self._pending_snapshot = snapshot
         # The snapshot is of committed state, newer than ours (checked by the caller).
         self.commit_index = snapshot.index
-        self.applied_index = snapshot.index
+        self.applying_index = snapshot.index
         self._log(
             logging.INFO,
             "installed snapshot at index %d from n%d, kept %d entries",

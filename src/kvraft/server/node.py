@@ -332,7 +332,7 @@ class RaftNode:
     # A snapshot is taken in five steps, so that the event loop (which applies
     # entries and answers clients) only does the cheap one, and the storage
     # thread (which persists every Ready) only a small transaction:
-    #   1. on the loop: capture a consistent copy of the state at applied_index;
+    #   1. on the loop: capture a consistent copy of the state at applying_index;
     #   2. encoder thread: encode it;
     #   3. encoder thread: write it to its own file (storage.stage_snapshot),
     #      while Readys keep being saved;
@@ -352,7 +352,7 @@ class RaftNode:
         held = self.core.snapshot
         if self.storage.size_bytes() < max(threshold, 2 * len(held.data) if held else 0):
             return
-        index = self.core.applied_index
+        index = self.core.applying_index
         entry = self.core.entry(index)
         if entry is None:  # already compacted up to applied
             return
