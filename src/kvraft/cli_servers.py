@@ -23,6 +23,11 @@ from kvraft.local_cluster import (
     describe_os_error,
     print_banner,
 )
+from kvraft.raft.config import (
+    DEFAULT_ELECTION_TIMEOUT_TICKS,
+    DEFAULT_HEARTBEAT_INTERVAL_TICKS,
+    DEFAULT_TICK_INTERVAL_S,
+)
 
 
 def _log_level(ctx: click.Context) -> str:
@@ -54,15 +59,25 @@ def _log_level(ctx: click.Context) -> str:
     default=None,
     help="Snapshot when the Raft state on disk passes this many bytes (default 64 MiB; 0: never).",
 )
-@click.option("--tick-ms", type=click.FloatRange(min=1), default=10.0, show_default=True)
+@click.option(
+    "--tick-ms",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_TICK_INTERVAL_S * 1000,
+    show_default=True,
+)
 @click.option(
     "--election-ticks",
     type=click.IntRange(min=2),
-    default=15,
+    default=DEFAULT_ELECTION_TIMEOUT_TICKS,
     show_default=True,
     help="Election timeout in ticks (randomized up to twice this).",
 )
-@click.option("--heartbeat-ticks", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--heartbeat-ticks",
+    type=click.IntRange(min=1),
+    default=DEFAULT_HEARTBEAT_INTERVAL_TICKS,
+    show_default=True,
+)
 @click.option("--max-value-bytes", type=click.IntRange(min=1), default=None, help="Default 1 MiB.")
 @click.option(
     "--max-frame-bytes", type=click.IntRange(min=1024), default=None, help="Default 16 MiB."

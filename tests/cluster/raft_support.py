@@ -85,9 +85,23 @@ def raft_reply_tags() -> frozenset[int]:
 
     return frozenset(
         {
-            wire_tag(RequestVoteReply(0, 1, 1, False, False)),
-            wire_tag(AppendEntriesReply(0, 1, 1, False, 0, 0, 0)),
-            wire_tag(InstallSnapshotReply(0, 1, 1, 0, 0, False)),
+            wire_tag(RequestVoteReply(src=0, dst=1, term=1, vote_granted=False, pre_vote=False)),
+            wire_tag(
+                AppendEntriesReply(
+                    src=0,
+                    dst=1,
+                    term=1,
+                    success=False,
+                    match_index=0,
+                    conflict_index=0,
+                    conflict_term=0,
+                )
+            ),
+            wire_tag(
+                InstallSnapshotReply(
+                    src=0, dst=1, term=1, last_included_index=0, next_offset=0, done=False
+                )
+            ),
         }
     )
 

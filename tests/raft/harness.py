@@ -31,7 +31,7 @@ def make_config(node_id: int, peers: Iterable[int] = (1, 2, 3), **overrides: obj
 def log_of(terms: Iterable[int], start: int = 1) -> tuple[Entry, ...]:
     """Entries with the given terms from index ``start`` on; commands name index and term."""
     return tuple(
-        Entry(term, start + offset, f"{start + offset}@{term}".encode())
+        Entry(term=term, index=start + offset, command=f"{start + offset}@{term}".encode())
         for offset, term in enumerate(terms)
     )
 

@@ -8,7 +8,13 @@ import random
 import pytest
 
 from kvraft.raft.core import Role
-from kvraft.raft.messages import AppendEntries, AppendEntriesReply, RequestVote, RequestVoteReply
+from kvraft.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    RequestVote,
+    RequestVoteReply,
+    TimeoutNow,
+)
 
 from .harness import Cluster, drain, log_of, make_core, sent
 
@@ -24,8 +30,8 @@ def test_follower_grants_one_vote_per_term() -> None:
     """
     core = make_core(1, term=1)
 
-    core.step(RequestVote(2, 1, 2, 0, 0, False))
-    core.step(RequestVote(3, 1, 2, 0, 0, False))
+    core.step(RequestVote(src=2, dst=1, term=2, last_log_index=0, last_log_term=0, pre_vote=False))
+    core.step(RequestVote(src=3, dst=1, term=2, last_log_index=0, last_log_term=0, pre_vote=False))
 
     assert vote_replies(sent(core)) == [(2, True), (3, False)]
     assert (core.current_term, core.voted_for) == (2, 2)
@@ -38,8 +44,8 @@ def test_vote_is_granted_again_to_the_same_candidate() -> None:
     """
     core = make_core(1, term=1)
 
-    core.step(RequestVote(2, 1, 2, 0, 0, False))
-    core.step(RequestVote(2, 1, 2, 0, 0, False))
+    core.step(RequestVote(src=2, dst=1, term=2, last_log_index=0, last_log_term=0, pre_vote=False))
+    core.step(RequestVote(src=2, dst=1, term=2, last_log_index=0, last_log_term=0, pre_vote=False))
 
     assert vote_replies(sent(core)) == [(2, True), (2, True)]
 
@@ -51,7 +57,7 @@ def test_vote_is_persisted_in_the_ready_that_sends_the_grant() -> None:
     """
     core = make_core(1, term=1)
 
-    core.step(RequestVote(2, 1, 2, 0, 0, False))
+    core.step(RequestVote(src=2, dst=1, term=2, last_log_index=0, last_log_term=0, pre_vote=False))
     ready = core.ready()
 
     assert ready.hard_state is not None
@@ -78,7 +84,16 @@ def test_vote_only_for_a_log_at_least_as_up_to_date(
     """
     core = make_core(1, term=2, entries=log_of([1, 1, 2]))
 
-    core.step(RequestVote(2, 1, 3, last_log_index, last_log_term, False))
+    core.step(
+        RequestVote(
+            src=2,
+            dst=1,
+            term=3,
+            last_log_index=last_log_index,
+            last_log_term=last_log_term,
+            pre_vote=False,
+        )
+    )
 
     assert vote_replies(sent(core)) == [(2, granted)]
 
@@ -90,7 +105,7 @@ def test_stale_term_vote_request_is_refused_with_the_current_term() -> None:
     """
     core = make_core(1, term=5)
 
-    core.step(RequestVote(2, 1, 4, 0, 0, False))
+    core.step(RequestVote(src=2, dst=1, term=4, last_log_index=0, last_log_term=0, pre_vote=False))
 
     [reply] = sent(core)
     assert isinstance(reply, RequestVoteReply)
@@ -156,7 +171,7 @@ def test_pre_vote_win_starts_one_real_election() -> None:
     core.campaign()
     drain(core)
 
-    core.step(RequestVoteReply(2, 1, 4, True, True))
+    core.step(RequestVoteReply(src=2, dst=1, term=4, vote_granted=True, pre_vote=True))
     requests = [m for m in sent(core) if isinstance(m, RequestVote)]
 
     assert (core.role, core.current_term, core.voted_for) == (Role.CANDIDATE, 4, 1)
@@ -170,7 +185,7 @@ def test_pre_vote_is_refused_to_a_stale_log() -> None:
     """
     core = make_core(1, term=2, entries=log_of([1, 2]))
 
-    core.step(RequestVote(2, 1, 3, 5, 1, True))
+    core.step(RequestVote(src=2, dst=1, term=3, last_log_index=5, last_log_term=1, pre_vote=True))
 
     assert vote_replies(sent(core)) == [(2, False)]
     assert (core.current_term, core.voted_for) == (2, None)
@@ -185,7 +200,9 @@ def test_follower_in_lease_ignores_a_higher_term_vote_request() -> None:
     cluster.elect(1)
     follower = cluster.cores[2]
 
-    follower.step(RequestVote(3, 2, 9, 100, 9, False))
+    follower.step(
+        RequestVote(src=3, dst=2, term=9, last_log_index=100, last_log_term=9, pre_vote=False)
+    )
 
     assert (follower.current_term, follower.leader_id) == (1, 1)
     assert not [m for m in sent(follower) if isinstance(m, RequestVoteReply)]
@@ -254,7 +271,11 @@ def test_leader_steps_down_on_a_reply_of_a_later_term() -> None:
     cluster.elect(1)
     leader = cluster.cores[1]
 
-    leader.step(AppendEntriesReply(2, 1, 7, False, 0, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=7, success=False, match_index=0, conflict_index=0, conflict_term=0
+        )
+    )
 
     assert (leader.role, leader.current_term, leader.voted_for) == (Role.FOLLOWER, 7, None)
 
@@ -266,7 +287,11 @@ def test_deposed_leader_learns_the_term_from_a_stale_append_reply() -> None:
     """
     core = make_core(2, term=5)
 
-    core.step(AppendEntries(1, 2, 4, 0, 0, (), 0))
+    core.step(
+        AppendEntries(
+            src=1, dst=2, term=4, prev_log_index=0, prev_log_term=0, entries=(), leader_commit=0
+        )
+    )
 
     [reply] = sent(core)
     assert isinstance(reply, AppendEntriesReply)
@@ -282,8 +307,8 @@ def test_candidate_that_a_majority_refuses_loses_and_follows() -> None:
     core.campaign()
     drain(core)
 
-    core.step(RequestVoteReply(2, 1, 2, False, False))
-    core.step(RequestVoteReply(3, 1, 2, False, False))
+    core.step(RequestVoteReply(src=2, dst=1, term=2, vote_granted=False, pre_vote=False))
+    core.step(RequestVoteReply(src=3, dst=1, term=2, vote_granted=False, pre_vote=False))
 
     assert (core.role, core.current_term, core.voted_for) == (Role.FOLLOWER, 2, 1)
 
@@ -305,3 +330,37 @@ def test_operator_log_lines(caplog: pytest.LogCaptureFixture) -> None:
         "n2 [term 1] became follower of n1",
         "n3 [term 1] became follower of n1",
     ]
+
+
+def test_timeout_now_from_its_leader_makes_a_follower_campaign_at_once() -> None:
+    """The receiving half of leadership transfer: no waiting for the election timeout, and
+    no pre-vote (the leader asked), so the term goes up at once.
+
+    Reference: Raft thesis §3.10
+    """
+    cluster = Cluster.of(3)  # pre-vote on
+    cluster.elect(1)
+    follower = cluster.cores[2]
+
+    follower.step(TimeoutNow(src=1, dst=2, term=1))
+
+    assert (follower.role, follower.current_term, follower.voted_for) == (Role.CANDIDATE, 2, 2)
+    requests = [m for m in sent(follower) if isinstance(m, RequestVote)]
+    assert {m.dst for m in requests} == {1, 3} and not any(m.pre_vote for m in requests)
+
+
+def test_timeout_now_from_anyone_but_its_leader_is_ignored() -> None:
+    """Only the leader a follower follows may ask it to campaign: another node's request
+    would let it depose a healthy leader.
+
+    Reference: Raft thesis §3.10
+    """
+    cluster = Cluster.of(3)
+    cluster.elect(1)
+    follower = cluster.cores[2]
+
+    follower.step(TimeoutNow(src=3, dst=2, term=1))
+    follower.step(TimeoutNow(src=1, dst=2, term=0))  # a stale term
+
+    assert (follower.role, follower.current_term, follower.leader_id) == (Role.FOLLOWER, 1, 1)
+    assert sent(follower) == []

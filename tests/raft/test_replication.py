@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from kvraft.raft.core import RaftCore, Role
@@ -14,7 +16,7 @@ from kvraft.raft.messages import (
     RequestVoteReply,
 )
 from kvraft.raft.progress import ProgressState
-from kvraft.raft.ready import HardState, PersistentState, Snapshot
+from kvraft.raft.ready import HardState, PersistentState, Ready, Snapshot
 
 from .harness import Cluster, drain, log_of, make_config, make_core, sent
 
@@ -28,7 +30,7 @@ def make_leader(entries: tuple[object, ...] = (), term: int = 1, **overrides: ob
     core = make_core(1, term=term, entries=entries, pre_vote=False, **overrides)  # type: ignore[arg-type]
     core.campaign()
     drain(core)
-    core.step(RequestVoteReply(3, 1, term + 1, True, False))
+    core.step(RequestVoteReply(src=3, dst=1, term=term + 1, vote_granted=True, pre_vote=False))
     assert core.role is Role.LEADER
     return core
 
@@ -42,10 +44,18 @@ def test_leader_commits_only_current_term_entries_by_counting() -> None:
     drain(leader)
     assert leader.commit_index == 0
 
-    leader.step(AppendEntriesReply(2, 1, 4, True, 2, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=4, success=True, match_index=2, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 0  # index 2 is on a majority, but of term 2
 
-    leader.step(AppendEntriesReply(2, 1, 4, True, 3, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=4, success=True, match_index=3, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 3  # the no-op commits, and index 2 with it
 
 
@@ -56,11 +66,19 @@ def test_leader_counts_itself_only_for_persisted_entries() -> None:
     """
     leader = make_leader()
     drain(leader)
-    leader.step(AppendEntriesReply(2, 1, 2, True, 1, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=1, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 1
     index, _ = leader.propose(b"x") or (0, 0)
 
-    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=index, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == 1  # the leader's own copy is not on disk yet
     ready = leader.ready()
     assert [e.index for e in ready.entries] == [index]
@@ -77,7 +95,11 @@ def test_follower_truncates_a_conflicting_suffix() -> None:
     follower = make_core(2, term=2, entries=log_of([1, 1, 2, 2]))
     new = log_of([3, 3], start=3)
 
-    follower.step(AppendEntries(1, 2, 3, 2, 1, new, 0))
+    follower.step(
+        AppendEntries(
+            src=1, dst=2, term=3, prev_log_index=2, prev_log_term=1, entries=new, leader_commit=0
+        )
+    )
     [ready] = drain(follower)
 
     assert [(e.index, e.term) for e in ready.entries] == [(3, 3), (4, 3)]
@@ -93,7 +115,17 @@ def test_follower_commit_never_exceeds_its_last_new_entry() -> None:
     """
     follower = make_core(2, term=1)
 
-    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1]), 50))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=log_of([1, 1]),
+            leader_commit=50,
+        )
+    )
     [ready] = drain(follower)
 
     assert follower.commit_index == 2
@@ -110,7 +142,17 @@ def test_append_entries_contradicting_committed_entries_change_nothing() -> None
     """
     follower = make_core(2, term=2, commit=3, entries=log_of([1, 1, 2]))
 
-    follower.step(AppendEntries(1, 2, 2, 1, 1, log_of([1, 1, 1], start=2), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=2,
+            prev_log_index=1,
+            prev_log_term=1,
+            entries=log_of([1, 1, 1], start=2),
+            leader_commit=0,
+        )
+    )
     [reply] = sent(follower)
 
     assert [follower.term(i) for i in (1, 2, 3, 4)] == [1, 1, 2, None]
@@ -123,10 +165,30 @@ def test_duplicate_append_entries_do_not_truncate() -> None:
     Reference: Raft §5.3
     """
     follower = make_core(2, term=1)
-    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1, 1, 1]), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=log_of([1, 1, 1, 1]),
+            leader_commit=0,
+        )
+    )
     drain(follower)
 
-    follower.step(AppendEntries(1, 2, 1, 0, 0, log_of([1, 1]), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=log_of([1, 1]),
+            leader_commit=0,
+        )
+    )
     [reply] = sent(follower)
 
     assert follower.last_index == 4
@@ -276,7 +338,11 @@ def test_probe_state_sends_one_append_at_a_time() -> None:
     assert leader.leader is not None
     drain(leader)
     # The refusal of the first probe (prev_log_index 5): the follower ends at index 2.
-    leader.step(AppendEntriesReply(2, 1, 2, False, 5, 3, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=False, match_index=5, conflict_index=3, conflict_term=0
+        )
+    )
 
     first = appends(sent(leader), 2)
     leader.propose(b"more")
@@ -349,7 +415,17 @@ def test_a_leaders_messages_may_leave_before_its_own_write() -> None:
     leader = make_leader()
     drain(leader)
     for follower in (2, 3):  # both hold the no-op: replicating, not probing
-        leader.step(AppendEntriesReply(follower, 1, 2, True, 1, 0, 0))
+        leader.step(
+            AppendEntriesReply(
+                src=follower,
+                dst=1,
+                term=2,
+                success=True,
+                match_index=1,
+                conflict_index=0,
+                conflict_term=0,
+            )
+        )
     drain(leader)
     index, _ = leader.propose(b"x") or (0, 0)
     ready = leader.ready()
@@ -357,7 +433,11 @@ def test_a_leaders_messages_may_leave_before_its_own_write() -> None:
     assert [e.index for e in ready.entries] == [index]
     assert [m.entries[-1].index for m in appends(ready.messages) if m.entries] == [index, index]
     # One follower acknowledges before the leader's write completes: no majority yet.
-    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=index, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index < index
     leader.advance(ready)
     assert leader.commit_index == index
@@ -375,13 +455,23 @@ def test_votes_and_acknowledgements_wait_for_the_write() -> None:
     assert ready.hard_state is not None and not ready.send_before_persist
 
     voter = make_core(2, pre_vote=False)
-    voter.step(RequestVote(1, 2, 1, 0, 0, False))
+    voter.step(RequestVote(src=1, dst=2, term=1, last_log_index=0, last_log_term=0, pre_vote=False))
     ready = voter.ready()
     assert any(isinstance(m, RequestVoteReply) and m.vote_granted for m in ready.messages)
     assert not ready.send_before_persist
 
     follower = make_core(2, term=1)
-    follower.step(AppendEntries(1, 2, 1, 0, 0, (Entry(1, 1, b"x"),), 0))
+    follower.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=1,
+            prev_log_index=0,
+            prev_log_term=0,
+            entries=(Entry(term=1, index=1, command=b"x"),),
+            leader_commit=0,
+        )
+    )
     ready = follower.ready()
     assert ready.entries and ready.messages and not ready.send_before_persist
 
@@ -394,7 +484,12 @@ def test_a_leader_that_steps_down_in_the_batch_sends_after_its_write() -> None:
     """
     leader = make_leader()
     drain(leader)
-    leader.step(AppendEntries(3, 1, 5, 0, 0, (), 0))  # n3 leads term 5
+    # n3 leads term 5
+    leader.step(
+        AppendEntries(
+            src=3, dst=1, term=5, prev_log_index=0, prev_log_term=0, entries=(), leader_commit=0
+        )
+    )
     assert leader.role is Role.FOLLOWER
     ready = leader.ready()
     assert ready.hard_state is not None and ready.hard_state.current_term == 5
@@ -410,11 +505,25 @@ def test_a_new_commit_index_alone_is_applied_without_a_write() -> None:
     leader = make_leader()
     drain(leader)
     for follower in (2, 3):
-        leader.step(AppendEntriesReply(follower, 1, 2, True, 1, 0, 0))
+        leader.step(
+            AppendEntriesReply(
+                src=follower,
+                dst=1,
+                term=2,
+                success=True,
+                match_index=1,
+                conflict_index=0,
+                conflict_term=0,
+            )
+        )
     drain(leader)
     index, _ = leader.propose(b"x") or (0, 0)
     leader.advance(leader.ready())
-    leader.step(AppendEntriesReply(2, 1, 2, True, index, 0, 0))
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=True, match_index=index, conflict_index=0, conflict_term=0
+        )
+    )
     assert leader.commit_index == index
 
     ready = leader.ready()
@@ -436,9 +545,88 @@ def test_a_commit_hint_behind_the_snapshot_is_normal_on_restart(
     """The persisted commit index may trail a later snapshot: a restart starts from the
     snapshot's index, quietly; only a hint past the log is worth a warning."""
     core = make_core(1, commit=2, snapshot=Snapshot(5, 1, b"s"), entries=log_of([1], start=6))
-    assert core.commit_index == 5 and core.applied_index == 5
+    assert core.commit_index == 5 and core.applying_index == 5
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
     core = make_core(1, commit=9, entries=log_of([1, 1]))
     assert core.commit_index == 2
     assert "persisted commit index 9 outside the persisted log" in caplog.text
+
+
+def five_node_leader_with_an_unacknowledged_entry() -> tuple[RaftCore, int]:
+    """Node 1 of five, leading term 1 with every follower replicating; its entry at the
+    returned index is on its own disk and sent to all, and none has acknowledged it."""
+    leader = make_core(1, (1, 2, 3, 4, 5), pre_vote=False)
+    leader.campaign()
+    drain(leader)
+    for voter in (2, 3):
+        leader.step(RequestVoteReply(src=voter, dst=1, term=1, vote_granted=True, pre_vote=False))
+    assert leader.role is Role.LEADER
+    drain(leader)
+    for follower in (2, 3, 4, 5):  # all hold the no-op: replicating
+        leader.step(acknowledgement(follower, term=1, match_index=1))
+    drain(leader)
+    index, _ = leader.propose(b"x") or (0, 0)
+    drain(leader)
+    return leader, index
+
+
+def acknowledgement(src: int, *, term: int, match_index: int) -> AppendEntriesReply:
+    return AppendEntriesReply(
+        src=src,
+        dst=1,
+        term=term,
+        success=True,
+        match_index=match_index,
+        conflict_index=0,
+        conflict_term=0,
+    )
+
+
+def test_has_ready_changes_nothing_a_ready_is_the_same_however_often_it_is_asked() -> None:
+    """has_ready() is a query: asking it (once, twice, between inputs or not) leaves the
+    core as it was, so the next Ready is the one a driver that never asked would get.
+
+    Here n2's acknowledgement is answered by nothing yet (no commit moves: two of five)
+    when has_ready() is asked; n3's then commits the entry, and the Ready tells both.
+    Reference: etcd raft's HasReady (a query); Raft thesis §10.2.1
+    """
+    asked, _ = five_node_leader_with_an_unacknowledged_entry()
+    never_asked, index = five_node_leader_with_an_unacknowledged_entry()
+    for core in (asked, never_asked):
+        core.step(acknowledgement(2, term=1, match_index=index))
+    assert asked.leader is not None
+    progress_before = copy.deepcopy(asked.leader.progress)
+    status_before = asked.status()
+
+    assert not asked.has_ready() and not asked.has_ready()
+    assert asked.status() == status_before
+    assert asked.leader.progress == progress_before
+
+    for core in (asked, never_asked):
+        core.step(acknowledgement(3, term=1, match_index=index))
+    assert asked.has_ready() and asked.has_ready()
+    ready = asked.ready()
+
+    assert ready == never_asked.ready()
+    assert [e.index for e in ready.committed] == [index]
+    assert {m.dst for m in appends(ready.messages)} == {2, 3}
+    assert all(m.leader_commit == index for m in appends(ready.messages))
+
+
+def test_has_ready_is_true_exactly_when_the_ready_holds_something() -> None:
+    """A leader's queued sends count toward has_ready() only if they would send a message.
+
+    Reference: etcd raft's HasReady
+    """
+    leader, index = five_node_leader_with_an_unacknowledged_entry()
+    # Queues an answer to n2, which would say nothing: n2 has it all and knows the
+    # commit index, which two of five do not move.
+    leader.step(acknowledgement(2, term=1, match_index=index))
+    assert not leader.has_ready()
+    assert leader.ready() == Ready(send_before_persist=True)
+
+    leader.propose(b"y")
+    assert leader.has_ready()
+    ready = leader.ready()
+    assert ready.entries and {m.dst for m in appends(ready.messages)} == {2, 3, 4, 5}

@@ -74,13 +74,26 @@ class Draw:
             # What a candidate hopes for: a grant of the term it asked for.
             pre_vote = core.role is Role.PRE_CANDIDATE
             wanted = core.current_term + int(pre_vote)
-            return RequestVoteReply(src, dst, wanted, data.draw(st.booleans()), pre_vote)
+            return RequestVoteReply(
+                src=src,
+                dst=dst,
+                term=wanted,
+                vote_granted=data.draw(st.booleans()),
+                pre_vote=pre_vote,
+            )
         if kind is RequestVote:
             return RequestVote(
-                src, dst, term, self.int_near(core.last_index), self.int_near(core.last_term), flag
+                src=src,
+                dst=dst,
+                term=term,
+                last_log_index=self.int_near(core.last_index),
+                last_log_term=self.int_near(core.last_term),
+                pre_vote=flag,
             )
         if kind is RequestVoteReply:
-            return RequestVoteReply(src, dst, term, data.draw(st.booleans()), flag)
+            return RequestVoteReply(
+                src=src, dst=dst, term=term, vote_granted=data.draw(st.booleans()), pre_vote=flag
+            )
         if kind is AppendEntries:
             prev = self.index()
             known = core.term(prev)
@@ -89,30 +102,49 @@ class Draw:
             low = max(prev_term, 1)
             entry_terms = sorted(data.draw(st.integers(low, max(term, low))) for _ in range(count))
             entries = tuple(
-                Entry(t, self.int_near(prev + 1 + k, 0), data.draw(commands))
+                Entry(term=t, index=self.int_near(prev + 1 + k, 0), command=data.draw(commands))
                 for k, t in enumerate(entry_terms)
             )
-            return AppendEntries(src, dst, term, prev, prev_term, entries, self.index())
+            return AppendEntries(
+                src=src,
+                dst=dst,
+                term=term,
+                prev_log_index=prev,
+                prev_log_term=prev_term,
+                entries=entries,
+                leader_commit=self.index(),
+            )
         if kind is AppendEntriesReply:
             return AppendEntriesReply(
-                src, dst, term, flag, self.index(), self.index(), self.int_near(core.last_term)
+                src=src,
+                dst=dst,
+                term=term,
+                success=flag,
+                match_index=self.index(),
+                conflict_index=self.index(),
+                conflict_term=self.int_near(core.last_term),
             )
         if kind is InstallSnapshot:
             return InstallSnapshot(
-                src,
-                dst,
-                term,
-                self.index() + data.draw(st.integers(0, 3)),
-                self.int_near(core.last_term, 1),
-                int(self.pick(0, 0, 0, 2, 4, -1)),  # type: ignore[call-overload]
-                data.draw(st.binary(max_size=4)),
-                data.draw(st.booleans()),
+                src=src,
+                dst=dst,
+                term=term,
+                last_included_index=self.index() + data.draw(st.integers(0, 3)),
+                last_included_term=self.int_near(core.last_term, 1),
+                offset=int(self.pick(0, 0, 0, 2, 4, -1)),  # type: ignore[call-overload]
+                data=data.draw(st.binary(max_size=4)),
+                done=data.draw(st.booleans()),
             )
         if kind is InstallSnapshotReply:
             return InstallSnapshotReply(
-                src, dst, term, self.index(), self.int_near(2), data.draw(st.booleans())
+                src=src,
+                dst=dst,
+                term=term,
+                last_included_index=self.index(),
+                next_offset=self.int_near(2),
+                done=data.draw(st.booleans()),
             )
-        return TimeoutNow(src, dst, term)
+        return TimeoutNow(src=src, dst=dst, term=term)
 
 
 commands = st.one_of(st.none(), st.binary(max_size=3))
@@ -146,7 +178,16 @@ class Observer:
 
     def perform_ready(self) -> None:
         core = self.core
+        has_ready = core.has_ready()
         ready = core.ready()
+        # has_ready() is the query of exactly this: whether the Ready holds anything.
+        assert has_ready == bool(
+            ready.hard_state is not None
+            or ready.entries
+            or ready.snapshot is not None
+            or ready.messages
+            or ready.committed
+        )
         self.storage.save(ready.hard_state, ready.entries, ready.snapshot)
         stored = self.storage.load()
         stored_last = (stored.snapshot.index if stored.snapshot else 0) + len(stored.entries)
@@ -164,7 +205,7 @@ class Observer:
 
     def check(self) -> None:
         core = self.core
-        assert core.log.snapshot_index <= core.applied_index <= core.commit_index
+        assert core.log.snapshot_index <= core.applying_index <= core.commit_index
         assert core.commit_index <= core.last_index
         assert core.first_index == core.log.snapshot_index + 1
         if core.snapshot is not None:
@@ -227,7 +268,7 @@ def test_random_messages_never_raise_and_keep_invariants(
                 core.campaign()
             case "compact":
                 observer.perform_ready()
-                index = core.applied_index
+                index = core.applying_index
                 term = core.term(index)
                 if index > core.log.snapshot_index and term is not None:
                     core.compact(Snapshot(index, term, b"compacted"))

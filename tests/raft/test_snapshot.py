@@ -37,7 +37,7 @@ def snapshot_leader(chunk_bytes: int = 16) -> RaftCore:
     )
     core.campaign()
     drain(core)
-    core.step(RequestVoteReply(3, 1, 2, True, False))
+    core.step(RequestVoteReply(src=3, dst=1, term=2, vote_granted=True, pre_vote=False))
     assert core.role is Role.LEADER
     return core
 
@@ -51,7 +51,12 @@ def test_leader_sends_compacted_prefix_as_snapshot_chunks() -> None:
     follower = make_core(2, term=1)
     assert leader.leader is not None
     drain(leader)
-    leader.step(AppendEntriesReply(2, 1, 2, False, 22, 1, 0))  # its log is empty
+    # Its log is empty.
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=False, match_index=22, conflict_index=1, conflict_term=0
+        )
+    )
     chunks = []
 
     for _ in range(10):
@@ -82,13 +87,24 @@ def test_follower_installs_snapshot_and_keeps_a_matching_suffix() -> None:
     """
     follower = make_core(2, term=1, entries=log_of([1] * 30))
 
-    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA, True))
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=1,
+            last_included_index=20,
+            last_included_term=1,
+            offset=0,
+            data=DATA,
+            done=True,
+        )
+    )
     [ready] = drain(follower)
 
     assert ready.snapshot == Snapshot(20, 1, DATA)
     assert [e.index for e in ready.entries] == list(range(21, 31))
     assert (follower.first_index, follower.last_index) == (21, 30)
-    assert (follower.commit_index, follower.applied_index) == (20, 20)
+    assert (follower.commit_index, follower.applying_index) == (20, 20)
     assert ready.committed == []
     [reply] = ready.messages
     assert isinstance(reply, InstallSnapshotReply) and reply.done
@@ -101,7 +117,18 @@ def test_follower_installing_a_snapshot_discards_a_conflicting_log() -> None:
     """
     follower = make_core(2, term=2, entries=log_of([1] * 10 + [2] * 20))
 
-    follower.step(InstallSnapshot(1, 2, 3, 20, 3, 0, DATA, True))
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=3,
+            last_included_index=20,
+            last_included_term=3,
+            offset=0,
+            data=DATA,
+            done=True,
+        )
+    )
     [ready] = drain(follower)
 
     assert ready.snapshot == Snapshot(20, 3, DATA)
@@ -116,11 +143,70 @@ def test_out_of_order_and_stale_chunks_are_refused_with_the_wanted_offset() -> N
     """
     follower = make_core(2, term=1)
 
-    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 16, DATA[16:32], False))  # before offset 0
-    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA[:16], False))
-    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA[:16], False))  # duplicate: restarts
-    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 32, DATA[32:], True))  # a gap
-    follower.step(InstallSnapshot(1, 2, 1, 19, 1, 16, DATA[16:], True))  # another snapshot
+    # Starts past offset 0.
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=1,
+            last_included_index=20,
+            last_included_term=1,
+            offset=16,
+            data=DATA[16:32],
+            done=False,
+        )
+    )
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=1,
+            last_included_index=20,
+            last_included_term=1,
+            offset=0,
+            data=DATA[:16],
+            done=False,
+        )
+    )
+    # A duplicate: restarts.
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=1,
+            last_included_index=20,
+            last_included_term=1,
+            offset=0,
+            data=DATA[:16],
+            done=False,
+        )
+    )
+    # Leaves a gap.
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=1,
+            last_included_index=20,
+            last_included_term=1,
+            offset=32,
+            data=DATA[32:],
+            done=True,
+        )
+    )
+    # Of another snapshot.
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=1,
+            last_included_index=19,
+            last_included_term=1,
+            offset=16,
+            data=DATA[16:],
+            done=True,
+        )
+    )
     replies = [m for m in sent(follower) if isinstance(m, InstallSnapshotReply)]
 
     assert [(r.next_offset, r.done) for r in replies] == [
@@ -140,7 +226,18 @@ def test_snapshot_of_committed_entries_is_acknowledged_without_installing() -> N
     """
     follower = make_core(2, term=1, commit=25, entries=log_of([1] * 30))
 
-    follower.step(InstallSnapshot(1, 2, 1, 20, 1, 0, DATA, True))
+    follower.step(
+        InstallSnapshot(
+            src=1,
+            dst=2,
+            term=1,
+            last_included_index=20,
+            last_included_term=1,
+            offset=0,
+            data=DATA,
+            done=True,
+        )
+    )
     [ready] = drain(follower)
 
     assert ready.snapshot is None and follower.first_index == 1

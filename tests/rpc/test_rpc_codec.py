@@ -80,9 +80,17 @@ def test_registered_messages_round_trip_with_nested_tuples_of_messages() -> None
 
 
 def test_raft_messages_round_trip() -> None:
-    msg = AppendEntries(1, 2, 3, 4, 5, (Entry(3, 5, b"cmd"), Entry(3, 6, None)), 4)
+    msg = AppendEntries(
+        src=1,
+        dst=2,
+        term=3,
+        prev_log_index=4,
+        prev_log_term=5,
+        entries=(Entry(term=3, index=5, command=b"cmd"), Entry(term=3, index=6, command=None)),
+        leader_commit=4,
+    )
     assert unpack(pack(msg)) == msg
-    vote = RequestVote(0, 1, 7, 10, 6, pre_vote=True)
+    vote = RequestVote(src=0, dst=1, term=7, last_log_index=10, last_log_term=6, pre_vote=True)
     assert unpack(pack(vote)) == vote
 
 

@@ -84,7 +84,7 @@ def test_op_id_is_the_client_and_request_id() -> None:
         (b"\xc1", "undecodable"),
         (msgpack.packb(["k"]), "not a command"),
         (msgpack.packb(None), "not a command"),
-        (codec.pack(Entry(1, 1, b"x")), "not a command"),
+        (codec.pack(Entry(term=1, index=1, command=b"x")), "not a command"),
         (codec.pack(GetOk("v", 1)), "not a command"),
         (codec.pack((get(),)), "not a command"),
         (encode_command(get()) + b"\x00", "undecodable"),

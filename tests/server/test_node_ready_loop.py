@@ -90,9 +90,23 @@ def test_leader_sends_append_entries_while_its_own_write_is_held() -> None:
             await wait_for(lambda: any(isinstance(m, RequestVote) for m in sent))
             assert storage.hard_state == HardState(1, 0, 0)
 
-            node.receive(1, RequestVoteReply(1, 0, 1, True, False))
+            node.receive(
+                1, RequestVoteReply(src=1, dst=0, term=1, vote_granted=True, pre_vote=False)
+            )
             await wait_for(lambda: node.get_state() == (1, True))
-            node.receive(1, AppendEntriesReply(1, 0, 1, True, 1, 0, 0))  # n1 holds the no-op
+            # n1 holds the no-op
+            node.receive(
+                1,
+                AppendEntriesReply(
+                    src=1,
+                    dst=0,
+                    term=1,
+                    success=True,
+                    match_index=1,
+                    conflict_index=0,
+                    conflict_term=0,
+                ),
+            )
             await wait_for(lambda: node.core.commit_index == 1)
 
             # The leader's write of a new entry is held; its AppendEntries go out anyway.
@@ -102,8 +116,20 @@ def test_leader_sends_append_entries_while_its_own_write_is_held() -> None:
             await wait_for(storage.held.is_set)
             await wait_for(lambda: _carries(sent, index, dst=1))
             assert storage.held.is_set() and len(storage.entries) == 1
-            # A follower's acknowledgement alone commits nothing while the write is held.
-            node.receive(1, AppendEntriesReply(1, 0, 1, True, index, 0, 0))  # steps at once
+            # A follower's acknowledgement alone commits nothing while the write is held
+            # (node.receive steps it at once).
+            node.receive(
+                1,
+                AppendEntriesReply(
+                    src=1,
+                    dst=0,
+                    term=1,
+                    success=True,
+                    match_index=index,
+                    conflict_index=0,
+                    conflict_term=0,
+                ),
+            )
             assert node.core.commit_index == 1
             storage.hold.clear()
             storage.release.set()

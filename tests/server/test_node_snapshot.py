@@ -119,7 +119,7 @@ async def become_leader_and_submit(node: RaftNode, commands: int) -> None:
     for n in range(commands):
         assert node.submit(b"c%d" % n) is not None
         await asyncio.sleep(0)
-    await wait_for(lambda: node.core.applied_index >= node.core.last_index)
+    await wait_for(lambda: node.core.applying_index >= node.core.last_index)
 
 
 def test_snapshot_is_encoded_off_the_event_loop_and_compacts_storage_and_core() -> None:
@@ -152,9 +152,9 @@ def test_readys_are_saved_while_a_snapshot_is_written() -> None:
         async with running_node(sm, storage, 2000, before_stop=storage.stage_gate.set) as node:
             await become_leader_and_submit(node, 100)
             await wait_for(storage.staging.is_set)
-            saves, applied = storage.saves, node.core.applied_index
+            saves, applied = storage.saves, node.core.applying_index
             await become_leader_and_submit(node, 20)  # committed while the write is held
-            assert storage.saves > saves and node.core.applied_index >= applied + 20
+            assert storage.saves > saves and node.core.applying_index >= applied + 20
             assert storage.snapshot is None and node._snapshotting
             storage.stage_gate.set()
             await wait_for(lambda: not node._snapshotting)
@@ -199,7 +199,7 @@ def test_snapshot_overtaken_while_encoding_is_skipped() -> None:
             await wait_for(lambda: node._snapshotting)
             # Meanwhile the log is replaced by a newer snapshot.
             newer = Snapshot(
-                node.core.applied_index, node.core.term(node.core.applied_index) or 0, b"x"
+                node.core.applying_index, node.core.term(node.core.applying_index) or 0, b"x"
             )
             storage.compact(newer)
             node.core.compact(newer)

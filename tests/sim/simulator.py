@@ -204,7 +204,7 @@ class Checker:
         core = node.core
         assert core is not None
         if not (
-            core.log.snapshot_index <= core.applied_index <= core.commit_index <= core.last_index
+            core.log.snapshot_index <= core.applying_index <= core.commit_index <= core.last_index
         ):
             self.fail(f"n{node.id} index invariant broken: {core.status()}")
         if core.commit_index > node.seen_commit:
@@ -592,7 +592,7 @@ class Simulation:
             return
         index = node.app.index
         term = core.term(index)
-        assert term is not None and index <= core.applied_index, (index, core.status())
+        assert term is not None and index <= core.applying_index, (index, core.status())
         snapshot = Snapshot(
             index, term, snapshot_data(index, node.app.digest, self.rng.randrange(48))
         )

@@ -32,7 +32,9 @@ def bench_saves(data_dir: Path, batch: int, seconds: float, autocheckpoint: int)
     deadline = start + seconds
     while time.perf_counter() < deadline:
         for _ in range(20):
-            batch_entries = [Entry(1, index + i, COMMAND) for i in range(1, batch + 1)]
+            batch_entries = [
+                Entry(term=1, index=index + i, command=COMMAND) for i in range(1, batch + 1)
+            ]
             index += batch
             # An append also moves the commit index, as a follower's Ready does;
             # a hard-state-only save moves the term (a vote).
@@ -51,7 +53,7 @@ def bench_saves(data_dir: Path, batch: int, seconds: float, autocheckpoint: int)
 
 def bench_snapshot(data_dir: Path, size: int) -> str:
     store = SqliteStorage.open(data_dir, cluster_id="bench", node_id=0)
-    store.save(HardState(1, 0, 1), [Entry(1, 1, COMMAND)], None)
+    store.save(HardState(1, 0, 1), [Entry(term=1, index=1, command=COMMAND)], None)
     data = bytes(range(256)) * (size // 256)
     start = time.perf_counter()
     store.compact(Snapshot(1, 1, data))

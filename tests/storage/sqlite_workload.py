@@ -98,7 +98,9 @@ class Workload:
 
     def _entries(self, rng: random.Random, first: int, term: int) -> tuple[Entry, ...]:
         n = rng.choice([1, 1, 2, 3, 8, 64])
-        return tuple(Entry(term, i, self._command(rng)) for i in range(first, first + n))
+        return tuple(
+            Entry(term=term, index=i, command=self._command(rng)) for i in range(first, first + n)
+        )
 
     def _append(self, rng: random.Random) -> Op:
         hs = self.model.hard_state

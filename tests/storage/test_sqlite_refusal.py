@@ -36,11 +36,11 @@ def data_dir(tmp_path: Path) -> Path:
     """
     d = tmp_path / "n3"
     store = open_store(d)
-    entries = [Entry(1, i, b"cmd-%d" % i) for i in range(1, 11)]
+    entries = [Entry(term=1, index=i, command=b"cmd-%d" % i) for i in range(1, 11)]
     store.save(HardState(1, 1, 10), entries, None)
     store.compact(Snapshot(10, 1, MARKER + b"snapshot-data" * 100))
     commands = {i: b"c%d" % i for i in range(11, 41)} | {25: MARKER + b"25", 31: None}
-    entries = [Entry(2 if i <= 30 else 3, i, commands[i]) for i in range(11, 41)]
+    entries = [Entry(term=2 if i <= 30 else 3, index=i, command=commands[i]) for i in range(11, 41)]
     store.save(HardState(3, 2, 35), entries, None)
     store.close()
     return d

@@ -32,7 +32,7 @@ def store(tmp_path: Path) -> SqliteStorage:
 
 
 def entries(first: int, last: int, term: int) -> list[Entry]:
-    return [Entry(term, i, b"command %d" % i) for i in range(first, last + 1)]
+    return [Entry(term=term, index=i, command=b"command %d" % i) for i in range(first, last + 1)]
 
 
 def test_a_new_store_is_empty(tmp_path: Path) -> None:
@@ -48,7 +48,11 @@ def test_close_and_open_preserve_everything(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     store.save(HardState(2, 0, 3), entries(1, 5, 2), None)
     store.compact(Snapshot(3, 2, b"state machine at 3"))
-    store.save(HardState(4, None, 6), [Entry(4, 6, None), Entry(4, 7, b"")], None)
+    store.save(
+        HardState(4, None, 6),
+        [Entry(term=4, index=6, command=None), Entry(term=4, index=7, command=b"")],
+        None,
+    )
     before, size = store.load(), store.size_bytes()
     store.close()
 
@@ -282,7 +286,9 @@ MISUSES = [
         lambda s: s.save(None, entries(0, 1, 1), None), "entries start at index 0", id="before"
     ),
     pytest.param(
-        lambda s: s.save(None, [Entry(2, 6, None), Entry(2, 8, None)], None),
+        lambda s: s.save(
+            None, [Entry(term=2, index=6, command=None), Entry(term=2, index=8, command=None)], None
+        ),
         "entry index 8 where 7 was expected",
         id="hole-in-batch",
     ),
@@ -351,7 +357,7 @@ def test_a_failed_write_leaves_the_old_state_and_an_unusable_store(tmp_path: Pat
     (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
     store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # the "disk" is now full
     with pytest.raises(StorageError, match="save failed: database or disk is full"):
-        store.save(None, [Entry(1, 4, b"z" * 1_000_000)], None)
+        store.save(None, [Entry(term=1, index=4, command=b"z" * 1_000_000)], None)
     with pytest.raises(StorageError, match="unusable after a failed write"):
         store.save(HardState(2, 0, 1), [], None)
     store.close()

@@ -12,8 +12,9 @@ only from ``RaftConfig.rng``, so a seeded simulation replays exactly.
 Layering, bottom up:
 
 - ``messages``, ``ready``, ``config``, ``storage``: the interface the driver is
-  written against (typed messages, the Ready batch, settings in ticks, the
-  storage protocol and its in-memory twin);
+  written against (typed messages, the Ready batch, settings in ticks with the
+  one definition of the timing defaults, the storage protocol and its
+  in-memory twin);
 - ``quorum``: majority arithmetic (commit index, vote tallies);
 - ``log``: the in-memory log after a snapshot, its consistency check, and how
   far it was handed out and persisted;
@@ -21,10 +22,16 @@ Layering, bottom up:
   snapshot);
 - ``validate``: which network messages make sense at all;
 - ``snapshot``: a follower's assembly of InstallSnapshot chunks;
+- ``election``: the election timer (randomized timeouts; whether a leader was
+  heard from within one, for its lease)
+  and a (pre-)candidate's round of vote requests and replies;
+- ``follower``: the follower's side of replication (the log's consistency
+  check and repair, the commit index a leader allows, snapshot chunks, the
+  replies);
 - ``leader``: the leader's side of replication (batching, heartbeats, fast
   backtracking, the commit index, check-quorum);
-- ``core``: terms, roles, elections (with pre-vote and leader leases), the
-  follower's side, and the Ready handshake.
+- ``core``: terms and roles (when to campaign, follow, lead or step down, with
+  pre-vote and leader leases), granting votes, and the Ready handshake.
 
 Extensions beyond the paper's Figure 2, as real clusters need them: pre-vote
 (thesis §9.6), check-quorum with leader leases (§6.2, §4.2.3), fast log

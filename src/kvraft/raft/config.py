@@ -1,33 +1,51 @@
-"""Settings of the consensus core. Time is in ticks; only the driver knows seconds."""
+"""Settings of the consensus core. Time is in ticks; only the driver knows seconds.
+
+This module is the one home of the timing defaults: the tick counts below are
+:class:`RaftConfig`'s defaults, and the server's options and ``kvraft server``
+flags take theirs from here too.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 
+# The driver's tick, in seconds. The core never reads it (it only counts
+# ticks); it is defined here, beside the tick counts, because those are tuned
+# for it: at 10 ms a tick, elections after 150-300 ms of silence, so a new
+# leader takes over well under a second after one dies; heartbeats every
+# 30 ms, five to ten per election timeout, so a lossy network rarely starves
+# a follower.
+DEFAULT_TICK_INTERVAL_S = 0.010
+DEFAULT_ELECTION_TIMEOUT_TICKS = 15
+DEFAULT_HEARTBEAT_INTERVAL_TICKS = 3
+DEFAULT_CHECK_QUORUM = True
+# A leader steps down after this many election timeouts without hearing from a
+# majority (with check-quorum, unless check_quorum_ticks says otherwise).
+CHECK_QUORUM_ELECTION_TIMEOUTS = 2
+
 
 @dataclass(frozen=True)
 class RaftConfig:
     """Configuration of one :class:`~kvraft.raft.core.RaftCore`.
 
-    Defaults assume the driver ticks every 10 ms: elections after 150-300 ms of
-    silence, so a new leader takes over well under a second after one dies;
-    heartbeats every 30 ms, five to ten per election timeout, so a lossy network
-    rarely starves a follower.
+    The timing defaults assume the driver ticks every
+    ``DEFAULT_TICK_INTERVAL_S`` (see the module's constants).
     """
 
     node_id: int
     peers: tuple[int, ...]  # every member, node_id included
     # A follower campaigns after a random timeout in [election_timeout_ticks, 2x).
-    election_timeout_ticks: int = 15
-    heartbeat_interval_ticks: int = 3
+    election_timeout_ticks: int = DEFAULT_ELECTION_TIMEOUT_TICKS
+    heartbeat_interval_ticks: int = DEFAULT_HEARTBEAT_INTERVAL_TICKS
     # Raft thesis §9.6: a candidate first asks whether it would win (no term bump).
     pre_vote: bool = True
     # Raft thesis §6.2: a leader that heard from no majority in a while steps down.
-    check_quorum: bool = True
-    # That while: 0 means twice the election timeout. Longer than the followers'
-    # lease (one election timeout) so that heavy message loss does not depose a
-    # healthy leader; reads go through the log, so no safety rests on it.
+    check_quorum: bool = DEFAULT_CHECK_QUORUM
+    # That while: 0 means CHECK_QUORUM_ELECTION_TIMEOUTS election timeouts. Longer
+    # than the followers' lease (one election timeout) so that heavy message loss
+    # does not depose a healthy leader; reads go through the log, so no safety
+    # rests on it.
     check_quorum_ticks: int = 0
     max_entries_per_message: int = 512
     max_bytes_per_message: int = 1024 * 1024
@@ -40,7 +58,9 @@ class RaftConfig:
     @property
     def check_quorum_timeout_ticks(self) -> int:
         """Ticks in which a leader must hear from a majority (see ``check_quorum_ticks``)."""
-        return self.check_quorum_ticks or 2 * self.election_timeout_ticks
+        return self.check_quorum_ticks or (
+            CHECK_QUORUM_ELECTION_TIMEOUTS * self.election_timeout_ticks
+        )
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:

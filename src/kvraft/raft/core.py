@@ -1,6 +1,11 @@
-"""RaftCore: terms, roles, elections and the follower's side of replication.
+"""RaftCore: terms and roles, the decisions of elections, and the Ready handshake.
 
-The leader's side lives in :mod:`~kvraft.raft.leader`; see the package
+The core decides what a node is: when it campaigns, follows or leads, which
+term it is in, whom it votes for (with the lease check-quorum gives a live
+leader), and what goes into each Ready. What a node does in each role lives
+beside it: :mod:`~kvraft.raft.election` (the election timer, a candidate's
+round of votes), :mod:`~kvraft.raft.follower` (the follower's side of
+replication), :mod:`~kvraft.raft.leader` (the leader's side). See the package
 docstring (:mod:`kvraft.raft`) for the theory of operation and the layering.
 """
 
@@ -11,8 +16,10 @@ import logging
 
 from kvraft.raft import quorum
 from kvraft.raft.config import RaftConfig
+from kvraft.raft.election import Election, ElectionTimer
+from kvraft.raft.follower import Follower
 from kvraft.raft.leader import Leader
-from kvraft.raft.log import NO_TERM, RaftLog
+from kvraft.raft.log import RaftLog
 from kvraft.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -25,7 +32,6 @@ from kvraft.raft.messages import (
     TimeoutNow,
 )
 from kvraft.raft.ready import HardState, PersistentState, Ready, Snapshot
-from kvraft.raft.snapshot import SnapshotReceiver
 from kvraft.raft.validate import well_formed
 
 logger = logging.getLogger("kvraft.raft")
@@ -51,7 +57,6 @@ class RaftCore:
         self.config = config
         self.id = config.node_id
         self.peers = config.peers
-        self._others = tuple(p for p in config.peers if p != self.id)
         hard = state.hard_state
         if hard.voted_for is not None and hard.voted_for not in self.peers:
             raise ValueError(f"n{self.id}: persisted vote for n{hard.voted_for}, not a peer")
@@ -68,7 +73,7 @@ class RaftCore:
         self.voted_for = hard.voted_for
         self.role = Role.FOLLOWER
         self.leader_id: int | None = None
-        # Invariant: snapshot index <= applied_index <= commit_index <= last_index.
+        # Invariant: snapshot index <= applying_index <= commit_index <= last_index.
         # The persisted commit index is a hint that may trail the snapshot (it is
         # written only along with other writes); past the log it is an anomaly.
         self.commit_index = min(
@@ -83,18 +88,20 @@ class RaftCore:
                 self.log.last_index,
                 self.commit_index,
             )
-        # The last index handed out in Ready.committed, or the snapshot's index.
-        self.applied_index = self.log.snapshot_index
+        # The last index handed out in Ready.committed for the driver to apply (or
+        # the snapshot's index): what the state machine will have applied once the
+        # driver performed the Readies taken so far. Not the paper's lastApplied,
+        # which is the state machine's own and which the core never sees; etcd
+        # raft calls this position "applying".
+        self.applying_index = self.log.snapshot_index
         # The hard state last handed out in a Ready (or loaded).
         self._hard_state = HardState(self.current_term, self.voted_for, self.commit_index)
         self._messages: list[Message] = []
         self._pending_snapshot: Snapshot | None = None  # installed, not yet handed out
-        self._receiver = SnapshotReceiver()
+        self._follower = Follower(self, self._send, self._install_snapshot)
         self.leader: Leader | None = None  # while role is LEADER
-        self._votes: dict[int, bool] = {}  # (pre-)candidate: peer -> granted
-        self._election_elapsed = 0
-        self._randomized_election_timeout = 0
-        self._reset_election_timer()
+        self._election: Election | None = None  # while role is PRE_CANDIDATE or CANDIDATE
+        self._timer = ElectionTimer(config.election_timeout_ticks, config.rng)
 
     # ------------------------------------------------------------------ reading
 
@@ -125,7 +132,10 @@ class RaftCore:
             "term": self.current_term,
             "leader_id": self.leader_id,
             "commit_index": self.commit_index,
-            "applied_index": self.applied_index,
+            # Under this name for `kvraft status`: the driver applies a Ready's
+            # entries right after persisting it, so this runs ahead of what the
+            # state machine applied only while a Ready is being performed.
+            "applied_index": self.applying_index,
             "first_index": self.log.first_index,
             "last_index": self.log.last_index,
             "snapshot_index": self.log.snapshot_index,
@@ -145,17 +155,16 @@ class RaftCore:
                 )
                 self._become_follower(self.current_term, None)
             return
-        self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_election_timeout:
+        if self._timer.tick():
             self._start_election(pre_vote=self.config.pre_vote)
         elif (
-            self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE)
-            and self._election_elapsed % self.config.heartbeat_interval_ticks == 0
+            self._election is not None
+            and self._timer.elapsed % self.config.heartbeat_interval_ticks == 0
         ):
             # Votes travel as one-way messages: on a lossy network a single round
             # rarely reaches a majority and back, so ask the silent peers again
             # (same term, same log position: a repeated grant changes nothing).
-            self._request_votes(pre_vote=self.role is Role.PRE_CANDIDATE)
+            self._election.request_votes()
 
     def propose(self, command: bytes) -> tuple[int, int] | None:
         """Append ``command`` if leader: ``(index, term)``; None if not leader.
@@ -167,7 +176,7 @@ class RaftCore:
             raise TypeError(f"a command is bytes, not {type(command).__name__}")
         if self.leader is None:
             return None
-        entry = Entry(self.current_term, self.log.last_index + 1, command)
+        entry = Entry(term=self.current_term, index=self.log.last_index + 1, command=command)
         self.log.append(entry)
         self.leader.send_to_all(allow_empty=False)
         return entry.index, entry.term
@@ -185,9 +194,9 @@ class RaftCore:
         """
         if snapshot.index <= self.log.snapshot_index:
             return
-        if snapshot.index > self.applied_index:
+        if snapshot.index > self.applying_index:
             raise ValueError(
-                f"n{self.id}: snapshot at {snapshot.index} is past applied {self.applied_index}"
+                f"n{self.id}: snapshot at {snapshot.index} is past applied {self.applying_index}"
             )
         if self.log.term(snapshot.index) != snapshot.term:
             raise ValueError(
@@ -201,14 +210,19 @@ class RaftCore:
     # ------------------------------------------------------------ Ready handshake
 
     def has_ready(self) -> bool:
-        if self.leader is not None:
-            self.leader.flush()
+        """Whether :meth:`ready` would hand out anything; a pure query (changes nothing).
+
+        True exactly when the Ready would hold a hard state, entries, a
+        snapshot, messages or committed entries: the leader's queued sends are
+        asked whether they would produce a message, not turned into messages.
+        """
         hard = self._hard_state
         return bool(
             self._messages
+            or (self.leader is not None and self.leader.has_pending_sends())
             or self._pending_snapshot is not None
             or self.log.unstable <= self.log.last_index
-            or self.commit_index > self.applied_index
+            or self.commit_index > self.applying_index
             or hard.current_term != self.current_term
             or hard.voted_for != self.voted_for
         )
@@ -249,10 +263,10 @@ class RaftCore:
             ready.entries = self.log.unstable_entries()
         self.log.mark_handed_out()
         ready.messages, self._messages = self._messages, []
-        if self.commit_index > self.applied_index:
+        if self.commit_index > self.applying_index:
             # Persisted earlier or by this very Ready (it holds every unstable entry).
-            ready.committed = self.log.between(self.applied_index + 1, self.commit_index)
-            self.applied_index = self.commit_index
+            ready.committed = self.log.between(self.applying_index + 1, self.commit_index)
+            self.applying_index = self.commit_index
         return ready
 
     def advance(self, ready: Ready) -> None:
@@ -323,13 +337,18 @@ class RaftCore:
         """A message from an earlier term: tell its sender our term (Raft §5.1)."""
         match msg:
             case AppendEntries():
-                # A deposed leader learns it is deposed and steps down.
-                self._reply_append(msg.src, False, msg.prev_log_index)
+                self._follower.refuse_append(msg)
             case InstallSnapshot():
-                self._reply_snapshot(msg, 0, done=False)
+                self._follower.refuse_snapshot(msg)
             case RequestVote():
                 self._send(
-                    RequestVoteReply(self.id, msg.src, self.current_term, False, msg.pre_vote)
+                    RequestVoteReply(
+                        src=self.id,
+                        dst=msg.src,
+                        term=self.current_term,
+                        vote_granted=False,
+                        pre_vote=msg.pre_vote,
+                    )
                 )
             case _:
                 pass  # stale replies: whatever they answered is moot
@@ -342,22 +361,12 @@ class RaftCore:
             return False
         if self.leader is not None:
             return True  # a leader steps down the moment its lease lapses
-        return (
-            self.leader_id is not None
-            and self._election_elapsed < self.config.election_timeout_ticks
-        )
-
-    def _reset_election_timer(self) -> None:
-        # Raft §5.2: randomized in [timeout, 2 x timeout) so split votes resolve.
-        timeout = self.config.election_timeout_ticks
-        self._election_elapsed = 0
-        self._randomized_election_timeout = timeout + self.config.rng.randrange(timeout)
+        return self.leader_id is not None and self._timer.within_timeout()
 
     def _start_election(self, *, pre_vote: bool) -> None:
-        self._reset_election_timer()
+        self._timer.start()
         self.leader = None
         self.leader_id = None
-        self._votes = {self.id: True}
         if pre_vote:
             # Thesis §9.6: ask first whether we could win, without bumping the
             # term, so a node that cannot win never disrupts the cluster.
@@ -368,21 +377,11 @@ class RaftCore:
             self.current_term += 1
             self.voted_for = self.id
             self._log(logging.INFO, "starting election at index %d", self.log.last_index)
-        if quorum.vote_result(self._votes, len(self.peers)) is quorum.VoteResult.WON:
+        self._election = Election(self, self._send, pre_vote=pre_vote)
+        if self._election.result() is quorum.VoteResult.WON:
             self._won_election(pre_vote=pre_vote)  # a cluster of one
             return
-        self._request_votes(pre_vote=pre_vote)
-
-    def _request_votes(self, *, pre_vote: bool) -> None:
-        """Send RequestVote to every peer that has not answered this round yet."""
-        term = self.current_term + 1 if pre_vote else self.current_term
-        for peer in self._others:
-            if peer not in self._votes:
-                self._send(
-                    RequestVote(
-                        self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote
-                    )
-                )
+        self._election.request_votes()
 
     def _can_grant_vote(self, msg: RequestVote) -> bool:
         """Raft §5.2 (one vote per term, first come) and §5.4.1 (up-to-date log)."""
@@ -402,31 +401,41 @@ class RaftCore:
         if self._can_grant_vote(msg):
             if not msg.pre_vote:
                 self.voted_for = msg.src  # persisted by the Ready that carries the reply
-                self._election_elapsed = 0
+                self._timer.restart()
                 self._log(logging.DEBUG, "voted for n%d", msg.src)
-            self._send(RequestVoteReply(self.id, msg.src, msg.term, True, msg.pre_vote))
+            self._send(
+                RequestVoteReply(
+                    src=self.id,
+                    dst=msg.src,
+                    term=msg.term,
+                    vote_granted=True,
+                    pre_vote=msg.pre_vote,
+                )
+            )
         else:
-            self._send(RequestVoteReply(self.id, msg.src, self.current_term, False, msg.pre_vote))
+            self._send(
+                RequestVoteReply(
+                    src=self.id,
+                    dst=msg.src,
+                    term=self.current_term,
+                    vote_granted=False,
+                    pre_vote=msg.pre_vote,
+                )
+            )
 
     def _handle_vote_reply(self, msg: RequestVoteReply) -> None:
-        if msg.pre_vote:
-            if self.role is not Role.PRE_CANDIDATE:
-                return
-            if msg.vote_granted and msg.term != self.current_term + 1:
-                return  # a grant from an older pre-vote round
-        elif self.role is not Role.CANDIDATE:
+        election = self._election
+        if election is None:
             return
-        self._votes.setdefault(msg.src, msg.vote_granted)
-        result = quorum.vote_result(self._votes, len(self.peers))
+        result = election.count(msg)
         if result is quorum.VoteResult.WON:
             self._won_election(pre_vote=msg.pre_vote)
         elif result is quorum.VoteResult.LOST:
-            refused = sum(1 for granted in self._votes.values() if not granted)
             self._log(
                 logging.INFO,
                 "lost %s: %d of %d peers refused",
                 "pre-vote" if msg.pre_vote else "election",
-                refused,
+                election.refusals(),
                 len(self.peers),
             )
             self._become_follower(self.current_term, None)
@@ -444,8 +453,8 @@ class RaftCore:
         was = self.role
         self.role = Role.FOLLOWER
         self.leader = None
-        self._votes = {}
-        self._reset_election_timer()
+        self._election = None
+        self._timer.start()
         self.leader_id = None
         if leader is not None:
             self._set_leader(leader)
@@ -463,48 +472,31 @@ class RaftCore:
             self._become_follower(self.current_term, leader)
         else:
             self._set_leader(leader)
-        self._election_elapsed = 0
+        self._timer.restart()
 
     def _become_leader(self) -> None:
         self.role = Role.LEADER
         self.leader_id = self.id
-        self._votes = {}
+        self._election = None
         self.leader = Leader(self, self._send)
         # Raft §8 / thesis §6.4: a no-op of the new term lets the leader commit
         # the entries of earlier terms it holds (§5.4.2 forbids counting them).
-        noop = Entry(self.current_term, self.log.last_index + 1, None)
+        noop = Entry(term=self.current_term, index=self.log.last_index + 1, command=None)
         self.log.append(noop)
         self._log(logging.INFO, "became leader at index %d", noop.index)
         self.leader.send_to_all(allow_empty=True)
 
     def _handle_timeout_now(self, msg: TimeoutNow) -> None:
+        """The receiving half of leadership transfer (see TimeoutNow): campaign now.
+
+        Only on our own leader's word: anyone else could depose a healthy leader.
+        No pre-vote: the leader asked, so the election is wanted.
+        """
         if self.role is Role.FOLLOWER and msg.src == self.leader_id:
             self._log(logging.INFO, "asked by leader n%d to campaign now", msg.src)
             self._start_election(pre_vote=False)
 
     # ------------------------------------------------------ follower: replication
-
-    def _reply_append(
-        self,
-        leader: int,
-        success: bool,
-        match_index: int,
-        conflict_index: int = 0,
-        conflict_term: int = NO_TERM,
-    ) -> None:
-        # On a refusal, match_index carries the refused prev_log_index, so the
-        # leader can tell a stale refusal from a current one.
-        self._send(
-            AppendEntriesReply(
-                self.id,
-                leader,
-                self.current_term,
-                success,
-                match_index,
-                conflict_index,
-                conflict_term,
-            )
-        )
 
     def _handle_append_entries(self, msg: AppendEntries) -> None:
         if self.role is Role.LEADER:
@@ -513,18 +505,7 @@ class RaftCore:
             )
             return
         self._follow(msg.src)
-        result = self.log.try_append(
-            msg.prev_log_index, msg.prev_log_term, msg.entries, self.commit_index
-        )
-        if not result.success:
-            self._reply_append(
-                msg.src, False, msg.prev_log_index, result.conflict_index, result.conflict_term
-            )
-            return
-        # Figure 2, AppendEntries rule 5: commitIndex = min(leaderCommit, last new entry).
-        if msg.leader_commit > self.commit_index:
-            self.commit_index = max(self.commit_index, min(msg.leader_commit, result.match_index))
-        self._reply_append(msg.src, True, result.match_index)
+        self._follower.handle_append_entries(msg)
 
     def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
         if self.role is Role.LEADER:
@@ -533,15 +514,7 @@ class RaftCore:
             )
             return
         self._follow(msg.src)
-        if msg.last_included_index <= self.commit_index:
-            # We already hold everything up to there, committed.
-            self._receiver.reset()
-            self._reply_snapshot(msg, msg.offset + len(msg.data), done=True)
-            return
-        next_offset, snapshot = self._receiver.receive(msg)
-        if snapshot is not None:
-            self._install_snapshot(snapshot, msg.src)
-        self._reply_snapshot(msg, next_offset, done=snapshot is not None)
+        self._follower.handle_install_snapshot(msg)
 
     def _install_snapshot(self, snapshot: Snapshot, leader: int) -> None:
         """Raft §7: the snapshot replaces the log up to its index (keep a matching suffix)."""
@@ -550,20 +523,13 @@ class RaftCore:
         self._pending_snapshot = snapshot
         # The snapshot is of committed state, newer than ours (checked by the caller).
         self.commit_index = snapshot.index
-        self.applied_index = snapshot.index
+        self.applying_index = snapshot.index
         self._log(
             logging.INFO,
             "installed snapshot at index %d from n%d, kept %d entries",
             snapshot.index,
             leader,
             kept,
-        )
-
-    def _reply_snapshot(self, msg: InstallSnapshot, next_offset: int, *, done: bool) -> None:
-        self._send(
-            InstallSnapshotReply(
-                self.id, msg.src, self.current_term, msg.last_included_index, next_offset, done
-            )
         )
 
     def _send(self, msg: Message) -> None:

@@ -102,8 +102,34 @@ class Leader:
             for peer, allow_empty in to_send.items():
                 self._send_append(peer, allow_empty=allow_empty)
 
+    def has_pending_sends(self) -> bool:
+        """Whether :meth:`flush` would send anything now; changes nothing.
+
+        The driver asks ``has_ready()`` between inputs; a query that built the
+        messages would make what a Ready holds depend on how often it asked.
+        """
+        return any(
+            self._would_send(peer, allow_empty=allow_empty)
+            for peer, allow_empty in self._to_send.items()
+        )
+
+    def _would_send(self, peer: int, *, allow_empty: bool) -> bool:
+        """Whether :meth:`_send_append` would send ``peer`` at least one message now."""
+        progress = self.progress[peer]
+        if progress.is_paused():
+            return False
+        # Entries it lacks (or, before our first index, the snapshot), a new
+        # commit index it must hear of, or an empty AppendEntries on request.
+        return (
+            allow_empty
+            or progress.commit_sent < self.core.commit_index
+            or progress.next_index <= self.log.last_index
+        )
+
     def _send_append(self, peer: int, *, allow_empty: bool) -> None:
         """Send ``peer`` what it lacks, as far as its progress state allows."""
+        if not self._would_send(peer, allow_empty=allow_empty):
+            return  # what has_pending_sends() answered: nothing
         progress = self.progress[peer]
         config, log, commit = self.config, self.log, self.core.commit_index
         # Even with no entries to send, a follower must hear of a new commit index.
@@ -121,7 +147,17 @@ class Leader:
             prev = progress.next_index - 1
             prev_term = log.term(prev)
             assert prev_term is not None, (prev, log.first_index)
-            self._send(AppendEntries(self.id, peer, self.term, prev, prev_term, entries, commit))
+            self._send(
+                AppendEntries(
+                    src=self.id,
+                    dst=peer,
+                    term=self.term,
+                    prev_log_index=prev,
+                    prev_log_term=prev_term,
+                    entries=entries,
+                    leader_commit=commit,
+                )
+            )
             progress.commit_sent = commit
             sent = True
             progress.sent(entries[-1].index if entries else None)
@@ -158,7 +194,17 @@ class Leader:
                     self._send_snapshot(peer)
                     return
                 commit = self.core.commit_index
-                self._send(AppendEntries(self.id, peer, self.term, prev, prev_term, (), commit))
+                self._send(
+                    AppendEntries(
+                        src=self.id,
+                        dst=peer,
+                        term=self.term,
+                        prev_log_index=prev,
+                        prev_log_term=prev_term,
+                        entries=(),
+                        leader_commit=commit,
+                    )
+                )
                 progress.commit_sent = commit
 
     def _send_snapshot(self, peer: int) -> None:
@@ -176,14 +222,14 @@ class Leader:
         chunk = snapshot.data[offset : offset + max(1, self.config.snapshot_chunk_bytes)]
         self._send(
             InstallSnapshot(
-                self.id,
-                peer,
-                self.term,
-                snapshot.index,
-                snapshot.term,
-                offset,
-                chunk,
-                offset + len(chunk) >= len(snapshot.data),
+                src=self.id,
+                dst=peer,
+                term=self.term,
+                last_included_index=snapshot.index,
+                last_included_term=snapshot.term,
+                offset=offset,
+                data=chunk,
+                done=offset + len(chunk) >= len(snapshot.data),
             )
         )
 

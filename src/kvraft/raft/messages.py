@@ -3,6 +3,11 @@
 Every message carries ``src`` and ``dst`` (peer ids) and the sender's ``term``.
 They travel as one-way notifications (method ``"raft"``); a reply is a message
 of its own. Tags 1..19 are reserved for Raft on the wire.
+
+Build them with keyword arguments: ``RequestVote(2, 1, 2, 0, 0, False)`` says
+nothing without the class open (``tests/raft/test_message_style.py`` checks).
+They are not ``kw_only`` because the codec builds them from a decoded tuple of
+fields, positionally, on the path every log entry takes.
 """
 
 from __future__ import annotations
@@ -108,7 +113,18 @@ class InstallSnapshotReply:
 @wire_message(8)
 @dataclass(frozen=True, slots=True)
 class TimeoutNow:
-    """Leadership transfer: the receiver campaigns at once, skipping pre-vote."""
+    """Leadership transfer: the receiver campaigns at once, skipping pre-vote.
+
+    Half of a transfer (thesis §3.10) exists: a follower that receives this from
+    the leader it follows, in its term, starts an election at once
+    (``RaftCore._handle_timeout_now``); from anyone else, or in another term,
+    it is ignored. The sending half does not: no leader code and no API sends
+    it yet (the leader would stop taking proposals, bring the target's log up
+    to date, then send this). Nor do the resulting vote requests carry a mark
+    that lets voters still hearing from the leader set their lease aside, so
+    with check-quorum they refuse them until the old leader, answered by the
+    candidate's higher term, steps down.
+    """
 
     src: int
     dst: int

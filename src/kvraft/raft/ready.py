@@ -84,12 +84,3 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     send_before_persist: bool = False
-
-    def is_empty(self) -> bool:
-        return not (
-            self.hard_state is not None
-            or self.entries
-            or self.snapshot is not None
-            or self.messages
-            or self.committed
-        )

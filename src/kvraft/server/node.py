@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvraft.raft.config import RaftConfig
+from kvraft.raft.config import DEFAULT_TICK_INTERVAL_S, RaftConfig
 from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import MESSAGE_TYPES, Entry, Message
 from kvraft.raft.ready import PersistentState, Ready, Snapshot
@@ -43,7 +43,7 @@ SLOW_SAVE_S = 0.5
 class NodeTiming:
     """Wall-clock settings; the core counts ticks (see RaftConfig for tick counts)."""
 
-    tick_interval_s: float = 0.010
+    tick_interval_s: float = DEFAULT_TICK_INTERVAL_S
 
 
 class StateMachine:
@@ -362,7 +362,7 @@ class RaftNode:
     # A snapshot is taken in five steps, so that the event loop (which applies
     # entries and answers clients) only does the cheap one, and the storage
     # thread (which persists every Ready) only a small transaction:
-    #   1. on the loop: capture a consistent copy of the state at applied_index;
+    #   1. on the loop: capture a consistent copy of the state at applying_index;
     #   2. encoder thread: encode it;
     #   3. encoder thread: write it to its own file (storage.stage_snapshot),
     #      while Readys keep being saved;
@@ -382,7 +382,7 @@ class RaftNode:
         held = self.core.snapshot
         if self.storage.size_bytes() < max(threshold, 2 * len(held.data) if held else 0):
             return
-        index = self.core.applied_index
+        index = self.core.applying_index
         entry = self.core.entry(index)
         if entry is None:  # already compacted up to applied
             return

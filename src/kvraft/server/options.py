@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvraft.raft.config import (
+    DEFAULT_ELECTION_TIMEOUT_TICKS,
+    DEFAULT_HEARTBEAT_INTERVAL_TICKS,
+    DEFAULT_TICK_INTERVAL_S,
+)
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 from kvraft.rpc.transport import split_address
 from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
@@ -48,9 +53,9 @@ class ServerOptions:
     cluster_id: str = "kvraft"
     test_hooks: bool = False
     snapshot_threshold_bytes: int | None = DEFAULT_SNAPSHOT_THRESHOLD_BYTES
-    tick_interval_s: float = 0.010
-    election_timeout_ticks: int = 15
-    heartbeat_interval_ticks: int = 3
+    tick_interval_s: float = DEFAULT_TICK_INTERVAL_S
+    election_timeout_ticks: int = DEFAULT_ELECTION_TIMEOUT_TICKS
+    heartbeat_interval_ticks: int = DEFAULT_HEARTBEAT_INTERVAL_TICKS
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     op_timeout_s: float = 2.0
