@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from kvraft.errors import NotLeader, WrongLeader
-from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore
 from kvraft.raft.messages import Entry, Message
 from kvraft.raft.ready import HardState, Snapshot
@@ -365,30 +364,15 @@ class NodeSimulation:
 
     # ------------------------------------------------------------------ nodes
 
-    def _config(self, node: int) -> RaftConfig:
-        profile = self.profile
-        return RaftConfig(
-            node_id=node,
-            peers=self.ids,
-            election_timeout_ticks=profile.election_timeout_ticks,
-            heartbeat_interval_ticks=profile.heartbeat_interval_ticks,
-            pre_vote=profile.pre_vote,
-            check_quorum=profile.check_quorum,
-            check_quorum_ticks=profile.check_quorum_ticks,
-            max_entries_per_message=profile.max_entries_per_message,
-            max_bytes_per_message=profile.max_bytes_per_message,
-            max_inflight_messages=profile.max_inflight_messages,
-            snapshot_chunk_bytes=profile.snapshot_chunk_bytes,
-            rng=random.Random(self.rng.getrandbits(64)),
-        )
-
     async def _start(self, sim_node: SimNode) -> None:
         assert sim_node.node is None
         rsm = ObservedRSM(self, sim_node)
         disk = SimDisk(self)
         extra = {} if self.core_factory is None else {"core_factory": self.core_factory}
         node = self.node_class(
-            self._config(sim_node.id),
+            self.profile.raft_config(
+                sim_node.id, self.ids, random.Random(self.rng.getrandbits(64))
+            ),
             sim_node.storage,
             SimTransport(self, sim_node.id),
             rsm,

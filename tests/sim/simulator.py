@@ -119,6 +119,23 @@ class Profile:
             check_quorum_ticks=rng.choice([0, 0, election_timeout_ticks]),  # 0: the default
         )
 
+    def raft_config(self, node: int, peers: tuple[int, ...], rng: random.Random) -> RaftConfig:
+        """The settings of node ``node``: this profile's, with its own random source."""
+        return RaftConfig(
+            node_id=node,
+            peers=peers,
+            election_timeout_ticks=self.election_timeout_ticks,
+            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            check_quorum_ticks=self.check_quorum_ticks,
+            max_entries_per_message=self.max_entries_per_message,
+            max_bytes_per_message=self.max_bytes_per_message,
+            max_inflight_messages=self.max_inflight_messages,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
+            rng=rng,
+        )
+
 
 # ------------------------------------------------------------ state machine
 
@@ -371,21 +388,7 @@ class Simulation:
     # ------------------------------------------------------------------- nodes
 
     def _config(self, node: int) -> RaftConfig:
-        profile = self.profile
-        return RaftConfig(
-            node_id=node,
-            peers=self.ids,
-            election_timeout_ticks=profile.election_timeout_ticks,
-            heartbeat_interval_ticks=profile.heartbeat_interval_ticks,
-            pre_vote=profile.pre_vote,
-            check_quorum=profile.check_quorum,
-            check_quorum_ticks=profile.check_quorum_ticks,
-            max_entries_per_message=profile.max_entries_per_message,
-            max_bytes_per_message=profile.max_bytes_per_message,
-            max_inflight_messages=profile.max_inflight_messages,
-            snapshot_chunk_bytes=profile.snapshot_chunk_bytes,
-            rng=random.Random(self.rng.getrandbits(64)),
-        )
+        return self.profile.raft_config(node, self.ids, random.Random(self.rng.getrandbits(64)))
 
     def _start(self, node: Node) -> None:
         state = node.storage.load()

@@ -17,33 +17,20 @@ import pytest
 
 from .node_sim import NodeResult, NodeSimulation
 from .planted import PLANTED_DRIVERS
+from .seeds import CHUNK, CI_RUNS, STRESS_CHUNK, run_ids, run_seeds, stress_runs
 from .simulator import Violation
 from .virtual_loop import Deadlock, VirtualTimeLoop
 
 REPO = Path(__file__).resolve().parents[2]
-CHUNK = 100
-# 1,000 seeds in CI: 600 of 3 nodes, 400 of 5 nodes.
-CI_RUNS = [(3, start) for start in range(0, 600, CHUNK)] + [
-    (5, start) for start in range(0, 400, CHUNK)
-]
 # 10,000 more seeds, beyond those of CI, for `make stress`.
-STRESS_CHUNK = 1000
-STRESS_RUNS = [(3, start) for start in range(10_000, 16_000, STRESS_CHUNK)] + [
-    (5, start) for start in range(10_000, 14_000, STRESS_CHUNK)
-]
+STRESS_RUNS = stress_runs(6_000, 4_000)
 
 
-def run_seeds(nodes: int, seeds: range) -> list[NodeResult]:
-    results = []
-    for seed in seeds:
-        try:
-            results.append(NodeSimulation(seed, nodes).run())
-        except Violation as violation:
-            pytest.fail(str(violation), pytrace=False)
-    return results
+def run_node_seeds(nodes: int, seeds: range) -> list[NodeResult]:
+    return run_seeds(lambda seed, size: NodeSimulation(seed, size).run(), nodes, seeds)
 
 
-@pytest.mark.parametrize(("nodes", "start"), CI_RUNS, ids=[f"n{n}-s{s}" for n, s in CI_RUNS])
+@pytest.mark.parametrize(("nodes", "start"), CI_RUNS, ids=run_ids(CI_RUNS))
 def test_real_nodes_are_safe_under_faults_and_live_once_healed(nodes: int, start: int) -> None:
     """RaftNode's own Ready loop, the RSM and the in-memory storage keep Raft's properties
     after every step of 100 seeded runs with drops, delays, partitions, slow writes and
@@ -52,7 +39,7 @@ def test_real_nodes_are_safe_under_faults_and_live_once_healed(nodes: int, start
 
     Reference: Raft §5.2-§5.4 (Figure 3's properties), thesis §3.8
     """
-    results = run_seeds(nodes, range(start, start + CHUNK))
+    results = run_node_seeds(nodes, range(start, start + CHUNK))
 
     # The runs did exercise what they claim to.
     assert sum(r.crashes for r in results) > CHUNK
@@ -63,15 +50,13 @@ def test_real_nodes_are_safe_under_faults_and_live_once_healed(nodes: int, start
 
 
 @pytest.mark.stress
-@pytest.mark.parametrize(
-    ("nodes", "start"), STRESS_RUNS, ids=[f"n{n}-s{s}" for n, s in STRESS_RUNS]
-)
+@pytest.mark.parametrize(("nodes", "start"), STRESS_RUNS, ids=run_ids(STRESS_RUNS))
 def test_real_nodes_are_safe_under_faults_stress(nodes: int, start: int) -> None:
     """As above, over 10,000 more seeds.
 
     Reference: Raft §5.2-§5.4
     """
-    run_seeds(nodes, range(start, start + STRESS_CHUNK))
+    run_node_seeds(nodes, range(start, start + STRESS_CHUNK))
 
 
 def test_a_node_seed_replays_exactly() -> None:

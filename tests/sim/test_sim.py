@@ -13,39 +13,26 @@ from pathlib import Path
 import pytest
 
 from .planted import PLANTED
+from .seeds import CHUNK, CI_RUNS, STRESS_CHUNK, run_ids, run_seeds, stress_runs
 from .simulator import Result, Simulation, Violation
 
 REPO = Path(__file__).resolve().parents[2]
-CHUNK = 100
-# 1,000 seeds in CI: 600 of 3 nodes, 400 of 5 nodes.
-CI_RUNS = [(3, start) for start in range(0, 600, CHUNK)] + [
-    (5, start) for start in range(0, 400, CHUNK)
-]
 # 20,000 more seeds, beyond those of CI, for `make stress`.
-STRESS_CHUNK = 1000
-STRESS_RUNS = [(3, start) for start in range(10_000, 22_000, STRESS_CHUNK)] + [
-    (5, start) for start in range(10_000, 18_000, STRESS_CHUNK)
-]
+STRESS_RUNS = stress_runs(12_000, 8_000)
 
 
-def run_seeds(nodes: int, seeds: range) -> list[Result]:
-    results = []
-    for seed in seeds:
-        try:
-            results.append(Simulation(seed, nodes).run())
-        except Violation as violation:
-            pytest.fail(str(violation), pytrace=False)
-    return results
+def run_core_seeds(nodes: int, seeds: range) -> list[Result]:
+    return run_seeds(lambda seed, size: Simulation(seed, size).run(), nodes, seeds)
 
 
-@pytest.mark.parametrize(("nodes", "start"), CI_RUNS, ids=[f"n{n}-s{s}" for n, s in CI_RUNS])
+@pytest.mark.parametrize(("nodes", "start"), CI_RUNS, ids=run_ids(CI_RUNS))
 def test_raft_is_safe_under_faults_and_live_once_healed(nodes: int, start: int) -> None:
     """Election safety, log matching, leader completeness and state machine safety hold
     after every step of 100 seeded runs; each then elects a leader and commits anew.
 
     Reference: Raft §5.2-§5.4 (Figure 3's properties), thesis §3.8
     """
-    results = run_seeds(nodes, range(start, start + CHUNK))
+    results = run_core_seeds(nodes, range(start, start + CHUNK))
 
     # The runs did exercise what they claim to.
     assert sum(r.crashes for r in results) > CHUNK
@@ -54,15 +41,13 @@ def test_raft_is_safe_under_faults_and_live_once_healed(nodes: int, start: int) 
 
 
 @pytest.mark.stress
-@pytest.mark.parametrize(
-    ("nodes", "start"), STRESS_RUNS, ids=[f"n{n}-s{s}" for n, s in STRESS_RUNS]
-)
+@pytest.mark.parametrize(("nodes", "start"), STRESS_RUNS, ids=run_ids(STRESS_RUNS))
 def test_raft_is_safe_under_faults_stress(nodes: int, start: int) -> None:
     """As above, over 20,000 more seeds.
 
     Reference: Raft §5.2-§5.4
     """
-    run_seeds(nodes, range(start, start + STRESS_CHUNK))
+    run_core_seeds(nodes, range(start, start + STRESS_CHUNK))
 
 
 def test_a_seed_replays_exactly() -> None:
