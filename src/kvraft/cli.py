@@ -54,7 +54,7 @@ def parse_servers(text: str | None) -> list[str]:
 
     A malformed address is a usage error (exit 2).
     """
-    from kvraft.rpc.transport import split_address
+    from kvraft.addresses import split_address
 
     text = text or os.environ.get("KVRAFT_SERVERS")
     if not text:

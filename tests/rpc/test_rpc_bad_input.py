@@ -20,8 +20,8 @@ from rpc_support import (
     wait_until,
 )
 
+from kvraft.addresses import split_address
 from kvraft.errors import ProtocolError, RemoteError
-from kvraft.rpc import split_address
 from kvraft.rpc.codec import (
     NOTIFY,
     REPLY,

@@ -20,6 +20,7 @@ from rpc_support import (
     wait_until,
 )
 
+from kvraft.addresses import split_address
 from kvraft.errors import (
     WIRE_ERRORS,
     CallTimeout,
@@ -27,7 +28,7 @@ from kvraft.errors import (
     NoKey,
     RemoteError,
 )
-from kvraft.rpc import RpcClient, client_sender, peer_sender, split_address
+from kvraft.rpc import RpcClient, client_sender, peer_sender
 from kvraft.rpc import transport as transport_module
 
 # ------------------------------------------------------------------ pipelining
@@ -591,15 +592,6 @@ def test_server_stops_reading_a_client_that_does_not_read_its_replies() -> None:
 
 
 # ------------------------------------------------------------------------ misc
-
-
-def test_split_address() -> None:
-    assert split_address("127.0.0.1:7001") == ("127.0.0.1", 7001)
-    assert split_address("[::1]:80") == ("::1", 80)
-    assert split_address("node-a.local:65535") == ("node-a.local", 65535)
-    for bad in ["", "7001", "host:", ":80", "host:0", "host:65536", "host:8o", "host:\u0663"]:
-        with pytest.raises(ValueError):
-            split_address(bad)
 
 
 def test_install_event_loop_policy_picks_uvloop_when_importable() -> None:

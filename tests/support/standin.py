@@ -30,13 +30,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kvraft.addresses import split_address
 from kvraft.rpc.codec import peer_sender
 from kvraft.rpc.transport import (
     RpcClient,
     RpcServer,
     UnknownMethod,
     install_event_loop_policy,
-    split_address,
 )
 
 log = logging.getLogger("standin")

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from kvraft.addresses import split_address
 from kvraft.errors import (
     CallTimeout,
     ConnectFailed,
@@ -38,7 +39,7 @@ from kvraft.errors import (
     WrongLeader,
 )
 from kvraft.rpc.codec import client_sender
-from kvraft.rpc.transport import RpcClient, split_address
+from kvraft.rpc.transport import RpcClient
 from kvraft.server.commands import (
     DEFAULT_MAX_VALUE_BYTES,
     GetOp,

@@ -21,7 +21,6 @@ from kvraft.rpc.transport import (
     RpcServer,
     UnknownMethod,
     install_event_loop_policy,
-    split_address,
 )
 
 __all__ = [
@@ -39,6 +38,5 @@ __all__ = [
     "install_event_loop_policy",
     "peer_sender",
     "sender_peer_id",
-    "split_address",
     "wire_message",
 ]

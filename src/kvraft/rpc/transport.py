@@ -31,6 +31,7 @@ import logging
 import typing
 from typing import Any, Protocol
 
+from kvraft.addresses import split_address
 from kvraft.errors import (
     WIRE_ERRORS,
     CallTimeout,
@@ -104,23 +105,6 @@ def exception_of(error: tuple[str, str]) -> Exception:
     if cls is not None:
         return cls(message)
     return RemoteError(code, message)
-
-
-def raise_error(error: tuple[str, str]) -> None:
-    """Raise the local exception for a wire error."""
-    raise exception_of(error)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` (or ``"[v6]:port"``) -> ``(host, port)``; ValueError if not one."""
-    host, sep, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not (port.isascii() and port.isdigit()):
-        raise ValueError(f"not a host:port address: {address!r}")
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"not a host:port address: {address!r}")
-    return host, int(port)
 
 
 def _stream(transport: asyncio.BaseTransport) -> asyncio.Transport:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvraft.addresses import split_address
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
-from kvraft.rpc.transport import split_address
 from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
 
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024

@@ -39,11 +39,11 @@ from typing import Any
 
 import msgpack
 
+from kvraft.addresses import split_address
 from kvraft.errors import ProtocolError
 from kvraft.loop_thread import EventLoopThread
 from kvraft.rpc.codec import NOTIFY, REPLY, REQUEST
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
-from kvraft.rpc.transport import split_address
 from kvraft.testing.faults import (
     LOSSY,
     PROFILES,
