@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from kvraft.errors import NoKey, ProtocolError
-from kvraft.rpc import RpcClient, RpcServer, UnknownMethod, client_sender
-from kvraft.rpc.codec import check
+from kvraft.rpc.codec import check, client_sender
+from kvraft.rpc.transport import RpcClient, RpcServer, UnknownMethod
 
 T = TypeVar("T")
 

@@ -12,15 +12,20 @@ from hypothesis import strategies as st
 
 from kvraft.errors import ProtocolError
 from kvraft.raft.messages import AppendEntries, Entry, RequestVote
-from kvraft.rpc import Notify, Reply, Request, client_sender, peer_sender, sender_peer_id
 from kvraft.rpc.codec import (
     MAX_NESTING,
+    Notify,
+    Reply,
+    Request,
     WireSchemaError,
     check,
+    client_sender,
     decode_envelope,
     encode_envelope,
     pack,
+    peer_sender,
     reply_id_of_head,
+    sender_peer_id,
     unpack,
     wire_message,
 )

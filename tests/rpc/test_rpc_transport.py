@@ -28,8 +28,9 @@ from kvraft.errors import (
     NoKey,
     RemoteError,
 )
-from kvraft.rpc import RpcClient, client_sender, peer_sender
 from kvraft.rpc import transport as transport_module
+from kvraft.rpc.codec import client_sender, peer_sender
+from kvraft.rpc.transport import RpcClient
 
 # ------------------------------------------------------------------ pipelining
 

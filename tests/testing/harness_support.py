@@ -16,7 +16,8 @@ from typing import Any
 
 from kvraft.errors import RpcError
 from kvraft.loop_thread import EventLoopThread
-from kvraft.rpc import RpcClient, RpcServer, UnknownMethod, client_sender
+from kvraft.rpc.codec import client_sender
+from kvraft.rpc.transport import RpcClient, RpcServer, UnknownMethod
 
 HOST = "127.0.0.1"
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from harness_support import burst, call, outcome, rate_message, within
 
-from kvraft.rpc import client_sender
+from kvraft.rpc.codec import client_sender
 from kvraft.testing import processes
 from kvraft.testing.cluster import Cluster, ServerStartError, on_cluster_created
 from kvraft.testing.proxy import RELIABLE

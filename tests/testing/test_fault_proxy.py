@@ -35,9 +35,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvraft.errors import CallTimeout, ConnectionLost
-from kvraft.rpc import RpcClient, client_sender, peer_sender
-from kvraft.rpc.codec import Notify, Reply, Request, encode_envelope, wire_message
+from kvraft.rpc.codec import (
+    Notify,
+    Reply,
+    Request,
+    client_sender,
+    encode_envelope,
+    peer_sender,
+    wire_message,
+)
 from kvraft.rpc.framing import frame
+from kvraft.rpc.transport import RpcClient
 from kvraft.testing.faults import FaultState, NetworkControl, network_profile
 from kvraft.testing.proxy import (
     LOSSY,

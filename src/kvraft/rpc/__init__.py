@@ -1,42 +1,12 @@
 """The RPC layer: length-prefixed msgpack frames over TCP, for clients and peers alike.
 
 Layering, bottom up: ``framing`` (bytes <-> frame bodies, no I/O), ``codec``
-(frame bodies <-> envelopes and typed messages, the one place that encodes),
-``transport`` (asyncio server and client connections, timeouts, reconnects).
+(frame bodies <-> envelopes and typed messages, the one place that encodes; no
+I/O), ``transport`` (asyncio server and client connections, timeouts,
+reconnects).
+
+This package imports none of its modules itself: ``import kvraft.rpc.codec``
+must not load asyncio or sockets, so that what only encodes (the server's log
+commands, tests of the codec) does not pay for, or depend on, the transport.
+Import each name from its module.
 """
-
-from kvraft.rpc.codec import (
-    Notify,
-    Reply,
-    Request,
-    client_sender,
-    peer_sender,
-    sender_peer_id,
-    wire_message,
-)
-from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
-from kvraft.rpc.transport import (
-    Handler,
-    RpcClient,
-    RpcServer,
-    UnknownMethod,
-    install_event_loop_policy,
-)
-
-__all__ = [
-    "DEFAULT_MAX_FRAME_BYTES",
-    "FrameDecoder",
-    "Handler",
-    "Notify",
-    "Reply",
-    "Request",
-    "RpcClient",
-    "RpcServer",
-    "UnknownMethod",
-    "client_sender",
-    "frame",
-    "install_event_loop_policy",
-    "peer_sender",
-    "sender_peer_id",
-    "wire_message",
-]
