@@ -78,7 +78,7 @@ def fail(message: str, code: int) -> NoReturn:
 
 def parse_version(ctx: click.Context, param: click.Parameter, value: Any) -> int:
     """``--version``: an integer in 0..MAX_VERSION, with a message that says so."""
-    from kvraft.server.commands import MAX_VERSION
+    from kvraft.kv_protocol import MAX_VERSION
 
     try:
         number = int(str(value).strip(), 10)
@@ -201,8 +201,8 @@ def server(
         --peers 0=127.0.0.1:7001,1=127.0.0.1:7002,2=127.0.0.1:7003 \\
         --data-dir ./data/n0
     """
+    from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
-    from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
     from kvraft.server.options import (
         DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
         ServerOptions,

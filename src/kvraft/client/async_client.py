@@ -38,9 +38,7 @@ from kvraft.errors import (
     VersionMismatch,
     WrongLeader,
 )
-from kvraft.rpc.codec import client_sender
-from kvraft.rpc.transport import RpcClient
-from kvraft.server.commands import (
+from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
     GetOp,
     NotLeaderResult,
@@ -48,6 +46,8 @@ from kvraft.server.commands import (
     check_op,
     result_of,
 )
+from kvraft.rpc.codec import client_sender
+from kvraft.rpc.transport import RpcClient
 
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02

@@ -2,17 +2,17 @@
 
 Every message carries ``src`` and ``dst`` (peer ids) and the sender's ``term``.
 They travel as one-way notifications (method ``"raft"``); a reply is a message
-of its own. Tags 1..19 are reserved for Raft on the wire.
+of its own. This module imports nothing but the standard library, so the core
+stays sans-I/O down to its imports; the wire registration of these classes
+(tags 1..8, 1..19 reserved for Raft) is on the codec's side, in
+:mod:`kvraft.rpc.wire_types`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvraft.rpc.codec import wire_message
 
-
-@wire_message(1)
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One log entry. ``command`` is None for the no-op a new leader appends."""
@@ -22,7 +22,6 @@ class Entry:
     command: bytes | None
 
 
-@wire_message(2)
 @dataclass(frozen=True, slots=True)
 class RequestVote:
     """A candidate asks for a vote; with ``pre_vote`` only asks whether it would win."""
@@ -35,7 +34,6 @@ class RequestVote:
     pre_vote: bool
 
 
-@wire_message(3)
 @dataclass(frozen=True, slots=True)
 class RequestVoteReply:
     src: int
@@ -45,7 +43,6 @@ class RequestVoteReply:
     pre_vote: bool
 
 
-@wire_message(4)
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
     """Entries (maybe none: a heartbeat) following ``prev_log_index``."""
@@ -59,7 +56,6 @@ class AppendEntries:
     leader_commit: int
 
 
-@wire_message(5)
 @dataclass(frozen=True, slots=True)
 class AppendEntriesReply:
     """On success ``match_index`` is the last index known to match the leader.
@@ -77,7 +73,6 @@ class AppendEntriesReply:
     conflict_term: int
 
 
-@wire_message(6)
 @dataclass(frozen=True, slots=True)
 class InstallSnapshot:
     """One chunk of the leader's snapshot, at byte ``offset``; ``done`` on the last."""
@@ -92,7 +87,6 @@ class InstallSnapshot:
     done: bool
 
 
-@wire_message(7)
 @dataclass(frozen=True, slots=True)
 class InstallSnapshotReply:
     """``next_offset`` is the byte the follower wants next (0 to restart)."""
@@ -105,7 +99,6 @@ class InstallSnapshotReply:
     done: bool
 
 
-@wire_message(8)
 @dataclass(frozen=True, slots=True)
 class TimeoutNow:
     """Leadership transfer: the receiver campaigns at once, skipping pre-vote."""

@@ -10,10 +10,12 @@ Wire format (each a msgpack array inside one frame, see ``framing``):
   their own).
 
 ``sender`` names who sent the frame: ``"p3"`` for peer 3, ``"c<hex>"`` for a
-client. Typed messages (frozen dataclasses registered with :func:`wire_message`)
-travel as msgpack extension types whose code is the class's tag and whose data
-is the packed field tuple; decoding checks the field count and every field's
-type against the class's annotations, so a handler never sees a wrong type.
+client. Typed messages (frozen dataclasses: the ones listed in
+:mod:`kvraft.rpc.wire_types`, registered when this module is imported, and any
+a test registers with :func:`wire_message`) travel as msgpack extension types
+whose code is the class's tag and whose data is the packed field tuple;
+decoding checks the field count and every field's type against the class's
+annotations, so a handler never sees a wrong type.
 Messages nest (an AppendEntries carries Entries) at most :data:`MAX_NESTING`
 deep: msgpack decodes each level on the C stack, so unbounded nesting from the
 network would overflow it and kill the process.
@@ -33,6 +35,7 @@ from typing import Any, TypeVar, Union
 import msgpack
 
 from kvraft.errors import ProtocolError
+from kvraft.rpc.wire_types import WIRE_TYPES
 
 T = TypeVar("T")
 
@@ -352,3 +355,11 @@ def reply_id_of_head(head: bytes) -> int:
     if size != 4 or type(kind) is not int or kind != REPLY or type(rid) is not int:
         raise ProtocolError("oversize frame does not start a reply")
     return rid
+
+
+# ------------------------------------------------------------------ registration
+
+# Raft's and the key-value service's messages, registered here rather than
+# where they are defined (see wire_types): whoever imports the codec can decode them.
+for _tag, _cls in WIRE_TYPES:
+    wire_message(_tag)(_cls)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvraft.addresses import split_address
+from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
-from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
 
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
 

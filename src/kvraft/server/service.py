@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from kvraft.errors import NotLeader, ProtocolError
+from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
 from kvraft.rpc.codec import check, sender_peer_id
 from kvraft.rpc.transport import UnknownMethod
-from kvraft.server.commands import GetOp, NotLeaderResult, PutOp, check_op
 from kvraft.server.node import RAFT_METHOD, RaftNode
 from kvraft.server.options import ServerOptions
 from kvraft.server.rsm import RSM
