@@ -34,15 +34,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-import msgpack
 
 from kvraft.addresses import split_address
 from kvraft.errors import ProtocolError
 from kvraft.loop_thread import EventLoopThread
-from kvraft.rpc.codec import NOTIFY, REPLY, REQUEST
+from kvraft.rpc.codec import NOTIFY, REPLY, REQUEST, Head, read_head
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
 from kvraft.testing.faults import (
     LOSSY,
@@ -68,13 +65,11 @@ __all__ = [
     "Counts",
     "EventLoopThread",
     "FaultProxy",
-    "FrameHead",
     "NetworkControl",
     "NetworkProfile",
     "ProxyNetwork",
     "TrafficStats",
     "network_profile",
-    "peek_frame",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,66 +82,13 @@ UPSTREAM_CONNECT_TIMEOUT_S = 2.0
 
 # ------------------------------------------------------------------ frame heads
 
-
-@dataclass(frozen=True, slots=True)
-class FrameHead:
-    """What the proxy needs to know about one frame; the arguments stay unread."""
-
-    kind: Kind
-    request_id: int | None = None
-    method: str | None = None
-    sender: str | None = None
-    # Extension type code of a notify's argument when it is a typed message
-    # (a Raft message's tag), else None. See NetworkProfile.reply_tags.
-    tag: int | None = None
+# The proxy's name for each envelope kind (its counters' keys); a frame that is
+# no envelope, or a reply from a caller, is ``other``.
+_KIND_NAMES: dict[int, Kind] = {REQUEST: "request", REPLY: "reply", NOTIFY: "notify"}
 
 
-_OTHER = FrameHead("other")
-
-
-def peek_frame(body: bytes) -> FrameHead:
-    """Read the envelope header of a frame body (``rpc/codec.py``'s layout).
-
-    This deliberately does not call ``codec.decode_envelope``: decoding the
-    arguments would need every typed message class registered in the test
-    process (an unknown extension tag is a ProtocolError there) and would pay
-    for unpacking payloads the proxy forwards untouched. It walks the same
-    layout with a streaming unpacker and skips the arguments; a test checks it
-    against ``encode_envelope``. Anything that is not an envelope is ``other``.
-    """
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1))
-    unpacker.feed(body)
-    try:
-        size = unpacker.read_array_header()
-        kind = unpacker.unpack() if size else None
-        if kind == REQUEST and size == 5:
-            rid, method, sender = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
-            if type(rid) is int and type(method) is str and type(sender) is str:
-                return FrameHead("request", rid, method, sender)
-        elif kind == NOTIFY and size == 4:
-            method, sender = unpacker.unpack(), unpacker.unpack()
-            if type(method) is str and type(sender) is str:
-                return FrameHead("notify", None, method, sender, _ext_code(body, unpacker.tell()))
-        elif kind == REPLY and size == 4:
-            rid = unpacker.unpack()
-            if type(rid) is int:
-                return FrameHead("reply", rid)
-    except Exception:  # msgpack raises several unrelated classes on junk
-        return _OTHER
-    return _OTHER
-
-
-# Where an extension value's type code sits, by its msgpack format byte:
-# fixext 1/2/4/8/16 right after the format byte; ext 8/16/32 after a length.
-_EXT_CODE_OFFSET = {0xD4: 1, 0xD5: 1, 0xD6: 1, 0xD7: 1, 0xD8: 1, 0xC7: 2, 0xC8: 3, 0xC9: 5}
-
-
-def _ext_code(body: bytes, pos: int) -> int | None:
-    """The type code of the extension value at ``body[pos]``, else None (read, not copied)."""
-    offset = _EXT_CODE_OFFSET.get(body[pos]) if pos < len(body) else None
-    if offset is None or pos + offset >= len(body):
-        return None
-    return int.from_bytes(body[pos + offset : pos + offset + 1], "big", signed=True)
+def _kind(head: Head | None) -> Kind:
+    return "other" if head is None else _KIND_NAMES[head.kind]
 
 
 # ------------------------------------------------------------------------ links
@@ -204,26 +146,28 @@ class _Link:
             self.close()
             return
         for body in bodies:
-            head = peek_frame(body)
-            if head.kind in ("request", "notify"):
+            head = read_head(body)
+            if head is not None and head.kind != REPLY:
                 self.sender = head.sender
             else:
-                head = _OTHER  # a reply or junk from a caller: the server judges it
+                head = None  # a reply or junk from a caller: the server judges it
             self._pass_to_server(head, frame(body))
 
-    def _pass_to_server(self, head: FrameHead, data: bytes) -> None:
+    def _pass_to_server(self, head: Head | None, data: bytes) -> None:
+        """Count, then drop, delay or forward a frame from the caller (head None: other)."""
         proxy = self.proxy
-        sender = head.sender if head.sender is not None else self.sender
-        key: StatsKey = (head.kind, head.method or "?", sender or "?")
+        sender = head.sender if head is not None else self.sender
+        method = head.method if head is not None else None
+        key: StatsKey = (_kind(head), method or "?", sender or "?")
         proxy.tally.seen(key, len(data))
         state = proxy.control.state
         if not state.link_up(proxy.server_id, sender):
             proxy.tally.dropped(key)
             return
         delay = 0.0
-        if head.kind != "other":
+        if head is not None:
             profile = state.profile
-            if head.kind == "notify" and head.tag in profile.reply_tags:
+            if head.kind == NOTIFY and head.tag in profile.reply_tags:
                 dropped, delay = self._reply_fate(profile, key)
             else:
                 dropped = proxy.rng.random() < profile.request_drop
@@ -232,10 +176,11 @@ class _Link:
             if dropped:
                 proxy.tally.dropped(key)
                 return
-        if head.kind == "request":
-            assert head.request_id is not None and sender is not None and head.method is not None
-            self.pending[head.request_id] = (sender, head.method)
-        self._schedule(delay, self._deliver_to_server, data, key, sender, head.request_id)
+        request_id = head.request_id if head is not None else None
+        if head is not None and head.kind == REQUEST:
+            assert request_id is not None and sender is not None and method is not None
+            self.pending[request_id] = (sender, method)
+        self._schedule(delay, self._deliver_to_server, data, key, sender, request_id)
 
     def _deliver_to_server(
         self, data: bytes, key: StatsKey, sender: str | None, request_id: int | None
@@ -261,21 +206,21 @@ class _Link:
             return
         proxy = self.proxy
         for body in bodies:
-            head = peek_frame(body)
+            head = read_head(body)
             data = frame(body)
             entry = None
-            if head.kind == "reply":
+            if head is not None and head.kind == REPLY:
                 assert head.request_id is not None
                 entry = self.pending.pop(head.request_id, None)
             sender, method = entry if entry is not None else (self.sender, "?")
-            key: StatsKey = (head.kind, method, sender or "?")
+            key: StatsKey = (_kind(head), method, sender or "?")
             proxy.tally.seen(key, len(data))
             state = proxy.control.state
             if not state.link_up(proxy.server_id, sender):
                 proxy.tally.dropped(key)
                 continue
             delay = 0.0
-            if head.kind == "reply":
+            if head is not None and head.kind == REPLY:
                 dropped, delay = self._reply_fate(state.profile, key)
                 if dropped:
                     proxy.tally.dropped(key)
