@@ -19,8 +19,8 @@ from kvraft.errors import (
     WrongLeader,
 )
 from kvraft.kv_protocol import NotLeaderResult, PutOk, PutOp, VersionMismatchResult
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
-from kvraft.rpc.transport import RpcClient
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until

@@ -213,7 +213,7 @@ def test_random_garbage_never_stops_the_server_from_answering(
     """Random bytes and well-framed junk over fresh connections, then a valid call."""
     if kind == "uvloop":
         pytest.importorskip("uvloop")
-    caplog.set_level(logging.WARNING, logger="kvraft.rpc.transport")
+    caplog.set_level(logging.WARNING, logger="kvraft.rpc")
 
     def closings() -> int:
         return sum("closing connection from" in r.getMessage() for r in caplog.records)

@@ -32,6 +32,7 @@ from harness_support import (
 )
 
 from kvraft.errors import CallTimeout, ConnectionLost
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import (
     REQUEST,
     Head,
@@ -41,7 +42,6 @@ from kvraft.rpc.codec import (
     wire_message,
 )
 from kvraft.rpc.framing import frame
-from kvraft.rpc.transport import RpcClient
 from kvraft.testing.faults import FaultState, NetworkControl, network_profile
 from kvraft.testing.proxy import (
     LOSSY,

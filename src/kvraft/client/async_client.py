@@ -46,8 +46,8 @@ from kvraft.kv_protocol import (
     check_op,
     result_of,
 )
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
-from kvraft.rpc.transport import RpcClient
 
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02

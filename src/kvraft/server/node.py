@@ -27,8 +27,8 @@ from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import MESSAGE_TYPES, Entry, Message
 from kvraft.raft.ready import Snapshot
 from kvraft.raft.storage import Storage
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import peer_sender
-from kvraft.rpc.transport import RpcClient
 
 log = logging.getLogger("kvraft.node")
 
