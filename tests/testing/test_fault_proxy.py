@@ -42,14 +42,16 @@ from kvraft.rpc.codec import (
     wire_message,
 )
 from kvraft.rpc.framing import frame
-from kvraft.testing.faults import FaultState, NetworkControl, network_profile
-from kvraft.testing.proxy import (
+from kvraft.testing.faults import (
     LOSSY,
     RELIABLE,
     REORDERING,
+    FaultState,
+    NetworkControl,
     NetworkProfile,
-    ProxyNetwork,
+    network_profile,
 )
+from kvraft.testing.proxy_network import ProxyNetwork
 from kvraft.testing.waiting import wait_until
 
 SEED = 20240601
