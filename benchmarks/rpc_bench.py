@@ -40,7 +40,7 @@ WARMUP_S = 0.3
 
 def _use_loop(kind: str) -> None:
     if kind == "uvloop":
-        from kvraft.rpc.transport import install_event_loop_policy
+        from kvraft.rpc.event_loop import install_event_loop_policy
 
         assert install_event_loop_policy() == "uvloop", "uvloop is not importable"
     else:
@@ -56,7 +56,7 @@ class _Echo:
 
 
 async def _serve() -> None:
-    from kvraft.rpc import RpcServer
+    from kvraft.rpc.server import RpcServer
 
     server = RpcServer(_Echo(), name="bench")
     await server.start("127.0.0.1", 0)
@@ -76,7 +76,8 @@ def _cpu_s(pid: int) -> float | None:
 
 
 async def _measure(port: int, server_pid: int, inflight: int, duration_s: float) -> dict[str, Any]:
-    from kvraft.rpc import RpcClient, client_sender
+    from kvraft.rpc.client import RpcClient
+    from kvraft.rpc.codec import client_sender
 
     client = RpcClient(f"127.0.0.1:{port}", client_sender("bench"))
     loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ from typing import Any
 from kvraft.bench import Bench, BenchConfig, OpStats, failover_time_s
 from kvraft.client.admin import fetch_statuses_async
 from kvraft.client.client import Client
-from kvraft.rpc.transport import install_event_loop_policy
+from kvraft.rpc.event_loop import install_event_loop_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 PUT_IN_FLIGHT = (1, 8, 64, 256)

@@ -46,7 +46,8 @@ from typing import Any
 
 from kvraft.client.admin import fetch_statuses_async
 from kvraft.client.async_client import AsyncClient
-from kvraft.server.commands import PutOp, encode_command
+from kvraft.kv_protocol import PutOp
+from kvraft.server.commands import encode_command
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools

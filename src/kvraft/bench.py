@@ -332,7 +332,7 @@ class Bench:
 
 def run_bench(config: BenchConfig, *, progress: bool = False) -> BenchResult:
     """Run ``config`` on a new event loop (uvloop if available)."""
-    from kvraft.rpc.transport import install_event_loop_policy
+    from kvraft.rpc.event_loop import install_event_loop_policy
 
     install_event_loop_policy()
     return asyncio.run(Bench(config).run(sys.stderr if progress else None))

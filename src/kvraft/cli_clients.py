@@ -32,7 +32,7 @@ def parse_servers(text: str | None) -> list[str]:
 
     A malformed address is a usage error (exit 2).
     """
-    from kvraft.rpc.transport import split_address
+    from kvraft.addresses import split_address
 
     text = text or os.environ.get("KVRAFT_SERVERS")
     if not text:
@@ -50,7 +50,7 @@ def parse_servers(text: str | None) -> list[str]:
 
 def parse_version(ctx: click.Context, param: click.Parameter, value: Any) -> int:
     """``--version``: an integer in 0..MAX_VERSION, with a message that says so."""
-    from kvraft.server.commands import MAX_VERSION
+    from kvraft.kv_protocol import MAX_VERSION
 
     try:
         number = int(str(value).strip(), 10)

@@ -106,8 +106,8 @@ def server(
         --peers 0=127.0.0.1:7001,1=127.0.0.1:7002,2=127.0.0.1:7003 \\
         --data-dir ./data/n0
     """
+    from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
-    from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
     from kvraft.server.options import (
         DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
         ServerOptions,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
+from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
 from kvraft.storage.sqlite import SqliteStorage
 from tests.cli.conftest import assert_one_line_error, free_base_port, run_cli
 

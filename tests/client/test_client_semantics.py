@@ -18,9 +18,9 @@ from kvraft.errors import (
     VersionMismatch,
     WrongLeader,
 )
+from kvraft.kv_protocol import NotLeaderResult, PutOk, PutOp, VersionMismatchResult
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
-from kvraft.rpc.transport import RpcClient
-from kvraft.server.commands import NotLeaderResult, PutOk, PutOp, VersionMismatchResult
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until

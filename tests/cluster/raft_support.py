@@ -41,8 +41,8 @@ import msgpack
 
 from kvraft.errors import CallTimeout, ConnectionLost
 from kvraft.loop_thread import EventLoopThread
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender, pack
-from kvraft.rpc.transport import RpcClient
 from kvraft.testing.cluster import Cluster
 from kvraft.testing.faults import REORDERING, NetworkProfile
 

@@ -19,5 +19,5 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def rpc_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """caplog, capturing the transport's warnings."""
-    caplog.set_level(logging.WARNING, logger="kvraft.rpc.transport")
+    caplog.set_level(logging.WARNING, logger="kvraft.rpc")
     return caplog

@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from kvraft.errors import NoKey, ProtocolError
-from kvraft.rpc import RpcClient, RpcServer, UnknownMethod, client_sender
-from kvraft.rpc.codec import check
+from kvraft.rpc.client import RpcClient
+from kvraft.rpc.codec import check, client_sender
+from kvraft.rpc.server import RpcServer
+from kvraft.rpc.wire_errors import UnknownMethod
 
 T = TypeVar("T")
 

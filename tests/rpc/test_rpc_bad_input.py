@@ -20,8 +20,8 @@ from rpc_support import (
     wait_until,
 )
 
+from kvraft.addresses import split_address
 from kvraft.errors import ProtocolError, RemoteError
-from kvraft.rpc import split_address
 from kvraft.rpc.codec import (
     NOTIFY,
     REPLY,
@@ -213,7 +213,7 @@ def test_random_garbage_never_stops_the_server_from_answering(
     """Random bytes and well-framed junk over fresh connections, then a valid call."""
     if kind == "uvloop":
         pytest.importorskip("uvloop")
-    caplog.set_level(logging.WARNING, logger="kvraft.rpc.transport")
+    caplog.set_level(logging.WARNING, logger="kvraft.rpc")
 
     def closings() -> int:
         return sum("closing connection from" in r.getMessage() for r in caplog.records)

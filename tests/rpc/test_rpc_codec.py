@@ -12,18 +12,29 @@ from hypothesis import strategies as st
 
 from kvraft.errors import ProtocolError
 from kvraft.raft.messages import AppendEntries, Entry, RequestVote
-from kvraft.rpc import Notify, Reply, Request, client_sender, peer_sender, sender_peer_id
 from kvraft.rpc.codec import (
     MAX_NESTING,
+    NOTIFY,
+    REPLY,
+    REQUEST,
+    Head,
+    Notify,
+    Reply,
+    Request,
     WireSchemaError,
     check,
+    client_sender,
     decode_envelope,
     encode_envelope,
     pack,
+    peer_sender,
+    read_head,
     reply_id_of_head,
+    sender_peer_id,
     unpack,
     wire_message,
 )
+from kvraft.rpc.framing import OVERSIZE_HEAD_BYTES
 
 # Tags 100+ are free for tests (Raft reserves 1..19).
 
@@ -270,3 +281,87 @@ wire_values = st.recursive(
 def test_any_plain_value_round_trips_as_request_args(rid: int, args: Any) -> None:
     env = Request(rid, "m", "s", args)
     assert decode_envelope(encode_envelope(env)) == env
+
+
+# ------------------------------------------------------------------------ heads
+
+
+@given(
+    rid=st.integers(0, 2**64 - 1),
+    method=st.text(),
+    sender=st.text(),
+    args=wire_values,
+    tag=st.integers(0, 127),
+)
+def test_read_head_reads_what_encode_envelope_wrote(
+    rid: int, method: str, sender: str, args: Any, tag: int
+) -> None:
+    """The header reader agrees with ``encode_envelope`` for every envelope kind."""
+    assert read_head(encode_envelope(Request(rid, method, sender, args))) == Head(
+        REQUEST, rid, method, sender
+    )
+    assert read_head(encode_envelope(Reply(rid, None, args))) == Head(REPLY, rid)
+    assert read_head(encode_envelope(Reply(rid, ("NoKey", "k"), None))) == Head(REPLY, rid)
+    assert read_head(encode_envelope(Notify(method, sender, args))) == Head(
+        NOTIFY, None, method, sender
+    )
+    typed = msgpack.ExtType(tag, msgpack.packb(args))
+    assert read_head(encode_envelope(Notify(method, sender, typed))) == Head(
+        NOTIFY, None, method, sender, tag
+    )
+    assert read_head(encode_envelope(Request(rid, method, sender, typed))) == Head(
+        REQUEST, rid, method, sender, tag
+    )
+
+
+def test_read_head_gives_the_tag_of_a_registered_message() -> None:
+    vote = RequestVote(src=1, dst=2, term=3, last_log_index=4, last_log_term=5, pre_vote=False)
+    body = encode_envelope(Notify("raft", "p1", vote))
+    assert read_head(body) == Head(NOTIFY, None, "raft", "p1", 2)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 8, 16, 17, 255, 256, 65535, 65536])
+def test_read_head_finds_the_tag_of_every_extension_format(size: int) -> None:
+    """fixext 1-16 and ext 8/16/32 all keep their type code in a different place."""
+    for tag in (0, 19, 127):
+        body = encode_envelope(Notify("raft", "p1", msgpack.ExtType(tag, b"\x07" * size)))
+        assert read_head(body) == Head(NOTIFY, None, "raft", "p1", tag)
+
+
+@given(st.binary(max_size=64))
+def test_read_head_of_junk_is_none_or_what_decode_envelope_sees(junk: bytes) -> None:
+    """Bytes that are not an envelope give None, never an exception.
+
+    Random bytes can, rarely, be a valid envelope; then the head is that envelope's.
+    """
+    head = read_head(junk)
+    try:
+        env = decode_envelope(junk)
+    except ProtocolError:
+        return
+    assert head is not None
+    if isinstance(env, Reply):
+        assert head == Head(REPLY, env.request_id)
+    elif isinstance(env, Request):
+        assert head == Head(REQUEST, env.request_id, env.method, env.sender, head.tag)
+    else:
+        assert (head.kind, head.method, head.sender) == (NOTIFY, env.method, env.sender)
+
+
+def test_read_head_refuses_malformed_envelopes() -> None:
+    for value in (
+        [0, 1, "m"],
+        [0, "1", "m", "s", None],
+        [1, 2],
+        [3, 1, "m", "s"],
+        [True, 1, None, None],
+        [],
+        {"a": 1},
+        7,
+    ):
+        assert read_head(msgpack.packb(value)) is None, value
+
+
+def test_read_head_of_a_reply_needs_only_its_first_bytes() -> None:
+    body = encode_envelope(Reply(2**64 - 1, None, b"x" * 1000))
+    assert read_head(body[:OVERSIZE_HEAD_BYTES]) == Head(REPLY, 2**64 - 1)

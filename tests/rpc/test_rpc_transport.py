@@ -20,6 +20,7 @@ from rpc_support import (
     wait_until,
 )
 
+from kvraft.addresses import split_address
 from kvraft.errors import (
     WIRE_ERRORS,
     CallTimeout,
@@ -27,8 +28,11 @@ from kvraft.errors import (
     NoKey,
     RemoteError,
 )
-from kvraft.rpc import RpcClient, client_sender, peer_sender, split_address
-from kvraft.rpc import transport as transport_module
+from kvraft.rpc import client as client_module
+from kvraft.rpc import server as server_module
+from kvraft.rpc.client import RpcClient
+from kvraft.rpc.coalescer import Coalescer
+from kvraft.rpc.codec import client_sender, peer_sender
 
 # ------------------------------------------------------------------ pipelining
 
@@ -508,7 +512,7 @@ def test_a_notify_with_bad_arguments_closes_that_connection(
 def test_notify_drops_messages_when_the_server_stops_reading(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transport_module, "NOTIFY_BUFFER_LIMIT_BYTES", 256 * 1024)
+    monkeypatch.setattr(client_module, "NOTIFY_BUFFER_LIMIT_BYTES", 256 * 1024)
 
     async def scenario() -> None:
         connected = asyncio.Event()
@@ -546,7 +550,7 @@ def test_notify_drops_messages_when_the_server_stops_reading(
 def test_server_stops_reading_a_connection_with_too_many_requests_running(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transport_module, "MAX_IN_FLIGHT", 10)
+    monkeypatch.setattr(server_module, "MAX_IN_FLIGHT", 10)
 
     async def scenario() -> None:
         async with serving() as (server, handler), client_of(server.address) as client:
@@ -593,19 +597,10 @@ def test_server_stops_reading_a_client_that_does_not_read_its_replies() -> None:
 # ------------------------------------------------------------------------ misc
 
 
-def test_split_address() -> None:
-    assert split_address("127.0.0.1:7001") == ("127.0.0.1", 7001)
-    assert split_address("[::1]:80") == ("::1", 80)
-    assert split_address("node-a.local:65535") == ("node-a.local", 65535)
-    for bad in ["", "7001", "host:", ":80", "host:0", "host:65536", "host:8o", "host:\u0663"]:
-        with pytest.raises(ValueError):
-            split_address(bad)
-
-
 def test_install_event_loop_policy_picks_uvloop_when_importable() -> None:
     pytest.importorskip("uvloop")
     code = (
-        "import asyncio; from kvraft.rpc.transport import install_event_loop_policy as i;"
+        "import asyncio; from kvraft.rpc.event_loop import install_event_loop_policy as i;"
         "print(i()); print(type(asyncio.new_event_loop()).__module__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -614,7 +609,7 @@ def test_install_event_loop_policy_picks_uvloop_when_importable() -> None:
 
 
 class RecordingTransport:
-    """Just enough of a transport to watch what a _Coalescer writes."""
+    """Just enough of a transport to watch what a Coalescer writes."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
@@ -633,7 +628,7 @@ class RecordingTransport:
 def test_writes_of_one_loop_iteration_leave_in_order_first_at_once_rest_joined() -> None:
     async def scenario() -> None:
         fake = RecordingTransport()
-        out = transport_module._Coalescer(fake)  # type: ignore[arg-type]
+        out = Coalescer(fake)  # type: ignore[arg-type]
         out.write(b"a")
         assert fake.writes == [b"a"]  # the first goes at once: no added latency
         out.write(b"b")

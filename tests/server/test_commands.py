@@ -1,4 +1,4 @@
-"""Commands: encoding for the log, validation of user input, applying, and results."""
+"""Commands in the log: their bytes, and what applying one does to the store."""
 
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvraft.errors import InvalidArgument, NoKey, ProtocolError, VersionMismatch
-from kvraft.raft.messages import Entry
-from kvraft.rpc import codec
-from kvraft.server.commands import (
-    DEFAULT_MAX_KEY_BYTES,
+from kvraft.errors import NoKey, VersionMismatch
+from kvraft.kv_protocol import (
     MAX_VERSION,
-    BadCommand,
     GetOk,
     GetOp,
     NoKeyResult,
@@ -23,13 +19,10 @@ from kvraft.server.commands import (
     PutOk,
     PutOp,
     VersionMismatchResult,
-    apply_command,
-    check_op,
-    decode_command,
-    encode_command,
-    result_of,
-    validate_op,
 )
+from kvraft.raft.messages import Entry
+from kvraft.rpc import codec
+from kvraft.server.commands import BadCommand, apply_command, decode_command, encode_command
 from kvraft.server.kvstore import KVStore
 
 ids = st.text(max_size=8)
@@ -70,11 +63,6 @@ def test_commands_are_also_wire_messages_for_rpc_arguments() -> None:
     op = put()
     assert codec.unpack(codec.pack(op)) == op
     assert encode_command(op) == codec.pack(op)
-
-
-def test_op_id_is_the_client_and_request_id() -> None:
-    assert put(rid=7).op_id == ("c1", 7)
-    assert get(rid=8).op_id == ("c1", 8)
 
 
 @pytest.mark.parametrize(
@@ -129,61 +117,6 @@ def test_encode_refuses_what_is_not_a_command() -> None:
         encode_command(GetOk("v", 1))  # type: ignore[arg-type]
 
 
-# ----------------------------------------------------------------- validation
-
-
-@pytest.mark.parametrize(
-    "op",
-    [
-        get(),
-        get(key=""),
-        put(value=""),
-        put(version=MAX_VERSION),
-        put(key="k" * DEFAULT_MAX_KEY_BYTES),
-        put(value="é" * 50),
-    ],
-)
-def test_check_op_accepts_good_input(op: Op) -> None:
-    check_op(op, 100)
-
-
-@pytest.mark.parametrize(
-    ("op", "why"),
-    [
-        (put(version=-1), "version must be in"),
-        (put(version=MAX_VERSION + 1), "version must be in"),
-        (put(version=True), "version must be int, not bool"),
-        (put(version=1.0), "version must be int, not float"),  # type: ignore[arg-type]
-        (put(version="1"), "version must be int, not str"),  # type: ignore[arg-type]
-        (put(key=b"k"), "key must be str, not bytes"),  # type: ignore[arg-type]
-        (get(key=None), "key must be str, not NoneType"),  # type: ignore[arg-type]
-        (put(value=3), "value must be str, not int"),  # type: ignore[arg-type]
-        (put(value="v" * 101), "value of 101 bytes exceeds the maximum of 100"),
-        (put(value="é" * 51), "value of 102 bytes exceeds"),
-        (put(key="k" * (DEFAULT_MAX_KEY_BYTES + 1)), "key of 1025 bytes exceeds"),
-        (put(value="\ud800"), "value is not encodable as UTF-8"),
-        (get(key="\udfff"), "key is not encodable as UTF-8"),
-        (put(rid=-1), "request_id"),
-        (PutOp("k", "v", 0, 7, 1), "client_id"),  # type: ignore[arg-type]
-        (GetOk("v", 1), "not a command"),
-        ("k", "not a command"),
-    ],
-)
-def test_check_op_refuses_bad_user_input_with_invalidargument(op: object, why: str) -> None:
-    with pytest.raises(InvalidArgument, match=why):
-        check_op(op, 100)
-
-
-def test_check_op_key_limit_is_a_parameter() -> None:
-    check_op(get(key="abcd"), max_key_bytes=4)
-    with pytest.raises(InvalidArgument):
-        check_op(get(key="abcde"), max_key_bytes=4)
-
-
-def test_validate_op_is_check_op() -> None:
-    assert validate_op is check_op
-
-
 # ------------------------------------------------------------------- applying
 
 
@@ -218,11 +151,6 @@ def test_put_at_a_wrong_version_answers_mismatch_with_the_current_version() -> N
     assert store.get("k") == ("b", 2)
 
 
-def test_results_travel_on_the_wire_as_themselves() -> None:
-    for result in [GetOk("v", 3), PutOk(4), NoKeyResult(), VersionMismatchResult(9)]:
-        assert codec.unpack(codec.pack(result)) == result
-
-
 @given(st.lists(st.one_of(get_ops, put_ops.map(lambda p: put(p.key[:2], p.value, p.version % 3)))))
 def test_apply_command_agrees_with_the_store_api(ops: list[Op]) -> None:
     """apply_command is the store's contract in result form, op by op."""
@@ -240,24 +168,3 @@ def test_apply_command_agrees_with_the_store_api(ops: list[Op]) -> None:
             expected = VersionMismatchResult(twin.version(op.key))
         assert result == expected
     assert store == twin
-
-
-# -------------------------------------------------------------------- results
-
-
-def test_result_of_turns_results_into_return_values() -> None:
-    assert result_of(GetOk("v", 3)) == ("v", 3)
-    assert result_of(PutOk(4)) == (None, 4)
-
-
-def test_result_of_raises_the_user_facing_errors() -> None:
-    with pytest.raises(NoKey):
-        result_of(NoKeyResult())
-    with pytest.raises(VersionMismatch, match="version 9"):
-        result_of(VersionMismatchResult(9))
-
-
-@pytest.mark.parametrize("junk", [None, ("ok", "v", 1), 3, get()])
-def test_result_of_blames_the_server_for_anything_else(junk: object) -> None:
-    with pytest.raises(ProtocolError):
-        result_of(junk)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from kvraft.errors import NoKey, VersionMismatch
-from kvraft.server.kvstore import SNAPSHOT_FORMAT, BadSnapshot, KVStore, utf8_len
+from kvraft.server.kvstore import SNAPSHOT_FORMAT, BadSnapshot, KVStore
 
 # ---------------------------------------------------------------- by example
 
@@ -73,11 +73,6 @@ def test_data_bytes_counts_utf8_bytes_of_keys_and_values() -> None:
     store.put("ab", "", 1)
     assert store.data_bytes() == 7
     assert len(store) == 2
-
-
-def test_utf8_len_matches_encoding() -> None:
-    for text in ["", "abc", "é", "€uro", "🙂"]:
-        assert utf8_len(text) == len(text.encode())
 
 
 # ----------------------------------------------------------------- snapshots

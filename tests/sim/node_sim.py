@@ -42,11 +42,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from kvraft.errors import NotLeader, WrongLeader
-from kvraft.raft.core import RaftCore
-from kvraft.raft.messages import Entry, Message
-from kvraft.raft.ready import HardState, Snapshot
-from kvraft.raft.storage import MemoryStorage
-from kvraft.server.commands import (
+from kvraft.kv_protocol import (
     GetOk,
     GetOp,
     NoKeyResult,
@@ -55,6 +51,10 @@ from kvraft.server.commands import (
     PutOp,
     VersionMismatchResult,
 )
+from kvraft.raft.core import RaftCore
+from kvraft.raft.messages import Entry, Message
+from kvraft.raft.ready import HardState, Snapshot
+from kvraft.raft.storage import MemoryStorage
 from kvraft.server.driver_io import LoopClock
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode

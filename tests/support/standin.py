@@ -30,14 +30,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kvraft.addresses import split_address
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import peer_sender
-from kvraft.rpc.transport import (
-    RpcClient,
-    RpcServer,
-    UnknownMethod,
-    install_event_loop_policy,
-    split_address,
-)
+from kvraft.rpc.event_loop import install_event_loop_policy
+from kvraft.rpc.server import RpcServer
+from kvraft.rpc.wire_errors import UnknownMethod
 
 log = logging.getLogger("standin")
 

@@ -16,7 +16,10 @@ from typing import Any
 
 from kvraft.errors import RpcError
 from kvraft.loop_thread import EventLoopThread
-from kvraft.rpc import RpcClient, RpcServer, UnknownMethod, client_sender
+from kvraft.rpc.client import RpcClient
+from kvraft.rpc.codec import client_sender
+from kvraft.rpc.server import RpcServer
+from kvraft.rpc.wire_errors import UnknownMethod
 
 HOST = "127.0.0.1"
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from harness_support import burst, call, outcome, rate_message, within
 
-from kvraft.rpc import client_sender
+from kvraft.rpc.codec import client_sender
 from kvraft.testing import processes
 from kvraft.testing.cluster import Cluster, ServerStartError, on_cluster_created
-from kvraft.testing.proxy import RELIABLE
+from kvraft.testing.faults import RELIABLE
 from kvraft.testing.waiting import wait_until
 
 MakeCluster = Callable[..., Cluster]

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import msgpack
 import pytest
@@ -31,23 +30,28 @@ from harness_support import (
     rate_message,
     within,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 from kvraft.errors import CallTimeout, ConnectionLost
-from kvraft.rpc import RpcClient, client_sender, peer_sender
-from kvraft.rpc.codec import Notify, Reply, Request, encode_envelope, wire_message
+from kvraft.rpc.client import RpcClient
+from kvraft.rpc.codec import (
+    REQUEST,
+    Head,
+    client_sender,
+    peer_sender,
+    read_head,
+    wire_message,
+)
 from kvraft.rpc.framing import frame
-from kvraft.testing.faults import FaultState, NetworkControl, network_profile
-from kvraft.testing.proxy import (
+from kvraft.testing.faults import (
     LOSSY,
     RELIABLE,
     REORDERING,
-    FrameHead,
+    FaultState,
+    NetworkControl,
     NetworkProfile,
-    ProxyNetwork,
-    peek_frame,
+    network_profile,
 )
+from kvraft.testing.proxy_network import ProxyNetwork
 from kvraft.testing.waiting import wait_until
 
 SEED = 20240601
@@ -87,59 +91,6 @@ def net() -> Iterator[ProxyNetwork]:
         network.close()
 
 
-# ------------------------------------------------------------------ frame heads
-
-wire_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=10,
-)
-
-
-@given(
-    rid=st.integers(0, 2**64 - 1),
-    method=st.text(),
-    sender=st.text(),
-    args=wire_values,
-    tag=st.integers(0, 127),
-)
-def test_peek_frame_reads_what_the_codec_wrote(
-    rid: int, method: str, sender: str, args: Any, tag: int
-) -> None:
-    """The proxy's header reader agrees with ``encode_envelope`` for every envelope kind."""
-    assert peek_frame(encode_envelope(Request(rid, method, sender, args))) == FrameHead(
-        "request", rid, method, sender
-    )
-    assert peek_frame(encode_envelope(Reply(rid, None, args))) == FrameHead("reply", rid)
-    assert peek_frame(encode_envelope(Reply(rid, ("NoKey", "k"), None))) == FrameHead("reply", rid)
-    assert peek_frame(encode_envelope(Notify(method, sender, args))) == FrameHead(
-        "notify", None, method, sender
-    )
-    typed = Notify(method, sender, msgpack.ExtType(tag, msgpack.packb(args)))
-    assert peek_frame(encode_envelope(typed)) == FrameHead("notify", None, method, sender, tag)
-
-
-@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 8, 16, 17, 255, 256, 65535, 65536])
-def test_peek_frame_finds_the_tag_of_every_extension_format(size: int) -> None:
-    """fixext 1-16 and ext 8/16/32 all keep their type code in a different place."""
-    for tag in (0, 19, 127):
-        body = encode_envelope(Notify("raft", "p1", msgpack.ExtType(tag, b"\x07" * size)))
-        assert peek_frame(body) == FrameHead("notify", None, "raft", "p1", tag)
-
-
-@given(st.binary(max_size=64))
-def test_peek_frame_calls_junk_other(junk: bytes) -> None:
-    """Bytes that are not an envelope are ``other``, never an exception."""
-    head = peek_frame(junk)
-    if head.kind != "other":  # random bytes can, rarely, be a valid envelope
-        assert head == peek_frame(junk)
-
-
-def test_peek_frame_rejects_malformed_envelopes() -> None:
-    for value in ([0, 1, "m"], [0, "1", "m", "s", None], [1, 2], [3, 1, "m", "s"], {"a": 1}, 7):
-        assert peek_frame(msgpack.packb(value)).kind == "other", value
-
-
 # ---------------------------------------------------------------------- profiles
 
 
@@ -177,7 +128,7 @@ def test_reliable_forwards_the_original_bytes(net: ProxyNetwork) -> None:
     listener = socket.create_server((HOST, 0))
     body = b"\x95\x00\xcf" + (1).to_bytes(8, "big") + msgpack.packb("echo")
     body += msgpack.packb("c1") + msgpack.packb(None)
-    assert peek_frame(body) == FrameHead("request", 1, "echo", "c1")
+    assert read_head(body) == Head(REQUEST, 1, "echo", "c1")
 
     def serve() -> None:
         conn, _ = listener.accept()

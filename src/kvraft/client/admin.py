@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kvraft.errors import RpcError
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
-from kvraft.rpc.transport import RpcClient
 
 
 async def fetch_statuses_async(servers: Sequence[str], timeout: float) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from kvraft.addresses import split_address
 from kvraft.errors import (
     CallTimeout,
     ConnectFailed,
@@ -37,9 +38,7 @@ from kvraft.errors import (
     VersionMismatch,
     WrongLeader,
 )
-from kvraft.rpc.codec import client_sender
-from kvraft.rpc.transport import RpcClient, split_address
-from kvraft.server.commands import (
+from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
     GetOp,
     NotLeaderResult,
@@ -47,6 +46,8 @@ from kvraft.server.commands import (
     check_op,
     result_of,
 )
+from kvraft.rpc.client import RpcClient
+from kvraft.rpc.codec import client_sender
 
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02

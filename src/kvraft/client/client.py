@@ -12,8 +12,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
+from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
 from kvraft.loop_thread import EventLoopThread
-from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
 
 T = TypeVar("T")
 

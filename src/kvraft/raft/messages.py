@@ -2,7 +2,10 @@
 
 Every message carries ``src`` and ``dst`` (peer ids) and the sender's ``term``.
 They travel as one-way notifications (method ``"raft"``); a reply is a message
-of its own. Tags 1..19 are reserved for Raft on the wire.
+of its own. This module imports nothing but the standard library, so the core
+stays sans-I/O down to its imports; the wire registration of these classes
+(tags 1..8, 1..19 reserved for Raft) is on the codec's side, in
+:mod:`kvraft.rpc.wire_types`.
 
 Build them with keyword arguments: ``RequestVote(2, 1, 2, 0, 0, False)`` says
 nothing without the class open (``tests/raft/test_message_style.py`` checks).
@@ -14,10 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvraft.rpc.codec import wire_message
 
-
-@wire_message(1)
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One log entry. ``command`` is None for the no-op a new leader appends."""
@@ -27,7 +27,6 @@ class Entry:
     command: bytes | None
 
 
-@wire_message(2)
 @dataclass(frozen=True, slots=True)
 class RequestVote:
     """A candidate asks for a vote; with ``pre_vote`` only asks whether it would win."""
@@ -40,7 +39,6 @@ class RequestVote:
     pre_vote: bool
 
 
-@wire_message(3)
 @dataclass(frozen=True, slots=True)
 class RequestVoteReply:
     src: int
@@ -50,7 +48,6 @@ class RequestVoteReply:
     pre_vote: bool
 
 
-@wire_message(4)
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
     """Entries (maybe none: a heartbeat) following ``prev_log_index``."""
@@ -64,7 +61,6 @@ class AppendEntries:
     leader_commit: int
 
 
-@wire_message(5)
 @dataclass(frozen=True, slots=True)
 class AppendEntriesReply:
     """On success ``match_index`` is the last index known to match the leader.
@@ -82,7 +78,6 @@ class AppendEntriesReply:
     conflict_term: int
 
 
-@wire_message(6)
 @dataclass(frozen=True, slots=True)
 class InstallSnapshot:
     """One chunk of the leader's snapshot, at byte ``offset``; ``done`` on the last."""
@@ -97,7 +92,6 @@ class InstallSnapshot:
     done: bool
 
 
-@wire_message(7)
 @dataclass(frozen=True, slots=True)
 class InstallSnapshotReply:
     """``next_offset`` is the byte the follower wants next (0 to restart)."""
@@ -110,7 +104,6 @@ class InstallSnapshotReply:
     done: bool
 
 
-@wire_message(8)
 @dataclass(frozen=True, slots=True)
 class TimeoutNow:
     """Leadership transfer: the receiver campaigns at once, skipping pre-vote.

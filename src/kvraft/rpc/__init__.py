@@ -1,44 +1,21 @@
 """The RPC layer: length-prefixed msgpack frames over TCP, for clients and peers alike.
 
-Layering, bottom up: ``framing`` (bytes <-> frame bodies, no I/O), ``codec``
-(frame bodies <-> envelopes and typed messages, the one place that encodes),
-``transport`` (asyncio server and client connections, timeouts, reconnects).
+Layering, bottom up; the first four do no I/O:
+
+- ``framing``: bytes <-> frame bodies, bounded before anything is buffered;
+- ``wire_types``: the table of typed messages (Raft's, the key-value
+  service's) and their tags;
+- ``codec``: frame bodies <-> envelopes and typed messages, the one place that
+  encodes, and ``read_head`` for what a frame is without decoding it;
+- ``wire_errors``: an exception <-> the ``[code, message]`` of an error reply;
+- ``coalescer``: one write per event-loop iteration for all the frames of it;
+- ``server`` (:class:`~kvraft.rpc.server.RpcServer` and its ``Handler``) and
+  ``client`` (:class:`~kvraft.rpc.client.RpcClient`): the asyncio ends of a
+  connection: pipelining, timeouts, reconnects, flow control;
+- ``event_loop``: uvloop when installed.
+
+This package imports none of its modules itself: ``import kvraft.rpc.codec``
+must not load asyncio or sockets, so that what only encodes (the server's log
+commands, tests of the codec) does not pay for, or depend on, the transport.
+Import each name from its module.
 """
-
-from kvraft.rpc.codec import (
-    Notify,
-    Reply,
-    Request,
-    client_sender,
-    peer_sender,
-    sender_peer_id,
-    wire_message,
-)
-from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
-from kvraft.rpc.transport import (
-    Handler,
-    RpcClient,
-    RpcServer,
-    UnknownMethod,
-    install_event_loop_policy,
-    split_address,
-)
-
-__all__ = [
-    "DEFAULT_MAX_FRAME_BYTES",
-    "FrameDecoder",
-    "Handler",
-    "Notify",
-    "Reply",
-    "Request",
-    "RpcClient",
-    "RpcServer",
-    "UnknownMethod",
-    "client_sender",
-    "frame",
-    "install_event_loop_policy",
-    "peer_sender",
-    "sender_peer_id",
-    "split_address",
-    "wire_message",
-]

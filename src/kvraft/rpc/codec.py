@@ -10,10 +10,12 @@ Wire format (each a msgpack array inside one frame, see ``framing``):
   their own).
 
 ``sender`` names who sent the frame: ``"p3"`` for peer 3, ``"c<hex>"`` for a
-client. Typed messages (frozen dataclasses registered with :func:`wire_message`)
-travel as msgpack extension types whose code is the class's tag and whose data
-is the packed field tuple; decoding checks the field count and every field's
-type against the class's annotations, so a handler never sees a wrong type.
+client. Typed messages (frozen dataclasses: the ones listed in
+:mod:`kvraft.rpc.wire_types`, registered when this module is imported, and any
+a test registers with :func:`wire_message`) travel as msgpack extension types
+whose code is the class's tag and whose data is the packed field tuple;
+decoding checks the field count and every field's type against the class's
+annotations, so a handler never sees a wrong type.
 Messages nest (an AppendEntries carries Entries) at most :data:`MAX_NESTING`
 deep: msgpack decodes each level on the C stack, so unbounded nesting from the
 network would overflow it and kill the process.
@@ -33,6 +35,7 @@ from typing import Any, TypeVar, Union
 import msgpack
 
 from kvraft.errors import ProtocolError
+from kvraft.rpc.wire_types import WIRE_TYPES
 
 T = TypeVar("T")
 
@@ -335,20 +338,90 @@ def decode_envelope(body: bytes) -> Envelope:
     raise ProtocolError(f"malformed envelope of kind {kind!r} with {len(msg)} items")
 
 
+# ------------------------------------------------------------------------ heads
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What an envelope is, read without decoding its arguments or result.
+
+    ``request_id`` is set for requests and replies, ``method`` and ``sender``
+    for requests and notifies. ``tag`` is the type code of the arguments of a
+    request or notify when they are a typed message (a Raft message's tag),
+    else None.
+    """
+
+    kind: int  # REQUEST, REPLY or NOTIFY
+    request_id: int | None = None
+    method: str | None = None
+    sender: str | None = None
+    tag: int | None = None
+
+
+def read_head(body: bytes) -> Head | None:
+    """The head of the envelope in ``body``, or None if ``body`` starts no envelope.
+
+    The one reader of the envelope layout short of :func:`decode_envelope`.
+    It never decodes the arguments or the result, so it needs no message
+    class registered and costs nothing for the payload: a fault proxy uses it
+    to act per message on frames it forwards untouched, and a client to find
+    the request id of a reply too large to decode. ``body`` may be cut short
+    after the head (a reply's first :data:`~kvraft.rpc.framing.OVERSIZE_HEAD_BYTES`
+    bytes suffice for its request id). Never raises: junk is None.
+    """
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1))
+    unpacker.feed(body)
+    try:
+        size = unpacker.read_array_header()
+        kind = unpacker.unpack() if size else None
+        if type(kind) is not int:
+            return None
+        if kind == REQUEST and size == 5:
+            rid, method, sender = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+            if type(rid) is int and type(method) is str and type(sender) is str:
+                return Head(REQUEST, rid, method, sender, _ext_code(body, unpacker.tell()))
+        elif kind == NOTIFY and size == 4:
+            method, sender = unpacker.unpack(), unpacker.unpack()
+            if type(method) is str and type(sender) is str:
+                return Head(NOTIFY, None, method, sender, _ext_code(body, unpacker.tell()))
+        elif kind == REPLY and size == 4:
+            rid = unpacker.unpack()
+            if type(rid) is int:
+                return Head(REPLY, rid)
+    except Exception:  # msgpack raises several unrelated classes on junk
+        return None
+    return None
+
+
+# Where an extension value's type code sits, by its msgpack format byte:
+# fixext 1/2/4/8/16 right after the format byte; ext 8/16/32 after a length.
+_EXT_CODE_OFFSET = {0xD4: 1, 0xD5: 1, 0xD6: 1, 0xD7: 1, 0xD8: 1, 0xC7: 2, 0xC8: 3, 0xC9: 5}
+
+
+def _ext_code(body: bytes, pos: int) -> int | None:
+    """The type code of the extension value at ``body[pos]``, else None (read, not copied)."""
+    offset = _EXT_CODE_OFFSET.get(body[pos]) if pos < len(body) else None
+    if offset is None or pos + offset >= len(body):
+        return None
+    return int.from_bytes(body[pos + offset : pos + offset + 1], "big", signed=True)
+
+
 def reply_id_of_head(head: bytes) -> int:
     """The request id of a reply frame, from the first bytes of its body.
 
-    For a reply too large to decode: its request id comes right after the
-    array header and the kind. ProtocolError if ``head`` does not start a reply.
+    For a reply too large to decode. ProtocolError if ``head`` does not
+    start a reply.
     """
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(head)
-    try:
-        size = unpacker.read_array_header()
-        kind = unpacker.unpack()
-        rid = unpacker.unpack()
-    except Exception as exc:
-        raise ProtocolError(f"oversize frame does not start a reply: {exc}") from None
-    if size != 4 or type(kind) is not int or kind != REPLY or type(rid) is not int:
+    parsed = read_head(head)
+    if parsed is None or parsed.kind != REPLY:
         raise ProtocolError("oversize frame does not start a reply")
-    return rid
+    assert parsed.request_id is not None
+    return parsed.request_id
+
+
+# ------------------------------------------------------------------ registration
+
+# Raft's and the key-value service's messages, registered here rather than
+# where they are defined (see wire_types): whoever imports the codec can decode them.
+for _tag, _cls in WIRE_TYPES:
+    wire_message(_tag)(_cls)

@@ -18,7 +18,7 @@ else per key; :meth:`data_bytes` keeps a running total so memory tests can
 compare it with the process's size without walking the store.
 
 Arguments are trusted: the store is fed by decoded commands that were checked
-at submission (:func:`kvraft.server.commands.check_op`), so it does not
+at submission (:func:`kvraft.kv_protocol.check_op`), so it does not
 re-validate types on the apply path.
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 import msgpack
 
 from kvraft.errors import NoKey, VersionMismatch
+from kvraft.kv_protocol import utf8_len
 
 # Bumped when the snapshot layout changes; restore refuses any other value.
 SNAPSHOT_FORMAT = 1
@@ -46,15 +47,6 @@ class BadSnapshot(ValueError):
     The store cannot tell whose fault that is: the caller turns it into a
     StorageError (corrupt data dir) or a ProtocolError (a bad InstallSnapshot).
     """
-
-
-def utf8_len(text: str) -> int:
-    """Length of ``text`` in UTF-8 bytes, without encoding it when it is ASCII.
-
-    ``str.isascii`` is O(1) in CPython (a flag on the string object), so the
-    common case costs nothing; other strings are encoded once.
-    """
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 class KVStore:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvraft.addresses import split_address
+from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
 from kvraft.raft.config import (
     DEFAULT_ELECTION_TIMEOUT_TICKS,
     DEFAULT_HEARTBEAT_INTERVAL_TICKS,
     DEFAULT_TICK_INTERVAL_S,
 )
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
-from kvraft.rpc.transport import split_address
-from kvraft.server.commands import DEFAULT_MAX_VALUE_BYTES
 
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
 

@@ -1,6 +1,6 @@
 """Raft messages over the RPC layer: the PeerTransport a server process gives its node.
 
-Each peer gets one :class:`~kvraft.rpc.transport.RpcClient` that identifies as
+Each peer gets one :class:`~kvraft.rpc.client.RpcClient` that identifies as
 this node (sender ``p<id>``) and carries Raft messages as one-way
 notifications of method :data:`RAFT_METHOD`; the receiving server's service
 hands them to its node. A peer that is down costs a dropped message, never a
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kvraft.raft.messages import Message
+from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import peer_sender
-from kvraft.rpc.transport import RpcClient
 
 RAFT_METHOD = "raft"
 

@@ -13,8 +13,10 @@ import asyncio
 import logging
 import signal
 
+from kvraft.addresses import split_address
 from kvraft.raft.config import RaftConfig
-from kvraft.rpc.transport import RpcServer, install_event_loop_policy, split_address
+from kvraft.rpc.event_loop import install_event_loop_policy
+from kvraft.rpc.server import RpcServer
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode
 from kvraft.server.options import ServerOptions

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvraft.errors import NotLeader, WrongLeader
+from kvraft.kv_protocol import Op
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
-from kvraft.server.commands import BadCommand, Op, apply_command, decode_command, encode_command
+from kvraft.server.commands import BadCommand, apply_command, decode_command, encode_command
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import RaftNode, StateMachine
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from kvraft.errors import NotLeader, ProtocolError
+from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
 from kvraft.rpc.codec import check, sender_peer_id
-from kvraft.rpc.transport import UnknownMethod
-from kvraft.server.commands import GetOp, NotLeaderResult, PutOp, check_op
+from kvraft.rpc.wire_errors import UnknownMethod
 from kvraft.server.node import RaftNode
 from kvraft.server.options import ServerOptions
 from kvraft.server.peer_transport import RAFT_METHOD
@@ -23,7 +23,7 @@ TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign")
 
 
 class Service:
-    """The :class:`~kvraft.rpc.transport.Handler` of a kvraft server."""
+    """The :class:`~kvraft.rpc.server.Handler` of a kvraft server."""
 
     def __init__(self, options: ServerOptions, node: RaftNode, rsm: RSM) -> None:
         self.options = options

@@ -4,7 +4,7 @@
 ``i`` listens on a *private* port that only its proxy uses; its proxy listens
 on the *public* port that clients (:attr:`Cluster.addresses`) and the other
 servers (``--peers``) are given, so every message to server ``i`` crosses
-proxy ``i`` and the network can be broken per message (see ``proxy.py``). The
+proxy ``i`` and the network can be broken per message (see ``links.py``). The
 command line is the product's::
 
     python -m kvraft [--log-level L] server --id I --listen HOST:PRIVATE
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from kvraft.testing import processes
 from kvraft.testing.faults import NetworkControl, NetworkProfile, TrafficStats, network_profile
-from kvraft.testing.proxy import ProxyNetwork
+from kvraft.testing.proxy_network import ProxyNetwork
 
 log = logging.getLogger(__name__)
 

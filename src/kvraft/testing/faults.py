@@ -227,9 +227,6 @@ class NetworkControl:
                 self._state, disconnected=self._state.disconnected - {server_id}
             )
 
-    def is_connected(self, server_id: int) -> bool:
-        return server_id not in self._state.disconnected
-
     # -- partitions
 
     def partition(self, *groups: Iterable[int]) -> None:
@@ -400,9 +397,6 @@ class TrafficStats:
 
     def by_sender(self) -> dict[str, Counts]:
         return self._by(2)
-
-    def by_kind(self) -> dict[str, Counts]:
-        return self._by(0)
 
     def _by(self, position: int) -> dict[str, Counts]:
         out: dict[str, Counts] = {}

@@ -1,0 +1,198 @@
+"""The key-value service's protocol: what a client and a server say to each other.
+
+Both ends import this module and nothing of each other (the client knows no
+server code, the server no client code), the way wsproto's events are shared
+by both ends of a connection. It is pure: frozen classes, limits and checks,
+no I/O and no codec. The classes travel as typed wire messages; their tags
+(20..26) are given, with Raft's, in :mod:`kvraft.rpc.wire_types`.
+
+A command is a :class:`GetOp` or a :class:`PutOp` (the union :data:`Op`): the
+argument of the ``get``/``put`` RPC and, encoded by the server
+(``kvraft.server.commands``), the bytes of a log entry. Each carries
+``client_id`` and ``request_id``. They do not change what the command does;
+they let the server's RSM recognise its own entry: when the entry committed at
+the index it waits on has another ``(client_id, request_id)``, a different
+command won that index and the RPC answers WrongLeader.
+
+Applying a command yields a :data:`Result`, one small frozen class per outcome,
+so callers dispatch with ``match``:
+
+========================  =====================================================
+``GetOk(value, version)``  a get found the key
+``PutOk(version)``         a put applied; ``version`` is the key's new version
+``NoKeyResult()``          a get of a missing key, or a put at version > 0 on one
+``VersionMismatchResult``  a put's version was not ``current_version``; nothing
+                           changed
+========================  =====================================================
+
+:func:`result_of` turns a result back into a value or the user-facing error.
+:class:`NotLeaderResult` is no result of applying: a follower answers it
+without submitting anything.
+
+Whose fault: :func:`check_op` raises InvalidArgument for a caller's bad input.
+The client calls it before sending, the server again on receipt (a client
+need not be this one), so a bad operation changes nothing anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvraft.errors import InvalidArgument, NoKey, ProtocolError, VersionMismatch
+
+# Key bytes are small so a key plus the frame envelope fit in the 4096 bytes
+# ServerOptions reserves beside the largest value in a frame.
+DEFAULT_MAX_KEY_BYTES = 1024
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+# Versions must fit msgpack's signed 64-bit range, and so must version + 1.
+MAX_VERSION = 2**63 - 2
+
+
+# ---------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class GetOp:
+    """Read ``key``: answers GetOk or NoKeyResult. Goes through the log like a put."""
+
+    key: str
+    client_id: str
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutOp:
+    """Store ``value`` if ``key`` is at ``version``: PutOk, VersionMismatchResult or NoKeyResult."""
+
+    key: str
+    value: str
+    version: int
+    client_id: str
+    request_id: int
+
+
+Op = GetOp | PutOp
+
+
+# ----------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class GetOk:
+    """The key's value and version at the get's place in the log."""
+
+    value: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutOk:
+    """The put applied; ``version`` is the key's new version (the put's version + 1)."""
+
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoKeyResult:
+    """The key does not exist (a get, or a put at version > 0)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionMismatchResult:
+    """The put's version was not the key's; the key is at ``current_version``, unchanged."""
+
+    current_version: int
+
+
+Result = GetOk | PutOk | NoKeyResult | VersionMismatchResult
+
+
+@dataclass(frozen=True, slots=True)
+class NotLeaderResult:
+    """Not a result of applying: the server is not the leader and submitted nothing.
+
+    ``leader_address`` is the address (from ``--peers``) of the server it
+    believes leads, if it knows one, so the client can go straight there.
+    """
+
+    leader_address: str | None
+
+
+def result_of(result: Any) -> tuple[str | None, int]:
+    """A result as the client's return value; raises the user-facing error it stands for.
+
+    GetOk gives ``(value, version)``, PutOk ``(None, new_version)``;
+    NoKeyResult raises NoKey and VersionMismatchResult VersionMismatch.
+    Anything else is the server's fault and raises ProtocolError.
+    """
+    match result:
+        case GetOk(value=value, version=version):
+            return value, version
+        case PutOk(version=version):
+            return None, version
+        case NoKeyResult():
+            raise NoKey("no such key")
+        case VersionMismatchResult(current_version=current):
+            raise VersionMismatch(f"the key is at version {current}")
+        case _:
+            raise ProtocolError(f"not an operation result: {type(result).__name__}")
+
+
+# ------------------------------------------------------------------- validation
+
+
+def check_op(
+    op: object,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+) -> None:
+    """Raise InvalidArgument unless ``op`` is a command a user may submit.
+
+    The dataclasses do not check types at construction, so this is where a
+    caller's mistake is caught, locally and before anything is sent: a key
+    or value that is not exactly ``str`` or is not encodable as UTF-8 (a lone
+    surrogate), a key or value longer than its limit in UTF-8 bytes, a
+    version that is not exactly ``int`` (``True`` is refused) or is outside
+    ``0..MAX_VERSION``, and ids of the wrong type.
+    """
+    if type(op) is not GetOp and type(op) is not PutOp:
+        raise InvalidArgument(f"not a command: {type(op).__name__}")
+    _check_str("key", op.key, max_key_bytes)
+    if type(op) is PutOp:
+        _check_str("value", op.value, max_value_bytes)
+        check_version(op.version)
+    if type(op.client_id) is not str:
+        raise InvalidArgument(f"client_id must be str, not {type(op.client_id).__name__}")
+    if type(op.request_id) is not int or op.request_id < 0:
+        raise InvalidArgument(f"request_id must be an int >= 0, not {op.request_id!r}")
+
+
+def check_version(version: object) -> None:
+    """Raise InvalidArgument unless ``version`` is an ``int`` (not bool) in ``0..MAX_VERSION``."""
+    if type(version) is not int:
+        raise InvalidArgument(f"version must be int, not {type(version).__name__}")
+    if not 0 <= version <= MAX_VERSION:
+        raise InvalidArgument(f"version must be in 0..{MAX_VERSION}, not {version}")
+
+
+def _check_str(what: str, text: object, max_bytes: int) -> None:
+    if type(text) is not str:
+        raise InvalidArgument(f"{what} must be str, not {type(text).__name__}")
+    try:
+        size = utf8_len(text)
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not encodable as UTF-8 (lone surrogate?)") from None
+    if size > max_bytes:
+        raise InvalidArgument(f"{what} of {size} bytes exceeds the maximum of {max_bytes}")
+
+
+def utf8_len(text: str) -> int:
+    """Length of ``text`` in UTF-8 bytes, without encoding it when it is ASCII.
+
+    The limits above are in UTF-8 bytes, and the server's store counts its
+    size the same way. ``str.isascii`` is O(1) in CPython (a flag on the
+    string object), so the common case costs nothing; other strings are
+    encoded once.
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-8"))

@@ -1,0 +1,275 @@
+"""The RPC client: calls to one server address over one (re)connecting connection.
+
+An asyncio Protocol (callbacks, not streams), like the server's side.
+
+- Many calls share one connection; replies are matched by request id and may
+  come back in any order.
+- Every call has a timeout, the connect included. A lost connection fails all
+  its pending calls at once with :class:`~kvraft.errors.ConnectionLost`; the
+  next call opens a new connection. Concurrent callers share one connection
+  attempt.
+- A reply over this client's frame maximum fails only its own call, with
+  ``RemoteError("reply_too_large")``, and is skipped unread.
+- Memory stays bounded when a server stops reading: :meth:`RpcClient.notify`
+  drops messages (as a lossy network would) once
+  :data:`NOTIFY_BUFFER_LIMIT_BYTES` are queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+from kvraft.addresses import split_address
+from kvraft.errors import CallTimeout, ConnectFailed, ConnectionLost, ProtocolError, RemoteError
+from kvraft.rpc.coalescer import Coalescer, as_stream
+from kvraft.rpc.codec import (
+    Notify,
+    Reply,
+    Request,
+    decode_envelope,
+    encode_envelope,
+    reply_id_of_head,
+)
+from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameDecoder
+from kvraft.rpc.wire_errors import exception_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT_S = 1.0
+# Bytes a client lets queue on a connection before notify() drops messages.
+NOTIFY_BUFFER_LIMIT_BYTES = 8 * 1024 * 1024
+
+
+class _ClientConnection(asyncio.Protocol):
+    def __init__(self, owner: RpcClient) -> None:
+        self.owner = owner
+        self.decoder = FrameDecoder(owner.max_frame_bytes, on_oversize=self._oversize)
+        self.transport: asyncio.Transport | None = None
+        self.out: Coalescer | None = None
+        # Invariant: every future in pending belongs to a call still waiting.
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self._reason: str | None = None
+
+    def usable(self) -> bool:
+        """Whether a request written now can still be answered."""
+        return self.transport is not None and not self.transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = as_stream(transport)
+        self.out = Coalescer(self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._reason is None:
+            self._reason = f"{exc}" if exc is not None else "closed by the server"
+        self._drop()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for body in self.decoder.feed(data):
+                env = decode_envelope(body)
+                if not isinstance(env, Reply):
+                    raise ProtocolError("server sent a non-reply frame")
+                fut = self.pending.pop(env.request_id, None)
+                if fut is None or fut.done():
+                    continue  # the call timed out or was cancelled already
+                if env.error is None:
+                    fut.set_result(env.result)
+                else:
+                    fut.set_exception(exception_of(env.error))
+        except ProtocolError as exc:
+            log.warning("closing connection to %s: %s", self.owner.address, exc)
+            self.abort(f"{exc}")
+
+    def _oversize(self, length: int, head: bytes) -> None:
+        fut = self.pending.pop(reply_id_of_head(head), None)
+        if fut is not None and not fut.done():
+            message = (
+                f"reply of {length} bytes exceeds this client's maximum of "
+                f"{self.owner.max_frame_bytes}"
+            )
+            fut.set_exception(RemoteError("reply_too_large", message))
+
+    def abort(self, reason: str) -> None:
+        """Close now and fail every pending call with ConnectionLost(reason)."""
+        if self._reason is None:
+            self._reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+        self._drop()
+
+    def _drop(self) -> None:
+        if self.owner._conn is self:
+            self.owner._conn = None
+        pending, self.pending = self.pending, {}
+        if pending:
+            message = f"connection to {self.owner.address} lost: {self._reason}"
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionLost(message))
+
+
+def _expire(fut: asyncio.Future[Any], message: str) -> None:
+    if not fut.done():
+        fut.set_exception(CallTimeout(message))
+
+
+class RpcClient:
+    """Calls to one server address over one (re)connecting TCP connection.
+
+    Not thread-safe: use it from the event loop that first used it.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        sender: str,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.host, self.port = split_address(address)
+        self.sender = sender
+        self.max_frame_bytes = max_frame_bytes
+        self.connect_timeout_s = connect_timeout_s
+        # Invariant: _conn is None or was usable when last checked; every
+        # caller re-checks usable() after any await.
+        self._conn: _ClientConnection | None = None
+        # The one connection attempt in progress, shared by every caller.
+        self._connecting: asyncio.Task[_ClientConnection] | None = None
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open now (a call may still find it lost)."""
+        return self._conn is not None and self._conn.usable()
+
+    def _encode(self, env: Request | Notify) -> bytes:
+        body = encode_envelope(env)
+        if len(body) > self.max_frame_bytes:
+            raise ValueError(
+                f"{env.method}: message of {len(body)} bytes exceeds the frame maximum "
+                f"of {self.max_frame_bytes}"
+            )
+        return HEADER.pack(len(body)) + body
+
+    async def call(self, method: str, args: Any, timeout: float) -> Any:
+        """Send a request and wait for its reply.
+
+        Raises the service's error if the reply carries one, RemoteError for
+        other remote errors (``unknown_method``, ``bad_request``, ``internal``,
+        ``reply_too_large``), CallTimeout after ``timeout`` seconds (connecting
+        included), and ConnectionLost if the connection cannot be opened or
+        drops meanwhile. Args the wire cannot carry raise TypeError, and a
+        request over the frame maximum ValueError, before anything is sent.
+        """
+        loop = asyncio.get_running_loop()
+        rid = next(self._ids)
+        data = self._encode(Request(rid, method, self.sender, args))
+        conn = self._conn
+        if conn is None or not conn.usable():
+            start = loop.time()
+            conn = await self._connection(method, timeout)
+            timeout -= loop.time() - start
+        assert conn.out is not None
+        fut: asyncio.Future[Any] = loop.create_future()
+        conn.pending[rid] = fut
+        conn.out.write(data)
+        expiry = loop.call_later(
+            max(0.0, timeout), _expire, fut, f"{method} to {self.address}: no reply in time"
+        )
+        try:
+            return await fut
+        finally:
+            expiry.cancel()
+            conn.pending.pop(rid, None)
+
+    async def _connection(self, method: str, timeout: float) -> _ClientConnection:
+        """A usable connection, opened or joined within ``timeout`` seconds."""
+        if self._closed:
+            raise ConnectionLost(f"client for {self.address} is closed")
+        task = self._connecting or self._start_connecting()
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                conn = await asyncio.shield(task)
+        except TimeoutError:
+            raise CallTimeout(f"{method} to {self.address}: no connection in time") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # close() cancelled the attempt before it began; this caller was not cancelled
+                raise ConnectionLost(f"client for {self.address} is closed") from None
+            raise
+        if not conn.usable():  # it dropped before this caller resumed
+            raise ConnectionLost(f"connection to {self.address} lost: {conn._reason}")
+        return conn
+
+    def _start_connecting(self) -> asyncio.Task[_ClientConnection]:
+        task = asyncio.get_running_loop().create_task(self._open())
+        self._connecting = task
+        task.add_done_callback(self._connect_done)
+        return task
+
+    def _connect_done(self, task: asyncio.Task[_ClientConnection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure may have had no waiter (notify)
+
+    async def _open(self) -> _ClientConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, proto = await loop.create_connection(
+                    lambda: _ClientConnection(self), self.host, self.port
+                )
+        except TimeoutError:  # (an OSError too, so first)
+            reason = f"timed out after {self.connect_timeout_s}s"
+            raise ConnectFailed(f"cannot connect to {self.address}: {reason}") from None
+        except OSError as exc:
+            raise ConnectFailed(f"cannot connect to {self.address}: {exc}") from None
+        except asyncio.CancelledError:
+            if self._closed:  # close() cancelled us: waiters see ConnectionLost
+                raise ConnectionLost(f"client for {self.address} is closed") from None
+            raise
+        if self._closed:
+            proto.abort("client closed")
+            raise ConnectionLost(f"client for {self.address} is closed")
+        if not proto.usable():
+            raise ConnectionLost(f"connection to {self.address} lost: {proto._reason}")
+        self._conn = proto
+        return proto
+
+    def notify(self, method: str, args: Any) -> bool:
+        """Send a one-way message if connected; else start connecting and drop it.
+
+        Returns whether the message was written. It is dropped, as a lossy
+        network would, also when the server has not read the last
+        ``NOTIFY_BUFFER_LIMIT_BYTES`` sent; Raft retransmits. Args the wire
+        cannot carry raise TypeError, a message over the frame maximum ValueError.
+        """
+        data = self._encode(Notify(method, self.sender, args))
+        conn = self._conn
+        if conn is not None and conn.usable():
+            assert conn.out is not None
+            if conn.out.buffered() > NOTIFY_BUFFER_LIMIT_BYTES:
+                return False
+            conn.out.write(data)
+            return True
+        if self._connecting is None and not self._closed:
+            self._start_connecting()
+        return False
+
+    def close(self) -> None:
+        """Close the connection; pending calls fail with ConnectionLost at once."""
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        conn = self._conn
+        if conn is not None:
+            conn.abort("client closed")

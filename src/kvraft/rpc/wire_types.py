@@ -1,0 +1,60 @@
+"""Every typed message the wire carries, with its tag: the one table of tags.
+
+The message classes are plain frozen dataclasses defined where they mean
+something: Raft's in :mod:`kvraft.raft.messages`, the key-value service's in
+:mod:`kvraft.kv_protocol`. Neither module knows the codec: the consensus core
+must stay sans-I/O down to its imports (importing it must not load msgpack,
+asyncio or sockets), and the service's protocol is shared by client and
+server. So the wire registration lives here, on the codec's side, the way
+etcd keeps its wire types in ``raftpb``. :mod:`kvraft.rpc.codec` registers
+this table when it is imported: a process that can decode anything knows
+every tag, with no import to remember.
+
+Tag ranges: 1..19 Raft, 20..29 the key-value service, 100..127 free for tests.
+A tag is forever: log entries are stored as their command's wire encoding,
+so renumbering a command would change what a data dir's log means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvraft.kv_protocol import (
+    GetOk,
+    GetOp,
+    NoKeyResult,
+    NotLeaderResult,
+    PutOk,
+    PutOp,
+    VersionMismatchResult,
+)
+from kvraft.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Entry,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    RequestVote,
+    RequestVoteReply,
+    TimeoutNow,
+)
+
+WIRE_TYPES: tuple[tuple[int, type[Any]], ...] = (
+    # Raft (kvraft.raft.messages)
+    (1, Entry),
+    (2, RequestVote),
+    (3, RequestVoteReply),
+    (4, AppendEntries),
+    (5, AppendEntriesReply),
+    (6, InstallSnapshot),
+    (7, InstallSnapshotReply),
+    (8, TimeoutNow),
+    # The key-value service (kvraft.kv_protocol)
+    (20, GetOp),
+    (21, PutOp),
+    (22, GetOk),
+    (23, PutOk),
+    (24, NoKeyResult),
+    (25, VersionMismatchResult),
+    (26, NotLeaderResult),
+)

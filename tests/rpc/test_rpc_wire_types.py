@@ -1,0 +1,51 @@
+"""The table of wire types: every message registered once, on the codec's side only."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+from kvraft import kv_protocol
+from kvraft.raft.messages import MESSAGE_TYPES, Entry
+from kvraft.rpc import codec
+from kvraft.rpc.wire_types import WIRE_TYPES
+
+KV_TYPES = (
+    kv_protocol.GetOp,
+    kv_protocol.PutOp,
+    kv_protocol.GetOk,
+    kv_protocol.PutOk,
+    kv_protocol.NoKeyResult,
+    kv_protocol.VersionMismatchResult,
+    kv_protocol.NotLeaderResult,
+)
+
+
+def test_every_raft_and_kv_message_has_one_tag_in_its_range() -> None:
+    tags = [tag for tag, _ in WIRE_TYPES]
+    classes = [cls for _, cls in WIRE_TYPES]
+    assert len(set(tags)) == len(tags) and len(set(classes)) == len(classes)
+    by_class = {cls: tag for tag, cls in WIRE_TYPES}
+    assert {cls: by_class[cls] for cls in (Entry, *MESSAGE_TYPES)} == {
+        cls: tag for tag, cls in enumerate((Entry, *MESSAGE_TYPES), start=1)
+    }
+    assert all(20 <= by_class[cls] <= 29 for cls in KV_TYPES)
+    assert set(classes) == {Entry, *MESSAGE_TYPES, *KV_TYPES}
+
+
+def test_importing_the_codec_registers_the_whole_table() -> None:
+    for tag, cls in WIRE_TYPES:
+        assert codec._BY_TAG[tag] is cls and codec._TAG_OF[cls] == tag
+
+
+def test_importing_the_codec_loads_no_transport() -> None:
+    """``kvraft.rpc`` imports none of its modules eagerly: encoding needs no event loop."""
+    code = (
+        "import sys, kvraft.rpc.codec, kvraft.rpc.framing; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('asyncio', 'socket', 'selectors', 'ssl', 'uvloop') or m.startswith('kvraft.rpc.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = ast.literal_eval(out.stdout.strip())
+    assert loaded == ["kvraft.rpc.codec", "kvraft.rpc.framing", "kvraft.rpc.wire_types"]

@@ -1,0 +1,112 @@
+"""The key-value protocol both ends share: checks of user input, results, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvraft.errors import InvalidArgument, NoKey, ProtocolError, VersionMismatch
+from kvraft.kv_protocol import (
+    DEFAULT_MAX_KEY_BYTES,
+    MAX_VERSION,
+    GetOk,
+    GetOp,
+    NoKeyResult,
+    Op,
+    PutOk,
+    PutOp,
+    VersionMismatchResult,
+    check_op,
+    result_of,
+    utf8_len,
+)
+from kvraft.rpc import codec
+
+
+def put(key: str = "k", value: str = "v", version: int = 0, rid: int = 1) -> PutOp:
+    return PutOp(key=key, value=value, version=version, client_id="c1", request_id=rid)
+
+
+def get(key: str = "k", rid: int = 1) -> GetOp:
+    return GetOp(key=key, client_id="c1", request_id=rid)
+
+
+# ----------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        get(),
+        get(key=""),
+        put(value=""),
+        put(version=MAX_VERSION),
+        put(key="k" * DEFAULT_MAX_KEY_BYTES),
+        put(value="é" * 50),
+    ],
+)
+def test_check_op_accepts_good_input(op: Op) -> None:
+    check_op(op, 100)
+
+
+@pytest.mark.parametrize(
+    ("op", "why"),
+    [
+        (put(version=-1), "version must be in"),
+        (put(version=MAX_VERSION + 1), "version must be in"),
+        (put(version=True), "version must be int, not bool"),
+        (put(version=1.0), "version must be int, not float"),  # type: ignore[arg-type]
+        (put(version="1"), "version must be int, not str"),  # type: ignore[arg-type]
+        (put(key=b"k"), "key must be str, not bytes"),  # type: ignore[arg-type]
+        (get(key=None), "key must be str, not NoneType"),  # type: ignore[arg-type]
+        (put(value=3), "value must be str, not int"),  # type: ignore[arg-type]
+        (put(value="v" * 101), "value of 101 bytes exceeds the maximum of 100"),
+        (put(value="é" * 51), "value of 102 bytes exceeds"),
+        (put(key="k" * (DEFAULT_MAX_KEY_BYTES + 1)), "key of 1025 bytes exceeds"),
+        (put(value="\ud800"), "value is not encodable as UTF-8"),
+        (get(key="\udfff"), "key is not encodable as UTF-8"),
+        (put(rid=-1), "request_id"),
+        (PutOp("k", "v", 0, 7, 1), "client_id"),  # type: ignore[arg-type]
+        (GetOk("v", 1), "not a command"),
+        ("k", "not a command"),
+    ],
+)
+def test_check_op_refuses_bad_user_input_with_invalidargument(op: object, why: str) -> None:
+    with pytest.raises(InvalidArgument, match=why):
+        check_op(op, 100)
+
+
+def test_check_op_key_limit_is_a_parameter() -> None:
+    check_op(get(key="abcd"), max_key_bytes=4)
+    with pytest.raises(InvalidArgument):
+        check_op(get(key="abcde"), max_key_bytes=4)
+
+
+# -------------------------------------------------------------------- results
+
+
+def test_results_travel_on_the_wire_as_themselves() -> None:
+    for result in [GetOk("v", 3), PutOk(4), NoKeyResult(), VersionMismatchResult(9)]:
+        assert codec.unpack(codec.pack(result)) == result
+
+
+def test_result_of_turns_results_into_return_values() -> None:
+    assert result_of(GetOk("v", 3)) == ("v", 3)
+    assert result_of(PutOk(4)) == (None, 4)
+
+
+def test_result_of_raises_the_user_facing_errors() -> None:
+    with pytest.raises(NoKey):
+        result_of(NoKeyResult())
+    with pytest.raises(VersionMismatch, match="version 9"):
+        result_of(VersionMismatchResult(9))
+
+
+@pytest.mark.parametrize("junk", [None, ("ok", "v", 1), 3, get()])
+def test_result_of_blames_the_server_for_anything_else(junk: object) -> None:
+    with pytest.raises(ProtocolError):
+        result_of(junk)
+
+
+def test_utf8_len_matches_encoding() -> None:
+    for text in ["", "abc", "é", "€uro", "🙂"]:
+        assert utf8_len(text) == len(text.encode())
