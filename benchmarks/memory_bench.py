@@ -1,4 +1,4 @@
-"""Memory and disk bounds (issue 5, item 4): a million puts over 1,000 keys.
+"""Memory and disk bounds: a million puts over 1,000 keys.
 
     .venv/bin/python benchmarks/memory_bench.py                     # 1M puts, default threshold
     .venv/bin/python benchmarks/memory_bench.py --thresholds 0,4194304 --puts 1000000

@@ -51,7 +51,7 @@ PUT_IN_FLIGHT = (1, 8, 64, 256)
 GET_IN_FLIGHT = (1, 64)
 FAILOVER_IN_FLIGHT = 64
 TARGETS = {
-    # what the project aims at (issue 6), checked against the medians
+    # what the project aims at, checked against the medians
     "put_256_ops_per_s": (">=", 10_000.0),
     "sequential_put_p50_ms": ("<=", 1.0),
     "get_64_ops_per_s": (">=", 11_500.0),

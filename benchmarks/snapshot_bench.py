@@ -1,4 +1,4 @@
-"""The longest pause in applying commands while a snapshot of 100 MB is taken (issue 5, item 1).
+"""The longest pause in applying commands while a snapshot of 100 MB is taken.
 
     .venv/bin/python benchmarks/snapshot_bench.py              # 3 repetitions, ~10 minutes
     .venv/bin/python benchmarks/snapshot_bench.py --repeats 1 --keys 20000   # a quick look

@@ -61,7 +61,7 @@ for name in sys.argv[2:]:
 print(sorted(set(sys.modules) - before))
 """
 
-# No clock, files, sockets, threads, event loop or database in the core (STYLE.md lesson 1).
+# No clock, files, sockets, threads, event loop or database in the core.
 FORBIDDEN = {
     "asyncio",
     "socket",
@@ -114,7 +114,7 @@ def test_importing_the_core_loads_nothing_outside_it() -> None:
     No msgpack, codec, transport, asyncio, sockets, selectors, ssl, sqlite3 or
     subprocess: the core's wire registration lives in ``kvraft.rpc.wire_types``.
 
-    Reference: STYLE.md lesson 1 and "A boundary is its import closure"
+    Reference: the raft package docstring (a boundary is its import closure)
     """
     assert len(RAFT_MODULES) >= 8
     loaded = loaded_by_importing(RAFT_MODULES)
@@ -126,7 +126,7 @@ def test_importing_the_core_loads_nothing_outside_it() -> None:
 def test_closure_check_catches_an_offender() -> None:
     """The closure check does flag a module that loads the codec.
 
-    Reference: STYLE.md "A boundary is its import closure"
+    Reference: the raft package docstring (a boundary is its import closure)
     """
     loaded = loaded_by_importing(["kvraft.raft.messages", "json"])
 
@@ -166,7 +166,7 @@ def test_raft_core_imports_no_io() -> None:
     Some of these (``os``, ``time``) the interpreter loads anyway, so the
     closure test cannot see a direct use of them; the source can.
 
-    Reference: STYLE.md lesson 1, DESIGN.md (RaftCore is sans-I/O)
+    Reference: the raft package docstring (RaftCore is sans-I/O)
     """
     sources = sorted(RAFT_DIR.glob("*.py"))
     assert len(sources) >= 8
@@ -182,7 +182,7 @@ def test_raft_core_imports_no_io() -> None:
 def test_raft_core_uses_no_global_random() -> None:
     """Randomness comes only from the config's random.Random, so runs replay exactly.
 
-    Reference: STYLE.md lesson 1
+    Reference: the raft package docstring (sans-I/O)
     """
     offenders = {
         path.name: global_random_calls(ast.parse(path.read_text()))
@@ -195,7 +195,7 @@ def test_raft_core_uses_no_global_random() -> None:
 def test_boundary_check_catches_an_offender() -> None:
     """The checks above do flag what they look for.
 
-    Reference: STYLE.md lesson 1
+    Reference: the raft package docstring (sans-I/O)
     """
     tree = ast.parse("import os.path\nfrom time import monotonic\nimport random\nrandom.random()")
 

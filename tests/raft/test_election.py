@@ -316,7 +316,7 @@ def test_candidate_that_a_majority_refuses_loses_and_follows() -> None:
 def test_operator_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     """Elections leave one operator-shaped line per event.
 
-    Reference: STYLE.md (log lines shaped for operators)
+    Reference: operator log lines: node, term and index, one line per event
     """
     cluster = Cluster.of(3, pre_vote=False)
     caplog.set_level(logging.INFO, logger="kvraft.raft")

@@ -62,7 +62,7 @@ def test_leader_commits_only_current_term_entries_by_counting() -> None:
 def test_leader_counts_itself_only_for_persisted_entries() -> None:
     """A follower's ack makes a majority with the leader only once the leader persisted.
 
-    Reference: Raft thesis §10.2.1, DESIGN.md durability rules
+    Reference: Raft thesis §10.2.1; docs/architecture.md, Raft: core and driver
     """
     leader = make_leader()
     drain(leader)

@@ -136,7 +136,7 @@ def replay(script: str, capture: Capture) -> str:
 def test_scenario_transcript(path: Path, raft_log: Capture) -> None:
     """The operator log of a scripted scenario is exactly the expected one.
 
-    Reference: STYLE.md lesson 8 (scenario scripts with expected output)
+    Reference: tests/raft/scenarios/ (scripts with their expected output)
     """
     expected = path.read_text()
 

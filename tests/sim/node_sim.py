@@ -98,9 +98,8 @@ def kv_digest(store: KVStore) -> bytes:
 class SimTransport:
     """A node's PeerTransport: messages into the simulated network."""
 
-    def __init__(self, sim: NodeSimulation, src: int) -> None:
+    def __init__(self, sim: NodeSimulation) -> None:
         self._sim = sim
-        self._src = src
 
     def send(self, message: Message) -> bool:
         return self._sim.network_send(message)
@@ -374,7 +373,7 @@ class NodeSimulation:
                 sim_node.id, self.ids, random.Random(self.rng.getrandbits(64))
             ),
             sim_node.storage,
-            SimTransport(self, sim_node.id),
+            SimTransport(self),
             rsm,
             clock=LoopClock(),
             workers=disk,

@@ -53,7 +53,7 @@ def test_raft_is_safe_under_faults_stress(nodes: int, start: int) -> None:
 def test_a_seed_replays_exactly() -> None:
     """The seed decides everything: two runs of one seed are the same run.
 
-    Reference: STYLE.md lesson 9
+    Reference: seeded simulation, every failure replayable
     """
     first = Simulation(77, 5).run()
     second = Simulation(77, 5).run()
@@ -93,7 +93,7 @@ def test_simulator_catches_a_planted_bug(planted: str, property_broken: str) -> 
 def test_replay_command_runs_the_seed() -> None:
     """The command a failure prints does replay that seed, from the repository root.
 
-    Reference: STYLE.md lesson 9
+    Reference: seeded simulation, every failure replayable
     """
     completed = subprocess.run(
         [sys.executable, "-m", "tests.sim.replay", "--seed", "5", "--nodes", "3"],
@@ -112,7 +112,7 @@ def test_replay_command_runs_the_seed() -> None:
 def test_replay_command_reports_a_violation() -> None:
     """A failing seed's replay exits non-zero with the violation.
 
-    Reference: STYLE.md lesson 9
+    Reference: seeded simulation, every failure replayable
     """
     for seed in range(50):
         try:

@@ -1,4 +1,4 @@
-"""SIGKILL at any instant leaves the old state or the new one, never a mix (issue 5, item 1).
+"""SIGKILL at any instant leaves the old state or the new one, never a mix.
 
 A child process (sqlite_crash_child.py) runs a seeded Raft-like workload —
 appends, truncating overwrites, term changes, compactions (half of them with the

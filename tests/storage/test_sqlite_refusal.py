@@ -1,8 +1,8 @@
 """Opening refuses a data dir that is not this node's, or is newer, or is corrupt.
 
 Each refusal is a StorageError whose message is one line naming the database
-file and the problem (DESIGN.md: "Torn or corrupt storage is detected and
-refused with a clear error, never silently used").
+file and the problem: torn or corrupt storage is detected and refused with a
+clear error, never silently used.
 """
 
 from __future__ import annotations

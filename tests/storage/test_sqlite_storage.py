@@ -44,7 +44,7 @@ def test_a_new_store_is_empty(tmp_path: Path) -> None:
 
 
 def test_close_and_open_preserve_everything(tmp_path: Path) -> None:
-    """A restarted node rebuilds its state from snapshot + log (DESIGN.md, durability rules)."""
+    """A restarted node rebuilds its state from snapshot + log."""
     store = open_store(tmp_path)
     store.save(HardState(2, 0, 3), entries(1, 5, 2), None)
     store.compact(Snapshot(3, 2, b"state machine at 3"))

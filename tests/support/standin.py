@@ -154,12 +154,13 @@ async def serve(args: argparse.Namespace, extra: list[str]) -> None:
     handler = StandIn(args, extra)
     server = RpcServer(handler, name=f"n{args.id}")
     host, port = split_address(args.listen)
-    await server.start(host, port)
-    log.info("n%d serving on %s (cluster %s)", args.id, server.address, args.cluster_id)
+    # Handlers before listening: the harness may send SIGTERM as soon as the port opens.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await server.start(host, port)
+    log.info("n%d serving on %s (cluster %s)", args.id, server.address, args.cluster_id)
     await stop.wait()
     log.info("n%d stopping", args.id)
     handler.close()

@@ -9,7 +9,7 @@ leader); after a whole round without an answer it backs off briefly so
 an election can finish. ``deadline=None`` retries forever (the classic
 contract); a number of seconds raises :class:`Unavailable` after that long.
 
-``Maybe`` (DESIGN 1.1): once a put had to be resent after an attempt whose
+``Maybe`` (the README's contract): once a put had to be resent after an attempt whose
 outcome is unknown (a timeout, a connection lost after sending, or a
 ``WrongLeader`` from a server that had submitted it), a ``VersionMismatch``
 answer no longer tells whether that attempt applied, so it becomes ``Maybe``.

@@ -1,4 +1,4 @@
-"""The versioned key-value state machine (DESIGN 1.1): pure, deterministic, no I/O.
+"""The versioned key-value state machine (the README's contract): pure, deterministic, no I/O.
 
 Every replica applies the same committed commands to its own :class:`KVStore`
 in log order, so the store must be a deterministic function of that sequence:

@@ -13,7 +13,7 @@ clock, the RPC layer and real threads; the simulator in ``tests/sim`` passes
 virtual time, a seeded faulty network and a disk that can die mid-write, so
 its seeds exercise this very loop.
 
-The RSM API is the specification's: :meth:`submit`, :meth:`get_committed`,
+The RSM API is the classic one: :meth:`submit`, :meth:`get_committed`,
 :meth:`get_state`; plus :meth:`status` for operators.
 """
 

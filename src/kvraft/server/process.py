@@ -87,16 +87,18 @@ class Server:
 
 async def _serve(options: ServerOptions) -> None:
     server = Server.open(options)
+    # Handlers before listening: whoever waits for the port to open may send SIGTERM
+    # at once, and a signal before the handler would kill the process uncleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
     except BaseException:
         # e.g. the port is taken: release the data dir before the error surfaces
         await server.node.stop()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     stopped = loop.create_task(stop.wait())
     failed = loop.create_task(server.node.wait_failed())
     await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)

@@ -8,7 +8,7 @@ that entry's result. Gets go through the log too, so a deposed leader or a
 minority partition can never answer with stale data.
 
 Waiting uses one future per submitted index, resolved by the apply loop,
-rather than the specification's polling of ``get_committed`` every 10-50 ms:
+rather than by polling ``get_committed`` every 10-50 ms, as the classic RSM API does:
 the behaviour is the same (a different command at the index, a change of
 term or leadership, or a timeout answers WrongLeader), but a commit answers
 at once instead of up to one polling period later, and idle waiters cost

@@ -9,7 +9,7 @@ the driver relies on (a contiguous log after the snapshot, terms that never
 decrease, a commit index inside the log) before anything is handed out. A
 failure raises :class:`CorruptRow`, which the opener turns into a
 :class:`kvraft.errors.StorageError` naming the file: corrupt state is refused,
-never silently used (DESIGN.md, "Durability rules").
+never silently used.
 """
 
 from __future__ import annotations

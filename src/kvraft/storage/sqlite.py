@@ -8,7 +8,7 @@ tests check them against each other), with these additions:
   transaction, so a whole Ready (snapshot + hard state + a batch of entries)
   costs one commit and one fsync; ``compact()`` records the snapshot and drops
   the log prefix in one transaction. A SIGKILL at any instant leaves the old or
-  the new state, never a mix (issue 5, item 1).
+  the new state, never a mix.
 - **Snapshots beside the database**: a snapshot's data is a file of its own
   (:mod:`kvraft.storage.snapshot_files`), and the database row naming it is
   the commit point. :meth:`SqliteStorage.stage_snapshot` writes that file from
