@@ -34,12 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
 
 from kvraft.errors import NotLeader, WrongLeader
 from kvraft.kv_protocol import (
@@ -51,22 +48,16 @@ from kvraft.kv_protocol import (
     PutOp,
     VersionMismatchResult,
 )
-from kvraft.raft.core import RaftCore
-from kvraft.raft.messages import Entry, Message
-from kvraft.raft.ready import HardState, Snapshot
-from kvraft.raft.storage import MemoryStorage
+from kvraft.raft.messages import Message
 from kvraft.server.driver_io import LoopClock
-from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode
-from kvraft.server.rsm import RSM
 from kvraft.testing.history import Operation, Outcome
 from kvraft.testing.linearizability import check
 
+from .node_world import ObservedRSM, ObservedStorage, SimDisk, SimNode, SimTransport
 from .planted import PLANTED, PLANTED_DRIVERS
 from .simulator import Checker, Profile, Violation
 from .virtual_loop import VirtualTimeLoop
-
-T = TypeVar("T")
 
 logger = logging.getLogger("kvraft.sim")
 
@@ -84,170 +75,6 @@ MAX_BACKLOG = 24
 def replay_command(seed: int, nodes: int, planted: str | None = None) -> str:
     command = REPLAY_COMMAND.format(seed=seed, nodes=nodes)
     return command if planted is None else f"{command} --planted {planted}"
-
-
-def kv_digest(store: KVStore) -> bytes:
-    """The whole state of a store, as a short digest (compared across replicas)."""
-    items = sorted((key, store.lookup(key)) for key in store)
-    return hashlib.blake2b(repr(items).encode(), digest_size=16).digest()
-
-
-# --------------------------------------------------------------- the world
-
-
-class SimTransport:
-    """A node's PeerTransport: messages into the simulated network."""
-
-    def __init__(self, sim: NodeSimulation) -> None:
-        self._sim = sim
-
-    def send(self, message: Message) -> bool:
-        return self._sim.network_send(message)
-
-    def close(self) -> None:
-        pass
-
-
-class SimDisk:
-    """A node's Workers: storage calls one at a time after a delay, on virtual time.
-
-    The call itself happens after the delay, all at once (MemoryStorage.save
-    is atomic, as SQLite's transaction is): a node halted while a call waits
-    loses exactly that call.
-    """
-
-    def __init__(self, sim: NodeSimulation) -> None:
-        self._sim = sim
-        self._lock = asyncio.Lock()
-        self.busy = False
-
-    async def storage(self, fn: Callable[..., T], *args: object) -> T:
-        async with self._lock:
-            self.busy = True
-            try:
-                await asyncio.sleep(self._sim.write_delay_s())
-                return fn(*args)
-            finally:
-                self.busy = False
-
-    async def encode(self, fn: Callable[..., T], *args: object) -> T:
-        await asyncio.sleep(self._sim.write_delay_s())
-        return fn(*args)
-
-    def shutdown(self) -> None:
-        pass
-
-
-class ObservedStorage(MemoryStorage):
-    """MemoryStorage that shows the checker every log it persists (Log Matching)."""
-
-    def __init__(self, node_id: int, checker: Checker, fail: Callable[[str], None]) -> None:
-        super().__init__()
-        self.node_id = node_id
-        self._checker = checker
-        self._fail = fail
-        self.compactions = 0  # snapshots the node took and stored
-
-    def compact(self, snapshot: Snapshot) -> None:
-        if snapshot.index > self._offset():
-            self.compactions += 1
-        super().compact(snapshot)
-
-    def last_index(self) -> int:
-        return self._offset() + len(self.entries)
-
-    def term_at(self, index: int) -> int | None:
-        """The persisted term at ``index`` (of the snapshot at its index), or None."""
-        if index == 0:
-            return 0
-        if self.snapshot is not None and index == self.snapshot.index:
-            return self.snapshot.term
-        offset = self._offset()
-        if offset < index <= self.last_index():
-            return self.entries[index - offset - 1].term
-        return None
-
-    def holds(self, entry: Entry) -> bool:
-        """Whether ``entry`` is on this disk (or covered by the persisted snapshot)."""
-        if entry.index <= self._offset():
-            return True
-        return (
-            entry.index <= self.last_index()
-            and self.entries[entry.index - self._offset() - 1] == entry
-        )
-
-    def save(
-        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
-    ) -> None:
-        if entries:
-            if snapshot is not None:
-                prev_term: int | None = snapshot.term
-            else:
-                prev_term = self.term_at(entries[0].index - 1)
-            assert prev_term is not None, (entries[0], self._offset(), self.last_index())
-            self._checker.entries_logged(self.node_id, list(entries), prev_term)
-        super().save(hard_state, entries, snapshot)
-        if self.hard_state.commit_index > self.last_index():
-            self._fail(
-                f"n{self.node_id} persisted commit index {self.hard_state.commit_index} "
-                f"beyond its persisted log (last index {self.last_index()})"
-            )
-
-
-class ObservedRSM(RSM):
-    """The real RSM, with the checker looking at every entry it applies or restores."""
-
-    def __init__(self, sim: NodeSimulation, sim_node: SimNode) -> None:
-        super().__init__(sim_node.id, KVStore(), op_timeout_s=sim.op_timeout_s)
-        self._sim = sim
-        self._sim_node = sim_node
-        self.applied = 0  # the last index this RSM applied or restored
-
-    def apply(self, entry: Entry) -> None:
-        sim, sim_node = self._sim, self._sim_node
-        if not sim_node.storage.holds(entry):
-            sim.fail(f"n{self.node_id} applied {entry} before it was on its disk")
-        if entry.index != self.applied + 1:
-            sim.fail(f"n{self.node_id} applied index {entry.index} after index {self.applied}")
-        super().apply(entry)
-        self.applied = entry.index
-        sim.checker.state_reached(self.node_id, entry.index, kv_digest(self.store), "applying")
-        core = sim_node.core
-        sim.checker.committed_entry(self.node_id, entry, core.current_term if core else 0)
-
-    def restore(self, snapshot: Snapshot) -> None:
-        super().restore(snapshot)
-        self.applied = snapshot.index
-        checker = self._sim.checker
-        if snapshot.index not in checker.states:
-            self._sim.fail(
-                f"n{self.node_id} restored a snapshot at {snapshot.index} nobody applied"
-            )
-        checker.state_reached(
-            self.node_id, snapshot.index, kv_digest(self.store), "restoring a snapshot"
-        )
-        if self._sim_node.node is not None:  # not the load at construction: from a leader
-            self._sim.installs += 1
-
-
-@dataclass
-class SimNode:
-    """One server: its disk survives crashes, its RaftNode and RSM do not."""
-
-    id: int
-    storage: ObservedStorage
-    node: RaftNode | None = None
-    rsm: ObservedRSM | None = None
-    disk: SimDisk | None = None
-    # The client operations in progress here (a dict: cancelled in a fixed order).
-    clients: dict[asyncio.Task[None], None] = field(default_factory=dict)
-    # What the Checker's observe() keeps per node.
-    seen_commit: int = 0
-    leader_checked_term: int = -1
-
-    @property
-    def core(self) -> RaftCore | None:
-        return self.node.core if self.node is not None else None
 
 
 # ------------------------------------------------------------------ results
