@@ -499,22 +499,29 @@ class RaftCore:
     # ------------------------------------------------------ follower: replication
 
     def _handle_append_entries(self, msg: AppendEntries) -> None:
-        if self.role is Role.LEADER:
-            self._log(
-                logging.WARNING, "ignored AppendEntries from n%d claiming the same term", msg.src
-            )
-            return
-        self._follow(msg.src)
-        self._follower.handle_append_entries(msg)
+        if self._follows(msg):
+            self._follower.handle_append_entries(msg)
 
     def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
+        if self._follows(msg):
+            self._follower.handle_install_snapshot(msg)
+
+    def _follows(self, msg: AppendEntries | InstallSnapshot) -> bool:
+        """Whether ``msg``, from a leader of our term, is ours to follow (and follow it).
+
+        A leader never follows another leader of its own term: at most one is
+        elected per term (§5.2), so such a message is a bug or a forgery.
+        """
         if self.role is Role.LEADER:
             self._log(
-                logging.WARNING, "ignored InstallSnapshot from n%d claiming the same term", msg.src
+                logging.WARNING,
+                "ignored %s from n%d claiming the same term",
+                type(msg).__name__,
+                msg.src,
             )
-            return
+            return False
         self._follow(msg.src)
-        self._follower.handle_install_snapshot(msg)
+        return True
 
     def _install_snapshot(self, snapshot: Snapshot, leader: int) -> None:
         """Raft §7: the snapshot replaces the log up to its index (keep a matching suffix)."""

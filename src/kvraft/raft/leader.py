@@ -20,6 +20,7 @@ from kvraft.raft.log import NO_TERM
 from kvraft.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
+    Entry,
     InstallSnapshot,
     InstallSnapshotReply,
     Message,
@@ -147,18 +148,7 @@ class Leader:
             prev = progress.next_index - 1
             prev_term = log.term(prev)
             assert prev_term is not None, (prev, log.first_index)
-            self._send(
-                AppendEntries(
-                    src=self.id,
-                    dst=peer,
-                    term=self.term,
-                    prev_log_index=prev,
-                    prev_log_term=prev_term,
-                    entries=entries,
-                    leader_commit=commit,
-                )
-            )
-            progress.commit_sent = commit
+            self._send_entries(peer, prev, prev_term, entries)
             sent = True
             progress.sent(entries[-1].index if entries else None)
             if not entries:
@@ -193,19 +183,25 @@ class Leader:
                 if prev_term is None:
                     self._send_snapshot(peer)
                     return
-                commit = self.core.commit_index
-                self._send(
-                    AppendEntries(
-                        src=self.id,
-                        dst=peer,
-                        term=self.term,
-                        prev_log_index=prev,
-                        prev_log_term=prev_term,
-                        entries=(),
-                        leader_commit=commit,
-                    )
-                )
-                progress.commit_sent = commit
+                self._send_entries(peer, prev, prev_term, ())
+
+    def _send_entries(
+        self, peer: int, prev: int, prev_term: int, entries: tuple[Entry, ...]
+    ) -> None:
+        """One AppendEntries to ``peer`` (a heartbeat if no entries), with our commit index."""
+        commit = self.core.commit_index
+        self._send(
+            AppendEntries(
+                src=self.id,
+                dst=peer,
+                term=self.term,
+                prev_log_index=prev,
+                prev_log_term=prev_term,
+                entries=entries,
+                leader_commit=commit,
+            )
+        )
+        self.progress[peer].commit_sent = commit
 
     def _send_snapshot(self, peer: int) -> None:
         """Send ``peer`` the current chunk of our snapshot (Raft Figure 13, in chunks)."""
