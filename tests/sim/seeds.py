@@ -1,8 +1,12 @@
-"""Which seeds each simulator's tests run: 1,000 in CI, more under ``make stress``."""
+"""What both simulators' tests share: which seeds they run (1,000 in CI, more under
+``make stress``), how a failing seed fails the test, and the replay command."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -10,6 +14,8 @@ import pytest
 from .simulator import Violation
 
 R = TypeVar("R")
+
+REPO = Path(__file__).resolve().parents[2]
 
 CHUNK = 100
 # 1,000 seeds in CI: 600 of 3 nodes, 400 of 5 nodes, in test cases of CHUNK seeds.
@@ -40,3 +46,15 @@ def run_seeds(run: Callable[[int, int], R], nodes: int, seeds: range) -> list[R]
         except Violation as violation:
             pytest.fail(str(violation), pytrace=False)
     return results
+
+
+def run_replay(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.sim.replay ARGS`` from the repository root, as a failure says."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.sim.replay", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from .node_sim import NodeResult, NodeSimulation
 from .planted import PLANTED_DRIVERS
-from .seeds import CHUNK, CI_RUNS, STRESS_CHUNK, run_ids, run_seeds, stress_runs
+from .seeds import CHUNK, CI_RUNS, STRESS_CHUNK, run_ids, run_replay, run_seeds, stress_runs
 from .simulator import Violation
 from .virtual_loop import Deadlock, VirtualTimeLoop
 
-REPO = Path(__file__).resolve().parents[2]
 # 10,000 more seeds, beyond those of CI, for `make stress`.
 STRESS_RUNS = stress_runs(6_000, 4_000)
 
@@ -112,14 +108,7 @@ def test_node_simulator_catches_a_planted_core_bug() -> None:
 
 def test_node_replay_command_runs_the_seed() -> None:
     """The command a failure prints replays that seed of the node simulator."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.sim.replay", "--driver", "node", "--seed", "5"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run_replay("--driver", "node", "--seed", "5")
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "became leader at index" in completed.stdout

@@ -6,17 +6,12 @@ Every failure message ends with the one command that replays its seed, e.g.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from .planted import PLANTED
-from .seeds import CHUNK, CI_RUNS, STRESS_CHUNK, run_ids, run_seeds, stress_runs
+from .seeds import CHUNK, CI_RUNS, STRESS_CHUNK, run_ids, run_replay, run_seeds, stress_runs
 from .simulator import Result, Simulation, Violation
 
-REPO = Path(__file__).resolve().parents[2]
 # 20,000 more seeds, beyond those of CI, for `make stress`.
 STRESS_RUNS = stress_runs(12_000, 8_000)
 
@@ -95,14 +90,7 @@ def test_replay_command_runs_the_seed() -> None:
 
     Reference: seeded simulation, every failure replayable
     """
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.sim.replay", "--seed", "5", "--nodes", "3"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run_replay("--seed", "5", "--nodes", "3")
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "became leader at index" in completed.stdout
@@ -119,14 +107,8 @@ def test_replay_command_reports_a_violation() -> None:
             Simulation(seed, 3, planted="double-vote").run()
         except Violation:
             break
-    command = [sys.executable, "-m", "tests.sim.replay", "--seed", str(seed), "--nodes", "3"]
-    completed = subprocess.run(
-        [*command, "--planted", "double-vote", "--quiet"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    completed = run_replay(
+        "--seed", str(seed), "--nodes", "3", "--planted", "double-vote", "--quiet"
     )
 
     assert completed.returncode == 1

@@ -398,30 +398,22 @@ class RaftCore:
         return can_vote and up_to_date
 
     def _handle_request_vote(self, msg: RequestVote) -> None:
-        if self._can_grant_vote(msg):
-            if not msg.pre_vote:
-                self.voted_for = msg.src  # persisted by the Ready that carries the reply
-                self._timer.restart()
-                self._log(logging.DEBUG, "voted for n%d", msg.src)
-            self._send(
-                RequestVoteReply(
-                    src=self.id,
-                    dst=msg.src,
-                    term=msg.term,
-                    vote_granted=True,
-                    pre_vote=msg.pre_vote,
-                )
+        granted = self._can_grant_vote(msg)
+        if granted and not msg.pre_vote:
+            self.voted_for = msg.src  # persisted by the Ready that carries the reply
+            self._timer.restart()
+            self._log(logging.DEBUG, "voted for n%d", msg.src)
+        self._send(
+            RequestVoteReply(
+                src=self.id,
+                dst=msg.src,
+                # A grant answers in the candidate's term (a pre-vote's may be ahead
+                # of ours); a refusal in ours, so a stale candidate learns of it.
+                term=msg.term if granted else self.current_term,
+                vote_granted=granted,
+                pre_vote=msg.pre_vote,
             )
-        else:
-            self._send(
-                RequestVoteReply(
-                    src=self.id,
-                    dst=msg.src,
-                    term=self.current_term,
-                    vote_granted=False,
-                    pre_vote=msg.pre_vote,
-                )
-            )
+        )
 
     def _handle_vote_reply(self, msg: RequestVoteReply) -> None:
         election = self._election
