@@ -247,7 +247,7 @@ def test_random_messages_never_raise_and_keep_invariants(
 ) -> None:
     """Stale, duplicated, misaddressed and nonsensical messages are ignored safely.
 
-    Reference: Raft §5.1 (servers ignore what does not make sense); docs/architecture.md, limits against hostile input
+    Reference: Raft §5.1 (servers ignore what does not make sense)
     """
     config = make_config(1, PEERS, election_timeout_ticks=3, heartbeat_interval_ticks=1)
     core = RaftCore(config, state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvraft.raft.core import RaftCore, Role
+from kvraft.raft.leader import STALLED_HEARTBEATS
 from kvraft.raft.messages import (
     AppendEntriesReply,
     InstallSnapshot,
@@ -300,3 +301,42 @@ def test_lagging_follower_catches_up_through_a_snapshot() -> None:
     assert lagging.snapshot == Snapshot(8, 1, b"snapshot at 8")
     assert [e.command for e in cluster.applied[3]] == [b"c7", b"c8", b"c9", b"after"]
     assert lagging.commit_index == leader.commit_index == 12
+
+
+def test_snapshot_chunks_are_paced_by_acknowledgements_not_by_heartbeats() -> None:
+    """While a chunk is in flight, a heartbeat does not send it again; once it has gone
+    unanswered for STALLED_HEARTBEATS heartbeats (lost), one does. A round trip longer
+    than a heartbeat interval would otherwise send every chunk twice or more.
+
+    Reference: Raft §7 (InstallSnapshot), Figure 13
+    """
+    leader = snapshot_leader(chunk_bytes=16)
+    assert leader.leader is not None
+    drain(leader)
+    leader.step(
+        AppendEntriesReply(
+            src=2, dst=1, term=2, success=False, match_index=22, conflict_index=1, conflict_term=0
+        )
+    )
+    first = [c for c in chunks_of(sent(leader)) if c.dst == 2]
+    assert [(c.offset, len(c.data)) for c in first] == [(0, 16)]
+
+    def heartbeat() -> list[InstallSnapshot]:
+        for _ in range(leader.config.heartbeat_interval_ticks):
+            leader.tick()
+        return [c for c in chunks_of(sent(leader)) if c.dst == 2]
+
+    resent = [heartbeat() for _ in range(STALLED_HEARTBEATS)]
+
+    # Unanswered for STALLED_HEARTBEATS heartbeats: only the last one retransmits.
+    assert all(chunks == [] for chunks in resent[:-1])
+    assert [(c.offset, len(c.data)) for c in resent[-1]] == [(0, 16)]
+    # An acknowledgement sends the next chunk at once, and restarts the count.
+    leader.step(
+        InstallSnapshotReply(
+            src=2, dst=1, term=2, last_included_index=20, next_offset=16, done=False
+        )
+    )
+    assert [(c.offset, len(c.data)) for c in chunks_of(sent(leader))] == [(16, 16)]
+    assert STALLED_HEARTBEATS > 1
+    assert heartbeat() == []

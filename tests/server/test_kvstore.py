@@ -1,4 +1,4 @@
-"""KVStore: the versioned-KV contract (the README's contract), checked by example and against a dict model."""
+"""KVStore: the versioned-KV contract of the README, by example and against a dict model."""
 
 from __future__ import annotations
 

@@ -147,3 +147,55 @@ def _carries(sent: list[Message], index: int, dst: int) -> bool:
         isinstance(m, AppendEntries) and m.dst == dst and any(e.index == index for e in m.entries)
         for m in sent
     )
+
+
+def test_leader_heartbeats_leave_on_time_while_its_write_is_held() -> None:
+    """A leader whose save takes longer than an election timeout keeps sending its
+    heartbeats meanwhile (they depend on nothing unpersisted), so a slow disk does not
+    depose a healthy leader; what waits for the save is only what depends on it.
+
+    Reference: Raft thesis §10.2.1, §3.8
+    """
+
+    async def main() -> None:
+        storage = HeldStorage()
+        config = RaftConfig(
+            node_id=0, peers=(0, 1, 2), pre_vote=False, check_quorum=False,
+            election_timeout_ticks=10, heartbeat_interval_ticks=2,
+        )  # fmt: skip
+        transport = RecordingTransport()
+        node = RaftNode(
+            config, storage, transport, NullStateMachine(), timing=NodeTiming(tick_interval_s=0.01)
+        )
+        await node.start()
+        try:
+            node.campaign()
+            await wait_for(lambda: any(isinstance(m, RequestVote) for m in transport.sent))
+            node.receive(
+                1,
+                RequestVoteReply(src=1, dst=0, term=1, vote_granted=True, pre_vote=False),
+            )
+            await wait_for(lambda: node.get_state() == (1, True))
+            # The leader's next write (of a new entry) is held for as long as it takes.
+            storage.hold.set()
+            assert node.submit(b"x") is not None
+            await wait_for(storage.held.is_set)
+            before = len(transport.sent)
+            # Three election timeouts' worth of heartbeats (2 ticks each) to n2, all
+            # while the save is held: without them n2 would have campaigned long ago.
+            await wait_for(
+                lambda: (
+                    sum(
+                        isinstance(m, AppendEntries) and m.dst == 2 for m in transport.sent[before:]
+                    )
+                    >= 15
+                )
+            )
+            assert storage.held.is_set()
+            assert node.get_state() == (1, True)
+        finally:
+            storage.hold.clear()
+            storage.release.set()
+            await node.stop()
+
+    asyncio.run(main())

@@ -269,6 +269,22 @@ class RaftCore:
             self.applying_index = self.commit_index
         return ready
 
+    def take_messages(self) -> list[Message]:
+        """A leader's pending messages, now, without the rest of a Ready (which stays pending).
+
+        For a driver still persisting an earlier Ready: a leader's messages
+        promise nothing about its own disk once its term and vote are on it
+        (see ``Ready.send_before_persist``; Raft thesis §10.2.1), so its
+        heartbeats may leave on time through a slow fsync instead of waiting
+        behind it, and its followers' election timers stay quiet. Only the
+        driver knows whether the term and vote are persisted: it must call
+        this only then, and only while the core leads.
+        """
+        assert self.leader is not None, f"n{self.id}: take_messages() while not leading"
+        self.leader.flush()
+        messages, self._messages = self._messages, []
+        return messages
+
     def advance(self, ready: Ready) -> None:
         """The driver persisted, sent and applied ``ready``."""
         if ready.entries:

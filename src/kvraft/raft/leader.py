@@ -158,7 +158,12 @@ class Leader:
         progress = self.progress[peer]
         match progress.state:
             case ProgressState.SNAPSHOT:
-                self._send_snapshot(peer)  # retransmits the current chunk
+                # One chunk per acknowledgement: a heartbeat retransmits the chunk in
+                # flight only once it went unanswered for STALLED_HEARTBEATS, so a
+                # round trip longer than a heartbeat does not send every chunk twice.
+                progress.snapshot_heartbeats += 1
+                if progress.snapshot_heartbeats >= STALLED_HEARTBEATS:
+                    self._send_snapshot(peer)
             case ProgressState.PROBE:
                 progress.probe_sent = False  # the last probe may be lost: probe again
                 self._send_append(peer, allow_empty=True)
@@ -215,6 +220,7 @@ class Leader:
             progress.become_snapshot(snapshot.index)
             self._log(logging.INFO, "sending snapshot at index %d to n%d", snapshot.index, peer)
         offset = progress.snapshot_offset
+        progress.snapshot_heartbeats = 0
         chunk = snapshot.data[offset : offset + max(1, self.config.snapshot_chunk_bytes)]
         self._send(
             InstallSnapshot(
@@ -305,8 +311,8 @@ class Leader:
             or snapshot.index != progress.snapshot_index
             or msg.next_offset == progress.snapshot_offset
         ):
-            # Stale, or a duplicate of an answer already acted on; the heartbeat
-            # retransmits the current chunk if it was lost.
+            # Stale, or a duplicate of an answer already acted on; a heartbeat
+            # retransmits the current chunk if it stays unanswered (lost).
             return
         progress.snapshot_offset = min(msg.next_offset, len(snapshot.data))
         self._send_snapshot(msg.src)

@@ -50,6 +50,9 @@ class Progress:
     # SNAPSHOT: the index of the snapshot being sent and the next byte to send.
     snapshot_index: int = 0
     snapshot_offset: int = 0
+    # SNAPSHOT: heartbeats since the chunk in flight was sent, unanswered. Chunks
+    # are paced by acknowledgements; a heartbeat retransmits only a stalled one.
+    snapshot_heartbeats: int = 0
 
     def is_paused(self) -> bool:
         """Whether the leader must wait before sending this follower more entries."""
@@ -81,6 +84,7 @@ class Progress:
         self.inflight.clear()
         self.snapshot_index = snapshot_index
         self.snapshot_offset = 0
+        self.snapshot_heartbeats = 0
 
     def sent(self, last_index: int | None) -> None:
         """An AppendEntries went out, carrying entries up to ``last_index`` (None: no entries)."""

@@ -106,6 +106,12 @@ class RaftNode:
         if persisted.snapshot is not None:
             state_machine.restore(persisted.snapshot)
         self.peers: tuple[int, ...] = tuple(p for p in config.peers if p != self.id)
+        # The term and vote on disk (as of the last completed save), and whether a
+        # save is in progress now: a leader sends heartbeats through a slow save
+        # only if its current term and vote are these (see _send_while_saving).
+        hard = persisted.hard_state
+        self._persisted_vote: tuple[int, int | None] = (hard.current_term, hard.voted_for)
+        self._saving = False
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Completed with the exception that killed one of the node's tasks (see start).
@@ -306,7 +312,24 @@ class RaftNode:
             self._ticks += 1
             if self._ticks % 10 == 0:
                 self._check_peers()
+            self._send_while_saving()
             self._wakeup.set()
+
+    def _send_while_saving(self) -> None:
+        """As a leader whose term and vote are on disk, send now what a tick queued.
+
+        While the Ready loop waits for a save, the next Ready waits too; a
+        leader's heartbeats depend on nothing unpersisted, so they need not:
+        a save slower than the election timeout must not depose a healthy
+        leader (Raft thesis §10.2.1; the core's ``take_messages``).
+        """
+        core = self.core
+        if (
+            self._saving
+            and core.role is Role.LEADER
+            and (core.current_term, core.voted_for) == self._persisted_vote
+        ):
+            self._send_all(core.take_messages())
 
     async def _ready_loop(self) -> None:
         while self._running:
@@ -315,6 +338,9 @@ class RaftNode:
             while self.core.has_ready():
                 await self._perform(self.core.ready())
                 self._notify_role_change()
+                # Here too, not only once the loop drains: a steady load faster than
+                # fsync keeps it from draining, and the log would grow unbounded.
+                self._maybe_snapshot()
             self._notify_role_change()
             self._maybe_snapshot()
 
@@ -328,9 +354,15 @@ class RaftNode:
         #    disk before any message that depends on it leaves (thesis §3.8).
         if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
             started = self.clock.now_s()
-            await self.workers.storage(
-                self.storage.save, ready.hard_state, ready.entries, ready.snapshot
-            )
+            self._saving = True
+            try:
+                await self.workers.storage(
+                    self.storage.save, ready.hard_state, ready.entries, ready.snapshot
+                )
+            finally:
+                self._saving = False
+            if ready.hard_state is not None:
+                self._persisted_vote = (ready.hard_state.current_term, ready.hard_state.voted_for)
             elapsed = self.clock.now_s() - started
             if elapsed > SLOW_SAVE_S:
                 log.warning(
