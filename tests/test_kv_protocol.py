@@ -129,7 +129,7 @@ def test_request_id_bound_is_2_to_the_63_minus_1() -> None:
     assert MAX_REQUEST_ID == 2**63 - 1
     check_op(put(rid=0))
     check_op(put(rid=MAX_REQUEST_ID))
-    with pytest.raises(InvalidArgument, match="request_id must be an int in 0.."):
+    with pytest.raises(InvalidArgument, match=r"request_id must be an int in 0\.\."):
         check_op(put(rid=MAX_REQUEST_ID + 1))
     with pytest.raises(InvalidArgument, match="request_id"):
         check_op(put(rid=True))  # type: ignore[arg-type]
