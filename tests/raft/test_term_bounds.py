@@ -21,6 +21,7 @@ from kvraft.raft.messages import (
     Message,
     RequestVote,
 )
+from kvraft.raft.ready import Snapshot
 from kvraft.raft.validate import well_formed
 
 from .harness import drain, make_core, sent
@@ -158,7 +159,32 @@ def test_a_node_at_the_bound_refuses_to_campaign_and_writes_nothing(
     assert core.role is Role.FOLLOWER
     assert messages == []
     assert not core.has_ready()
-    assert f"refusing to campaign: term {EDGE} is at the bound {EDGE}" in caplog.text
+    assert f"refusing to campaign: term {EDGE} or last index 0 is at the bound {EDGE}" in (
+        caplog.text
+    )
+
+
+def test_a_node_whose_log_ends_at_the_bound_refuses_to_campaign() -> None:
+    """Its no-op as a new leader would be at index 2^62 + 1."""
+    snapshot = Snapshot(index=EDGE, term=4, data=b"s")
+    core = make_core(1, PEERS, term=5, commit=EDGE, snapshot=snapshot, pre_vote=False)
+    drain(core)
+    core.campaign()
+
+    assert core.role is Role.FOLLOWER and core.current_term == 5
+    assert not core.has_ready()
+
+
+def test_a_leader_at_the_last_index_below_the_bound_refuses_proposals_past_it() -> None:
+    """A leader whose no-op took index 2^62 accepts no proposal (it would be 2^62 + 1)."""
+    snapshot = Snapshot(index=EDGE - 1, term=4, data=b"s")
+    core = make_core(1, (1,), term=5, commit=EDGE - 1, snapshot=snapshot, pre_vote=False)
+    core.campaign()
+    drain(core)
+
+    assert core.role is Role.LEADER and core.last_index == EDGE
+    assert core.propose(b"one too many") is None
+    assert core.last_index == EDGE
 
 
 def test_a_node_just_below_the_bound_campaigns_to_it() -> None:

@@ -369,18 +369,20 @@ class RaftCore:
         return self.leader_id is not None and self._timer.within_timeout()
 
     def _start_election(self, *, pre_vote: bool) -> None:
-        if self.current_term >= MAX_RAFT_INT:
+        if self.current_term >= MAX_RAFT_INT or self.log.last_index >= MAX_RAFT_INT:
             # A campaign (or a pre-vote, which asks at term + 1) would pass the
             # bound every peer refuses on the wire and storage refuses to
-            # write (MAX_RAFT_INT). Refusing here keeps the node a follower
-            # whose store stays valid: it still follows and votes for a leader
-            # at this term, and a restart finds the same valid state (no
-            # crash loop). Only reachable by 2^62 elections or a term forced
-            # on the cluster from outside.
+            # write (MAX_RAFT_INT), and so would a winner's no-op at
+            # last_index + 1. Refusing here keeps the node a follower whose
+            # store stays valid: it still follows and votes for a leader at
+            # this term, and a restart finds the same valid state (no crash
+            # loop). Only reachable by 2^62 elections or entries, or a term
+            # forced on the cluster from outside.
             self._log(
                 logging.ERROR,
-                "refusing to campaign: term %d is at the bound %d",
+                "refusing to campaign: term %d or last index %d is at the bound %d",
                 self.current_term,
+                self.log.last_index,
                 MAX_RAFT_INT,
             )
             self._become_follower(self.current_term, None)  # leave any candidacy
