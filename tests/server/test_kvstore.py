@@ -1,4 +1,5 @@
-"""KVStore: the versioned-KV contract (the README's contract), checked by example and against a dict model."""
+"""KVStore: the versioned-KV contract (the README's contract), checked by example and
+against a dict model."""
 
 from __future__ import annotations
 

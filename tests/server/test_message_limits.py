@@ -91,8 +91,7 @@ def test_the_largest_put_goes_alone_and_fits_the_frame(max_frame: int) -> None:
     log = RaftLog(0, 0, [Entry(term=1, index=i, command=command) for i in (1, 2, 3)])
     batch = log.batch(1, limits.max_entries_per_message, limits.max_bytes_per_message)
     widest = tuple(
-        Entry(term=MAX_RAFT_INT, index=MAX_RAFT_INT - 3 + e.index, command=e.command)
-        for e in batch
+        Entry(term=MAX_RAFT_INT, index=MAX_RAFT_INT - 3 + e.index, command=e.command) for e in batch
     )
 
     if len(command) > limits.max_bytes_per_message:
