@@ -38,6 +38,9 @@ class RpcPeerTransport:
     ) -> None:
         self.node_id = node_id
         self.dropped = 0  # messages that could not be encoded or were over the frame limit
+        # The last message dropped per peer (type, index): Raft resends it every
+        # heartbeat, so only the first drop of each is an ERROR line, the rest DEBUG.
+        self._last_dropped: dict[int, tuple[str, int | None]] = {}
         self._peers: dict[int, RpcClient] = {
             pid: RpcClient(address, peer_sender(node_id), max_frame_bytes=max_frame_bytes)
             for pid, address in peer_addresses.items()
@@ -66,7 +69,11 @@ class RpcPeerTransport:
                 if isinstance(message, InstallSnapshot)
                 else None
             )
-            log.error(
+            what = (type(message).__name__, index)
+            repeated = self._last_dropped.get(message.dst) == what
+            self._last_dropped[message.dst] = what
+            log.log(
+                logging.DEBUG if repeated else logging.ERROR,
                 "n%d [term %d] dropped a %s to n%d at index %s: %s",
                 self.node_id,
                 message.term,
