@@ -7,6 +7,8 @@ import pytest
 from kvraft.errors import InvalidArgument, NoKey, ProtocolError, VersionMismatch
 from kvraft.kv_protocol import (
     DEFAULT_MAX_KEY_BYTES,
+    MAX_CLIENT_ID_BYTES,
+    MAX_REQUEST_ID,
     MAX_VERSION,
     GetOk,
     GetOp,
@@ -110,3 +112,24 @@ def test_result_of_blames_the_server_for_anything_else(junk: object) -> None:
 def test_utf8_len_matches_encoding() -> None:
     for text in ["", "abc", "é", "€uro", "🙂"]:
         assert utf8_len(text) == len(text.encode())
+
+
+def test_client_id_of_64_bytes_is_accepted_and_65_refused() -> None:
+    """The bound is in UTF-8 bytes: 64 ASCII, or 32 two-byte characters, pass; one more fails."""
+    check_op(GetOp(key="k", client_id="c" * MAX_CLIENT_ID_BYTES, request_id=1))
+    check_op(GetOp(key="k", client_id="é" * (MAX_CLIENT_ID_BYTES // 2), request_id=1))
+    with pytest.raises(InvalidArgument, match="client_id of 65 bytes exceeds the maximum of 64"):
+        check_op(GetOp(key="k", client_id="c" * (MAX_CLIENT_ID_BYTES + 1), request_id=1))
+    with pytest.raises(InvalidArgument, match="client_id of 66 bytes"):
+        check_op(GetOp(key="k", client_id="é" * 33, request_id=1))
+
+
+def test_request_id_bound_is_2_to_the_63_minus_1() -> None:
+    """Request ids are stored as signed 64-bit integers: the largest passes, one more fails."""
+    assert MAX_REQUEST_ID == 2**63 - 1
+    check_op(put(rid=0))
+    check_op(put(rid=MAX_REQUEST_ID))
+    with pytest.raises(InvalidArgument, match=r"request_id must be an int in 0\.\."):
+        check_op(put(rid=MAX_REQUEST_ID + 1))
+    with pytest.raises(InvalidArgument, match="request_id"):
+        check_op(put(rid=True))  # type: ignore[arg-type]

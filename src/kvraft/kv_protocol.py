@@ -47,6 +47,13 @@ DEFAULT_MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 # Versions must fit msgpack's signed 64-bit range, and so must version + 1.
 MAX_VERSION = 2**63 - 2
+# A client id is carried by every command, so in every log entry, snapshot
+# session and AppendEntries: unbounded, one request just under the frame limit
+# became a Raft message just over it. 64 UTF-8 bytes hold any UUID or host-pid
+# name with room to spare, and keep the per-entry overhead small and known.
+MAX_CLIENT_ID_BYTES = 64
+# Request ids are compared and stored as SQLite/msgpack signed 64-bit integers.
+MAX_REQUEST_ID = 2**63 - 1
 
 
 # ---------------------------------------------------------------------- commands
@@ -154,7 +161,9 @@ def check_op(
     or value that is not exactly ``str`` or is not encodable as UTF-8 (a lone
     surrogate), a key or value longer than its limit in UTF-8 bytes, a
     version that is not exactly ``int`` (``True`` is refused) or is outside
-    ``0..MAX_VERSION``, and ids of the wrong type.
+    ``0..MAX_VERSION``, a ``client_id`` that is not ``str`` or is longer
+    than ``MAX_CLIENT_ID_BYTES`` UTF-8 bytes, and a ``request_id`` that is not
+    exactly ``int`` or is outside ``0..MAX_REQUEST_ID``.
     """
     if type(op) is not GetOp and type(op) is not PutOp:
         raise InvalidArgument(f"not a command: {type(op).__name__}")
@@ -162,10 +171,19 @@ def check_op(
     if type(op) is PutOp:
         _check_str("value", op.value, max_value_bytes)
         check_version(op.version)
-    if type(op.client_id) is not str:
-        raise InvalidArgument(f"client_id must be str, not {type(op.client_id).__name__}")
-    if type(op.request_id) is not int or op.request_id < 0:
-        raise InvalidArgument(f"request_id must be an int >= 0, not {op.request_id!r}")
+    check_client_id(op.client_id)
+    if type(op.request_id) is not int or not 0 <= op.request_id <= MAX_REQUEST_ID:
+        raise InvalidArgument(
+            f"request_id must be an int in 0..{MAX_REQUEST_ID}, not {op.request_id!r}"
+        )
+
+
+def check_client_id(client_id: object) -> None:
+    """Raise InvalidArgument unless ``client_id`` is a ``str`` of at most MAX_CLIENT_ID_BYTES.
+
+    The bound is in UTF-8 bytes, as it travels; see MAX_CLIENT_ID_BYTES for why.
+    """
+    _check_str("client_id", client_id, MAX_CLIENT_ID_BYTES)
 
 
 def check_version(version: object) -> None:

@@ -42,6 +42,8 @@ PURE_STDLIB = {
     # logging (the core's operator log lines) and what it brings: source lines
     # for tracebacks, and an exit hook that flushes handlers
     "logging", "traceback", "linecache", "atexit",
+    # zlib.crc32, the InstallSnapshot checksum: arithmetic on bytes, no I/O
+    "zlib",
 }  # fmt: skip
 # Loaded on the way, never used by the core (test_raft_core_imports_no_io
 # forbids importing them): ``os`` by ``random`` (seeding from urandom),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -125,6 +126,7 @@ class Draw:
                 conflict_term=self.int_near(core.last_term),
             )
         if kind is InstallSnapshot:
+            chunk = data.draw(st.binary(max_size=4))
             return InstallSnapshot(
                 src=src,
                 dst=dst,
@@ -132,8 +134,10 @@ class Draw:
                 last_included_index=self.index() + data.draw(st.integers(0, 3)),
                 last_included_term=self.int_near(core.last_term, 1),
                 offset=int(self.pick(0, 0, 0, 2, 4, -1)),  # type: ignore[call-overload]
-                data=data.draw(st.binary(max_size=4)),
+                data=chunk,
                 done=data.draw(st.booleans()),
+                # Right for a one-chunk snapshot, or junk.
+                checksum=int(self.pick(zlib.crc32(chunk), 0, -1)),  # type: ignore[call-overload]
             )
         if kind is InstallSnapshotReply:
             return InstallSnapshotReply(
@@ -247,7 +251,8 @@ def test_random_messages_never_raise_and_keep_invariants(
 ) -> None:
     """Stale, duplicated, misaddressed and nonsensical messages are ignored safely.
 
-    Reference: Raft §5.1 (servers ignore what does not make sense)
+    Reference: Raft §5.1 (servers ignore what does not make sense);
+    docs/architecture.md, limits against hostile input
     """
     config = make_config(1, PEERS, election_timeout_ticks=3, heartbeat_interval_ticks=1)
     core = RaftCore(config, state)

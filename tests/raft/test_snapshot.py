@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from kvraft.raft.core import RaftCore, Role
@@ -19,6 +21,7 @@ from kvraft.raft.ready import Snapshot
 from .harness import Cluster, drain, log_of, make_core, sent
 
 DATA = bytes(range(50))
+DATA_CRC = zlib.crc32(DATA)  # every chunk carries the whole snapshot's checksum
 
 
 def chunks_of(msgs: list[Message]) -> list[InstallSnapshot]:
@@ -98,6 +101,7 @@ def test_follower_installs_snapshot_and_keeps_a_matching_suffix() -> None:
             offset=0,
             data=DATA,
             done=True,
+            checksum=DATA_CRC,
         )
     )
     [ready] = drain(follower)
@@ -128,6 +132,7 @@ def test_follower_installing_a_snapshot_discards_a_conflicting_log() -> None:
             offset=0,
             data=DATA,
             done=True,
+            checksum=DATA_CRC,
         )
     )
     [ready] = drain(follower)
@@ -155,6 +160,7 @@ def test_out_of_order_and_stale_chunks_are_refused_with_the_wanted_offset() -> N
             offset=16,
             data=DATA[16:32],
             done=False,
+            checksum=DATA_CRC,
         )
     )
     follower.step(
@@ -167,6 +173,7 @@ def test_out_of_order_and_stale_chunks_are_refused_with_the_wanted_offset() -> N
             offset=0,
             data=DATA[:16],
             done=False,
+            checksum=DATA_CRC,
         )
     )
     # A duplicate: restarts.
@@ -180,6 +187,7 @@ def test_out_of_order_and_stale_chunks_are_refused_with_the_wanted_offset() -> N
             offset=0,
             data=DATA[:16],
             done=False,
+            checksum=DATA_CRC,
         )
     )
     # Leaves a gap.
@@ -193,6 +201,7 @@ def test_out_of_order_and_stale_chunks_are_refused_with_the_wanted_offset() -> N
             offset=32,
             data=DATA[32:],
             done=True,
+            checksum=DATA_CRC,
         )
     )
     # Of another snapshot.
@@ -206,6 +215,7 @@ def test_out_of_order_and_stale_chunks_are_refused_with_the_wanted_offset() -> N
             offset=16,
             data=DATA[16:],
             done=True,
+            checksum=DATA_CRC,
         )
     )
     replies = [m for m in sent(follower) if isinstance(m, InstallSnapshotReply)]
@@ -237,6 +247,7 @@ def test_snapshot_of_committed_entries_is_acknowledged_without_installing() -> N
             offset=0,
             data=DATA,
             done=True,
+            checksum=DATA_CRC,
         )
     )
     [ready] = drain(follower)

@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kvraft.errors import NotLeader, WrongLeader
 from kvraft.kv_protocol import (
@@ -48,9 +48,10 @@ from kvraft.kv_protocol import (
     PutOp,
     VersionMismatchResult,
 )
-from kvraft.raft.messages import Message
+from kvraft.raft.messages import InstallSnapshot, Message
 from kvraft.server.driver_io import LoopClock
 from kvraft.server.node import NodeTiming, RaftNode
+from kvraft.server.process import snapshot_decodes
 from kvraft.testing.history import Operation, Outcome
 from kvraft.testing.linearizability import check
 
@@ -92,6 +93,7 @@ class NodeResult:
     operations: int
     acknowledged: int
     liveness_ticks: int
+    snapshot_chunks_damaged: int
 
 
 # --------------------------------------------------------------- simulation
@@ -131,6 +133,12 @@ class NodeSimulation:
         self._versions: dict[str, int] = {}
         self._loop: VirtualTimeLoop | None = None
         self._failure: Violation | None = None
+        # Snapshot chunks damaged in transit (one bit flipped), which the
+        # receiver's checksum must catch before its core installs them. A random
+        # stream of its own: the seeds that damage nothing run exactly as before.
+        self._damage_rng = random.Random(f"kvraft-node-sim-damage/{seed}/{nodes}")
+        self._damage_snapshots = self._damage_rng.random() < 0.5
+        self.snapshot_chunks_damaged = 0
 
     # ----------------------------------------------------------------- failing
 
@@ -166,6 +174,7 @@ class NodeSimulation:
         assert loop is not None
         if self._faults_on and rng.random() < profile.drop:
             return True  # lost on the way
+        message = self._maybe_damage(message)
         copies = 2 if self._faults_on and rng.random() < profile.duplicate else 1
         for _ in range(copies):
             if self._faults_on and rng.random() < profile.long_delay:
@@ -174,6 +183,22 @@ class NodeSimulation:
                 delay = rng.uniform(0.2, profile.max_delay_ticks) * TICK_S
             loop.call_later(delay, self._deliver, message)
         return True
+
+    def _maybe_damage(self, message: Message) -> Message:
+        """Some seeds flip one bit of a quarter of their snapshot chunks, during the faults."""
+        rng = self._damage_rng
+        if (
+            not self._faults_on
+            or not self._damage_snapshots
+            or not isinstance(message, InstallSnapshot)
+            or not message.data
+            or rng.random() >= 0.25
+        ):
+            return message
+        data = bytearray(message.data)
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        self.snapshot_chunks_damaged += 1
+        return replace(message, data=bytes(data))
 
     def _deliver(self, message: Message) -> None:
         target = self.nodes.get(message.dst)
@@ -195,10 +220,12 @@ class NodeSimulation:
         rsm = ObservedRSM(self, sim_node)
         disk = SimDisk(self)
         extra = {} if self.core_factory is None else {"core_factory": self.core_factory}
+        config = self.profile.raft_config(
+            sim_node.id, self.ids, random.Random(self.rng.getrandbits(64))
+        )
         node = self.node_class(
-            self.profile.raft_config(
-                sim_node.id, self.ids, random.Random(self.rng.getrandbits(64))
-            ),
+            # The server's own check that a received snapshot decodes.
+            replace(config, snapshot_validator=snapshot_decodes),
             sim_node.storage,
             SimTransport(self),
             rsm,
@@ -406,6 +433,7 @@ class NodeSimulation:
             operations=len(self._ops),
             acknowledged=len(ops),
             liveness_ticks=liveness_ticks,
+            snapshot_chunks_damaged=self.snapshot_chunks_damaged,
         )
 
     def _check(self) -> None:

@@ -29,11 +29,11 @@ import heapq
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore, Role
-from kvraft.raft.messages import Entry, Message
+from kvraft.raft.messages import Entry, InstallSnapshot, Message
 from kvraft.raft.ready import PersistentState, Ready, Snapshot
 from kvraft.raft.storage import MemoryStorage
 
@@ -161,6 +161,13 @@ def snapshot_data(index: int, digest: bytes, padding: int) -> bytes:
 
 def parse_snapshot(data: bytes) -> tuple[int, bytes]:
     return int.from_bytes(data[:8], "big"), data[8 : 8 + DIGEST_BYTES]
+
+
+def snapshot_decodes(data: bytes) -> bool:
+    """The state machine's validator (RaftConfig.snapshot_validator): the layout of
+    :func:`snapshot_data`, an index, a digest, then only padding."""
+    head = 8 + DIGEST_BYTES
+    return len(data) >= head and data[head:] == b"." * (len(data) - head)
 
 
 @dataclass
@@ -339,6 +346,7 @@ class Result:
     crashes: int
     snapshots_installed: int
     liveness_ticks: int
+    snapshot_chunks_damaged: int
 
 
 class Simulation:
@@ -376,6 +384,12 @@ class Simulation:
         self._faults_on = True
         self._proposals = 0
         self._live_index: int | None = None
+        # Snapshot chunks damaged in transit (one bit flipped, or the checksum
+        # field changed), which the receiver must refuse before installing. A
+        # random stream of its own: seeds that damage nothing run as before.
+        self._damage_rng = random.Random(f"kvraft-sim-damage/{seed}/{nodes}")
+        self._damage_snapshots = self._damage_rng.random() < 0.5
+        self.chunks_damaged = 0
 
     # ----------------------------------------------------------------- failing
 
@@ -388,7 +402,8 @@ class Simulation:
     # ------------------------------------------------------------------- nodes
 
     def _config(self, node: int) -> RaftConfig:
-        return self.profile.raft_config(node, self.ids, random.Random(self.rng.getrandbits(64)))
+        config = self.profile.raft_config(node, self.ids, random.Random(self.rng.getrandbits(64)))
+        return replace(config, snapshot_validator=snapshot_decodes)
 
     def _start(self, node: Node) -> None:
         state = node.storage.load()
@@ -507,6 +522,7 @@ class Simulation:
         profile, rng = self.profile, self.rng
         if self._faults_on and rng.random() < profile.drop:
             return
+        msg = self._maybe_damage(msg)
         copies = 2 if self._faults_on and rng.random() < profile.duplicate else 1
         for _ in range(copies):
             self._seq += 1
@@ -515,6 +531,23 @@ class Simulation:
             else:
                 due = self.now + rng.randint(1, profile.max_delay_ticks)
             heapq.heappush(self._network, (due, self._seq, msg))
+
+    def _maybe_damage(self, msg: Message) -> Message:
+        """Some seeds damage a quarter of their snapshot chunks, during the faults."""
+        rng = self._damage_rng
+        if (
+            not self._faults_on
+            or not self._damage_snapshots
+            or not isinstance(msg, InstallSnapshot)
+            or rng.random() >= 0.25
+        ):
+            return msg
+        self.chunks_damaged += 1
+        if not msg.data or rng.random() < 0.2:
+            return replace(msg, checksum=msg.checksum ^ (1 << rng.randrange(32)))
+        data = bytearray(msg.data)
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        return replace(msg, data=bytes(data))
 
     def _deliver_due(self) -> None:
         network = self._network
@@ -634,6 +667,7 @@ class Simulation:
             crashes=self.crashes,
             snapshots_installed=self.installs,
             liveness_ticks=liveness,
+            snapshot_chunks_damaged=self.chunks_damaged,
         )
 
     def _liveness(self) -> int:

@@ -41,6 +41,8 @@ def test_real_nodes_are_safe_under_faults_and_live_once_healed(nodes: int, start
     assert sum(r.crashes for r in results) > CHUNK
     assert sum(r.snapshots_taken for r in results) > 0
     assert sum(r.snapshots_installed for r in results) > 0
+    # Some seeds damaged snapshot chunks in transit; every check above still held.
+    assert sum(r.snapshot_chunks_damaged for r in results) > 0
     assert sum(r.leaders > 1 for r in results) > CHUNK // 4
     assert sum(r.acknowledged for r in results) > 10 * CHUNK
 

@@ -32,6 +32,8 @@ def test_raft_is_safe_under_faults_and_live_once_healed(nodes: int, start: int) 
     # The runs did exercise what they claim to.
     assert sum(r.crashes for r in results) > CHUNK
     assert sum(r.snapshots_installed for r in results) > 0
+    # Some seeds damaged snapshot chunks in transit; every check above still held.
+    assert sum(r.snapshot_chunks_damaged for r in results) > 0
     assert sum(r.leaders > 1 for r in results) > CHUNK // 4
 
 

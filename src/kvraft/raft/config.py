@@ -8,6 +8,7 @@ flags take theirs from here too.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # The driver's tick, in seconds. The core never reads it (it only counts
@@ -53,6 +54,12 @@ class RaftConfig:
     max_inflight_messages: int = 64
     # InstallSnapshot chunk size.
     snapshot_chunk_bytes: int = 1024 * 1024
+    # Whether the state machine can restore from a received snapshot's data:
+    # checked (after the checksum) before the core installs it, so a snapshot
+    # the application cannot decode is refused and re-sent instead of being
+    # persisted and failing at restore, and again at every restart. Pure and
+    # synchronous (the core stays sans-I/O); None accepts everything.
+    snapshot_validator: Callable[[bytes], bool] | None = field(default=None, compare=False)
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     @property

@@ -21,6 +21,7 @@ from kvraft.raft.follower import Follower
 from kvraft.raft.leader import Leader
 from kvraft.raft.log import RaftLog
 from kvraft.raft.messages import (
+    MAX_RAFT_INT,
     AppendEntries,
     AppendEntriesReply,
     Entry,
@@ -175,6 +176,10 @@ class RaftCore:
         if not isinstance(command, bytes):
             raise TypeError(f"a command is bytes, not {type(command).__name__}")
         if self.leader is None:
+            return None
+        if self.log.last_index >= MAX_RAFT_INT:
+            # Indexes past the bound are refused by every peer and by storage.
+            self._log(logging.ERROR, "refusing a proposal: index %d at the bound", MAX_RAFT_INT)
             return None
         entry = Entry(term=self.current_term, index=self.log.last_index + 1, command=command)
         self.log.append(entry)
@@ -380,6 +385,24 @@ class RaftCore:
         return self.leader_id is not None and self._timer.within_timeout()
 
     def _start_election(self, *, pre_vote: bool) -> None:
+        if self.current_term >= MAX_RAFT_INT or self.log.last_index >= MAX_RAFT_INT:
+            # A campaign (or a pre-vote, which asks at term + 1) would pass the
+            # bound every peer refuses on the wire and storage refuses to
+            # write (MAX_RAFT_INT), and so would a winner's no-op at
+            # last_index + 1. Refusing here keeps the node a follower whose
+            # store stays valid: it still follows and votes for a leader at
+            # this term, and a restart finds the same valid state (no crash
+            # loop). Only reachable by 2^62 elections or entries, or a term
+            # forced on the cluster from outside.
+            self._log(
+                logging.ERROR,
+                "refusing to campaign: term %d or last index %d is at the bound %d",
+                self.current_term,
+                self.log.last_index,
+                MAX_RAFT_INT,
+            )
+            self._become_follower(self.current_term, None)  # leave any candidacy
+            return
         self._timer.start()
         self.leader = None
         self.leader_id = None

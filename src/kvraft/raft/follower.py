@@ -12,6 +12,8 @@ leader learns it was deposed (§5.1).
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,8 @@ from kvraft.raft.snapshot import SnapshotReceiver
 
 if TYPE_CHECKING:
     from kvraft.raft.core import RaftCore
+
+logger = logging.getLogger("kvraft.raft")
 
 
 class Follower:
@@ -75,8 +79,40 @@ class Follower:
             return
         next_offset, snapshot = self._receiver.receive(msg)
         if snapshot is not None:
+            problem = self._refusal(snapshot, msg.checksum)
+            if problem is not None:
+                # Nothing was installed or handed to the driver, so nothing bad
+                # is persisted; next offset 0 makes the leader start over.
+                logger.warning(
+                    "n%d [term %d] refused the snapshot at index %d from n%d: %s;"
+                    " asking for it again",
+                    self.id,
+                    self.core.current_term,
+                    snapshot.index,
+                    msg.src,
+                    problem,
+                )
+                self._reply_snapshot(msg, 0, done=False)
+                return
             self._install(snapshot, msg.src)
         self._reply_snapshot(msg, next_offset, done=snapshot is not None)
+
+    def _refusal(self, snapshot: Snapshot, checksum: int) -> str | None:
+        """Why an assembled snapshot must not be installed, or None if it may be.
+
+        Verified before the core installs it (and so before the driver
+        persists it): the checksum the leader computed over the whole data,
+        then whether the state machine can decode it (the config's validator).
+        """
+        actual = zlib.crc32(snapshot.data)
+        if actual != checksum:
+            return (
+                f"checksum {actual:#010x} of {len(snapshot.data)} bytes, expected {checksum:#010x}"
+            )
+        validator = self.core.config.snapshot_validator
+        if validator is not None and not validator(snapshot.data):
+            return f"the state machine cannot decode its {len(snapshot.data)} bytes"
+        return None
 
     def refuse_append(self, msg: AppendEntries) -> None:
         """An AppendEntries of an earlier term: the deposed leader learns ours and steps down."""

@@ -12,6 +12,7 @@ core's outbox.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from kvraft.raft.messages import (
     Message,
 )
 from kvraft.raft.progress import Progress, ProgressState
+from kvraft.raft.ready import Snapshot
 
 if TYPE_CHECKING:
     from kvraft.raft.core import RaftCore
@@ -63,6 +65,9 @@ class Leader:
         self._to_send: dict[int, bool] = {}
         self._heartbeat_elapsed = 0
         self._quorum_elapsed = 0  # ticks into the current check-quorum period
+        # The snapshot last sent and the CRC32 of its data: computed once per
+        # snapshot (a large one takes tens of ms), not once per chunk.
+        self._checksummed: tuple[Snapshot, int] | None = None
 
     # ------------------------------------------------------------------ timing
 
@@ -232,8 +237,16 @@ class Leader:
                 offset=offset,
                 data=chunk,
                 done=offset + len(chunk) >= len(snapshot.data),
+                checksum=self._checksum(snapshot),
             )
         )
+
+    def _checksum(self, snapshot: Snapshot) -> int:
+        """CRC32 of ``snapshot.data``, which every chunk carries (see InstallSnapshot)."""
+        cached = self._checksummed
+        if cached is None or cached[0] is not snapshot:
+            cached = self._checksummed = (snapshot, zlib.crc32(snapshot.data))
+        return cached[1]
 
     # ----------------------------------------------------------------- replies
 

@@ -17,6 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The largest term, index, commit index or snapshot offset a message may carry
+# (and a node may reach). Storage keeps them as SQLite's signed 64-bit integers
+# and msgpack carries at most 64 bits: a bound of 2^62 leaves every sum the
+# code forms from them (term + 1 at a campaign, index + 1 at an append, an
+# offset plus a chunk's length) far inside that range, so no input from the
+# network can make a later write overflow. Enforced on input by
+# ``validate.well_formed``, on a node's own term by ``RaftCore`` (it refuses to
+# campaign past it), and on writes by ``SqliteStorage``.
+MAX_RAFT_INT = 2**62
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -80,7 +90,14 @@ class AppendEntriesReply:
 
 @dataclass(frozen=True, slots=True)
 class InstallSnapshot:
-    """One chunk of the leader's snapshot, at byte ``offset``; ``done`` on the last."""
+    """One chunk of the leader's snapshot, at byte ``offset``; ``done`` on the last.
+
+    ``checksum`` is the CRC32 of the whole snapshot's data (every chunk carries
+    it): the follower checks the assembled bytes against it before the core
+    installs them, so a chunk damaged in transit, or chunks of two snapshots
+    spliced together, are refused and the transfer restarts from offset 0
+    instead of being persisted and failing at every restart.
+    """
 
     src: int
     dst: int
@@ -90,6 +107,7 @@ class InstallSnapshot:
     offset: int
     data: bytes
     done: bool
+    checksum: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 Seam: byte bookkeeping only (which chunk is next, from which transfer); what to
 do with a complete snapshot is the core's business. A transfer is identified by
-its sender and the snapshot's index and term; a chunk at offset 0 (re)starts
+its sender, the snapshot's index and term and its checksum; a chunk at offset 0 (re)starts
 one, any other chunk must continue exactly where the assembled bytes end, and
 anything else (stale, duplicated, reordered, another leader's) is refused with
 the offset we want next, so the leader can resume or restart.
@@ -21,6 +21,7 @@ class _Transfer:
     src: int
     index: int
     term: int
+    checksum: int
     data: bytearray
 
 
@@ -35,13 +36,19 @@ class SnapshotReceiver:
         self._transfer = None
 
     def receive(self, msg: InstallSnapshot) -> tuple[int, Snapshot | None]:
-        """Take one chunk: the offset wanted next, and the snapshot once complete."""
+        """Take one chunk: the offset wanted next, and the snapshot once complete.
+
+        The complete snapshot is not verified here (see ``Follower``).
+        """
         transfer = self._transfer
-        key = (msg.src, msg.last_included_index, msg.last_included_term)
+        key = (msg.src, msg.last_included_index, msg.last_included_term, msg.checksum)
         if msg.offset == 0:
             transfer = _Transfer(*key, bytearray())
             self._transfer = transfer
-        elif transfer is None or (transfer.src, transfer.index, transfer.term) != key:
+        elif (
+            transfer is None
+            or (transfer.src, transfer.index, transfer.term, transfer.checksum) != key
+        ):
             return 0, None
         elif msg.offset != len(transfer.data):
             return len(transfer.data), None

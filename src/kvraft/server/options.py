@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from kvraft.addresses import split_address
 from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
@@ -15,6 +16,56 @@ from kvraft.raft.config import (
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
+
+# What a Raft message's frame holds besides its entries' commands or its
+# snapshot chunk's bytes: the notify envelope ``[2, "raft", "p<id>", ...]``
+# (about 15 bytes) and the message's fixed fields, each int at most 9 bytes
+# in msgpack, with their extension and bin headers: under 150 bytes for any
+# message. 512 leaves room for a longer sender or a field added later.
+RAFT_ENVELOPE_BYTES = 512
+# What one log entry adds beyond its command: an extension header (up to 6
+# bytes), an array header, term and index (up to 9 bytes each) and the
+# command's bin header (up to 5): about 30 bytes, counted as 64.
+RAFT_ENTRY_OVERHEAD_BYTES = 64
+# RaftConfig's default, kept for frames large enough to afford its overhead.
+MAX_ENTRIES_PER_MESSAGE = 512
+
+
+class RaftMessageLimits(NamedTuple):
+    """Raft's batch and chunk sizes, derived from the frame limit so every message fits it."""
+
+    max_entries_per_message: int
+    max_bytes_per_message: int
+    snapshot_chunk_bytes: int
+
+
+def raft_message_limits(max_frame_bytes: int) -> RaftMessageLimits:
+    """The largest batches and chunks whose frames stay within ``max_frame_bytes``.
+
+    An AppendEntries of ``n <= max_entries`` entries whose commands total at
+    most ``max_bytes`` takes at most ``RAFT_ENVELOPE_BYTES + n *
+    RAFT_ENTRY_OVERHEAD_BYTES + max_bytes <= max_frame_bytes``; the entry
+    count is capped so its overhead takes at most a quarter of the frame. An
+    InstallSnapshot chunk takes the frame less the envelope. A single entry
+    over ``max_bytes`` is still sent alone (``RaftLog.batch``), and fits:
+    a command is at most its value plus its key, client id and ~60 bytes of
+    fields, and ServerOptions keeps 4096 bytes of the frame beside the
+    largest value. Without this a node with ``--max-frame-bytes`` 1 MiB sent
+    1 MiB snapshot chunks that no frame could carry, and a lagging follower
+    never caught up.
+    """
+    budget = max_frame_bytes - RAFT_ENVELOPE_BYTES
+    if budget < 4 * RAFT_ENTRY_OVERHEAD_BYTES:
+        raise ValueError(
+            f"--max-frame-bytes {max_frame_bytes} leaves no room for Raft messages"
+            f" (at least {RAFT_ENVELOPE_BYTES + 4 * RAFT_ENTRY_OVERHEAD_BYTES})"
+        )
+    max_entries = min(MAX_ENTRIES_PER_MESSAGE, budget // (4 * RAFT_ENTRY_OVERHEAD_BYTES))
+    return RaftMessageLimits(
+        max_entries_per_message=max_entries,
+        max_bytes_per_message=budget - max_entries * RAFT_ENTRY_OVERHEAD_BYTES,
+        snapshot_chunk_bytes=budget,
+    )
 
 
 def parse_peers(text: str) -> dict[int, str]:
@@ -71,4 +122,14 @@ class ServerOptions:
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ValueError(f"--data-dir: {self.data_dir} exists and is not a directory")
         if self.max_value_bytes + 4096 > self.max_frame_bytes:
-            raise ValueError("--max-value-bytes must leave room in a frame (--max-frame-bytes)")
+            raise ValueError(
+                f"--max-value-bytes {self.max_value_bytes} must leave 4096 bytes of room"
+                f" in a frame (--max-frame-bytes {self.max_frame_bytes})"
+            )
+        raft_message_limits(self.max_frame_bytes)  # a frame too small for Raft: ValueError
+        if self.heartbeat_interval_ticks >= self.election_timeout_ticks:
+            # Followers would time out between heartbeats: elections without end.
+            raise ValueError(
+                f"--heartbeat-ticks {self.heartbeat_interval_ticks} must be less than"
+                f" --election-ticks {self.election_timeout_ticks}"
+            )

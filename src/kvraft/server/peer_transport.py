@@ -9,29 +9,80 @@ blocked Ready loop: the client reconnects in the background and Raft resends.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
-from kvraft.raft.messages import Message
+from kvraft.raft.messages import AppendEntries, InstallSnapshot, Message
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import peer_sender
+from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 
 RAFT_METHOD = "raft"
 
+log = logging.getLogger("kvraft.node")
+
 
 class RpcPeerTransport:
-    """One RPC connection per peer of ``node_id`` (itself excluded)."""
+    """One RPC connection per peer of ``node_id`` (itself excluded).
 
-    def __init__(self, node_id: int, peer_addresses: Mapping[int, str]) -> None:
+    ``max_frame_bytes`` is the node's own ``--max-frame-bytes``: every member
+    of a cluster is run with the same, so what we send fits what peers read.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        peer_addresses: Mapping[int, str],
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
         self.node_id = node_id
+        self.dropped = 0  # messages that could not be encoded or were over the frame limit
+        # The last message dropped per peer (type, index): Raft resends it every
+        # heartbeat, so only the first drop of each is an ERROR line, the rest DEBUG.
+        self._last_dropped: dict[int, tuple[str, int | None]] = {}
         self._peers: dict[int, RpcClient] = {
-            pid: RpcClient(address, peer_sender(node_id))
+            pid: RpcClient(address, peer_sender(node_id), max_frame_bytes=max_frame_bytes)
             for pid, address in peer_addresses.items()
             if pid != node_id
         }
 
     def send(self, message: Message) -> bool:
+        """Send ``message`` if its peer is connected; False if dropped. Never raises.
+
+        A message that cannot be encoded or is over the frame limit (the
+        batch limits are derived to prevent it, so this is a bug or a raw
+        test-hook command) is logged and dropped like a lost one: an
+        exception here would stop the Ready loop, and Raft resends.
+        """
         client = self._peers.get(message.dst)
-        return client is not None and client.notify(RAFT_METHOD, message)
+        if client is None:
+            return False
+        try:
+            return client.notify(RAFT_METHOD, message)
+        except (ValueError, TypeError, OverflowError) as exc:
+            self.dropped += 1
+            index = (
+                message.prev_log_index
+                if isinstance(message, AppendEntries)
+                else message.last_included_index
+                if isinstance(message, InstallSnapshot)
+                else None
+            )
+            what = (type(message).__name__, index)
+            repeated = self._last_dropped.get(message.dst) == what
+            self._last_dropped[message.dst] = what
+            log.log(
+                logging.DEBUG if repeated else logging.ERROR,
+                "n%d [term %d] dropped a %s to n%d at index %s: %s",
+                self.node_id,
+                message.term,
+                type(message).__name__,
+                message.dst,
+                index,
+                exc,
+            )
+            return False
 
     def close(self) -> None:
         for client in self._peers.values():

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from kvraft.raft.messages import Entry
+from kvraft.raft.messages import MAX_RAFT_INT, Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
 
 # The MemoryStorage accounting, kept identical so a threshold means the same
@@ -86,13 +86,20 @@ class LoadedState:
     lowest_row: int | None  # the lowest log row's idx, dead rows included; None: no rows
 
 
-def _int(value: object, what: str, *, minimum: int = 0) -> int:
+def _int(value: object, what: str, *, minimum: int = 0, maximum: int | None = None) -> int:
     # bool is an int subclass but sqlite never returns one; be exact anyway.
     if type(value) is not int:
         raise CorruptRow(f"{what} has the wrong type ({type(value).__name__}, expected integer)")
     if value < minimum:
         raise CorruptRow(f"{what} is {value}, below {minimum}")
+    if maximum is not None and value > maximum:
+        raise CorruptRow(f"{what} is {value}, past the bound {maximum}")
     return value
+
+
+def _raft_int(value: object, what: str) -> int:
+    """A term or index: ``0..MAX_RAFT_INT`` (the save path never writes more)."""
+    return _int(value, what, maximum=MAX_RAFT_INT)
 
 
 def _read_hard_state(conn: sqlite3.Connection) -> HardState:
@@ -103,9 +110,9 @@ def _read_hard_state(conn: sqlite3.Connection) -> HardState:
         raise CorruptRow(f"expected exactly one hard_state row, found {len(rows)}")
     _, term, voted_for, commit, crc = rows[0]
     hard_state = HardState(
-        current_term=_int(term, "hard_state.current_term"),
+        current_term=_raft_int(term, "hard_state.current_term"),
         voted_for=None if voted_for is None else _int(voted_for, "hard_state.voted_for"),
-        commit_index=_int(commit, "hard_state.commit_index"),
+        commit_index=_raft_int(commit, "hard_state.commit_index"),
     )
     if _int(crc, "hard_state.crc") != hard_state_crc(hard_state):
         raise CorruptRow("hard_state checksum mismatch")
@@ -134,8 +141,8 @@ def read_snapshot_row(conn: sqlite3.Connection) -> SnapshotRow | None:
     if type(file) is not str:
         raise CorruptRow(f"snapshot.file has the wrong type ({type(file).__name__}, expected text)")
     return SnapshotRow(
-        index=_int(index, "snapshot.idx"),
-        term=_int(term, "snapshot.term"),
+        index=_raft_int(index, "snapshot.idx"),
+        term=_raft_int(term, "snapshot.term"),
         crc=_int(crc, "snapshot.crc"),
         size=_int(size, "snapshot.size"),
         file=file,
@@ -166,9 +173,9 @@ def read_state(
         "SELECT idx, term, command, crc FROM log WHERE idx > ? ORDER BY idx", (expected - 1,)
     )
     for row in rows:
-        index = _int(row[0], "log.idx")
+        index = _raft_int(row[0], "log.idx")
         where = f"log entry {index}"
-        term = _int(row[1], f"{where} term")
+        term = _raft_int(row[1], f"{where} term")
         command = row[2]
         if command is not None and type(command) is not bytes:
             raise CorruptRow(

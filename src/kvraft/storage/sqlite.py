@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Final
 
 from kvraft.errors import StorageError, one_line
-from kvraft.raft.messages import Entry
+from kvraft.raft.messages import MAX_RAFT_INT, Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
 from kvraft.storage import schema, snapshot_files
 from kvraft.storage.records import (
@@ -293,6 +293,7 @@ class SqliteStorage:
         commit_index = (hard_state or self._hard_state).commit_index
         if commit_index > last_index:
             raise ValueError(f"commit index {commit_index} beyond last index {last_index}")
+        _check_bound(hard_state, entries, snapshot)
         return keep, rows
 
     def _delete_dead_rows(self, conn: sqlite3.Connection) -> int:
@@ -392,6 +393,32 @@ def _entry_rows(entries: Sequence[Entry], first_index: int, prev_term: int) -> l
         expected += 1
         prev_term = e.term
     return rows
+
+
+def _check_bound(
+    hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+) -> None:
+    """ValueError unless every term and index written is at most MAX_RAFT_INT.
+
+    The core never produces more (it refuses to campaign at the bound, and
+    every message past it is refused), so this is the last line: a value past
+    the bound would be a bug, and writing it would leave a store whose next
+    ``term + 1`` no longer fits SQLite's 64 bits. Entries are contiguous with
+    non-decreasing terms (checked first), so the last one is the largest.
+    """
+    values = []
+    if hard_state is not None:
+        values += [
+            ("current_term", hard_state.current_term),
+            ("commit_index", hard_state.commit_index),
+        ]
+    if entries:
+        values += [("entry index", entries[-1].index), ("entry term", entries[-1].term)]
+    if snapshot is not None:
+        values += [("snapshot index", snapshot.index), ("snapshot term", snapshot.term)]
+    for what, value in values:
+        if value > MAX_RAFT_INT:
+            raise ValueError(f"{what} {value} is past the bound {MAX_RAFT_INT}; nothing written")
 
 
 def _write_hard_state(conn: sqlite3.Connection, hard_state: HardState) -> None:
