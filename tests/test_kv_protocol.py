@@ -23,11 +23,13 @@ from kvraft.rpc import codec
 
 
 def put(key: str = "k", value: str = "v", version: int = 0, rid: int = 1) -> PutOp:
-    return PutOp(key=key, value=value, version=version, client_id="c1", request_id=rid)
+    return PutOp(
+        key=key, value=value, version=version, client_id="c1", request_id=rid, acked_below=rid
+    )
 
 
 def get(key: str = "k", rid: int = 1) -> GetOp:
-    return GetOp(key=key, client_id="c1", request_id=rid)
+    return GetOp(key=key, client_id="c1", request_id=rid, acked_below=rid)
 
 
 # ----------------------------------------------------------------- validation
@@ -65,7 +67,7 @@ def test_check_op_accepts_good_input(op: Op) -> None:
         (put(value="\ud800"), "value is not encodable as UTF-8"),
         (get(key="\udfff"), "key is not encodable as UTF-8"),
         (put(rid=-1), "request_id"),
-        (PutOp("k", "v", 0, 7, 1), "client_id"),  # type: ignore[arg-type]
+        (PutOp("k", "v", 0, 7, 1, 1), "client_id"),  # type: ignore[arg-type]
         (GetOk("v", 1), "not a command"),
         ("k", "not a command"),
     ],

@@ -158,8 +158,8 @@ def test_server_refuses_bad_operations_and_applies_nothing(make_cluster) -> None
         for address in cluster.addresses:
             rpc = RpcClient(address, client_sender("bad"))
             for args in [
-                PutOp("k", "v", -1, "bad", 1),
-                PutOp("k", "x" * 2000, 1, "bad", 2),
+                PutOp("k", "v", -1, "bad", 1, 1),
+                PutOp("k", "x" * 2000, 1, "bad", 2, 2),
                 ("k", "v", 1),
                 None,
             ]:
@@ -227,7 +227,7 @@ def test_memory_per_client_is_bounded(make_cluster) -> None:  # type: ignore[no-
 
         async def one(i: int) -> None:
             nonlocal leader
-            op = PutOp(f"k{i % 100}", "v", 0, uuid.UUID(int=i).hex, 1)
+            op = PutOp(f"k{i % 100}", "v", 0, uuid.UUID(int=i).hex, 1, 1)
             async with sem:
                 while True:  # the client's retry rule, for ops carrying 100,000 client ids
                     try:

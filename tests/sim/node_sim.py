@@ -301,11 +301,11 @@ class NodeSimulation:
         client_id = f"c{number}"
         op: Op
         if self.rng.random() < 0.4:
-            op = GetOp(key, client_id, 1)
+            op = GetOp(key, client_id, 1, 1)
         else:
             known = self._versions.get(key, 0)
             version = known if self.rng.random() < 0.8 else self.rng.randrange(4)
-            op = PutOp(key, f"v{number}", version, client_id, 1)
+            op = PutOp(key, f"v{number}", version, client_id, 1, 1)
         self._ops[number] = (op, self.now_s())
         task = asyncio.get_running_loop().create_task(self._run_operation(sim_node, number, op))
         sim_node.clients[task] = None
@@ -464,7 +464,7 @@ class NodeSimulation:
         async def put() -> None:
             # A retry of this put after an unknown outcome finds version 1: fine.
             with contextlib.suppress(NotLeader, WrongLeader):
-                await rsm.execute(PutOp("live", value, 0, "live", len(self._ops)))
+                await rsm.execute(PutOp("live", value, 0, "live", 1, 1))
 
         task = asyncio.get_running_loop().create_task(put())
         sim_node.clients[task] = None

@@ -49,7 +49,13 @@ class Server:
             election_timeout_ticks=options.election_timeout_ticks,
             heartbeat_interval_ticks=options.heartbeat_interval_ticks,
         )
-        rsm = RSM(options.node_id, KVStore(), op_timeout_s=options.op_timeout_s)
+        rsm = RSM(
+            options.node_id,
+            KVStore(),
+            op_timeout_s=options.op_timeout_s,
+            max_inflight_proposals=options.max_inflight_proposals,
+            max_inflight_bytes=options.max_inflight_bytes,
+        )
         node = RaftNode(
             config,
             storage,
