@@ -215,7 +215,7 @@ def _rss_bytes(pid: int) -> int:
 
 def test_memory_per_client_is_bounded(make_cluster) -> None:  # type: ignore[no-untyped-def]
     """After 100,000 distinct clients each put once, a server holds < 200 bytes per client
-    beyond the data stored (the server keeps no per-client state)."""
+    beyond the data stored (sessions are capped, least recently used evicted)."""
     # Snapshots keep the log (history, not data) bounded, as in production.
     cluster = make_cluster(3, server_args=["--snapshot-threshold", "1000000"])
     n_clients = 100_000
