@@ -7,6 +7,7 @@ submitting, so overload cannot grow the log or the waiters without bound.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -17,6 +18,7 @@ from kvraft.raft.messages import Entry
 from kvraft.server.commands import encode_command
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import RaftNode
+from kvraft.server.options import ServerOptions
 from kvraft.server.rsm import RSM
 
 
@@ -123,3 +125,16 @@ def test_a_resend_is_answered_with_the_first_result_through_the_rsm() -> None:
         assert rsm.store.get("k1") == ("v", 1)
 
     asyncio.run(main())
+
+
+def test_the_byte_budget_must_hold_the_largest_put(tmp_path: Path) -> None:
+    """At the bound (the largest value plus the frame's reserve) the options are accepted;
+    one byte less and the largest put allowed could never be admitted."""
+    common: dict[str, Any] = dict(
+        node_id=0, listen="127.0.0.1:1", peers={0: "127.0.0.1:1"}, data_dir=tmp_path
+    )
+    ServerOptions(**common, max_value_bytes=1000, max_inflight_bytes=1000 + 4096)
+    with pytest.raises(ValueError, match="--max-inflight-bytes"):
+        ServerOptions(**common, max_value_bytes=1000, max_inflight_bytes=1000 + 4095)
+    with pytest.raises(ValueError, match="--max-inflight-proposals"):
+        ServerOptions(**common, max_inflight_proposals=0)
