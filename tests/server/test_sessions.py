@@ -23,9 +23,12 @@ from kvraft.kv_protocol import (
     StaleRequestResult,
     VersionMismatchResult,
 )
+from kvraft.raft.messages import Entry
+from kvraft.raft.ready import Snapshot
 from kvraft.server import state_snapshot
-from kvraft.server.commands import apply_command
+from kvraft.server.commands import apply_command, encode_command
 from kvraft.server.kvstore import BadSnapshot, KVStore
+from kvraft.server.rsm import RSM
 from kvraft.server.sessions import SessionLimits, Sessions
 
 
@@ -284,3 +287,17 @@ def test_a_log_with_copies_applies_as_each_command_once(case: tuple[list[Op], li
     # A replica restored from a snapshot of the end state is the same state machine.
     data = state_snapshot.encoder(m.sessions.copy(), m.store.copy())()
     assert state_snapshot.decode(data) == (m.sessions, m.store)
+
+
+def test_a_replica_restored_from_the_rsm_snapshot_answers_a_resend_with_the_first_result() -> None:
+    """Sessions travel in the RSM's snapshot (InstallSnapshot, restart): the restored
+    replica does not apply the resend again."""
+    source = RSM(0, KVStore(), op_timeout_s=1.0)
+    source.apply(Entry(term=1, index=1, command=encode_command(put(rid=1))))
+    data = source.capture_snapshot()()
+    replica = RSM(1, KVStore(), op_timeout_s=1.0)
+    replica.restore(Snapshot(1, 1, data))
+    replica.apply(Entry(term=1, index=2, command=encode_command(put(rid=1))))
+    assert replica.store.get("k") == ("v", 1)
+    assert replica.skipped_commands == 0 and len(replica.sessions) == 1
+    assert replica.sessions.acked_below("c") == 1
