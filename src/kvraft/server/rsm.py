@@ -94,7 +94,10 @@ class RSM(StateMachine):
         self._node = node
 
     async def execute(self, op: Op) -> Any:
-        """Run ``op`` through the log; its result, or WrongLeader (NotLeader, Busy: not sent)."""
+        """Run ``op`` through the log; its result, or WrongLeader.
+
+        NotLeader and Busy mean nothing was submitted: the op surely did not apply.
+        """
         node = self._node
         assert node is not None, "RSM not attached to a node"
         command = encode_command(op)
