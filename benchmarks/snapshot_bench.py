@@ -154,7 +154,9 @@ def pause_figures(
 
 def entry_bytes(key: str, value: str) -> int:
     """What SqliteStorage.size_bytes counts for one put of ``key``: 32 + the command."""
-    op = PutOp(key=key, value=value, version=1, client_id="0" * 32, request_id=100_000)
+    op = PutOp(
+        key=key, value=value, version=1, client_id="0" * 32, request_id=100_000, acked_below=100_000
+    )
     return 32 + len(encode_command(op))
 
 

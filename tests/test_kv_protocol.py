@@ -8,6 +8,7 @@ from kvraft.errors import InvalidArgument, NoKey, ProtocolError, VersionMismatch
 from kvraft.kv_protocol import (
     DEFAULT_MAX_KEY_BYTES,
     MAX_CLIENT_ID_BYTES,
+    MAX_IN_FLIGHT_PER_CLIENT,
     MAX_REQUEST_ID,
     MAX_VERSION,
     GetOk,
@@ -16,6 +17,8 @@ from kvraft.kv_protocol import (
     Op,
     PutOk,
     PutOp,
+    SessionExpiredResult,
+    StaleRequestResult,
     VersionMismatchResult,
     check_op,
     result_of,
@@ -25,11 +28,13 @@ from kvraft.rpc import codec
 
 
 def put(key: str = "k", value: str = "v", version: int = 0, rid: int = 1) -> PutOp:
-    return PutOp(key=key, value=value, version=version, client_id="c1", request_id=rid)
+    return PutOp(
+        key=key, value=value, version=version, client_id="c1", request_id=rid, acked_below=rid
+    )
 
 
 def get(key: str = "k", rid: int = 1) -> GetOp:
-    return GetOp(key=key, client_id="c1", request_id=rid)
+    return GetOp(key=key, client_id="c1", request_id=rid, acked_below=rid)
 
 
 # ----------------------------------------------------------------- validation
@@ -67,14 +72,25 @@ def test_check_op_accepts_good_input(op: Op) -> None:
         (put(value="\ud800"), "value is not encodable as UTF-8"),
         (get(key="\udfff"), "key is not encodable as UTF-8"),
         (put(rid=-1), "request_id"),
-        (PutOp("k", "v", 0, 7, 1), "client_id"),  # type: ignore[arg-type]
+        (PutOp("k", "v", 0, 7, 1, 1), "client_id"),  # type: ignore[arg-type]
         (GetOk("v", 1), "not a command"),
         ("k", "not a command"),
+        (GetOp("k", "c1", 5, 6), "acked_below 6 is above request_id 5"),
+        (GetOp("k", "c1", 5, -1), "acked_below must be an int >= 0"),
+        (GetOp("k", "c1", 5, True), "acked_below must be an int"),
+        (PutOp("k", "v", 0, "c1", 65, 1), "at most 64 requests in flight"),
     ],
 )
 def test_check_op_refuses_bad_user_input_with_invalidargument(op: object, why: str) -> None:
     with pytest.raises(InvalidArgument, match=why):
         check_op(op, 100)
+
+
+def test_check_op_accepts_the_in_flight_window_at_its_bound() -> None:
+    """64 ids open at once (request_id - acked_below = 63) is allowed; 64 is one past."""
+    check_op(PutOp("k", "v", 0, "c1", MAX_IN_FLIGHT_PER_CLIENT, 1))
+    with pytest.raises(InvalidArgument):
+        check_op(PutOp("k", "v", 0, "c1", MAX_IN_FLIGHT_PER_CLIENT + 1, 1))
 
 
 def test_check_op_key_limit_is_a_parameter() -> None:
@@ -87,7 +103,14 @@ def test_check_op_key_limit_is_a_parameter() -> None:
 
 
 def test_results_travel_on_the_wire_as_themselves() -> None:
-    for result in [GetOk("v", 3), PutOk(4), NoKeyResult(), VersionMismatchResult(9)]:
+    for result in [
+        GetOk("v", 3),
+        PutOk(4),
+        NoKeyResult(),
+        VersionMismatchResult(9),
+        StaleRequestResult(),
+        SessionExpiredResult(),
+    ]:
         assert codec.unpack(codec.pack(result)) == result
 
 
@@ -103,7 +126,9 @@ def test_result_of_raises_the_user_facing_errors() -> None:
         result_of(VersionMismatchResult(9))
 
 
-@pytest.mark.parametrize("junk", [None, ("ok", "v", 1), 3, get()])
+@pytest.mark.parametrize(
+    "junk", [None, ("ok", "v", 1), 3, get(), StaleRequestResult(), SessionExpiredResult()]
+)
 def test_result_of_blames_the_server_for_anything_else(junk: object) -> None:
     with pytest.raises(ProtocolError):
         result_of(junk)
@@ -116,12 +141,16 @@ def test_utf8_len_matches_encoding() -> None:
 
 def test_client_id_of_64_bytes_is_accepted_and_65_refused() -> None:
     """The bound is in UTF-8 bytes: 64 ASCII, or 32 two-byte characters, pass; one more fails."""
-    check_op(GetOp(key="k", client_id="c" * MAX_CLIENT_ID_BYTES, request_id=1))
-    check_op(GetOp(key="k", client_id="é" * (MAX_CLIENT_ID_BYTES // 2), request_id=1))
+    check_op(GetOp(key="k", client_id="c" * MAX_CLIENT_ID_BYTES, request_id=1, acked_below=1))
+    check_op(
+        GetOp(key="k", client_id="é" * (MAX_CLIENT_ID_BYTES // 2), request_id=1, acked_below=1)
+    )
     with pytest.raises(InvalidArgument, match="client_id of 65 bytes exceeds the maximum of 64"):
-        check_op(GetOp(key="k", client_id="c" * (MAX_CLIENT_ID_BYTES + 1), request_id=1))
+        check_op(
+            GetOp(key="k", client_id="c" * (MAX_CLIENT_ID_BYTES + 1), request_id=1, acked_below=1)
+        )
     with pytest.raises(InvalidArgument, match="client_id of 66 bytes"):
-        check_op(GetOp(key="k", client_id="é" * 33, request_id=1))
+        check_op(GetOp(key="k", client_id="é" * 33, request_id=1, acked_below=1))
 
 
 def test_request_id_bound_is_2_to_the_63_minus_1() -> None:

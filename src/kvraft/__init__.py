@@ -43,6 +43,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from kvraft.errors import (
+    Busy,
     InvalidArgument,
     KVError,
     Maybe,
@@ -71,6 +72,7 @@ _LAZY = {
 
 __all__ = [
     "AsyncClient",
+    "Busy",
     "Client",
     "InvalidArgument",
     "KVError",

@@ -82,6 +82,18 @@ def _log_level(ctx: click.Context) -> str:
 @click.option(
     "--max-frame-bytes", type=click.IntRange(min=1024), default=None, help="Default 16 MiB."
 )
+@click.option(
+    "--max-inflight-proposals",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A leader's entries submitted and not yet applied; over it: Busy. Default 4096.",
+)
+@click.option(
+    "--max-inflight-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The same budget in command bytes. Default 64 MiB.",
+)
 def server(
     node_id: int,
     listen: str,
@@ -95,6 +107,8 @@ def server(
     heartbeat_ticks: int,
     max_value_bytes: int | None,
     max_frame_bytes: int | None,
+    max_inflight_proposals: int | None,
+    max_inflight_bytes: int | None,
 ) -> None:
     """Run one server node in the foreground.
 
@@ -109,6 +123,8 @@ def server(
     from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
     from kvraft.server.options import (
+        DEFAULT_MAX_INFLIGHT_BYTES,
+        DEFAULT_MAX_INFLIGHT_PROPOSALS,
         DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
         ServerOptions,
         parse_peers,
@@ -132,6 +148,8 @@ def server(
             heartbeat_interval_ticks=heartbeat_ticks,
             max_value_bytes=max_value_bytes or DEFAULT_MAX_VALUE_BYTES,
             max_frame_bytes=max_frame_bytes or DEFAULT_MAX_FRAME_BYTES,
+            max_inflight_proposals=max_inflight_proposals or DEFAULT_MAX_INFLIGHT_PROPOSALS,
+            max_inflight_bytes=max_inflight_bytes or DEFAULT_MAX_INFLIGHT_BYTES,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

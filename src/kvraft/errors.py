@@ -32,6 +32,14 @@ class NotLeader(WrongLeader):
     """The server is not the leader and did not submit the operation: it surely did not apply."""
 
 
+class Busy(KVError):
+    """The leader has too many proposals or bytes in flight and did not submit the operation.
+
+    The operation surely did not apply; the client backs off and retries, and
+    turns this into Unavailable once its deadline has passed.
+    """
+
+
 class Unavailable(KVError):
     """The client gave up after its deadline without an answer."""
 
@@ -79,7 +87,8 @@ class StorageError(Exception):
 
 # Service errors that travel over the wire by name and are re-raised as themselves.
 WIRE_ERRORS: dict[str, type[KVError]] = {
-    cls.__name__: cls for cls in (NoKey, VersionMismatch, WrongLeader, NotLeader, InvalidArgument)
+    cls.__name__: cls
+    for cls in (NoKey, VersionMismatch, WrongLeader, NotLeader, InvalidArgument, Busy)
 }
 
 

@@ -4,15 +4,23 @@ Both ends import this module and nothing of each other (the client knows no
 server code, the server no client code), the way wsproto's events are shared
 by both ends of a connection. It is pure: frozen classes, limits and checks,
 no I/O and no codec. The classes travel as typed wire messages; their tags
-(20..26) are given, with Raft's, in :mod:`kvraft.rpc.wire_types`.
+(20..28) are given, with Raft's, in :mod:`kvraft.rpc.wire_types`.
 
 A command is a :class:`GetOp` or a :class:`PutOp` (the union :data:`Op`): the
 argument of the ``get``/``put`` RPC and, encoded by the server
 (``kvraft.server.commands``), the bytes of a log entry. Each carries
-``client_id`` and ``request_id``. They do not change what the command does;
-they let the server's RSM recognise its own entry: when the entry committed at
-the index it waits on has another ``(client_id, request_id)``, a different
-command won that index and the RPC answers WrongLeader.
+``client_id``, ``request_id`` and ``acked_below``. They do not change what the
+command does; they name it, for two reasons. The server's RSM recognises its
+own entry: when the entry committed at the index it waits on has another
+``(client_id, request_id)``, a different command won that index and the RPC
+answers WrongLeader. And they make a *client session* (Raft thesis §6.3,
+``kvraft.server.sessions``): a client numbers its requests 1, 2, 3, ... and
+says in each that it has the answers of all its requests below
+``acked_below``; the state machine applies a ``(client_id, request_id)`` at
+most once, answers a copy with the first application's result, and refuses
+copies older than ``acked_below``. A client has at most
+:data:`MAX_IN_FLIGHT_PER_CLIENT` request ids open at once
+(``request_id - acked_below`` below it), which bounds what a session stores.
 
 Applying a command yields a :data:`Result`, one small frozen class per outcome,
 so callers dispatch with ``match``:
@@ -23,6 +31,11 @@ so callers dispatch with ``match``:
 ``NoKeyResult()``          a get of a missing key, or a put at version > 0 on one
 ``VersionMismatchResult``  a put's version was not ``current_version``; nothing
                            changed
+``StaleRequestResult()``   a copy of a request the client had already
+                           acknowledged the answer of; not applied
+``SessionExpiredResult()`` the client's session was forgotten (expired or
+                           evicted); not applied, and the outcome of the
+                           client's earlier attempts is unknown
 ========================  =====================================================
 
 :func:`result_of` turns a result back into a value or the user-facing error.
@@ -54,6 +67,13 @@ MAX_VERSION = 2**63 - 2
 MAX_CLIENT_ID_BYTES = 64
 # Request ids are compared and stored as SQLite/msgpack signed 64-bit integers.
 MAX_REQUEST_ID = 2**63 - 1
+# A client's request ids open at once (request_id - acked_below < this): the most
+# results a server keeps per client session. A protocol constant, not a setting:
+# every replica must refuse the same commands.
+MAX_IN_FLIGHT_PER_CLIENT = 64
+# A client numbers a session's requests from 1; acked_below <= 1 says it has no
+# answer yet in this session (the only commands that may open a session).
+FIRST_REQUEST_ID = 1
 
 
 # ---------------------------------------------------------------------- commands
@@ -66,6 +86,8 @@ class GetOp:
     key: str
     client_id: str
     request_id: int
+    # The client has the answers of all its requests with lower ids (module docstring).
+    acked_below: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +99,7 @@ class PutOp:
     version: int
     client_id: str
     request_id: int
+    acked_below: int
 
 
 Op = GetOp | PutOp
@@ -112,7 +135,29 @@ class VersionMismatchResult:
     current_version: int
 
 
-Result = GetOk | PutOk | NoKeyResult | VersionMismatchResult
+@dataclass(frozen=True, slots=True)
+class StaleRequestResult:
+    """Not applied: the request is older than what its client has acknowledged.
+
+    Only a copy delayed in transit, or resent by a client that had already
+    moved on, meets this; the client that sent it is no longer waiting.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpiredResult:
+    """Not applied: the server no longer knows the client's session.
+
+    The session expired or was evicted (``kvraft.server.sessions``), so the
+    server cannot tell whether an earlier attempt of this request applied: the
+    client starts a new session, and a put that may have applied before
+    becomes ``Maybe`` if its retry meets VersionMismatch.
+    """
+
+
+Result = (
+    GetOk | PutOk | NoKeyResult | VersionMismatchResult | StaleRequestResult | SessionExpiredResult
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +187,9 @@ def result_of(result: Any) -> tuple[str | None, int]:
             raise NoKey("no such key")
         case VersionMismatchResult(current_version=current):
             raise VersionMismatch(f"the key is at version {current}")
+        case StaleRequestResult() | SessionExpiredResult():
+            # The client renews its session on these before it gets here.
+            raise ProtocolError(f"session answer not handled: {type(result).__name__}")
         case _:
             raise ProtocolError(f"not an operation result: {type(result).__name__}")
 
@@ -162,8 +210,9 @@ def check_op(
     surrogate), a key or value longer than its limit in UTF-8 bytes, a
     version that is not exactly ``int`` (``True`` is refused) or is outside
     ``0..MAX_VERSION``, a ``client_id`` that is not ``str`` or is longer
-    than ``MAX_CLIENT_ID_BYTES`` UTF-8 bytes, and a ``request_id`` that is not
-    exactly ``int`` or is outside ``0..MAX_REQUEST_ID``.
+    than ``MAX_CLIENT_ID_BYTES`` UTF-8 bytes, a ``request_id`` that is not
+    exactly ``int`` or is outside ``0..MAX_REQUEST_ID``, and an ``acked_below``
+    outside ``request_id - MAX_IN_FLIGHT_PER_CLIENT < acked_below <= request_id``.
     """
     if type(op) is not GetOp and type(op) is not PutOp:
         raise InvalidArgument(f"not a command: {type(op).__name__}")
@@ -176,6 +225,28 @@ def check_op(
         raise InvalidArgument(
             f"request_id must be an int in 0..{MAX_REQUEST_ID}, not {op.request_id!r}"
         )
+    why = acked_below_error(op.request_id, op.acked_below)
+    if why is not None:
+        raise InvalidArgument(why)
+
+
+def acked_below_error(request_id: int, acked_below: object) -> str | None:
+    """Why ``acked_below`` is impossible for ``request_id``, or None if it is fine.
+
+    A client cannot have acknowledged the request it is sending, and has at
+    most MAX_IN_FLIGHT_PER_CLIENT ids open. Shared by ``check_op`` (a user's
+    mistake) and the server's command decoder (the same rule on every replica).
+    """
+    if type(acked_below) is not int or acked_below < 0:
+        return f"acked_below must be an int >= 0, not {acked_below!r}"
+    if acked_below > request_id:
+        return f"acked_below {acked_below} is above request_id {request_id}"
+    if request_id - acked_below >= MAX_IN_FLIGHT_PER_CLIENT:
+        return (
+            f"request_id {request_id} is {request_id - acked_below} past acked_below "
+            f"{acked_below}: at most {MAX_IN_FLIGHT_PER_CLIENT} requests in flight per client"
+        )
+    return None
 
 
 def check_client_id(client_id: object) -> None:

@@ -48,11 +48,11 @@ def test_client_id_of_64_bytes_is_served_and_65_refused(make_cluster) -> None:  
         assert c.get("k") == ("v", 1)
     leader = cluster.addresses[find_leader(cluster)]
 
-    past = PutOp(key="k", value="w", version=1, client_id="c" * 65, request_id=1)
+    past = PutOp(key="k", value="w", version=1, client_id="c" * 65, request_id=1, acked_below=1)
     with pytest.raises(InvalidArgument, match="client_id of 65 bytes exceeds the maximum of 64"):
         raw_call(leader, "put", past)
     with pytest.raises(InvalidArgument, match="client_id of 66 bytes"):
-        raw_call(leader, "get", GetOp(key="k", client_id="é" * 33, request_id=1))
+        raw_call(leader, "get", GetOp(key="k", client_id="é" * 33, request_id=1, acked_below=1))
 
     with Client(cluster.addresses, deadline=30) as c:
         assert c.get("k") == ("v", 1)
@@ -64,10 +64,23 @@ def test_request_id_of_2_63_minus_1_is_served_and_2_63_refused(make_cluster) -> 
         c.put("warm", "up", 0)  # a leader is elected
     leader = cluster.addresses[find_leader(cluster)]
 
-    result = raw_call(leader, "get", GetOp(key="nope", client_id="raw", request_id=MAX_REQUEST_ID))
+    result = raw_call(
+        leader,
+        "get",
+        GetOp(key="nope", client_id="raw", request_id=MAX_REQUEST_ID, acked_below=MAX_REQUEST_ID),
+    )
     assert result == NoKeyResult()
     with pytest.raises(InvalidArgument, match="request_id must be an int in 0"):
-        raw_call(leader, "get", GetOp(key="nope", client_id="raw", request_id=MAX_REQUEST_ID + 1))
+        raw_call(
+            leader,
+            "get",
+            GetOp(
+                key="nope",
+                client_id="raw",
+                request_id=MAX_REQUEST_ID + 1,
+                acked_below=MAX_REQUEST_ID + 1,
+            ),
+        )
 
 
 FRAME = 65536

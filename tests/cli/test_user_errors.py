@@ -73,6 +73,20 @@ def test_bad_listen_address_is_a_usage_error(tmp_path: Path) -> None:
     assert_one_line_error(result, EXIT_USAGE, "--listen: not a host:port address: 'localhost'")
 
 
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--max-inflight-proposals", "0"], "--max-inflight-proposals"),
+        (["--max-inflight-bytes", "1000"], "--max-inflight-bytes must hold the largest put"),
+    ],
+)
+def test_an_admission_budget_that_admits_nothing_is_a_usage_error(
+    tmp_path: Path, flags: list[str], fragment: str
+) -> None:
+    result = run_cli(*server_args(tmp_path), *flags)
+    assert_one_line_error(result, EXIT_USAGE, fragment)
+
+
 def test_data_dir_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
     args = server_args(tmp_path)
     (tmp_path / "n").write_text("not a directory")

@@ -74,31 +74,37 @@ def test_racing_puts_one_winner_per_version(make_cluster) -> None:  # type: igno
     assert_linearizable(history, 20)
 
 
-def test_maybe_happens_and_is_correct_on_lossy_network(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    """On the lossy network resent puts meet VersionMismatch, and the client says Maybe.
+def test_resent_puts_on_a_lossy_network_get_their_first_result_not_maybe(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """On the lossy network half the replies are lost and puts are resent; the session
+    answers each resend with its first result, so no put after a session's first one
+    raises Maybe (nor VersionMismatch: this client is the only writer).
 
-    The test fails if Maybe never occurs, so the path is really exercised; the
-    linearizability check proves each Maybe was reported for a put that may
-    indeed have applied.
+    Before sessions this network made resent puts meet VersionMismatch (Maybe) within a
+    few dozen puts. The log holding more commands than the client made operations shows
+    the resends happened (and were applied once); the linearizability check proves
+    every answer right. The Maybe that remains (a forgotten session) is checked in
+    test_client_sessions.py.
+
+    Reference: Raft thesis §6.3
     """
     cluster = make_cluster(3, network="lossy")
     history = History()
     c = RecordingClient(cluster, history, call_timeout_s=0.2)
-    maybes = 0
-    version = 0
+    puts = 40
     try:
-        for i in range(60):
-            try:
-                version = c.put("k", f"v{i}", version)
-            except Maybe:
-                maybes += 1
-                _value, version = c.get("k")
-            if maybes >= 3:
-                break
+        try:
+            version = c.put("k", "v0", 0)
+        except Maybe:  # a session's first request keeps the old rule
+            _value, version = c.get("k")
+        for i in range(1, puts):
+            version = c.put("k", f"v{i}", version)
     finally:
         c.close()
-    assert maybes > 0, "Maybe never occurred on the lossy network"
+    assert version >= puts
     assert_linearizable(history, 20)
+    status = statuses(cluster)
+    commands = max(r["last_index"] for r in status) - max(r["term"] for r in status)
+    assert commands > puts + 1, f"no resend reached the log ({commands} commands)"
 
 
 def test_first_send_answers_never_raise_maybe(make_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -158,8 +164,8 @@ def test_server_refuses_bad_operations_and_applies_nothing(make_cluster) -> None
         for address in cluster.addresses:
             rpc = RpcClient(address, client_sender("bad"))
             for args in [
-                PutOp("k", "v", -1, "bad", 1),
-                PutOp("k", "x" * 2000, 1, "bad", 2),
+                PutOp("k", "v", -1, "bad", 1, 1),
+                PutOp("k", "x" * 2000, 1, "bad", 2, 2),
                 ("k", "v", 1),
                 None,
             ]:
@@ -215,7 +221,7 @@ def _rss_bytes(pid: int) -> int:
 
 def test_memory_per_client_is_bounded(make_cluster) -> None:  # type: ignore[no-untyped-def]
     """After 100,000 distinct clients each put once, a server holds < 200 bytes per client
-    beyond the data stored (the server keeps no per-client state)."""
+    beyond the data stored (sessions are capped, least recently used evicted)."""
     # Snapshots keep the log (history, not data) bounded, as in production.
     cluster = make_cluster(3, server_args=["--snapshot-threshold", "1000000"])
     n_clients = 100_000
@@ -227,7 +233,7 @@ def test_memory_per_client_is_bounded(make_cluster) -> None:  # type: ignore[no-
 
         async def one(i: int) -> None:
             nonlocal leader
-            op = PutOp(f"k{i % 100}", "v", 0, uuid.UUID(int=i).hex, 1)
+            op = PutOp(f"k{i % 100}", "v", 0, uuid.UUID(int=i).hex, 1, 1)
             async with sem:
                 while True:  # the client's retry rule, for ops carrying 100,000 client ids
                     try:

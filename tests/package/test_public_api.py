@@ -25,7 +25,7 @@ import kvraft.client.lock
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = ["Client", "AsyncClient", "Lock", "KVError", "NoKey", "VersionMismatch", "Maybe",
-          "Unavailable", "WrongLeader", "InvalidArgument"]  # fmt: skip
+          "Unavailable", "WrongLeader", "InvalidArgument", "Busy"]  # fmt: skip
 
 
 def run_python(code: str) -> str:
@@ -41,6 +41,7 @@ def test_documented_names_import_from_the_package() -> None:
     """The README's import line works, and each name is the implementation itself."""
     from kvraft import (
         AsyncClient,
+        Busy,
         Client,
         KVError,
         Lock,
@@ -53,7 +54,7 @@ def test_documented_names_import_from_the_package() -> None:
     assert Client is kvraft.client.client.Client
     assert AsyncClient is kvraft.client.async_client.AsyncClient
     assert Lock is kvraft.client.lock.Lock
-    for error in (NoKey, VersionMismatch, Maybe, Unavailable):
+    for error in (NoKey, VersionMismatch, Maybe, Unavailable, Busy):
         assert issubclass(error, KVError)
 
 

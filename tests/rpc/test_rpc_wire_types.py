@@ -19,6 +19,8 @@ KV_TYPES = (
     kv_protocol.NoKeyResult,
     kv_protocol.VersionMismatchResult,
     kv_protocol.NotLeaderResult,
+    kv_protocol.StaleRequestResult,
+    kv_protocol.SessionExpiredResult,
 )
 
 

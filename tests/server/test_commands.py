@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from kvraft.errors import NoKey, VersionMismatch
 from kvraft.kv_protocol import (
+    MAX_IN_FLIGHT_PER_CLIENT,
     MAX_VERSION,
     GetOk,
     GetOp,
@@ -27,7 +29,10 @@ from kvraft.server.kvstore import KVStore
 
 ids = st.text(max_size=8)
 request_ids = st.integers(0, 2**63 - 1)
-get_ops = st.builds(GetOp, key=st.text(), client_id=ids, request_id=request_ids)
+windows = st.integers(0, MAX_IN_FLIGHT_PER_CLIENT - 1)
+get_ops = st.builds(
+    GetOp, key=st.text(), client_id=ids, request_id=request_ids, acked_below=st.just(0)
+).flatmap(lambda op: windows.map(lambda w: replace(op, acked_below=max(0, op.request_id - w))))
 put_ops = st.builds(
     PutOp,
     key=st.text(),
@@ -35,15 +40,18 @@ put_ops = st.builds(
     version=st.integers(0, MAX_VERSION),
     client_id=ids,
     request_id=request_ids,
-)
+    acked_below=st.just(0),
+).flatmap(lambda op: windows.map(lambda w: replace(op, acked_below=max(0, op.request_id - w))))
 
 
 def put(key: str = "k", value: str = "v", version: int = 0, rid: int = 1) -> PutOp:
-    return PutOp(key=key, value=value, version=version, client_id="c1", request_id=rid)
+    return PutOp(
+        key=key, value=value, version=version, client_id="c1", request_id=rid, acked_below=rid
+    )
 
 
 def get(key: str = "k", rid: int = 1) -> GetOp:
-    return GetOp(key=key, client_id="c1", request_id=rid)
+    return GetOp(key=key, client_id="c1", request_id=rid, acked_below=rid)
 
 
 def ext(tag: int, fields: list[Any]) -> bytes:
@@ -77,19 +85,26 @@ def test_commands_are_also_wire_messages_for_rpc_arguments() -> None:
         (codec.pack((get(),)), "not a command"),
         (encode_command(get()) + b"\x00", "undecodable"),
         (ext(127, []), "unknown message type"),
-        (ext(20, [1, "c", 1]), "key"),
-        (ext(20, [b"k", "c", 1]), "key"),
+        (ext(20, [1, "c", 1, 1]), "key"),
+        (ext(20, [b"k", "c", 1, 1]), "key"),
         (ext(20, ["k", "c"]), "fields"),
-        (ext(20, ["k", "c", 1, 2]), "fields"),
-        (ext(20, ["k", "c", -1]), "negative request id"),
-        (ext(20, ["k", "c", True]), "request_id"),
-        (ext(21, ["k", 1, 0, "c", 1]), "value"),
-        (ext(21, ["k", "v", True, "c", 1]), "version"),
-        (ext(21, ["k", "v", 1.0, "c", 1]), "version"),
-        (ext(21, ["k", "v", None, "c", 1]), "version"),
-        (ext(21, ["k", "v", -1, "c", 1]), "version -1 out of range"),
-        (ext(21, ["k", "v", 2**64 - 1, "c", 1]), "out of range"),
-        (ext(21, ["k", "v", 0, 5, 1]), "client_id"),
+        (ext(20, ["k", "c", 1]), "fields"),  # the layout before sessions
+        (ext(20, ["k", "c", 1, 1, 2]), "fields"),
+        (ext(20, ["k", "c", -1, 0]), "negative request id"),
+        (ext(20, ["k", "c", True, 1]), "request_id"),
+        (ext(20, ["k", "c", 1, True]), "acked_below"),
+        (ext(20, ["k", "c", 1, -1]), "acked_below must be an int >= 0"),
+        (ext(20, ["k", "c", 1, 2]), "acked_below 2 is above request_id 1"),
+        (ext(20, ["k", "c", 64, 0]), "at most 64 requests in flight"),
+        (ext(21, ["k", "v", 0, "c", 100, 36]), "at most 64 requests in flight"),
+        (ext(21, ["k", "v", 0, "c", 1]), "fields"),  # the layout before sessions
+        (ext(21, ["k", 1, 0, "c", 1, 1]), "value"),
+        (ext(21, ["k", "v", True, "c", 1, 1]), "version"),
+        (ext(21, ["k", "v", 1.0, "c", 1, 1]), "version"),
+        (ext(21, ["k", "v", None, "c", 1, 1]), "version"),
+        (ext(21, ["k", "v", -1, "c", 1, 1]), "version -1 out of range"),
+        (ext(21, ["k", "v", 2**64 - 1, "c", 1, 1]), "out of range"),
+        (ext(21, ["k", "v", 0, 5, 1, 1]), "client_id"),
     ],
 )
 def test_decode_refuses_anything_but_one_well_formed_command(data: bytes, why: str) -> None:

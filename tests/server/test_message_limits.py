@@ -14,11 +14,13 @@ from kvraft.kv_protocol import MAX_CLIENT_ID_BYTES, MAX_REQUEST_ID, MAX_VERSION,
 from kvraft.raft.log import RaftLog
 from kvraft.raft.messages import MAX_RAFT_INT, AppendEntries, Entry, InstallSnapshot
 from kvraft.rpc.codec import Notify, encode_envelope, peer_sender
+from kvraft.server import state_snapshot
 from kvraft.server.commands import encode_command
 from kvraft.server.kvstore import KVStore
 from kvraft.server.options import raft_message_limits
 from kvraft.server.peer_transport import RAFT_METHOD, RpcPeerTransport
 from kvraft.server.process import snapshot_decodes
+from kvraft.server.sessions import SessionLimits, Sessions
 
 FRAMES = [4097, 8192, 65536, 1 << 20, 16 << 20]
 
@@ -85,6 +87,7 @@ def test_the_largest_put_goes_alone_and_fits_the_frame(max_frame: int) -> None:
         version=MAX_VERSION,
         client_id="c" * MAX_CLIENT_ID_BYTES,
         request_id=MAX_REQUEST_ID,
+        acked_below=MAX_REQUEST_ID,
     )
     command = encode_command(op)
     limits = raft_message_limits(max_frame)
@@ -130,10 +133,12 @@ def test_an_oversized_message_is_logged_and_dropped_not_raised(
     assert "exceeds the frame maximum of 4096" in line
 
 
-def test_the_servers_snapshot_validator_accepts_a_store_and_refuses_junk() -> None:
+def test_the_servers_snapshot_validator_accepts_a_state_and_refuses_junk() -> None:
     store = KVStore()
     store.put("k", "v", 0)
 
-    assert snapshot_decodes(store.snapshot())
-    assert not snapshot_decodes(store.snapshot()[:-1])
+    state = b"".join(state_snapshot.encode_chunks(Sessions(SessionLimits()), store))
+    assert snapshot_decodes(state)
+    assert not snapshot_decodes(state[:-1])
+    assert not snapshot_decodes(store.snapshot())  # a bare store, without its sessions
     assert not snapshot_decodes(b"\xc1junk")

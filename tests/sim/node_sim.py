@@ -36,22 +36,26 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from kvraft.errors import NotLeader, WrongLeader
+from kvraft.errors import Busy, NotLeader, WrongLeader
 from kvraft.kv_protocol import (
+    FIRST_REQUEST_ID,
     GetOk,
     GetOp,
     NoKeyResult,
     Op,
     PutOk,
     PutOp,
+    SessionExpiredResult,
     VersionMismatchResult,
 )
 from kvraft.raft.messages import InstallSnapshot, Message
 from kvraft.server.driver_io import LoopClock
 from kvraft.server.node import NodeTiming, RaftNode
 from kvraft.server.process import snapshot_decodes
+from kvraft.server.sessions import SessionLimits
 from kvraft.testing.history import Operation, Outcome
 from kvraft.testing.linearizability import check
 
@@ -71,11 +75,33 @@ KEYS = ("a", "b", "c", "d")
 MIN_WRITE_S = 0.0005
 # Client operations wait while a leader has this many entries not yet applied.
 MAX_BACKLOG = 24
+# Sequential clients, each with a session, doing one operation at a time.
+CLIENTS = 8
 
 
 def replay_command(seed: int, nodes: int, planted: str | None = None) -> str:
     command = REPLAY_COMMAND.format(seed=seed, nodes=nodes)
     return command if planted is None else f"{command} --planted {planted}"
+
+
+# ------------------------------------------------------------------ clients
+
+
+@dataclass
+class SimClient:
+    """One sequential client: its session id, its next request id, whether an op runs."""
+
+    name: str
+    session_id: str
+    next_rid: int = FIRST_REQUEST_ID
+    generation: int = 0
+    busy: bool = False
+
+    def renew(self) -> None:
+        """The cluster forgot the session: start another, numbered from the start."""
+        self.generation += 1
+        self.session_id = f"{self.name}.{self.generation}"
+        self.next_rid = FIRST_REQUEST_ID
 
 
 # ------------------------------------------------------------------ results
@@ -94,6 +120,10 @@ class NodeResult:
     acknowledged: int
     liveness_ticks: int
     snapshot_chunks_damaged: int
+    # Operations answered after a retry of unknown outcome (what sessions are for),
+    # and sessions the cluster forgot that a client then renewed.
+    answered_after_retry: int
+    sessions_renewed: int
 
 
 # --------------------------------------------------------------- simulation
@@ -130,6 +160,15 @@ class NodeSimulation:
         self._group: dict[int, int] = dict.fromkeys(self.ids, 0)
         self._faults_on = True
         self._ops: dict[int, Operation | tuple[Op, float]] = {}
+        self._numbers = 0
+        self.answered_after_retry = 0
+        self._clients = [SimClient(f"c{i}", f"c{i}") for i in range(CLIENTS)]
+        self._client_tasks: dict[asyncio.Task[None], None] = {}
+        # Drawn last, so the rest of a seed's world is as it was before sessions. Small
+        # limits make sessions be evicted and expire mid-run (identically on every node).
+        self.session_limits = self.rng.choice(
+            [SessionLimits(), SessionLimits(max_sessions=3, expiry_entries=40)]
+        )
         self._versions: dict[str, int] = {}
         self._loop: VirtualTimeLoop | None = None
         self._failure: Violation | None = None
@@ -145,7 +184,8 @@ class NodeSimulation:
     def fail(self, what: str) -> None:
         violation = Violation(
             f"{what}\n  at {self.now_s():.4f} s (seed {self.seed}, {self.size} nodes, "
-            f"snapshot threshold {self.snapshot_threshold_bytes}, {self.profile})\n"
+            f"snapshot threshold {self.snapshot_threshold_bytes}, {self.session_limits}, "
+            f"{self.profile})\n"
             f"  replay: {replay_command(self.seed, self.size, self.planted)}"
         )
         # Raised here, and kept: a check inside a node's task would only end that task.
@@ -314,42 +354,92 @@ class NodeSimulation:
     # ---------------------------------------------------------------- clients
 
     def _client_operation(self) -> None:
-        """Start one get or versioned put at a node that believes it leads."""
-        leaders = self._leaders()
-        if not leaders:
+        """Start one get or versioned put by an idle client of the pool."""
+        idle = [c for c in self._clients if not c.busy]
+        if not idle or not self._leaders():
             return
-        sim_node = self.rng.choice(leaders)
-        node = sim_node.node
-        assert node is not None
-        if node.core.last_index - node.core.commit_index >= MAX_BACKLOG:
-            return  # flow control, as clients waiting for their answers would exert
-        number = len(self._ops)
+        client = self.rng.choice(idle)
+        client.busy = True
+        number = self._numbers
+        self._numbers += 1
         key = self.rng.choice(KEYS)
-        client_id = f"c{number}"
-        op: Op
         if self.rng.random() < 0.4:
-            op = GetOp(key, client_id, 1)
+            make: Callable[[str, int], Op] = lambda cid, rid: GetOp(key, cid, rid, rid)  # noqa: E731
         else:
             known = self._versions.get(key, 0)
             version = known if self.rng.random() < 0.8 else self.rng.randrange(4)
-            op = PutOp(key, f"v{number}", version, client_id, 1)
-        self._ops[number] = (op, self.now_s())
-        task = asyncio.get_running_loop().create_task(self._run_operation(sim_node, number, op))
-        sim_node.clients[task] = None
-        task.add_done_callback(lambda done: sim_node.clients.pop(done, None))
+            value = f"v{number}"
 
-    async def _run_operation(self, sim_node: SimNode, number: int, op: Op) -> None:
-        rsm = sim_node.rsm
-        assert rsm is not None
+            def make(cid: str, rid: int) -> Op:
+                return PutOp(key, value, version, cid, rid, rid)
+
+        op = make(client.session_id, client.next_rid)
+        self._ops[number] = (op, self.now_s())
+        # The client's own task: it outlives a crash of the node it is talking to.
+        task = asyncio.get_running_loop().create_task(self._run_operation(client, number, make))
+        self._client_tasks[task] = None
+        task.add_done_callback(lambda done: self._client_tasks.pop(done, None))
+
+    async def _run_operation(
+        self, client: SimClient, number: int, make: Callable[[str, int], Op]
+    ) -> None:
+        """Send the op until it is answered, every attempt with the same (client, request id).
+
+        A sequential client: each op acknowledges all the client's earlier ones
+        (``acked_below == request_id``). An attempt with an unknown outcome (a
+        timeout, the node crashed) is retried at a leader after a short while;
+        so is one refused before submitting. Sessions answer the retry with the
+        first application's result, so the answer is the op's, and the history
+        records one operation. Only where the server's session cannot vouch (a
+        session's first request, or a session forgotten after an attempt may
+        have applied) a VersionMismatch stays unknown, as the real client's
+        Maybe. Retrying stops with the safety phase: the op stays unknown then.
+        """
+        uncertain = False  # an attempt the session no longer vouches for may have applied
+        unsure = False  # an attempt in this session had an unknown outcome
+        op = make(client.session_id, client.next_rid)
         try:
-            result = await rsm.execute(op)
-        except NotLeader:
-            del self._ops[number]  # refused before submitting: it surely did not apply
-            return
-        except (WrongLeader, asyncio.CancelledError):
-            return  # unknown: left pending, reported as UNKNOWN
-        _, call_s = self._ops[number]  # type: ignore[misc]
-        self._ops[number] = self._operation(op, result, call_s, self.now_s())
+            while self._faults_on:
+                leaders = self._leaders()
+                sim_node = self.rng.choice(leaders) if leaders else None
+                node = sim_node.node if sim_node is not None else None
+                if sim_node is None or node is None or sim_node.rsm is None:
+                    await asyncio.sleep(self.rng.randint(1, 3) * TICK_S)
+                    continue
+                if node.core.last_index - node.core.commit_index >= MAX_BACKLOG:
+                    await asyncio.sleep(TICK_S)  # flow control, as waiting clients exert
+                    continue
+                attempt = asyncio.get_running_loop().create_task(sim_node.rsm.execute(op))
+                sim_node.clients[attempt] = None
+                attempt.add_done_callback(lambda done, n=sim_node: n.clients.pop(done, None))
+                await asyncio.wait({attempt})
+                failure = None if attempt.cancelled() else attempt.exception()
+                if attempt.cancelled() or isinstance(failure, NotLeader | WrongLeader | Busy):
+                    unsure |= attempt.cancelled() or type(failure) is WrongLeader
+                    await asyncio.sleep(self.rng.randint(1, 5) * TICK_S)
+                    continue
+                if failure is not None:
+                    raise failure
+                result = attempt.result()
+                if isinstance(result, SessionExpiredResult):
+                    # Forgotten: whatever this op's attempts did is unknown from now on.
+                    uncertain |= unsure
+                    unsure = False
+                    client.renew()
+                    op = make(client.session_id, client.next_rid)
+                    continue
+                if op.acked_below <= FIRST_REQUEST_ID:
+                    uncertain |= unsure  # the first request of a session: see ClientSession
+                client.next_rid += 1
+                if uncertain and isinstance(result, VersionMismatchResult):
+                    return  # Maybe: left pending, reported as UNKNOWN
+                self.answered_after_retry += unsure
+                _, call_s = self._ops[number]  # type: ignore[misc]
+                self._ops[number] = self._operation(op, result, call_s, self.now_s())
+                return
+            client.next_rid += 1  # given up: the next op acknowledges this one
+        finally:
+            client.busy = False
 
     def _operation(self, op: Op, result: object, call_s: float, return_s: float) -> Operation:
         match op, result:
@@ -434,6 +524,8 @@ class NodeSimulation:
             acknowledged=len(ops),
             liveness_ticks=liveness_ticks,
             snapshot_chunks_damaged=self.snapshot_chunks_damaged,
+            answered_after_retry=self.answered_after_retry,
+            sessions_renewed=sum(c.generation for c in self._clients),
         )
 
     def _check(self) -> None:
@@ -492,7 +584,7 @@ class NodeSimulation:
         async def put() -> None:
             # A retry of this put after an unknown outcome finds version 1: fine.
             with contextlib.suppress(NotLeader, WrongLeader):
-                await rsm.execute(PutOp("live", value, 0, "live", len(self._ops)))
+                await rsm.execute(PutOp("live", value, 0, "live", 1, 1))
 
         task = asyncio.get_running_loop().create_task(put())
         sim_node.clients[task] = None

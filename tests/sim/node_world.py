@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+import msgpack
+
 from kvraft.raft.core import RaftCore
 from kvraft.raft.messages import Entry, Message
 from kvraft.raft.ready import HardState, Snapshot
@@ -23,6 +25,7 @@ from kvraft.raft.storage import MemoryStorage
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import RaftNode
 from kvraft.server.rsm import RSM
+from kvraft.server.sessions import Sessions
 
 from .simulator import Checker
 
@@ -32,10 +35,19 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def kv_digest(store: KVStore) -> bytes:
-    """The whole state of a store, as a short digest (compared across replicas)."""
+def kv_digest(store: KVStore, sessions: Sessions | None = None) -> bytes:
+    """The whole state of a store and its sessions, as a short digest (compared across replicas).
+
+    Sessions are replicated state too: replicas that forgot different sessions
+    would answer the same retry differently.
+    """
     items = sorted((key, store.lookup(key)) for key in store)
-    return hashlib.blake2b(repr(items).encode(), digest_size=16).digest()
+    digest = hashlib.blake2b(repr(items).encode(), digest_size=16)
+    if sessions is not None:
+        packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        sessions.pack_into(packer)
+        digest.update(packer.bytes())
+    return digest.digest()
 
 
 # --------------------------------------------------------------- the world
@@ -144,7 +156,12 @@ class ObservedRSM(RSM):
     """The real RSM, with the checker looking at every entry it applies or restores."""
 
     def __init__(self, sim: NodeSimulation, sim_node: SimNode) -> None:
-        super().__init__(sim_node.id, KVStore(), op_timeout_s=sim.op_timeout_s)
+        super().__init__(
+            sim_node.id,
+            KVStore(),
+            op_timeout_s=sim.op_timeout_s,
+            session_limits=sim.session_limits,
+        )
         self._sim = sim
         self._sim_node = sim_node
         self.applied = 0  # the last index this RSM applied or restored
@@ -157,7 +174,9 @@ class ObservedRSM(RSM):
             sim.fail(f"n{self.node_id} applied index {entry.index} after index {self.applied}")
         super().apply(entry)
         self.applied = entry.index
-        sim.checker.state_reached(self.node_id, entry.index, kv_digest(self.store), "applying")
+        sim.checker.state_reached(
+            self.node_id, entry.index, kv_digest(self.store, self.sessions), "applying"
+        )
         core = sim_node.core
         sim.checker.committed_entry(self.node_id, entry, core.current_term if core else 0)
 
@@ -170,7 +189,10 @@ class ObservedRSM(RSM):
                 f"n{self.node_id} restored a snapshot at {snapshot.index} nobody applied"
             )
         checker.state_reached(
-            self.node_id, snapshot.index, kv_digest(self.store), "restoring a snapshot"
+            self.node_id,
+            snapshot.index,
+            kv_digest(self.store, self.sessions),
+            "restoring a snapshot",
         )
         if self._sim_node.node is not None:  # not the load at construction: from a leader
             self._sim.installs += 1

@@ -45,6 +45,9 @@ def test_real_nodes_are_safe_under_faults_and_live_once_healed(nodes: int, start
     assert sum(r.snapshot_chunks_damaged for r in results) > 0
     assert sum(r.leaders > 1 for r in results) > CHUNK // 4
     assert sum(r.acknowledged for r in results) > 10 * CHUNK
+    # Sessions were put to work: retries answered as one operation, sessions forgotten.
+    assert sum(r.answered_after_retry for r in results) > CHUNK // 4
+    assert sum(r.sessions_renewed > 0 for r in results) > 0
 
 
 @pytest.mark.stress

@@ -93,15 +93,16 @@ def test_refuses_the_data_dir_of_another_cluster(data_dir: Path) -> None:
 
 
 def test_refuses_a_newer_format_version(data_dir: Path) -> None:
-    edit(data_dir, ("UPDATE meta SET value = 3 WHERE key = 'format_version'", ()))
+    edit(data_dir, ("UPDATE meta SET value = 4 WHERE key = 'format_version'", ()))
     message = refusal(data_dir)
-    assert "format version 3 is newer than this kvraft supports (2)" in message
+    assert "format version 4 is newer than this kvraft supports (3)" in message
 
 
-def test_refuses_the_pre_release_format(data_dir: Path) -> None:
-    edit(data_dir, ("UPDATE meta SET value = 1 WHERE key = 'format_version'", ()))
+@pytest.mark.parametrize("old", [1, 2])
+def test_refuses_the_pre_release_format(data_dir: Path, old: int) -> None:
+    edit(data_dir, ("UPDATE meta SET value = ? WHERE key = 'format_version'", (old,)))
     message = refusal(data_dir)
-    assert "format version 1 was written by a pre-release kvraft" in message
+    assert f"format version {old} was written by a pre-release kvraft" in message
 
 
 def test_refuses_a_sqlite_database_of_another_application(tmp_path: Path) -> None:

@@ -16,19 +16,33 @@ answer no longer tells whether that attempt applied, so it becomes ``Maybe``.
 Attempts that surely did nothing (``NotLeader``: the server never submitted
 it; ``ConnectFailed``: it was never sent) do not count. A put answered on its
 first send never raises ``Maybe``.
+
+Sessions (``client/session.py``, ``server/sessions.py``) make ``Maybe`` rare:
+every attempt of an operation carries the same ``(session, request id)``, and
+the server applies it at most once and answers a resend with the first
+attempt's result. So uncertain attempts count toward ``Maybe`` only where
+the server may have lost that memory: attempts made in a session the server
+then answered SessionExpired for (the client starts a new session and sends
+the operation again there), and the attempts of a session's first request.
+
+``Busy`` (the leader's admission budget is full; nothing was submitted): the
+client waits a jittered, growing delay (bounded) and retries the same
+server; past the deadline that is ``Unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 from kvraft.addresses import split_address
+from kvraft.client.session import ClientSession
 from kvraft.errors import (
+    Busy,
     CallTimeout,
     ConnectFailed,
     ConnectionLost,
@@ -40,9 +54,13 @@ from kvraft.errors import (
 )
 from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
+    FIRST_REQUEST_ID,
     GetOp,
     NotLeaderResult,
+    Op,
     PutOp,
+    SessionExpiredResult,
+    StaleRequestResult,
     check_op,
     result_of,
 )
@@ -54,6 +72,10 @@ BACKOFF_S = 0.02
 MAX_BACKOFF_S = 0.2
 # Timeouts in a row from the server that answered last before trying the next one.
 TIMEOUTS_BEFORE_MOVING_ON = 2
+# Waits after a Busy answer: doubling from the first, at most the last, each
+# jittered down to half so clients refused together do not come back together.
+BUSY_BACKOFF_S = 0.01
+MAX_BUSY_BACKOFF_S = 0.5
 
 
 class AsyncClient:
@@ -82,13 +104,16 @@ class AsyncClient:
         self._answered: int | None = None  # the server that answered last
         self._index = {address: i for i, address in enumerate(self.servers)}
         self._closed = False
-        self._request_ids = itertools.count(1)
+        self._session = ClientSession(self.client_id)
+        self._sessions_renewed = 0
 
     async def get(self, key: str) -> tuple[str, int]:
         """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
-        op = GetOp(key=key, client_id=self.client_id, request_id=next(self._request_ids))
-        check_op(op, self.max_value_bytes)
-        value, version = result_of(await self._execute("get", op))
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return GetOp(key=key, client_id=session, request_id=request_id, acked_below=acked_below)
+
+        value, version = result_of(await self._in_session("get", build))
         assert value is not None
         return value, version
 
@@ -98,22 +123,59 @@ class AsyncClient:
         Raises NoKey (version > 0 on a missing key), VersionMismatch, or Maybe
         (a resent put met VersionMismatch: it may have applied).
         """
-        op = PutOp(
-            key=key,
-            value=value,
-            version=version,
-            client_id=self.client_id,
-            request_id=next(self._request_ids),
-        )
-        check_op(op, self.max_value_bytes)
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return PutOp(
+                key=key,
+                value=value,
+                version=version,
+                client_id=session,
+                request_id=request_id,
+                acked_below=acked_below,
+            )
+
         outcomes: list[bool] = []
         try:
-            _, new_version = result_of(await self._execute("put", op, outcomes))
+            _, new_version = result_of(await self._in_session("put", build, outcomes))
         except VersionMismatch as exc:
             if any(outcomes):
                 raise Maybe(f"put of {key!r} at version {version} was resent: {exc}") from None
             raise
         return new_version
+
+    async def _in_session(
+        self,
+        method: str,
+        build: Callable[[str, int, int], Op],
+        uncertain: list[bool] | None = None,
+    ) -> Any:
+        """Run one operation under a request id of the session; its result.
+
+        ``build(session_id, request_id, acked_below)`` makes the op (checked
+        before anything is sent). Every attempt sends that same op. If the
+        server forgot the session, a new one is started and the operation
+        sent again there. Appends to ``uncertain`` the outcomes of attempts the
+        server's session does not vouch for (module docstring).
+        """
+        while True:
+            session = self._session
+            request_id = await session.begin()
+            attempts: list[bool] = []
+            try:
+                op = build(session.id, request_id, session.acked_below())
+                check_op(op, self.max_value_bytes)
+                result = await self._execute(method, op, attempts)
+            finally:
+                session.end(request_id)
+            if not isinstance(result, SessionExpiredResult | StaleRequestResult):
+                if uncertain is not None and op.acked_below <= FIRST_REQUEST_ID:
+                    uncertain.extend(attempts)
+                return result
+            if uncertain is not None:
+                uncertain.extend(attempts)
+            if self._session is session:
+                self._sessions_renewed += 1
+                self._session = ClientSession(f"{self.client_id}.{self._sessions_renewed}")
 
     async def _execute(self, method: str, op: Any, uncertain: list[bool] | None = None) -> Any:
         """Send ``op`` until some server answers it, trying servers in turn.
@@ -128,6 +190,7 @@ class AsyncClient:
         failures_in_round = 0
         timeouts_here = 0
         backoff = BACKOFF_S
+        busy_backoff = BUSY_BACKOFF_S
         while True:
             timeout = self.call_timeout_s
             if give_up is not None:
@@ -142,6 +205,17 @@ class AsyncClient:
                 result = await self._rpc[index].call(method, op, timeout)
                 if isinstance(result, NotLeaderResult):
                     raise NotLeader(result.leader_address or "")
+            except Busy:
+                # The leader refused before submitting: back off, then try it again.
+                if uncertain is not None:
+                    uncertain.append(False)
+                self._answered = index
+                delay = random.uniform(busy_backoff / 2, busy_backoff)
+                if give_up is not None:
+                    delay = min(delay, max(0.0, give_up - loop.time()))
+                await asyncio.sleep(delay)
+                busy_backoff = min(busy_backoff * 2, MAX_BUSY_BACKOFF_S)
+                continue
             except (WrongLeader, CallTimeout, ConnectionLost) as exc:
                 if uncertain is not None:
                     uncertain.append(not isinstance(exc, NotLeader | ConnectFailed))

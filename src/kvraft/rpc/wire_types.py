@@ -26,6 +26,8 @@ from kvraft.kv_protocol import (
     NotLeaderResult,
     PutOk,
     PutOp,
+    SessionExpiredResult,
+    StaleRequestResult,
     VersionMismatchResult,
 )
 from kvraft.raft.messages import (
@@ -57,4 +59,6 @@ WIRE_TYPES: tuple[tuple[int, type[Any]], ...] = (
     (24, NoKeyResult),
     (25, VersionMismatchResult),
     (26, NotLeaderResult),
+    (27, StaleRequestResult),
+    (28, SessionExpiredResult),
 )

@@ -27,6 +27,7 @@ from kvraft.kv_protocol import (
     PutOp,
     Result,
     VersionMismatchResult,
+    acked_below_error,
 )
 from kvraft.rpc.codec import pack, unpack
 from kvraft.server.kvstore import KVStore
@@ -52,7 +53,9 @@ def decode_command(data: bytes) -> Op:
     Refused: undecodable msgpack, trailing bytes, any value that is not a
     GetOp or PutOp (other wire messages included), wrong field types (the
     codec checks every field, so a bool is not an int), and negative
-    versions or request ids. Size limits are not checked here: they are a
+    versions or request ids, and an ``acked_below`` the protocol forbids
+    (above the request id, or a window over MAX_IN_FLIGHT_PER_CLIENT: that
+    window is what bounds a client session). Size limits are not checked here: they are a
     submission policy (``check_op``), and a committed entry must apply
     the same on every replica whatever the limits of the one decoding it.
     """
@@ -64,6 +67,9 @@ def decode_command(data: bytes) -> Op:
         raise BadCommand(f"not a command: {type(op).__name__}")
     if op.request_id < 0:
         raise BadCommand(f"negative request id {op.request_id}")
+    why = acked_below_error(op.request_id, op.acked_below)
+    if why is not None:
+        raise BadCommand(why)
     if type(op) is PutOp and not 0 <= op.version <= MAX_VERSION:
         raise BadCommand(f"put version {op.version} out of range")
     return op

@@ -211,6 +211,16 @@ class KVStore:
         return store
 
     @classmethod
+    def read_from(cls, unpacker: Any) -> KVStore:
+        """The store whose snapshot value comes next in ``unpacker``; BadSnapshot if malformed.
+
+        The same checks as :meth:`restore`, for a snapshot nested in a larger
+        one (the state machine's, with its sessions); the caller checks what
+        follows and turns msgpack's own errors into BadSnapshot.
+        """
+        return cls._read(unpacker)
+
+    @classmethod
     def _read(cls, unpacker: Any) -> KVStore:
         if _array_header(unpacker, "snapshot") != 2:
             raise BadSnapshot("snapshot is not a [format, items] pair")

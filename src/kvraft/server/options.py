@@ -16,6 +16,11 @@ from kvraft.raft.config import (
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
+# A leader's admission budget: entries submitted and not yet applied. Over it the
+# leader answers Busy (kvraft.server.rsm); the defaults leave room for thousands of
+# clients at once while bounding the log and memory that overload can pile up.
+DEFAULT_MAX_INFLIGHT_PROPOSALS = 4096
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 # What a Raft message's frame holds besides its entries' commands or its
 # snapshot chunk's bytes: the notify envelope ``[2, "raft", "p<id>", ...]``
@@ -110,6 +115,8 @@ class ServerOptions:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     op_timeout_s: float = 2.0
+    max_inflight_proposals: int = DEFAULT_MAX_INFLIGHT_PROPOSALS
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:
@@ -133,3 +140,8 @@ class ServerOptions:
                 f"--heartbeat-ticks {self.heartbeat_interval_ticks} must be less than"
                 f" --election-ticks {self.election_timeout_ticks}"
             )
+        if self.max_inflight_proposals < 1:
+            raise ValueError("--max-inflight-proposals must be at least 1")
+        if self.max_inflight_bytes < self.max_value_bytes + 4096:
+            # Else the largest put allowed could never be admitted.
+            raise ValueError("--max-inflight-bytes must hold the largest put (--max-value-bytes)")

@@ -18,6 +18,7 @@ from kvraft.errors import StorageError, one_line
 from kvraft.raft.config import RaftConfig
 from kvraft.rpc.event_loop import install_event_loop_policy
 from kvraft.rpc.server import RpcServer
+from kvraft.server import state_snapshot
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode
 from kvraft.server.options import ServerOptions, raft_message_limits
@@ -30,14 +31,15 @@ log = logging.getLogger("kvraft.server")
 
 
 def snapshot_decodes(data: bytes) -> bool:
-    """Whether ``data`` restores a KVStore: the core's check of a received snapshot.
+    """Whether ``data`` restores the RSM (sessions and store): the core's check of a
+    received snapshot.
 
     Decoding it twice (here, then in the driver's restore) costs one more pass
     over a snapshot that is rare and already slow to transfer; in exchange a
     snapshot that would fail at restore is refused before it is persisted.
     """
     try:
-        KVStore.restore(data)
+        state_snapshot.decode(data)
     except ValueError:  # BadSnapshot
         return False
     return True
@@ -69,7 +71,13 @@ class Server:
             snapshot_chunk_bytes=limits.snapshot_chunk_bytes,
             snapshot_validator=snapshot_decodes,
         )
-        rsm = RSM(options.node_id, KVStore(), op_timeout_s=options.op_timeout_s)
+        rsm = RSM(
+            options.node_id,
+            KVStore(),
+            op_timeout_s=options.op_timeout_s,
+            max_inflight_proposals=options.max_inflight_proposals,
+            max_inflight_bytes=options.max_inflight_bytes,
+        )
         transport = RpcPeerTransport(
             options.node_id, options.peers, max_frame_bytes=options.max_frame_bytes
         )

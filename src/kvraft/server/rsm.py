@@ -13,24 +13,36 @@ the behaviour is the same (a different command at the index, a change of
 term or leadership, or a timeout answers WrongLeader), but a commit answers
 at once instead of up to one polling period later, and idle waiters cost
 nothing.
+
+Every command is applied through the client sessions (:mod:`kvraft.server.sessions`):
+a copy of a request already applied gets the first application's result, so a
+client's resend after a lost reply answers as the first attempt did.
+
+Admission (a budget on the leader): entries this server submitted and has not
+yet applied are counted, in number and in command bytes. Over
+``max_inflight_proposals`` or ``max_inflight_bytes`` it answers Busy without
+submitting: the log and the memory of every replica stay bounded under
+overload, and the client backs off instead of piling on copies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvraft.errors import NotLeader, WrongLeader
+from kvraft.errors import Busy, NotLeader, WrongLeader
 from kvraft.kv_protocol import Op
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
-from kvraft.server.commands import BadCommand, apply_command, decode_command, encode_command
+from kvraft.server import state_snapshot
+from kvraft.server.commands import BadCommand, decode_command, encode_command
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import RaftNode, StateMachine
+from kvraft.server.options import DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_INFLIGHT_PROPOSALS
+from kvraft.server.sessions import SessionLimits, Sessions
 
 log = logging.getLogger("kvraft.rsm")
 
@@ -46,26 +58,64 @@ class _Waiter:
 class RSM(StateMachine):
     """Owns the KV state of one server and the RPCs waiting on the log."""
 
-    def __init__(self, node_id: int, store: KVStore, *, op_timeout_s: float) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        store: KVStore,
+        *,
+        op_timeout_s: float,
+        session_limits: SessionLimits | None = None,
+        max_inflight_proposals: int = DEFAULT_MAX_INFLIGHT_PROPOSALS,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+    ) -> None:
         self.node_id = node_id
         self.store = store
+        self.sessions = Sessions(session_limits)
         self.op_timeout_s = op_timeout_s
+        self.max_inflight_proposals = max_inflight_proposals
+        self.max_inflight_bytes = max_inflight_bytes
         self._node: RaftNode | None = None
         # index -> the RPC waiting for the entry it submitted at that index
         self._waiters: dict[int, _Waiter] = {}
+        # index -> command bytes, for entries this server submitted as leader and
+        # has not applied yet (the admission budget).
+        # Invariant: inflight_bytes == sum(self._inflight.values()).
+        self._inflight: dict[int, int] = {}
+        self.inflight_bytes = 0
         self.skipped_commands = 0
+        self.busy_refusals = 0
+
+    @property
+    def inflight_proposals(self) -> int:
+        """Entries submitted here as leader and not applied yet."""
+        return len(self._inflight)
 
     def attach(self, node: RaftNode) -> None:
         self._node = node
 
     async def execute(self, op: Op) -> Any:
-        """Run ``op`` through the log; its result, or WrongLeader."""
+        """Run ``op`` through the log; its result, or WrongLeader.
+
+        NotLeader and Busy mean nothing was submitted: the op surely did not apply.
+        """
         node = self._node
         assert node is not None, "RSM not attached to a node"
-        submitted = node.submit(encode_command(op))
+        command = encode_command(op)
+        if (
+            len(self._inflight) >= self.max_inflight_proposals
+            or self.inflight_bytes + len(command) > self.max_inflight_bytes
+        ):
+            self.busy_refusals += 1
+            raise Busy(
+                f"n{self.node_id}: {len(self._inflight)} proposals, {self.inflight_bytes} bytes "
+                f"in flight (limits {self.max_inflight_proposals}, {self.max_inflight_bytes})"
+            )
+        submitted = node.submit(command)
         if submitted is None:
             raise NotLeader(f"n{self.node_id} is not the leader")
         index, term = submitted
+        self._inflight[index] = len(command)
+        self.inflight_bytes += len(command)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         displaced = self._waiters.get(index)
         if displaced is not None:
@@ -87,6 +137,8 @@ class RSM(StateMachine):
     def apply(self, entry: Entry) -> None:
         op: Op | None = None
         result: Any = None
+        self._settle(entry.index)
+        self.sessions.advance(entry.index)
         if entry.command is not None:
             try:
                 op = decode_command(entry.command)
@@ -101,7 +153,7 @@ class RSM(StateMachine):
                     exc,
                 )
             else:
-                result = apply_command(self.store, op)
+                result = self.sessions.apply(self.store, op, entry.index)
         waiter = self._waiters.pop(entry.index, None)
         if waiter is None or waiter.future.done():
             return
@@ -115,27 +167,29 @@ class RSM(StateMachine):
         else:
             _fail(waiter, f"another command was committed at index {entry.index}")
 
+    def _settle(self, index: int) -> None:
+        """The entry at ``index`` is applied: it leaves the admission budget."""
+        size = self._inflight.pop(index, None)
+        if size is not None:
+            self.inflight_bytes -= size
+
     def restore(self, snapshot: Snapshot) -> None:
-        self.store = KVStore.restore(snapshot.data)
+        self.sessions, self.store = state_snapshot.decode(snapshot.data, self.sessions.limits)
+        for index in [i for i in self._inflight if i <= snapshot.index]:
+            self._settle(index)
         for index in [i for i in self._waiters if i <= snapshot.index]:
             _fail(self._waiters.pop(index), f"index {index} replaced by a snapshot")
 
     def capture_snapshot(self) -> Callable[[], bytes]:
-        # A shallow copy is consistent: the store's values are immutable tuples.
-        copy = self.store.copy()
-
-        def encode() -> bytes:
-            chunks = []
-            for chunk in copy.snapshot_chunks():
-                chunks.append(chunk)
-                # Hand the GIL to the event loop thread now rather than after the
-                # 5 ms switch interval: keeps its latency low while this runs.
-                time.sleep(0)
-            return b"".join(chunks)
-
-        return encode
+        # A shallow copy of the store is consistent (its values are immutable
+        # tuples); the sessions are small and copied whole.
+        return state_snapshot.encoder(self.sessions.copy(), self.store.copy())
 
     def on_role_change(self, term: int, is_leader: bool) -> None:
+        if not is_leader:
+            # The budget is a leader's; what it submitted may never be applied now.
+            self._inflight.clear()
+            self.inflight_bytes = 0
         for index, waiter in list(self._waiters.items()):
             if waiter.term != term or not is_leader:
                 del self._waiters[index]

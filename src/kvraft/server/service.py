@@ -47,6 +47,9 @@ class Service:
             status["address"] = self.options.listen
             status["skipped_commands"] = self.rsm.skipped_commands
             status["keys"] = len(self.rsm.store)
+            status["sessions"] = len(self.rsm.sessions)
+            status["inflight_proposals"] = self.rsm.inflight_proposals
+            status["busy_refusals"] = self.rsm.busy_refusals
             return status
         if method in TEST_HOOKS:
             if not self.options.test_hooks:

@@ -29,7 +29,9 @@ from kvraft.errors import StorageError, one_line
 from kvraft.raft.ready import HardState
 from kvraft.storage.records import SINGLE_ROW_ID, hard_state_crc
 
-FORMAT_VERSION: Final = 2
+# 3: log entries hold commands with acked_below (client sessions) and snapshots
+# hold the sessions; a format-2 log's commands would no longer decode.
+FORMAT_VERSION: Final = 3
 # Written to the SQLite header: tells a kvraft store from any other SQLite file.
 APPLICATION_ID: Final = 0x6B767266  # "kvrf"
 DB_FILENAME: Final = "raft.db"
