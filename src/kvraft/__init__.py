@@ -43,8 +43,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from kvraft.errors import (
+    ClientClosed,
     InvalidArgument,
     KVError,
+    LockStateUnknown,
     Maybe,
     NoKey,
     Unavailable,
@@ -72,9 +74,11 @@ _LAZY = {
 __all__ = [
     "AsyncClient",
     "Client",
+    "ClientClosed",
     "InvalidArgument",
     "KVError",
     "Lock",
+    "LockStateUnknown",
     "Maybe",
     "NoKey",
     "Unavailable",
