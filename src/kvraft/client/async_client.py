@@ -14,8 +14,14 @@ outcome is unknown (a timeout, a connection lost after sending, or a
 ``WrongLeader`` from a server that had submitted it), a ``VersionMismatch``
 answer no longer tells whether that attempt applied, so it becomes ``Maybe``.
 Attempts that surely did nothing (``NotLeader``: the server never submitted
-it; ``ConnectFailed``: it was never sent) do not count. A put answered on its
-first send never raises ``Maybe``.
+it; :class:`~kvraft.errors.NotSent`: the RPC layer never wrote it, because the
+connection was refused, timed out while connecting, or was closed first) do
+not count. So a put sent once never raises ``Maybe``: not when its one send
+was answered, and not when every other attempt failed before it was written.
+
+``close()`` ends every call in flight: it cancels their retry loops, which
+then raise :class:`~kvraft.errors.ClientClosed` (so do calls begun after it),
+and closes the connections. A put ended that way may have applied.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from typing import Any
 from kvraft.addresses import split_address
 from kvraft.errors import (
     CallTimeout,
-    ConnectFailed,
+    ClientClosed,
     ConnectionLost,
     Maybe,
     NotLeader,
+    NotSent,
     Unavailable,
     VersionMismatch,
     WrongLeader,
@@ -83,6 +90,9 @@ class AsyncClient:
         self._index = {address: i for i, address in enumerate(self.servers)}
         self._closed = False
         self._request_ids = itertools.count(1)
+        # The tasks inside _execute now, and those of them close() cancelled.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._cancelled_by_close: set[asyncio.Task[Any]] = set()
 
     async def get(self, key: str) -> tuple[str, int]:
         """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
@@ -116,19 +126,45 @@ class AsyncClient:
         return new_version
 
     async def _execute(self, method: str, op: Any, uncertain: list[bool] | None = None) -> Any:
+        """Send ``op`` until some server answers it; ClientClosed if close() ends it first.
+
+        The calling task is registered while it runs here, so that close() can
+        cancel it; a cancellation that only close() asked for becomes
+        ClientClosed, any other stays a cancellation.
+        """
+        if self._closed:
+            raise self._closed_error()
+        task = asyncio.current_task()
+        assert task is not None, "AsyncClient calls run in a task"
+        self._calls.add(task)
+        try:
+            return await self._attempts(method, op, uncertain)
+        except asyncio.CancelledError:
+            if task in self._cancelled_by_close and task.cancelling() == 1:
+                task.uncancel()
+                raise self._closed_error() from None
+            raise
+        finally:
+            self._calls.discard(task)
+            self._cancelled_by_close.discard(task)
+
+    def _closed_error(self) -> ClientClosed:
+        return ClientClosed(f"client {self.client_id[:8]} is closed")
+
+    async def _attempts(self, method: str, op: Any, uncertain: list[bool] | None) -> Any:
         """Send ``op`` until some server answers it, trying servers in turn.
 
         Appends to ``uncertain``, for each failed attempt, whether it may have
-        been applied.
+        been applied: False only when it surely was not (NotLeader, NotSent).
         """
-        if self._closed:
-            raise RuntimeError("client is closed")
         loop = asyncio.get_running_loop()
         give_up = None if self.deadline is None else loop.time() + self.deadline
         failures_in_round = 0
         timeouts_here = 0
         backoff = BACKOFF_S
         while True:
+            if self._closed:
+                raise self._closed_error()
             timeout = self.call_timeout_s
             if give_up is not None:
                 remaining = give_up - loop.time()
@@ -144,7 +180,7 @@ class AsyncClient:
                     raise NotLeader(result.leader_address or "")
             except (WrongLeader, CallTimeout, ConnectionLost) as exc:
                 if uncertain is not None:
-                    uncertain.append(not isinstance(exc, NotLeader | ConnectFailed))
+                    uncertain.append(not isinstance(exc, NotLeader | NotSent))
                 hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None
                 if hint is not None:
                     self._leader = hint
@@ -171,8 +207,18 @@ class AsyncClient:
             return result
 
     async def close(self) -> None:
-        """Close connections; the client is unusable afterwards."""
+        """End every call in flight with ClientClosed, and close the connections.
+
+        Call it on the client's event loop. The calls' retry loops are
+        cancelled, so they end at their next step, whatever their deadline;
+        later calls raise ClientClosed at once. Idempotent.
+        """
         self._closed = True
+        current = asyncio.current_task()
+        for task in list(self._calls):
+            if task is not current and task not in self._cancelled_by_close:
+                self._cancelled_by_close.add(task)
+                task.cancel()
         for rpc in self._rpc:
             rpc.close()
 
