@@ -106,7 +106,9 @@ class AsyncClient:
         """Store ``value`` if ``key`` is at ``version``; returns the new version.
 
         Raises NoKey (version > 0 on a missing key), VersionMismatch, or Maybe
-        (a resent put met VersionMismatch: it may have applied).
+        (resent after an attempt with an unknown outcome, it met
+        VersionMismatch: it may have applied). Unavailable and ClientClosed
+        leave it unknown whether the put applied.
         """
         op = PutOp(
             key=key,
