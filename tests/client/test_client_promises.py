@@ -15,10 +15,18 @@ from typing import Any
 
 import pytest
 
-from kvraft import ClientClosed, LockStateUnknown, Maybe, VersionMismatch
-from kvraft.client.async_client import AsyncClient
+from kvraft import ClientClosed, LockStateUnknown, Maybe, VersionMismatch, WrongLeader
+from kvraft.client.async_client import AsyncClient, may_have_applied
 from kvraft.client.client import Client
 from kvraft.client.lock import FREE, Lock, LockNotHeld
+from kvraft.errors import (
+    CallTimeout,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    NotLeader,
+    NotSent,
+)
 from kvraft.testing.waiting import wait_until
 
 from .fake_kv import FakeServer, dead_address
@@ -45,6 +53,24 @@ def stored(server: FakeServer, key: str) -> tuple[str, int] | None:
 
 
 # ------------------------------------------------------------- Maybe only when unknown
+
+
+@pytest.mark.parametrize(
+    ("failure", "unknown"),
+    [
+        (ConnectFailed("refused"), False),
+        (ConnectTimeout("no connection in time"), False),
+        (NotSent("closed before the write"), False),
+        (NotLeader(""), False),
+        (CallTimeout("no reply in time"), True),
+        (ConnectionLost("lost after the write"), True),
+        (WrongLeader("lost leadership while waiting"), True),
+    ],
+)
+def test_only_attempts_that_may_have_run_count_toward_maybe(
+    failure: Exception, unknown: bool
+) -> None:
+    assert may_have_applied(failure) is unknown
 
 
 def test_a_put_after_refused_servers_is_sent_once_and_never_maybe(server: FakeServer) -> None:

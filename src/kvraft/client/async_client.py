@@ -63,6 +63,16 @@ MAX_BACKOFF_S = 0.2
 TIMEOUTS_BEFORE_MOVING_ON = 2
 
 
+def may_have_applied(failure: Exception) -> bool:
+    """Whether a failed attempt may have applied: False only if it surely did not.
+
+    NotLeader: the server did not submit it. NotSent: the RPC layer never
+    wrote it. Anything else (a timeout or a lost connection after the write,
+    a WrongLeader from a server that had submitted it) is unknown.
+    """
+    return not isinstance(failure, NotLeader | NotSent)
+
+
 class AsyncClient:
     """Asyncio client of a kvraft cluster; see the module docstring for the contract."""
 
@@ -182,7 +192,7 @@ class AsyncClient:
                     raise NotLeader(result.leader_address or "")
             except (WrongLeader, CallTimeout, ConnectionLost) as exc:
                 if uncertain is not None:
-                    uncertain.append(not isinstance(exc, NotLeader | NotSent))
+                    uncertain.append(may_have_applied(exc))
                 hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None
                 if hint is not None:
                     self._leader = hint
