@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 from kvraft.errors import (
     Busy,
+    ClientClosed,
     InvalidArgument,
     KVError,
+    LockStateUnknown,
     Maybe,
     NoKey,
     Unavailable,
@@ -74,9 +76,11 @@ __all__ = [
     "AsyncClient",
     "Busy",
     "Client",
+    "ClientClosed",
     "InvalidArgument",
     "KVError",
     "Lock",
+    "LockStateUnknown",
     "Maybe",
     "NoKey",
     "Unavailable",

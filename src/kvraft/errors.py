@@ -44,6 +44,34 @@ class Unavailable(KVError):
     """The client gave up after its deadline without an answer."""
 
 
+class ClientClosed(KVError, RuntimeError):
+    """The client was closed: a call in flight when it closed, or begun after, ends with this.
+
+    A put that ends with it may have applied (it may have been in flight).
+    Also a ``RuntimeError``, the error closed clients raised before it existed,
+    so ``except RuntimeError`` keeps working.
+    """
+
+
+class LockStateUnknown(KVError):
+    """``Lock.acquire`` failed while its put may still apply: the lock MAY be held by us.
+
+    Raised when the acquiring put's outcome is unknown (``Maybe``,
+    ``Unavailable``, ``ClientClosed``) and reading the holder failed too, so the
+    lock may be held, now or later, by ``holder_id``. To clean up, call
+    ``release()`` on the same ``Lock`` once the cluster answers, or, if its
+    client is closed, ``Lock.recover(client, error).release()`` with a new one:
+    it frees the lock if ``holder_id`` holds it and otherwise makes sure the
+    put (at ``version``) can no longer apply.
+    """
+
+    def __init__(self, message: str, *, key: str, holder_id: str, version: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.holder_id = holder_id
+        self.version = version
+
+
 class InvalidArgument(KVError):
     """The caller passed a bad key, value or version; nothing was sent or applied."""
 
@@ -56,12 +84,24 @@ class ConnectionLost(RpcError):
     """The connection closed or could not be opened; the call may or may not have run."""
 
 
-class ConnectFailed(ConnectionLost):
-    """The connection could not be opened, so the call was never sent."""
+class NotSent(ConnectionLost):
+    """The request was never handed to a connection, so the server surely did not run it.
+
+    The client counts such an attempt as surely not applied: only attempts
+    whose outcome is unknown (written, then no answer) can make a put ``Maybe``.
+    """
+
+
+class ConnectFailed(NotSent):
+    """The connection could not be opened (refused, unreachable, connect timed out)."""
 
 
 class CallTimeout(RpcError):
     """No reply within the call's timeout; the call may or may not have run."""
+
+
+class ConnectTimeout(CallTimeout, NotSent):
+    """The call's timeout passed while still connecting: nothing was sent."""
 
 
 class RemoteError(RpcError):

@@ -249,12 +249,12 @@ def acked_below_error(request_id: int, acked_below: object) -> str | None:
     return None
 
 
-def check_client_id(client_id: object) -> None:
-    """Raise InvalidArgument unless ``client_id`` is a ``str`` of at most MAX_CLIENT_ID_BYTES.
+def check_client_id(client_id: object, max_bytes: int = MAX_CLIENT_ID_BYTES) -> None:
+    """Raise InvalidArgument unless ``client_id`` is a ``str`` of at most ``max_bytes``.
 
     The bound is in UTF-8 bytes, as it travels; see MAX_CLIENT_ID_BYTES for why.
     """
-    _check_str("client_id", client_id, MAX_CLIENT_ID_BYTES)
+    _check_str("client_id", client_id, max_bytes)
 
 
 def check_version(version: object) -> None:

@@ -40,13 +40,17 @@ class EventLoopThread:
 
         ``timeout_s=None`` waits as long as the coroutine takes.
         """
-        assert threading.current_thread() is not self._thread, "would deadlock"
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = self.submit(coro)
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"{coro!r} did not finish in {timeout_s}s") from None
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop; its future, for a caller that waits on its own terms."""
+        assert threading.current_thread() is not self._thread, "would deadlock"
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     @property
     def running(self) -> bool:

@@ -12,9 +12,17 @@ from typing import Any
 
 import pytest
 
+from kvraft.client.async_client import SESSION_SUFFIX_BYTES
 from kvraft.client.client import Client
 from kvraft.errors import InvalidArgument
-from kvraft.kv_protocol import MAX_CLIENT_ID_BYTES, MAX_REQUEST_ID, GetOp, NoKeyResult, PutOp
+from kvraft.kv_protocol import (
+    MAX_CLIENT_ID_BYTES,
+    MAX_REQUEST_ID,
+    GetOk,
+    GetOp,
+    NoKeyResult,
+    PutOp,
+)
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
 from kvraft.testing.cluster import Cluster
@@ -42,11 +50,17 @@ def test_client_id_of_64_bytes_is_served_and_65_refused(make_cluster) -> None:  
     """64 UTF-8 bytes of client id are a client like another; 65 are refused by the
     server itself with InvalidArgument naming the bound, and nothing is applied."""
     cluster: Cluster = make_cluster(3)
-    at_bound = "é" * (MAX_CLIENT_ID_BYTES // 2)  # 64 bytes, 32 characters
-    with Client(cluster.addresses, deadline=30, client_id=at_bound) as c:
+    # A Client's own id leaves room for a renewed session's ".<n>" (12 bytes).
+    own_bound = "é" * ((MAX_CLIENT_ID_BYTES - SESSION_SUFFIX_BYTES) // 2)  # 52 bytes
+    with Client(cluster.addresses, deadline=30, client_id=own_bound) as c:
         c.put("k", "v", 0)
         assert c.get("k") == ("v", 1)
+    with pytest.raises(InvalidArgument, match="client_id of 54 bytes exceeds the maximum of 52"):
+        Client(cluster.addresses, deadline=30, client_id=own_bound + "é")
     leader = cluster.addresses[find_leader(cluster)]
+    at_bound = "é" * (MAX_CLIENT_ID_BYTES // 2)  # 64 bytes, 32 characters: the server's bound
+    first = GetOp(key="k", client_id=at_bound, request_id=1, acked_below=1)
+    assert raw_call(leader, "get", first) == GetOk(value="v", version=1)
 
     past = PutOp(key="k", value="w", version=1, client_id="c" * 65, request_id=1, acked_below=1)
     with pytest.raises(InvalidArgument, match="client_id of 65 bytes exceeds the maximum of 64"):

@@ -25,7 +25,8 @@ import kvraft.client.lock
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = ["Client", "AsyncClient", "Lock", "KVError", "NoKey", "VersionMismatch", "Maybe",
-          "Unavailable", "WrongLeader", "InvalidArgument", "Busy"]  # fmt: skip
+          "Unavailable", "WrongLeader", "InvalidArgument", "Busy", "ClientClosed",
+          "LockStateUnknown"]  # fmt: skip
 
 
 def run_python(code: str) -> str:

@@ -14,8 +14,10 @@ outcome is unknown (a timeout, a connection lost after sending, or a
 ``WrongLeader`` from a server that had submitted it), a ``VersionMismatch``
 answer no longer tells whether that attempt applied, so it becomes ``Maybe``.
 Attempts that surely did nothing (``NotLeader``: the server never submitted
-it; ``ConnectFailed``: it was never sent) do not count. A put answered on its
-first send never raises ``Maybe``.
+it; :class:`~kvraft.errors.NotSent`: the RPC layer never wrote it, because the
+connection was refused, timed out while connecting, or was closed first) do
+not count. So a put sent once never raises ``Maybe``: not when its one send
+was answered, and not when every other attempt failed before it was written.
 
 Sessions (``client/session.py``, ``server/sessions.py``) make ``Maybe`` rare:
 every attempt of an operation carries the same ``(session, request id)``, and
@@ -28,6 +30,10 @@ the operation again there), and the attempts of a session's first request.
 ``Busy`` (the leader's admission budget is full; nothing was submitted): the
 client waits a jittered, growing delay (bounded) and retries the same
 server; past the deadline that is ``Unavailable``.
+
+``close()`` ends every call in flight: it cancels their retry loops, which
+then raise :class:`~kvraft.errors.ClientClosed` (so do calls begun after it),
+and closes the connections. A put ended that way may have applied.
 """
 
 from __future__ import annotations
@@ -44,10 +50,11 @@ from kvraft.client.session import ClientSession
 from kvraft.errors import (
     Busy,
     CallTimeout,
-    ConnectFailed,
+    ClientClosed,
     ConnectionLost,
     Maybe,
     NotLeader,
+    NotSent,
     Unavailable,
     VersionMismatch,
     WrongLeader,
@@ -55,12 +62,14 @@ from kvraft.errors import (
 from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
     FIRST_REQUEST_ID,
+    MAX_CLIENT_ID_BYTES,
     GetOp,
     NotLeaderResult,
     Op,
     PutOp,
     SessionExpiredResult,
     StaleRequestResult,
+    check_client_id,
     check_op,
     result_of,
 )
@@ -70,12 +79,24 @@ from kvraft.rpc.codec import client_sender
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02
 MAX_BACKOFF_S = 0.2
+# Room a renewed session's name takes after the client id: "." and up to 11 digits.
+SESSION_SUFFIX_BYTES = 12
 # Timeouts in a row from the server that answered last before trying the next one.
 TIMEOUTS_BEFORE_MOVING_ON = 2
 # Waits after a Busy answer: doubling from the first, at most the last, each
 # jittered down to half so clients refused together do not come back together.
 BUSY_BACKOFF_S = 0.01
 MAX_BUSY_BACKOFF_S = 0.5
+
+
+def may_have_applied(failure: Exception) -> bool:
+    """Whether a failed attempt may have applied: False only if it surely did not.
+
+    NotLeader: the server did not submit it. NotSent: the RPC layer never
+    wrote it. Anything else (a timeout or a lost connection after the write,
+    a WrongLeader from a server that had submitted it) is unknown.
+    """
+    return not isinstance(failure, NotLeader | NotSent)
 
 
 class AsyncClient:
@@ -98,6 +119,9 @@ class AsyncClient:
         self.deadline = deadline
         self.call_timeout_s = call_timeout_s
         self.client_id = client_id or uuid.uuid4().hex
+        # Checked here, not at the first call: a renewed session is named
+        # "<client_id>.<n>", and that must still fit the server's bound.
+        check_client_id(self.client_id, MAX_CLIENT_ID_BYTES - SESSION_SUFFIX_BYTES)
         self.max_value_bytes = max_value_bytes
         self._rpc = [RpcClient(a, client_sender(self.client_id)) for a in self.servers]
         self._leader = 0
@@ -106,6 +130,9 @@ class AsyncClient:
         self._closed = False
         self._session = ClientSession(self.client_id)
         self._sessions_renewed = 0
+        # The tasks inside _execute now, and those of them close() cancelled.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._cancelled_by_close: set[asyncio.Task[Any]] = set()
 
     async def get(self, key: str) -> tuple[str, int]:
         """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
@@ -121,7 +148,9 @@ class AsyncClient:
         """Store ``value`` if ``key`` is at ``version``; returns the new version.
 
         Raises NoKey (version > 0 on a missing key), VersionMismatch, or Maybe
-        (a resent put met VersionMismatch: it may have applied).
+        (resent after an attempt with an unknown outcome, it met
+        VersionMismatch: it may have applied). Unavailable and ClientClosed
+        leave it unknown whether the put applied.
         """
 
         def build(session: str, request_id: int, acked_below: int) -> Op:
@@ -175,16 +204,42 @@ class AsyncClient:
                 uncertain.extend(attempts)
             if self._session is session:
                 self._sessions_renewed += 1
-                self._session = ClientSession(f"{self.client_id}.{self._sessions_renewed}")
+                renewed = f"{self.client_id}.{self._sessions_renewed}"
+                check_client_id(renewed)  # SESSION_SUFFIX_BYTES leaves room for 10^11 renewals
+                self._session = ClientSession(renewed)
 
     async def _execute(self, method: str, op: Any, uncertain: list[bool] | None = None) -> Any:
+        """Send ``op`` until some server answers it; ClientClosed if close() ends it first.
+
+        The calling task is registered while it runs here, so that close() can
+        cancel it; a cancellation that only close() asked for becomes
+        ClientClosed, any other stays a cancellation.
+        """
+        if self._closed:
+            raise self._closed_error()
+        task = asyncio.current_task()
+        assert task is not None, "AsyncClient calls run in a task"
+        self._calls.add(task)
+        try:
+            return await self._attempts(method, op, uncertain)
+        except asyncio.CancelledError:
+            if task in self._cancelled_by_close and task.cancelling() == 1:
+                task.uncancel()
+                raise self._closed_error() from None
+            raise
+        finally:
+            self._calls.discard(task)
+            self._cancelled_by_close.discard(task)
+
+    def _closed_error(self) -> ClientClosed:
+        return ClientClosed(f"client {self.client_id[:8]} is closed")
+
+    async def _attempts(self, method: str, op: Any, uncertain: list[bool] | None) -> Any:
         """Send ``op`` until some server answers it, trying servers in turn.
 
         Appends to ``uncertain``, for each failed attempt, whether it may have
-        been applied.
+        been applied: False only when it surely was not (NotLeader, NotSent).
         """
-        if self._closed:
-            raise RuntimeError("client is closed")
         loop = asyncio.get_running_loop()
         give_up = None if self.deadline is None else loop.time() + self.deadline
         failures_in_round = 0
@@ -192,6 +247,8 @@ class AsyncClient:
         backoff = BACKOFF_S
         busy_backoff = BUSY_BACKOFF_S
         while True:
+            if self._closed:
+                raise self._closed_error()
             timeout = self.call_timeout_s
             if give_up is not None:
                 remaining = give_up - loop.time()
@@ -218,7 +275,7 @@ class AsyncClient:
                 continue
             except (WrongLeader, CallTimeout, ConnectionLost) as exc:
                 if uncertain is not None:
-                    uncertain.append(not isinstance(exc, NotLeader | ConnectFailed))
+                    uncertain.append(may_have_applied(exc))
                 hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None
                 if hint is not None:
                     self._leader = hint
@@ -245,8 +302,18 @@ class AsyncClient:
             return result
 
     async def close(self) -> None:
-        """Close connections; the client is unusable afterwards."""
+        """End every call in flight with ClientClosed, and close the connections.
+
+        Call it on the client's event loop. The calls' retry loops are
+        cancelled, so they end at their next step, whatever their deadline;
+        later calls raise ClientClosed at once. Idempotent.
+        """
         self._closed = True
+        current = asyncio.current_task()
+        for task in list(self._calls):
+            if task is not current and task not in self._cancelled_by_close:
+                self._cancelled_by_close.add(task)
+                task.cancel()
         for rpc in self._rpc:
             rpc.close()
 

@@ -3,19 +3,31 @@
 It owns one event loop in a daemon thread and runs every call there, so one
 ``Client`` can be shared by many threads and there is a single implementation
 of retries and ``Maybe`` (the async one).
+
+``close()``, from any thread, ends the calls other threads are blocked in:
+the AsyncClient's close cancels their retry loops on the loop thread, they
+raise :class:`~kvraft.errors.ClientClosed`, and only then is the loop stopped
+(a loop stopped first would leave those threads waiting for good). A lock
+orders close against new calls, so none is started on a loop being stopped.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
+from kvraft.errors import ClientClosed
 from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
 from kvraft.loop_thread import EventLoopThread
 
 T = TypeVar("T")
+
+# How long close() waits for the calls it ended to hand back ClientClosed.
+CLOSE_WAIT_S = 1.0
 
 
 class Client:
@@ -38,17 +50,27 @@ class Client:
             max_value_bytes=max_value_bytes,
         )
         self._loop = EventLoopThread(name=f"kvraft-client-{self.client_id[:8]}")
+        # Guards _closed and _in_flight: a call is started only while not closed.
+        self._mutex = threading.Lock()
         self._closed = False
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()
 
     @property
     def client_id(self) -> str:
         return self._async.client_id
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._closed:
-            coro.close()
-            raise RuntimeError("client is closed")
-        return self._loop.run(coro, timeout_s=None)
+        with self._mutex:
+            if self._closed:
+                coro.close()
+                raise ClientClosed(f"client {self.client_id[:8]} is closed")
+            future = self._loop.submit(coro)
+            self._in_flight.add(future)
+        try:
+            return future.result()
+        finally:
+            with self._mutex:
+                self._in_flight.discard(future)
 
     def get(self, key: str) -> tuple[str, int]:
         """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
@@ -59,12 +81,24 @@ class Client:
         return self._run(self._async.put(key, value, version))
 
     def close(self) -> None:
-        """Close connections and stop the client's thread."""
-        if self._closed:
-            return
-        self._run(self._async.close())
-        self._closed = True
+        """End every call in flight, in every thread, with ClientClosed; stop the thread.
+
+        Safe from any thread, idempotent. The calls end within about
+        ``CLOSE_WAIT_S``: their retry loops are cancelled, not waited out.
+        """
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            in_flight = list(self._in_flight)
+        # Every call started before _closed was set is already queued on the
+        # loop ahead of this close, so the close sees and cancels it.
+        self._loop.run(self._async.close(), timeout_s=CLOSE_WAIT_S)
+        concurrent.futures.wait(in_flight, timeout=CLOSE_WAIT_S)
         self._loop.stop()
+        for future in in_flight:  # the loop is gone: nothing else can finish them
+            if not future.done():
+                future.set_exception(ClientClosed(f"client {self.client_id[:8]} is closed"))
 
     def __enter__(self) -> Client:
         return self

@@ -8,6 +8,13 @@ An asyncio Protocol (callbacks, not streams), like the server's side.
   its pending calls at once with :class:`~kvraft.errors.ConnectionLost`; the
   next call opens a new connection. Concurrent callers share one connection
   attempt.
+- A call that fails before its request was handed to a connection (refused,
+  connect timed out, closed or dropped before the write) raises
+  :class:`~kvraft.errors.NotSent` (``ConnectFailed``, ``ConnectTimeout``):
+  the server surely did not run it. Any other failure (``CallTimeout``,
+  ``ConnectionLost``) leaves the outcome unknown. A frame queued in the
+  write coalescer when its connection drops counts as sent: unknown is the
+  safe side of that rare race.
 - A reply over this client's frame maximum fails only its own call, with
   ``RemoteError("reply_too_large")``, and is skipped unread.
 - Memory stays bounded when a server stops reading: :meth:`RpcClient.notify`
@@ -23,7 +30,15 @@ import logging
 from typing import Any
 
 from kvraft.addresses import split_address
-from kvraft.errors import CallTimeout, ConnectFailed, ConnectionLost, ProtocolError, RemoteError
+from kvraft.errors import (
+    CallTimeout,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    NotSent,
+    ProtocolError,
+    RemoteError,
+)
 from kvraft.rpc.coalescer import Coalescer, as_stream
 from kvraft.rpc.codec import (
     Notify,
@@ -165,8 +180,10 @@ class RpcClient:
         other remote errors (``unknown_method``, ``bad_request``, ``internal``,
         ``reply_too_large``), CallTimeout after ``timeout`` seconds (connecting
         included), and ConnectionLost if the connection cannot be opened or
-        drops meanwhile. Args the wire cannot carry raise TypeError, and a
-        request over the frame maximum ValueError, before anything is sent.
+        drops meanwhile. Failures before the request was written are NotSent
+        (ConnectFailed, ConnectTimeout). Args the wire cannot carry raise
+        TypeError, and a request over the frame maximum ValueError, before
+        anything is sent.
         """
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
@@ -192,21 +209,21 @@ class RpcClient:
     async def _connection(self, method: str, timeout: float) -> _ClientConnection:
         """A usable connection, opened or joined within ``timeout`` seconds."""
         if self._closed:
-            raise ConnectionLost(f"client for {self.address} is closed")
+            raise NotSent(f"client for {self.address} is closed")
         task = self._connecting or self._start_connecting()
         try:
             async with asyncio.timeout(max(0.0, timeout)):
                 conn = await asyncio.shield(task)
         except TimeoutError:
-            raise CallTimeout(f"{method} to {self.address}: no connection in time") from None
+            raise ConnectTimeout(f"{method} to {self.address}: no connection in time") from None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
                 # close() cancelled the attempt before it began; this caller was not cancelled
-                raise ConnectionLost(f"client for {self.address} is closed") from None
+                raise NotSent(f"client for {self.address} is closed") from None
             raise
         if not conn.usable():  # it dropped before this caller resumed
-            raise ConnectionLost(f"connection to {self.address} lost: {conn._reason}")
+            raise NotSent(f"connection to {self.address} lost: {conn._reason}")
         return conn
 
     def _start_connecting(self) -> asyncio.Task[_ClientConnection]:
@@ -234,14 +251,14 @@ class RpcClient:
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {self.address}: {exc}") from None
         except asyncio.CancelledError:
-            if self._closed:  # close() cancelled us: waiters see ConnectionLost
-                raise ConnectionLost(f"client for {self.address} is closed") from None
+            if self._closed:  # close() cancelled us: waiters see NotSent
+                raise NotSent(f"client for {self.address} is closed") from None
             raise
         if self._closed:
             proto.abort("client closed")
-            raise ConnectionLost(f"client for {self.address} is closed")
+            raise NotSent(f"client for {self.address} is closed")
         if not proto.usable():
-            raise ConnectionLost(f"connection to {self.address} lost: {proto._reason}")
+            raise NotSent(f"connection to {self.address} lost: {proto._reason}")
         self._conn = proto
         return proto
 
