@@ -130,7 +130,7 @@ class AsyncClient:
         self._closed = False
         self._session = ClientSession(self.client_id)
         self._sessions_renewed = 0
-        # The tasks inside _execute now, and those of them close() cancelled.
+        # The tasks inside _in_session now, and those of them close() cancelled.
         self._calls: set[asyncio.Task[Any]] = set()
         self._cancelled_by_close: set[asyncio.Task[Any]] = set()
 
@@ -172,7 +172,7 @@ class AsyncClient:
             raise
         return new_version
 
-    async def _in_session(
+    async def _session_loop(
         self,
         method: str,
         build: Callable[[str, int, int], Op],
@@ -193,7 +193,7 @@ class AsyncClient:
             try:
                 op = build(session.id, request_id, session.acked_below())
                 check_op(op, self.max_value_bytes)
-                result = await self._execute(method, op, attempts)
+                result = await self._attempts(method, op, attempts)
             finally:
                 session.end(request_id)
             if not isinstance(result, SessionExpiredResult | StaleRequestResult):
@@ -208,12 +208,19 @@ class AsyncClient:
                 check_client_id(renewed)  # SESSION_SUFFIX_BYTES leaves room for 10^11 renewals
                 self._session = ClientSession(renewed)
 
-    async def _execute(self, method: str, op: Any, uncertain: list[bool] | None = None) -> Any:
-        """Send ``op`` until some server answers it; ClientClosed if close() ends it first.
+    async def _in_session(
+        self,
+        method: str,
+        build: Callable[[str, int, int], Op],
+        uncertain: list[bool] | None = None,
+    ) -> Any:
+        """One operation, from waiting for its session's window to its answer;
+        ClientClosed if close() ends it first.
 
-        The calling task is registered while it runs here, so that close() can
-        cancel it; a cancellation that only close() asked for becomes
-        ClientClosed, any other stays a cancellation.
+        The calling task is registered for all of that (a call waiting for its
+        turn in the session is in flight too), so that close() can cancel it;
+        a cancellation that only close() asked for becomes ClientClosed, any
+        other stays a cancellation.
         """
         if self._closed:
             raise self._closed_error()
@@ -221,7 +228,7 @@ class AsyncClient:
         assert task is not None, "AsyncClient calls run in a task"
         self._calls.add(task)
         try:
-            return await self._attempts(method, op, uncertain)
+            return await self._session_loop(method, build, uncertain)
         except asyncio.CancelledError:
             if task in self._cancelled_by_close and task.cancelling() == 1:
                 task.uncancel()
