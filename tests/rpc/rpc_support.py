@@ -75,7 +75,7 @@ class ScriptedHandler:
         self.gate = asyncio.Event()
         self.extra: dict[str, Callable[[Any], Awaitable[Any]]] = {}
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         self.calls += 1
         if method in self.extra:
             return await self.extra[method](args)
@@ -109,7 +109,7 @@ class ScriptedHandler:
     def release(self, key: Any) -> None:
         self.held.pop(key).set_result(key)
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> None:
         if method == "notify_boom":
             raise RuntimeError("notify handler exploded")
         if method == "notify_strict":
