@@ -21,6 +21,7 @@ from kvraft.local_cluster import (
     NodeProcesses,
     check_cluster_size,
     describe_os_error,
+    ensure_peer_secret,
     print_banner,
 )
 from kvraft.raft.config import (
@@ -28,6 +29,22 @@ from kvraft.raft.config import (
     DEFAULT_HEARTBEAT_INTERVAL_TICKS,
     DEFAULT_TICK_INTERVAL_S,
 )
+from kvraft.rpc.admission import (
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+)
+
+
+def _read_secret(path: Path) -> bytes:
+    """The bytes of a secret file; a usage error (exit 2) if it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise click.BadParameter(
+            f"cannot read {path}: {reason}", param_hint="--peer-secret-file"
+        ) from None
 
 
 def _log_level(ctx: click.Context) -> str:
@@ -82,6 +99,40 @@ def _log_level(ctx: click.Context) -> str:
 @click.option(
     "--max-frame-bytes", type=click.IntRange(min=1024), default=None, help="Default 16 MiB."
 )
+@click.option(
+    "--peer-secret-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The cluster's shared secret (the file's contents, stripped, at least 16 bytes): "
+    "peers prove they hold it before their Raft messages count.",
+)
+@click.option(
+    "--insecure-peers",
+    is_flag=True,
+    help="Run without a peer secret, believing any connection that claims to be a peer "
+    "(only where every process that can connect is trusted).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Connections held at once; more are closed at once.",
+)
+@click.option(
+    "--idle-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_IDLE_TIMEOUT_S,
+    show_default=True,
+    help="Close a connection that completes no frame for this long.",
+)
+@click.option(
+    "--frame-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_FRAME_TIMEOUT_S,
+    show_default=True,
+    help="Close a connection whose frame is not complete this long after its first byte.",
+)
 def server(
     node_id: int,
     listen: str,
@@ -95,6 +146,11 @@ def server(
     heartbeat_ticks: int,
     max_value_bytes: int | None,
     max_frame_bytes: int | None,
+    peer_secret_file: Path | None,
+    insecure_peers: bool,
+    max_connections: int,
+    idle_timeout_s: float,
+    frame_timeout_s: float,
 ) -> None:
     """Run one server node in the foreground.
 
@@ -104,7 +160,10 @@ def server(
     \b
       kvraft server --id 0 --listen 127.0.0.1:7001 \\
         --peers 0=127.0.0.1:7001,1=127.0.0.1:7002,2=127.0.0.1:7003 \\
-        --data-dir ./data/n0
+        --data-dir ./data/n0 --peer-secret-file ./data/peer-secret
+
+    Without --peer-secret-file the server refuses to start, unless
+    --insecure-peers is given (then it warns).
     """
     from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
@@ -115,6 +174,7 @@ def server(
     )
     from kvraft.server.process import run_server
 
+    secret = _read_secret(peer_secret_file) if peer_secret_file is not None else None
     try:
         threshold: int | None = (
             DEFAULT_SNAPSHOT_THRESHOLD_BYTES if snapshot_threshold is None else snapshot_threshold
@@ -132,6 +192,11 @@ def server(
             heartbeat_interval_ticks=heartbeat_ticks,
             max_value_bytes=max_value_bytes or DEFAULT_MAX_VALUE_BYTES,
             max_frame_bytes=max_frame_bytes or DEFAULT_MAX_FRAME_BYTES,
+            peer_secret=secret,
+            insecure_peers=insecure_peers,
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout_s,
+            frame_timeout_s=frame_timeout_s,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -183,6 +248,7 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
     if data_dir.exists() and not data_dir.is_dir():
         raise click.BadParameter(f"{data_dir} is not a directory", param_hint="--data-dir")
     check_cluster_size(data_dir, nodes)
+    secret_file = ensure_peer_secret(data_dir)
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
     log_level = _log_level(ctx)
@@ -193,7 +259,7 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
     for i, address in addresses.items():
         cmd = [sys.executable, "-m", "kvraft", "--log-level", log_level, "server"]
         cmd += ["--id", str(i), "--listen", address, "--peers", peers]
-        cmd += ["--data-dir", str(data_dir / f"n{i}")]
+        cmd += ["--data-dir", str(data_dir / f"n{i}"), "--peer-secret-file", str(secret_file)]
         if not supervisor.start(cmd):
             break
     print_banner(data_dir, addresses, supervisor.procs)

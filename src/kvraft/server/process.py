@@ -16,11 +16,12 @@ import signal
 from kvraft.addresses import split_address
 from kvraft.raft.config import RaftConfig
 from kvraft.rpc.event_loop import install_event_loop_policy
+from kvraft.rpc.peer_auth import Membership, PeerKey
 from kvraft.rpc.server import RpcServer
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode
 from kvraft.server.options import ServerOptions
-from kvraft.server.peer_transport import RpcPeerTransport
+from kvraft.server.peer_transport import RAFT_METHOD, RpcPeerTransport
 from kvraft.server.rsm import RSM
 from kvraft.server.service import Service
 from kvraft.storage.sqlite import SqliteStorage
@@ -50,23 +51,46 @@ class Server:
             heartbeat_interval_ticks=options.heartbeat_interval_ticks,
         )
         rsm = RSM(options.node_id, KVStore(), op_timeout_s=options.op_timeout_s)
+        key = (
+            PeerKey(options.peer_secret, options.cluster_id)
+            if options.peer_secret is not None
+            else None
+        )
         node = RaftNode(
             config,
             storage,
-            RpcPeerTransport(options.node_id, options.peers),
+            RpcPeerTransport(options.node_id, options.peers, key),
             rsm,
             timing=NodeTiming(tick_interval_s=options.tick_interval_s),
             snapshot_threshold_bytes=options.snapshot_threshold_bytes,
         )
         rsm.attach(node)
         service = Service(options, node, rsm)
+        membership = (
+            Membership(key, options.node_id, frozenset(options.peers) - {options.node_id})
+            if key is not None
+            else None
+        )
         rpc = RpcServer(
-            service, max_frame_bytes=options.max_frame_bytes, name=f"n{options.node_id}"
+            service,
+            max_frame_bytes=options.max_frame_bytes,
+            name=f"n{options.node_id}",
+            peer_auth=membership,
+            insecure_peers=options.insecure_peers,
+            peer_methods=frozenset({RAFT_METHOD}),
+            limits=options.limits,
         )
         return cls(options, node, rsm, rpc)
 
     async def start(self) -> None:
         """Listen and start Raft; OSError if the address is taken."""
+        if self.options.insecure_peers:
+            log.warning(
+                "n%d: --insecure-peers: peers are not authenticated; any process that can "
+                "connect to %s can forge Raft messages",
+                self.options.node_id,
+                self.options.listen,
+            )
         host, port = split_address(self.options.listen)
         await self.rpc.start(host, port)
         await self.node.start()
