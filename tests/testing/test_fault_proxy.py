@@ -27,6 +27,7 @@ from harness_support import (
     call,
     inversions,
     outcome,
+    peer_client,
     rate_message,
     within,
 )
@@ -213,7 +214,7 @@ def test_lossy_drops_half_the_notifies(net: ProxyNetwork, backend: Backend) -> N
     n = 2000
 
     async def notify_all() -> None:
-        client = RpcClient(address, peer_sender(3))
+        client = peer_client(address, 3)
         while not client.notify("hello", 0):  # False while connecting
             await asyncio.sleep(0.001)
         for i in range(1, n):
@@ -315,7 +316,7 @@ def test_reply_tags_make_notifies_behave_as_replies(net: ProxyNetwork, backend: 
     profile = NetworkProfile("asks-lost", request_drop=1.0, reply_tags=frozenset({126}))
 
     async def send() -> None:
-        client = RpcClient(address, peer_sender(1))
+        client = peer_client(address, 1)
         while not client.notify("raft", ProbeAnswer(0)):
             await asyncio.sleep(0.001)
         net.control.set_profile(profile)
@@ -370,7 +371,7 @@ def test_disconnect_cuts_a_server_off_from_the_others(net: ProxyNetwork, backend
 
     async def reply_lost() -> None:
         # The request reaches server 1; 0 is cut off before the answer comes back.
-        client = RpcClient(address1, peer_sender(0))
+        client = peer_client(address1, 0)
         task = asyncio.ensure_future(client.call("slow", 0.3, 0.6))
         await asyncio.sleep(0.1)
         net.control.disconnect(0)
