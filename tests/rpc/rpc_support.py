@@ -70,6 +70,8 @@ class ScriptedHandler:
     def __init__(self) -> None:
         self.calls = 0
         self.notes: list[tuple[str, str, Any]] = []
+        # The peer_id the server gave each notify, in order (the proven identity).
+        self.note_peers: list[int | None] = []
         self.held: dict[Any, asyncio.Future[Any]] = {}
         self.hanging = 0
         self.gate = asyncio.Event()
@@ -86,6 +88,8 @@ class ScriptedHandler:
             return args[0] + args[1]
         if method == "sender":
             return sender
+        if method == "peer_id":
+            return peer_id
         if method == "hang":
             self.hanging += 1
             await asyncio.Event().wait()
@@ -117,6 +121,7 @@ class ScriptedHandler:
         if method == "notify_bad":
             raise ProtocolError("bad notify args")
         self.notes.append((method, sender, args))
+        self.note_peers.append(peer_id)
 
 
 @contextlib.asynccontextmanager
