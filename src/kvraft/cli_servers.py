@@ -37,9 +37,13 @@ from kvraft.rpc.admission import (
 
 
 def _read_secret(path: Path) -> bytes:
-    """The bytes of a secret file; a usage error (exit 2) if it cannot be read."""
+    """The secret in a secret file, stripped; a usage error (exit 2) if unreadable or short."""
+    from kvraft.rpc.peer_auth import check_secret
+
     try:
-        return path.read_bytes()
+        return check_secret(path.read_bytes())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--peer-secret-file") from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise click.BadParameter(

@@ -1,0 +1,1 @@
+"""Attacks on real server processes; each ends with the cluster serving, linearizably."""
