@@ -310,6 +310,33 @@ def test_reordering_holds_back_two_thirds_of_replies(net: ProxyNetwork, backend:
     assert inversions(ranks) > pairs // 4
 
 
+def test_peer_handshakes_pass_unchanged_when_everything_else_is_dropped(
+    net: ProxyNetwork, backend: Backend
+) -> None:
+    """Handshake frames are never dropped or delayed at random: a lossy net costs no logins."""
+    address = net.add(0, backend.address)
+    net.control.set_profile(
+        NetworkProfile("all-lost", request_drop=1.0, reply_drop=1.0, request_delay_s=(1.0, 1.0))
+    )
+
+    async def login() -> None:
+        client = peer_client(address, 4)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5.0
+            while not client.notify("hello", 0):  # False until the handshake is done
+                assert loop.time() < deadline, "the handshake did not get through"
+                await asyncio.sleep(0.005)
+        finally:
+            client.close()
+
+    asyncio.run(login())
+    handshakes = net.stats(0).total("handshake", sender="p4")
+    # hello and proof one way, challenge and welcome the other, byte for byte.
+    assert handshakes.seen == handshakes.delivered == 4 and handshakes.dropped == 0
+    assert net.stats(0).total("notify", sender="p4").dropped == 1
+
+
 def test_reply_tags_make_notifies_behave_as_replies(net: ProxyNetwork, backend: Backend) -> None:
     """A profile can treat typed one-way messages (Raft's replies) with the reply rates."""
     address = net.add(0, backend.address)
