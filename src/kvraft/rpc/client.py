@@ -163,6 +163,8 @@ class RpcClient:
                 raise ValueError("a peer handshake needs a peer sender and the server's peer id")
         self.peer_key = peer_key
         self.server_peer_id = server_peer_id
+        # Whether the last handshake failed its check (its warning logged once).
+        self._auth_failing = False
         self.address = address
         self.host, self.port = split_address(address)
         self.sender = sender
@@ -297,11 +299,23 @@ class RpcClient:
                 proof = initiator.proof(challenge.args)
                 self._write_handshake(proto, Handshake(PROOF, self.sender, proof))
                 await self._next_handshake(proto, WELCOME)
+            self._auth_failing = False
         except (TimeoutError, AuthError, ConnectionLost) as exc:
             reason = (
                 f"timed out after {HANDSHAKE_TIMEOUT_S}s" if isinstance(exc, TimeoutError) else exc
             )
             proto.abort(f"peer handshake failed: {reason}")
+            if isinstance(exc, AuthError) and not self._auth_failing:
+                # Once per streak of failures: a node retries every heartbeat.
+                self._auth_failing = True
+                log.warning(
+                    "%s: peer handshake with n%d at %s failed: %s (same secret and "
+                    "--cluster-id on every node?)",
+                    self.sender,
+                    self.server_peer_id,
+                    self.address,
+                    exc,
+                )
             raise ConnectFailed(
                 f"cannot connect to {self.address}: peer handshake failed: {reason}"
             ) from None
