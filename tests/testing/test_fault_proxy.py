@@ -327,6 +327,10 @@ def test_peer_handshakes_pass_unchanged_when_everything_else_is_dropped(
             while not client.notify("hello", 0):  # False until the handshake is done
                 assert loop.time() < deadline, "the handshake did not get through"
                 await asyncio.sleep(0.005)
+            # Closing aborts what is still unsent: wait until the proxy saw the notify.
+            while not net.stats(0).total("notify", sender="p4").seen:
+                assert loop.time() < deadline, "the notify never reached the proxy"
+                await asyncio.sleep(0.005)
         finally:
             client.close()
 
