@@ -61,6 +61,7 @@ class ServerCluster(LocalCluster):
             cmd = [sys.executable, "-m", "kvraft", "--log-level", self.log_level, "server"]
             cmd += ["--id", str(i), "--listen", address, "--peers", peers]
             cmd += ["--data-dir", str(self.data_dir(i)), *self.server_args]
+            cmd += ["--peer-secret-file", str(self.secret_file)]
             with open(self.log_path(i), "ab") as log:
                 self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 

@@ -48,10 +48,15 @@ def _use_loop(kind: str) -> None:
 
 
 class _Echo:
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    # peer_id has a default so the handler also runs against an older src (--compare).
+    async def handle_call(
+        self, method: str, sender: str, args: Any, *, peer_id: int | None = None
+    ) -> Any:
         return args
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(
+        self, method: str, sender: str, args: Any, *, peer_id: int | None = None
+    ) -> None:
         pass
 
 

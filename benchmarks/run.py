@@ -44,6 +44,7 @@ from typing import Any
 from kvraft.bench import Bench, BenchConfig, OpStats, failover_time_s
 from kvraft.client.admin import fetch_statuses_async
 from kvraft.client.client import Client
+from kvraft.local_cluster import ensure_peer_secret
 from kvraft.rpc.event_loop import install_event_loop_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,8 @@ class LocalCluster:
         self.addresses = [f"{host}:{free_port(host)}" for _ in range(n)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
         base_dir.mkdir(parents=True, exist_ok=True)
+        # Peers authenticate, as in production (the handshake costs one round trip per connection).
+        self.secret_file = ensure_peer_secret(base_dir)
 
     def start(self) -> None:
         peers = ",".join(f"{i}={a}" for i, a in enumerate(self.addresses))
@@ -83,6 +86,7 @@ class LocalCluster:
             cmd = [sys.executable, "-m", "kvraft", "--log-level", "warning", "server"]
             cmd += ["--id", str(i), "--listen", address, "--peers", peers]
             cmd += ["--data-dir", str(self.base_dir / f"n{i}")]
+            cmd += ["--peer-secret-file", str(self.secret_file)]
             with open(self.base_dir / f"n{i}.log", "ab") as log:
                 self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 

@@ -21,6 +21,7 @@ from kvraft.local_cluster import (
     NodeProcesses,
     check_cluster_size,
     describe_os_error,
+    ensure_peer_secret,
     print_banner,
 )
 from kvraft.raft.config import (
@@ -28,6 +29,26 @@ from kvraft.raft.config import (
     DEFAULT_HEARTBEAT_INTERVAL_TICKS,
     DEFAULT_TICK_INTERVAL_S,
 )
+from kvraft.rpc.admission import (
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+)
+
+
+def _read_secret(path: Path) -> bytes:
+    """The secret in a secret file, stripped; a usage error (exit 2) if unreadable or short."""
+    from kvraft.rpc.peer_auth import check_secret
+
+    try:
+        return check_secret(path.read_bytes())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--peer-secret-file") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise click.BadParameter(
+            f"cannot read {path}: {reason}", param_hint="--peer-secret-file"
+        ) from None
 
 
 def _log_level(ctx: click.Context) -> str:
@@ -94,6 +115,40 @@ def _log_level(ctx: click.Context) -> str:
     default=None,
     help="The same budget in command bytes. Default 64 MiB.",
 )
+@click.option(
+    "--peer-secret-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The cluster's shared secret (the file's contents, stripped, at least 16 bytes): "
+    "peers prove they hold it before their Raft messages count.",
+)
+@click.option(
+    "--insecure-peers",
+    is_flag=True,
+    help="Run without a peer secret, believing any connection that claims to be a peer "
+    "(only where every process that can connect is trusted).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Connections held at once; more are closed at once.",
+)
+@click.option(
+    "--idle-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_IDLE_TIMEOUT_S,
+    show_default=True,
+    help="Close a connection that completes no frame for this long.",
+)
+@click.option(
+    "--frame-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_FRAME_TIMEOUT_S,
+    show_default=True,
+    help="Close a connection whose frame is not complete this long after its first byte.",
+)
 def server(
     node_id: int,
     listen: str,
@@ -109,6 +164,11 @@ def server(
     max_frame_bytes: int | None,
     max_inflight_proposals: int | None,
     max_inflight_bytes: int | None,
+    peer_secret_file: Path | None,
+    insecure_peers: bool,
+    max_connections: int,
+    idle_timeout_s: float,
+    frame_timeout_s: float,
 ) -> None:
     """Run one server node in the foreground.
 
@@ -118,7 +178,10 @@ def server(
     \b
       kvraft server --id 0 --listen 127.0.0.1:7001 \\
         --peers 0=127.0.0.1:7001,1=127.0.0.1:7002,2=127.0.0.1:7003 \\
-        --data-dir ./data/n0
+        --data-dir ./data/n0 --peer-secret-file ./data/peer-secret
+
+    Without --peer-secret-file the server refuses to start, unless
+    --insecure-peers is given (then it warns).
     """
     from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
@@ -131,6 +194,7 @@ def server(
     )
     from kvraft.server.process import run_server
 
+    secret = _read_secret(peer_secret_file) if peer_secret_file is not None else None
     try:
         threshold: int | None = (
             DEFAULT_SNAPSHOT_THRESHOLD_BYTES if snapshot_threshold is None else snapshot_threshold
@@ -150,6 +214,11 @@ def server(
             max_frame_bytes=max_frame_bytes or DEFAULT_MAX_FRAME_BYTES,
             max_inflight_proposals=max_inflight_proposals or DEFAULT_MAX_INFLIGHT_PROPOSALS,
             max_inflight_bytes=max_inflight_bytes or DEFAULT_MAX_INFLIGHT_BYTES,
+            peer_secret=secret,
+            insecure_peers=insecure_peers,
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout_s,
+            frame_timeout_s=frame_timeout_s,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -201,6 +270,7 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
     if data_dir.exists() and not data_dir.is_dir():
         raise click.BadParameter(f"{data_dir} is not a directory", param_hint="--data-dir")
     check_cluster_size(data_dir, nodes)
+    secret_file = ensure_peer_secret(data_dir)
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
     log_level = _log_level(ctx)
@@ -211,7 +281,7 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
     for i, address in addresses.items():
         cmd = [sys.executable, "-m", "kvraft", "--log-level", log_level, "server"]
         cmd += ["--id", str(i), "--listen", address, "--peers", peers]
-        cmd += ["--data-dir", str(data_dir / f"n{i}")]
+        cmd += ["--data-dir", str(data_dir / f"n{i}"), "--peer-secret-file", str(secret_file)]
         if not supervisor.start(cmd):
             break
     print_banner(data_dir, addresses, supervisor.procs)

@@ -171,3 +171,30 @@ def check_cluster_size(data_dir: Path, nodes: int) -> None:
         raise click.BadParameter(
             f"cannot use {data_dir}: {describe_os_error(exc)}", param_hint="--data-dir"
         ) from None
+
+
+PEER_SECRET_FILE = "peer-secret"
+
+
+def ensure_peer_secret(data_dir: Path) -> Path:
+    """``DATA_DIR/peer-secret``, created with a fresh random secret (mode 0600) if missing.
+
+    So that ``kvraft cluster`` is secured by default: its nodes prove this
+    secret to each other, and a rerun on the same dir keeps it. Created with
+    O_EXCL and the mode at once, so the secret is never readable by others,
+    not even for an instant. A usage error if the file cannot be written.
+    """
+    from kvraft.rpc.peer_auth import new_secret
+
+    path = data_dir / PEER_SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create {path}: {describe_os_error(exc)}", param_hint="--data-dir"
+        ) from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(new_secret() + b"\n")
+    return path

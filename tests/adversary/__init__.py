@@ -1,1 +1,2 @@
-"""Adversarial tests on real servers: inputs at their bounds and one past (issue 11)."""
+"""Attacks on real server processes, and inputs at their bounds and one past; each ends
+with the cluster serving."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,9 @@ def test_ctrl_c_stops_every_node_and_a_rerun_resumes_the_data(
     assert "kvraft put" in out and "kvraft status" in out
     assert len(cluster.node_pids) == 3
     assert json.loads((data_dir / "cluster.json").read_text()) == {"nodes": 3}
+    secret_file = data_dir / "peer-secret"  # secured by default: a secret of its own, 0600
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_bytes()
     assert "became leader" in cluster.stderr(), "nodes log at info by default"
     put = run_cli("put", "kept", "across restarts", env=cluster.env)
     assert put.returncode == 0, put.stderr
@@ -101,6 +105,7 @@ def test_ctrl_c_stops_every_node_and_a_rerun_resumes_the_data(
     # a rerun on the same data resumes it (and --log-level reaches the nodes)
     again: CliCluster = start_cli_cluster("--log-level", "warning", data_dir=data_dir)
     again.wait_ready()
+    assert secret_file.read_bytes() == secret, "a rerun keeps the cluster's secret"
     got = run_cli("get", "kept", env=again.env)
     assert got.stdout == "across restarts\t(version 1)\n", got.stderr
     assert " INFO " not in again.stderr(), "--log-level warning was not passed to the nodes"

@@ -24,8 +24,16 @@ def server_args(tmp_path: Path, *, node_id: int = 0, peers: str | None = None) -
     port = free_base_port(2)
     peers = peers or f"0=127.0.0.1:{port},1=127.0.0.1:{port + 1}"
     listen = f"127.0.0.1:{port + node_id}"
+    secret = tmp_path / "peer-secret"
+    secret.write_text("a-test-secret-of-enough-bytes\n")
     return ["server", "--id", str(node_id), "--listen", listen, "--peers", peers,
-            "--data-dir", str(tmp_path / "n")]  # fmt: skip
+            "--data-dir", str(tmp_path / "n"), "--peer-secret-file", str(secret)]  # fmt: skip
+
+
+def without_secret(args: list[str]) -> list[str]:
+    """``args`` with the ``--peer-secret-file`` flag and its value removed."""
+    i = args.index("--peer-secret-file")
+    return args[:i] + args[i + 2 :]
 
 
 def closed_address() -> str:
@@ -92,6 +100,47 @@ def test_data_dir_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "n").write_text("not a directory")
     result = run_cli(*args)
     assert_one_line_error(result, EXIT_USAGE, "--data-dir", "is not a directory")
+
+
+def test_server_without_a_peer_secret_refuses_to_start(tmp_path: Path) -> None:
+    """Peer authentication is on by default: no secret and no --insecure-peers is exit 2."""
+    result = run_cli(*without_secret(server_args(tmp_path)))
+    assert_one_line_error(
+        result, EXIT_USAGE, "kvraft server:", "no peer secret", "--insecure-peers"
+    )
+    assert not (tmp_path / "n").exists(), "nothing is created for a bad command line"
+
+
+def test_peer_secret_shorter_than_16_bytes_is_a_usage_error(tmp_path: Path) -> None:
+    args = server_args(tmp_path)
+    # 15 bytes once stripped (the newline and spaces do not count): one short of the bound.
+    (tmp_path / "peer-secret").write_text("  123456789012345\n")
+    result = run_cli(*args)
+    assert_one_line_error(result, EXIT_USAGE, "--peer-secret-file", "15 bytes", "at least 16")
+    assert "123456789012345" not in result.stderr, "the secret is never shown"
+
+
+def test_missing_peer_secret_file_is_a_usage_error(tmp_path: Path) -> None:
+    args = server_args(tmp_path)
+    (tmp_path / "peer-secret").unlink()
+    result = run_cli(*args)
+    assert_one_line_error(result, EXIT_USAGE, "--peer-secret-file", "cannot read")
+
+
+def test_secret_and_insecure_peers_together_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(*server_args(tmp_path), "--insecure-peers")
+    assert_one_line_error(result, EXIT_USAGE, "exclude each other")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-connections", "0"), ("--idle-timeout-s", "0"), ("--frame-timeout-s", "-1")],
+)
+def test_admission_bounds_below_their_minimum_are_usage_errors(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    result = run_cli(*server_args(tmp_path), flag, value)
+    assert_one_line_error(result, EXIT_USAGE, flag)
 
 
 @pytest.mark.parametrize("version", ["abc", "1.5", ""])

@@ -51,7 +51,9 @@ class FakeKV:
     async def _hang(self) -> None:
         await asyncio.Event().wait()
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    async def handle_call(
+        self, method: str, sender: str, args: Any, *, peer_id: int | None = None
+    ) -> Any:
         if self.silent:
             await self._hang()
         if method == "put" and self.hold_puts:
@@ -93,7 +95,9 @@ class FakeKV:
         self.puts_applied += 1
         return PutOk(version=current + 1)
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(
+        self, method: str, sender: str, args: Any, *, peer_id: int | None = None
+    ) -> None:
         pass
 
 

@@ -32,7 +32,9 @@ class StandIn:
         self.received: list[Op] = []
         self.fault = fault
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    async def handle_call(
+        self, method: str, sender: str, args: Any, *, peer_id: int | None = None
+    ) -> Any:
         self.received.append(args)
         what = self.fault(args, len(self.received))
         if what == "busy":
@@ -47,7 +49,9 @@ class StandIn:
             await asyncio.sleep(10)  # applied, but the reply never comes in time
         return result
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(
+        self, method: str, sender: str, args: Any, *, peer_id: int | None = None
+    ) -> None:
         pass
 
 

@@ -70,12 +70,14 @@ class ScriptedHandler:
     def __init__(self) -> None:
         self.calls = 0
         self.notes: list[tuple[str, str, Any]] = []
+        # The peer_id the server gave each notify, in order (the proven identity).
+        self.note_peers: list[int | None] = []
         self.held: dict[Any, asyncio.Future[Any]] = {}
         self.hanging = 0
         self.gate = asyncio.Event()
         self.extra: dict[str, Callable[[Any], Awaitable[Any]]] = {}
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         self.calls += 1
         if method in self.extra:
             return await self.extra[method](args)
@@ -86,6 +88,8 @@ class ScriptedHandler:
             return args[0] + args[1]
         if method == "sender":
             return sender
+        if method == "peer_id":
+            return peer_id
         if method == "hang":
             self.hanging += 1
             await asyncio.Event().wait()
@@ -109,7 +113,7 @@ class ScriptedHandler:
     def release(self, key: Any) -> None:
         self.held.pop(key).set_result(key)
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> None:
         if method == "notify_boom":
             raise RuntimeError("notify handler exploded")
         if method == "notify_strict":
@@ -117,6 +121,7 @@ class ScriptedHandler:
         if method == "notify_bad":
             raise ProtocolError("bad notify args")
         self.notes.append((method, sender, args))
+        self.note_peers.append(peer_id)
 
 
 @contextlib.asynccontextmanager

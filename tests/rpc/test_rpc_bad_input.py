@@ -148,12 +148,12 @@ def test_client_closes_a_connection_whose_server_sends_garbage(
 class EchoOnly:
     """A handler safe to fuzz: echoes, refuses every other method."""
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         if method == "echo":
             return args
         raise RemoteError("unknown_method", method)
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> None:
         if method == "strict":
             raise ProtocolError("strict notify refuses everything")
 

@@ -33,6 +33,7 @@ from kvraft.rpc import server as server_module
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.coalescer import Coalescer
 from kvraft.rpc.codec import client_sender, peer_sender
+from kvraft.rpc.peer_auth import Membership, PeerKey
 
 # ------------------------------------------------------------------ pipelining
 
@@ -71,9 +72,12 @@ def test_replies_to_concurrent_mixed_calls_match_their_requests(loop_kind: str) 
 
 
 def test_handler_sees_the_sender_identity() -> None:
+    key = PeerKey(b"transport-test-secret-0123", "t")
+    membership = Membership(key, 0, frozenset({3}))
+
     async def scenario() -> None:
-        async with serving() as (server, _):
-            peer = RpcClient(server.address, peer_sender(3))
+        async with serving(peer_auth=membership) as (server, _):
+            peer = RpcClient(server.address, peer_sender(3), peer_key=key, server_peer_id=0)
             try:
                 assert await peer.call("sender", None, timeout=5) == "p3"
             finally:

@@ -112,7 +112,9 @@ def test_an_oversized_message_is_logged_and_dropped_not_raised(
 ) -> None:
     """The transport's send never raises into the Ready loop: one ERROR line naming
     node, term, index and size; the message counts as dropped (Raft resends)."""
-    transport = RpcPeerTransport(1, {1: "127.0.0.1:1", 2: "127.0.0.1:2"}, max_frame_bytes=4096)
+    transport = RpcPeerTransport(
+        1, {1: "127.0.0.1:1", 2: "127.0.0.1:2"}, None, max_frame_bytes=4096
+    )
     big = AppendEntries(
         src=1,
         dst=2,

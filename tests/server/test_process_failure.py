@@ -23,7 +23,13 @@ def test_a_storage_failure_ends_the_server_with_the_error(
     the data dir is released (it opens again)."""
     port = processes.reserve_port()
     address = f"127.0.0.1:{port}"
-    options = ServerOptions(node_id=0, listen=address, peers={0: address}, data_dir=tmp_path)
+    options = ServerOptions(
+        node_id=0,
+        listen=address,
+        peers={0: address},
+        data_dir=tmp_path,
+        peer_secret=b"process-failure-test-secret",
+    )
 
     def failing_save(self: SqliteStorage, *args: object) -> None:
         raise StorageError(f"{self.path}: save failed: disk I/O error")

@@ -131,7 +131,11 @@ def test_the_byte_budget_must_hold_the_largest_put(tmp_path: Path) -> None:
     """At the bound (the largest value plus the frame's reserve) the options are accepted;
     one byte less and the largest put allowed could never be admitted."""
     common: dict[str, Any] = dict(
-        node_id=0, listen="127.0.0.1:1", peers={0: "127.0.0.1:1"}, data_dir=tmp_path
+        node_id=0,
+        listen="127.0.0.1:1",
+        peers={0: "127.0.0.1:1"},
+        data_dir=tmp_path,
+        peer_secret=b"s" * 32,
     )
     ServerOptions(**common, max_value_bytes=1000, max_inflight_bytes=1000 + 4096)
     with pytest.raises(ValueError, match="--max-inflight-bytes"):

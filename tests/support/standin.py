@@ -4,7 +4,8 @@ The cluster harness (``kvraft.testing``) is tested against this process until
 the real server exists, and stays useful afterwards because it answers at once
 and its behaviour is obvious. It accepts the product's command line
 (``[--log-level L] server --id I --listen H:P --peers 0=H:P,... --data-dir D
---cluster-id C [--test-hooks] ...``; unknown flags are ignored) and serves:
+--cluster-id C [--peer-secret-file F | --insecure-peers] [--test-hooks] ...``;
+unknown flags are ignored) and serves:
 
 - ``echo(x) -> x``;
 - ``incr(delta=1) -> counter``: a counter kept in ``DATA_DIR/counter``, so a
@@ -14,6 +15,11 @@ and its behaviour is obvious. It accepts the product's command line
   other peer through the addresses in ``--peers`` (the proxies);
 - ``slow(seconds) -> seconds``: answers after sleeping;
 - ``info() -> {...}``: its id, pid, cluster id, data dir and the extra flags.
+
+Its peers authenticate as a real node's do (``--peer-secret-file``: the
+peer handshake of ``kvraft.rpc.peer_auth``, both ways), so the harness's
+secret is tested to reach every process it starts; with neither flag the
+stand-in refuses peers, as the server would.
 
 SIGTERM and SIGINT stop it cleanly with exit status 0.
 """
@@ -34,6 +40,7 @@ from kvraft.addresses import split_address
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import peer_sender
 from kvraft.rpc.event_loop import install_event_loop_policy
+from kvraft.rpc.peer_auth import Membership, PeerKey, check_secret
 from kvraft.rpc.server import RpcServer
 from kvraft.rpc.wire_errors import UnknownMethod
 
@@ -54,9 +61,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     server.add_argument("--data-dir", type=Path, required=True)
     server.add_argument("--cluster-id", default="kvraft")
     server.add_argument("--test-hooks", action="store_true")
+    server.add_argument("--peer-secret-file", type=Path, default=None)
+    server.add_argument("--insecure-peers", action="store_true")
     server.add_argument("--log-level", dest="log_level", default=None)
     args, extra = parser.parse_known_args(argv)
     return args, extra
+
+
+def peer_key(args: argparse.Namespace) -> PeerKey | None:
+    """The cluster's key from ``--peer-secret-file``, or None."""
+    if args.peer_secret_file is None:
+        return None
+    return PeerKey(check_secret(args.peer_secret_file.read_bytes()), args.cluster_id)
 
 
 def parse_peers(text: str) -> dict[int, str]:
@@ -81,9 +97,21 @@ class StandIn:
         self.counter = int(self.counter_path.read_text()) if self.counter_path.exists() else 0
         self.heard: Counter[str] = Counter()
         me = peer_sender(self.id)
-        self.clients = {i: RpcClient(a, me) for i, a in self.peers.items() if i != self.id}
+        self.key = peer_key(args)
+        self.clients = {
+            i: RpcClient(
+                a, me, peer_key=self.key, server_peer_id=i if self.key is not None else None
+            )
+            for i, a in self.peers.items()
+            if i != self.id
+        }
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    def membership(self) -> Membership | None:
+        if self.key is None:
+            return None
+        return Membership(self.key, self.id, frozenset(self.peers) - {self.id})
+
+    async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         if method == "echo":
             return args
         if method == "incr":
@@ -107,7 +135,7 @@ class StandIn:
             }
         raise UnknownMethod(f"stand-in has no method {method!r}")
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> None:
         self.heard[sender] += 1
 
     def incr(self, delta: int) -> int:
@@ -152,7 +180,12 @@ class StandIn:
 
 async def serve(args: argparse.Namespace, extra: list[str]) -> None:
     handler = StandIn(args, extra)
-    server = RpcServer(handler, name=f"n{args.id}")
+    server = RpcServer(
+        handler,
+        name=f"n{args.id}",
+        peer_auth=handler.membership(),
+        insecure_peers=args.insecure_peers and handler.key is None,
+    )
     host, port = split_address(args.listen)
     # Handlers before listening: the harness may send SIGTERM as soon as the port opens.
     stop = asyncio.Event()

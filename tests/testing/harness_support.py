@@ -17,11 +17,22 @@ from typing import Any
 from kvraft.errors import RpcError
 from kvraft.loop_thread import EventLoopThread
 from kvraft.rpc.client import RpcClient
-from kvraft.rpc.codec import client_sender
+from kvraft.rpc.codec import client_sender, peer_sender, sender_peer_id
+from kvraft.rpc.peer_auth import Membership, PeerKey
 from kvraft.rpc.server import RpcServer
 from kvraft.rpc.wire_errors import UnknownMethod
 
 HOST = "127.0.0.1"
+
+# Every backend is node BACKEND_ID of a cluster whose peers 0..9 prove this
+# key, as real nodes do: the proxy forwards their handshakes like any frame.
+BACKEND_KEY = PeerKey(b"backend-test-secret-0123456789", "proxy-test")
+BACKEND_ID = 100
+
+
+def peer_client(address: str, peer_id: int) -> RpcClient:
+    """An RpcClient that authenticates to a backend as peer ``peer_id``."""
+    return RpcClient(address, peer_sender(peer_id), peer_key=BACKEND_KEY, server_peer_id=BACKEND_ID)
 
 
 async def acall(
@@ -32,8 +43,10 @@ async def acall(
     timeout_s: float = 2.0,
     sender: str | None = None,
 ) -> Any:
-    """One call on a fresh connection (closed afterwards)."""
-    client = RpcClient(address, sender or client_sender("test"))
+    """One call on a fresh connection (closed afterwards); a peer sender authenticates first."""
+    sender = sender or client_sender("test")
+    peer_id = sender_peer_id(sender)
+    client = RpcClient(address, sender) if peer_id is None else peer_client(address, peer_id)
     try:
         return await client.call(method, args, timeout_s)
     finally:
@@ -141,7 +154,7 @@ class CountingHandler:
         self.notified: Counter[str] = Counter()
         self.counter = 0
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         self.handled[method] += 1
         if method == "echo":
             return args
@@ -153,7 +166,7 @@ class CountingHandler:
             return args
         raise UnknownMethod(method)
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> None:
         self.notified[sender] += 1
 
 
@@ -162,7 +175,8 @@ class Backend:
 
     def __init__(self) -> None:
         self.handler = CountingHandler()
-        self.server = RpcServer(self.handler, name="backend")
+        membership = Membership(BACKEND_KEY, BACKEND_ID, frozenset(range(10)))
+        self.server = RpcServer(self.handler, name="backend", peer_auth=membership)
         self.thread = EventLoopThread("backend")
         self.thread.run(self.server.start(HOST, 0))
         self.address = self.server.address

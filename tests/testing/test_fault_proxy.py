@@ -27,6 +27,7 @@ from harness_support import (
     call,
     inversions,
     outcome,
+    peer_client,
     rate_message,
     within,
 )
@@ -213,7 +214,7 @@ def test_lossy_drops_half_the_notifies(net: ProxyNetwork, backend: Backend) -> N
     n = 2000
 
     async def notify_all() -> None:
-        client = RpcClient(address, peer_sender(3))
+        client = peer_client(address, 3)
         while not client.notify("hello", 0):  # False while connecting
             await asyncio.sleep(0.001)
         for i in range(1, n):
@@ -309,13 +310,44 @@ def test_reordering_holds_back_two_thirds_of_replies(net: ProxyNetwork, backend:
     assert inversions(ranks) > pairs // 4
 
 
+def test_peer_handshakes_pass_unchanged_when_everything_else_is_dropped(
+    net: ProxyNetwork, backend: Backend
+) -> None:
+    """Handshake frames are never dropped or delayed at random: a lossy net costs no logins."""
+    address = net.add(0, backend.address)
+    net.control.set_profile(
+        NetworkProfile("all-lost", request_drop=1.0, reply_drop=1.0, request_delay_s=(1.0, 1.0))
+    )
+
+    async def login() -> None:
+        client = peer_client(address, 4)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5.0
+            while not client.notify("hello", 0):  # False until the handshake is done
+                assert loop.time() < deadline, "the handshake did not get through"
+                await asyncio.sleep(0.005)
+            # Closing aborts what is still unsent: wait until the proxy saw the notify.
+            while not net.stats(0).total("notify", sender="p4").seen:
+                assert loop.time() < deadline, "the notify never reached the proxy"
+                await asyncio.sleep(0.005)
+        finally:
+            client.close()
+
+    asyncio.run(login())
+    handshakes = net.stats(0).total("handshake", sender="p4")
+    # hello and proof one way, challenge and welcome the other, byte for byte.
+    assert handshakes.seen == handshakes.delivered == 4 and handshakes.dropped == 0
+    assert net.stats(0).total("notify", sender="p4").dropped == 1
+
+
 def test_reply_tags_make_notifies_behave_as_replies(net: ProxyNetwork, backend: Backend) -> None:
     """A profile can treat typed one-way messages (Raft's replies) with the reply rates."""
     address = net.add(0, backend.address)
     profile = NetworkProfile("asks-lost", request_drop=1.0, reply_tags=frozenset({126}))
 
     async def send() -> None:
-        client = RpcClient(address, peer_sender(1))
+        client = peer_client(address, 1)
         while not client.notify("raft", ProbeAnswer(0)):
             await asyncio.sleep(0.001)
         net.control.set_profile(profile)
@@ -363,14 +395,16 @@ def test_disconnect_cuts_a_server_off_from_the_others(net: ProxyNetwork, backend
     net.add(0, backend.address)
     address1 = net.add(1, backend.address)
     net.control.disconnect(0)
-    assert outcome(address1, "echo", sender=peer_sender(0), timeout_s=0.2) == "CallTimeout"
+    # A peer's connection opens with its handshake, which the proxy drops: the call
+    # times out before its request was ever written.
+    assert outcome(address1, "echo", sender=peer_sender(0), timeout_s=0.2) == "ConnectTimeout"
     assert outcome(address1, "echo", sender=peer_sender(2), timeout_s=1.0) == "ok"
     net.control.reconnect(0)
     assert outcome(address1, "echo", sender=peer_sender(0), timeout_s=1.0) == "ok"
 
     async def reply_lost() -> None:
         # The request reaches server 1; 0 is cut off before the answer comes back.
-        client = RpcClient(address1, peer_sender(0))
+        client = peer_client(address1, 0)
         task = asyncio.ensure_future(client.call("slow", 0.3, 0.6))
         await asyncio.sleep(0.1)
         net.control.disconnect(0)
@@ -435,7 +469,8 @@ def test_partition_through_the_proxy_spares_clients(net: ProxyNetwork, backend: 
     net.add(0, backend.address)
     address2 = net.add(2, backend.address)
     net.control.partition([0, 1], [2])
-    assert outcome(address2, "echo", sender=peer_sender(0), timeout_s=0.2) == "CallTimeout"
+    # Peer 0's handshake is cut: its call times out before its request is written.
+    assert outcome(address2, "echo", sender=peer_sender(0), timeout_s=0.2) == "ConnectTimeout"
     assert outcome(address2, "echo", sender=peer_sender(2), timeout_s=1.0) == "ok"
     assert outcome(address2, "echo", sender=client_sender("x"), timeout_s=1.0) == "ok"
     net.control.heal()

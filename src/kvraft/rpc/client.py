@@ -20,6 +20,13 @@ An asyncio Protocol (callbacks, not streams), like the server's side.
 - Memory stays bounded when a server stops reading: :meth:`RpcClient.notify`
   drops messages (as a lossy network would) once
   :data:`NOTIFY_BUFFER_LIMIT_BYTES` are queued.
+- A client built with a ``peer_key`` speaks for a Raft peer: each connection
+  it opens runs the peer handshake (:mod:`kvraft.rpc.peer_auth`) before
+  anything else is written on it, and counts as open only once the server
+  welcomed it. A handshake that fails or takes over
+  :data:`HANDSHAKE_TIMEOUT_S` (the proxy dropped a frame, a wrong secret)
+  fails that attempt like a refused connect: the next call or notify opens
+  a new one.
 """
 
 from __future__ import annotations
@@ -41,14 +48,17 @@ from kvraft.errors import (
 )
 from kvraft.rpc.coalescer import Coalescer, as_stream
 from kvraft.rpc.codec import (
+    Handshake,
     Notify,
     Reply,
     Request,
     decode_envelope,
     encode_envelope,
     reply_id_of_head,
+    sender_peer_id,
 )
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameDecoder
+from kvraft.rpc.peer_auth import CHALLENGE, HELLO, PROOF, WELCOME, AuthError, Initiator, PeerKey
 from kvraft.rpc.wire_errors import exception_of
 
 log = logging.getLogger(__name__)
@@ -56,6 +66,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT_S = 1.0
 # Bytes a client lets queue on a connection before notify() drops messages.
 NOTIFY_BUFFER_LIMIT_BYTES = 8 * 1024 * 1024
+# How long a peer handshake may take, both round trips together.
+HANDSHAKE_TIMEOUT_S = 2.0
 
 
 class _ClientConnection(asyncio.Protocol):
@@ -67,6 +79,8 @@ class _ClientConnection(asyncio.Protocol):
         # Invariant: every future in pending belongs to a call still waiting.
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self._reason: str | None = None
+        # Handshake frames from the server, in order; None once the connection is lost.
+        self.handshakes: asyncio.Queue[Handshake | None] = asyncio.Queue()
 
     def usable(self) -> bool:
         """Whether a request written now can still be answered."""
@@ -78,6 +92,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.handshakes.put_nowait(None)
         if self._reason is None:
             self._reason = f"{exc}" if exc is not None else "closed by the server"
         self._drop()
@@ -86,6 +101,12 @@ class _ClientConnection(asyncio.Protocol):
         try:
             for body in self.decoder.feed(data):
                 env = decode_envelope(body)
+                if isinstance(env, Handshake):
+                    # At most the two a handshake expects: more is a server's junk.
+                    if self.owner.peer_key is None or self.handshakes.qsize() >= 2:
+                        raise ProtocolError(f"server sent an unexpected handshake {env.step!r}")
+                    self.handshakes.put_nowait(env)
+                    continue
                 if not isinstance(env, Reply):
                     raise ProtocolError("server sent a non-reply frame")
                 fut = self.pending.pop(env.request_id, None)
@@ -145,7 +166,20 @@ class RpcClient:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        peer_key: PeerKey | None = None,
+        server_peer_id: int | None = None,
     ) -> None:
+        """``peer_key`` and ``server_peer_id`` (the node at ``address``), given
+        together, make every connection authenticate as the peer ``sender`` names."""
+        self._initiator_id: int | None = None
+        if peer_key is not None:
+            self._initiator_id = sender_peer_id(sender)
+            if self._initiator_id is None or server_peer_id is None:
+                raise ValueError("a peer handshake needs a peer sender and the server's peer id")
+        self.peer_key = peer_key
+        self.server_peer_id = server_peer_id
+        # Whether the last handshake failed its check (its warning logged once).
+        self._auth_failing = False
         self.address = address
         self.host, self.port = split_address(address)
         self.sender = sender
@@ -164,11 +198,12 @@ class RpcClient:
         """Whether a connection is open now (a call may still find it lost)."""
         return self._conn is not None and self._conn.usable()
 
-    def _encode(self, env: Request | Notify) -> bytes:
+    def _encode(self, env: Request | Notify | Handshake) -> bytes:
         body = encode_envelope(env)
         if len(body) > self.max_frame_bytes:
+            what = env.step if isinstance(env, Handshake) else env.method
             raise ValueError(
-                f"{env.method}: message of {len(body)} bytes exceeds the frame maximum "
+                f"{what}: message of {len(body)} bytes exceeds the frame maximum "
                 f"of {self.max_frame_bytes}"
             )
         return HEADER.pack(len(body)) + body
@@ -259,8 +294,68 @@ class RpcClient:
             raise NotSent(f"client for {self.address} is closed")
         if not proto.usable():
             raise NotSent(f"connection to {self.address} lost: {proto._reason}")
+        if self.peer_key is not None:
+            await self._authenticate(proto)
         self._conn = proto
         return proto
+
+    async def _authenticate(self, proto: _ClientConnection) -> None:
+        """Run the peer handshake on a new connection; ConnectFailed (and closed) if it fails.
+
+        The notifies wait for the welcome rather than follow the proof at once:
+        a proxy may delay each frame on its own timer, so only the welcome
+        says the server will take them as the peer's.
+        """
+        assert self.peer_key is not None
+        assert self._initiator_id is not None and self.server_peer_id is not None
+        initiator = Initiator(self.peer_key, self._initiator_id, self.server_peer_id)
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                self._write_handshake(proto, Handshake(HELLO, self.sender, initiator.hello()))
+                challenge = await self._next_handshake(proto, CHALLENGE)
+                proof = initiator.proof(challenge.args)
+                self._write_handshake(proto, Handshake(PROOF, self.sender, proof))
+                await self._next_handshake(proto, WELCOME)
+            self._auth_failing = False
+        except (TimeoutError, AuthError, ConnectionLost) as exc:
+            reason = (
+                f"timed out after {HANDSHAKE_TIMEOUT_S}s" if isinstance(exc, TimeoutError) else exc
+            )
+            proto.abort(f"peer handshake failed: {reason}")
+            if isinstance(exc, AuthError) and not self._auth_failing:
+                # Once per streak of failures: a node retries every heartbeat.
+                self._auth_failing = True
+                log.warning(
+                    "%s: peer handshake with n%d at %s failed: %s (same secret and "
+                    "--cluster-id on every node?)",
+                    self.sender,
+                    self.server_peer_id,
+                    self.address,
+                    exc,
+                )
+            raise ConnectFailed(
+                f"cannot connect to {self.address}: peer handshake failed: {reason}"
+            ) from None
+        except asyncio.CancelledError:
+            proto.abort("client closed" if self._closed else "peer handshake cancelled")
+            if self._closed:
+                raise ConnectionLost(f"client for {self.address} is closed") from None
+            raise
+
+    def _write_handshake(self, proto: _ClientConnection, env: Handshake) -> None:
+        if not proto.usable():
+            raise ConnectionLost(f"connection to {self.address} lost: {proto._reason}")
+        assert proto.out is not None
+        proto.out.write(self._encode(env))
+
+    async def _next_handshake(self, proto: _ClientConnection, step: str) -> Handshake:
+        """The server's next handshake frame, which must be ``step``."""
+        env = await proto.handshakes.get()
+        if env is None:
+            raise ConnectionLost(f"connection to {self.address} lost: {proto._reason}")
+        if env.step != step:
+            raise AuthError(f"expected the handshake step {step!r}, got {env.step!r}")
+        return env
 
     def notify(self, method: str, args: Any) -> bool:
         """Send a one-way message if connected; else start connecting and drop it.

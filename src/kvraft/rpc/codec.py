@@ -7,7 +7,10 @@ Wire format (each a msgpack array inside one frame, see ``framing``):
   ``[code, message]``;
 - notify:  ``[2, method, sender, args]`` — one-way, never answered (Raft
   messages travel this way: Raft tolerates loss and its replies are messages of
-  their own).
+  their own);
+- handshake: ``[3, step, sender, args]`` — the peer authentication that opens a
+  peer's connection (:mod:`kvraft.rpc.peer_auth`); its own kind so that a
+  fault proxy can tell it from the traffic it drops at random.
 
 ``sender`` names who sent the frame: ``"p3"`` for peer 3, ``"c<hex>"`` for a
 client. Typed messages (frozen dataclasses: the ones listed in
@@ -39,7 +42,7 @@ from kvraft.rpc.wire_types import WIRE_TYPES
 
 T = TypeVar("T")
 
-REQUEST, REPLY, NOTIFY = 0, 1, 2
+REQUEST, REPLY, NOTIFY, HANDSHAKE = 0, 1, 2, 3
 # How deep registered messages may nest inside one another on the wire.
 MAX_NESTING = 8
 
@@ -66,7 +69,16 @@ class Notify:
     args: Any
 
 
-Envelope = Request | Reply | Notify
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """One step of the peer handshake (``step`` is one of peer_auth's step names)."""
+
+    step: str
+    sender: str
+    args: Any
+
+
+Envelope = Request | Reply | Notify | Handshake
 
 
 def peer_sender(peer_id: int) -> str:
@@ -304,6 +316,8 @@ def encode_envelope(env: Envelope) -> bytes:
         return pack((REQUEST, env.request_id, env.method, env.sender, env.args))
     if isinstance(env, Reply):
         return pack((REPLY, env.request_id, env.error, env.result))
+    if isinstance(env, Handshake):
+        return pack((HANDSHAKE, env.step, env.sender, env.args))
     return pack((NOTIFY, env.method, env.sender, env.args))
 
 
@@ -335,6 +349,10 @@ def decode_envelope(body: bytes) -> Envelope:
         _, method, sender, args = msg
         if type(method) is str and type(sender) is str:
             return Notify(method, sender, args)
+    elif kind == HANDSHAKE and len(msg) == 4:
+        _, step, sender, args = msg
+        if type(step) is str and type(sender) is str:
+            return Handshake(step, sender, args)
     raise ProtocolError(f"malformed envelope of kind {kind!r} with {len(msg)} items")
 
 
@@ -346,12 +364,12 @@ class Head:
     """What an envelope is, read without decoding its arguments or result.
 
     ``request_id`` is set for requests and replies, ``method`` and ``sender``
-    for requests and notifies. ``tag`` is the type code of the arguments of a
-    request or notify when they are a typed message (a Raft message's tag),
-    else None.
+    for requests, notifies and handshakes (a handshake's step is its
+    method). ``tag`` is the type code of the arguments of a request or notify
+    when they are a typed message (a Raft message's tag), else None.
     """
 
-    kind: int  # REQUEST, REPLY or NOTIFY
+    kind: int  # REQUEST, REPLY, NOTIFY or HANDSHAKE
     request_id: int | None = None
     method: str | None = None
     sender: str | None = None
@@ -388,6 +406,10 @@ def read_head(body: bytes) -> Head | None:
             rid = unpacker.unpack()
             if type(rid) is int:
                 return Head(REPLY, rid)
+        elif kind == HANDSHAKE and size == 4:
+            step, sender = unpacker.unpack(), unpacker.unpack()
+            if type(step) is str and type(sender) is str:
+                return Head(HANDSHAKE, None, step, sender)
     except Exception:  # msgpack raises several unrelated classes on junk
         return None
     return None

@@ -14,6 +14,25 @@ every client operation crosses here; framing and codec stay sans-I/O.
 - Memory stays bounded when a client stops reading: the server stops reading
   requests from a connection while its replies back up or while
   :data:`MAX_IN_FLIGHT` handlers run for it.
+
+Peer identity (see :mod:`kvraft.rpc.peer_auth`): a frame's sender is the
+sender's claim, so a connection speaks for a peer only after the peer
+handshake proved it. A frame that claims a peer identity (a ``p<id>``
+sender, or one of the server's ``peer_methods``) on a connection that did
+not authenticate as that peer closes the connection, with one log line
+(node, remote address, the claim; never the secret). The handler is given
+the connection's authenticated peer id (``peer_id``), never the claim.
+``insecure_peers`` turns this off (the claim is believed), for clusters run
+on a trusted network with ``--insecure-peers``.
+
+Admission (:class:`ConnectionLimits`, every bound tested at it and one past):
+at most ``max_connections`` connections at once (one more is closed at
+once; refusals logged once per :data:`REFUSALS_PER_LOG_LINE`); a connection
+that completes no frame and runs no handler for ``idle_timeout_s`` is
+closed; so is one that started a frame (its header included) and did not
+finish it within ``frame_timeout_s`` (slow-header attacks hold a connection
+and its buffer with a byte a minute). When a connection goes, its running
+handlers are cancelled: their replies could not be delivered anyway.
 """
 
 from __future__ import annotations
@@ -23,9 +42,20 @@ import logging
 from typing import Any, Protocol
 
 from kvraft.errors import KVError, ProtocolError, RemoteError
+from kvraft.rpc.admission import REFUSALS_PER_LOG_LINE, ConnectionLimits
 from kvraft.rpc.coalescer import Coalescer, as_stream
-from kvraft.rpc.codec import Notify, Reply, Request, decode_envelope, encode_envelope
+from kvraft.rpc.codec import (
+    Handshake,
+    Notify,
+    Reply,
+    Request,
+    decode_envelope,
+    encode_envelope,
+    peer_sender,
+    sender_peer_id,
+)
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
+from kvraft.rpc.peer_auth import CHALLENGE, HELLO, PROOF, WELCOME, AuthError, Membership, Responder
 from kvraft.rpc.wire_errors import UnknownMethod, error_of
 
 log = logging.getLogger(__name__)
@@ -37,9 +67,14 @@ CLOSE_GRACE_S = 1.0
 
 
 class Handler(Protocol):
-    """What an :class:`RpcServer` dispatches to."""
+    """What an :class:`RpcServer` dispatches to.
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    ``peer_id`` is the peer the connection authenticated as (or, with
+    ``insecure_peers``, the peer its sender claims); None for everyone else.
+    It is the only identity a handler may act on as a peer's.
+    """
+
+    async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         """Serve a request; the return value is the reply's result.
 
         Raise a service error (``kvraft.errors.WIRE_ERRORS``) to have the caller
@@ -47,7 +82,7 @@ class Handler(Protocol):
         ProtocolError for bad arguments; anything else answers ``internal``.
         """
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> None:
         """Take a one-way message; must not block.
 
         ProtocolError (bad arguments) closes the sender's connection; any other
@@ -65,48 +100,195 @@ class _ServerConnection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._write_paused = False
         self._read_paused = False
+        # Peer authentication: the handshake in progress, then the peer proven.
+        self._responder: Responder | None = None
+        self.peer_id: int | None = None
+        self._closed = False
+        # Admission timers: when the last frame completed, when the partial
+        # frame in the decoder began (None: none), and the timers that check.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_frame = 0.0
+        self._partial_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._frame_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = as_stream(transport)
-        self.out = Coalescer(self.transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.limits.max_connections:
+            self._closed = True
+            server.refuse_connection(self.peer)
+            self.transport.abort()
+            self.transport = None
+            return
+        self.out = Coalescer(self.transport)
+        server.connections.add(self)
+        self._loop = asyncio.get_running_loop()
+        self._last_frame = self._loop.time()
+        self._idle_timer = self._loop.call_later(server.limits.idle_timeout_s, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # Handlers still running finish; their replies are dropped.
+        # Handlers still running are cancelled: nobody can receive their replies.
+        self._closed = True
         self.server.connections.discard(self)
         self.transport = None
+        for timer in (self._idle_timer, self._frame_timer):
+            if timer is not None:
+                timer.cancel()
+        for task in list(self.tasks):
+            task.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
         try:
-            for body in self.decoder.feed(data):
+            bodies = self.decoder.feed(data)
+            for body in bodies:
+                if self._closed:
+                    return
                 env = decode_envelope(body)
-                if isinstance(env, Request):
-                    self._start(env)
-                elif isinstance(env, Notify):
-                    self._notify(env)
-                else:
+                if isinstance(env, Handshake):
+                    self._handshake(env)
+                elif isinstance(env, Reply):
                     raise ProtocolError("a client sent a reply frame")
+                elif isinstance(env, Request):
+                    self._start(env, self._identity(env.method, env.sender))
+                else:
+                    self._notify(env, self._identity(env.method, env.sender))
         except ProtocolError as exc:
             self.refuse(f"{exc}")
+            return
+        self._track_frames(bool(bodies))
 
     def refuse(self, reason: str) -> None:
-        """Drop this connection because the remote side broke the protocol."""
+        """Drop this connection because the remote side broke the protocol (logged once)."""
+        if self._closed:
+            return
+        self._closed = True
         log.warning("%s: closing connection from %s: %s", self.server.name, self.peer, reason)
         if self.transport is not None:
             self.transport.abort()
 
-    def _notify(self, env: Notify) -> None:
+    # -- peer identity
+
+    def _identity(self, method: str, sender: str) -> int | None:
+        """The peer a frame may be taken from, or None; ProtocolError if it claims too much."""
+        server = self.server
+        if server.insecure_peers:
+            return sender_peer_id(sender)
+        claims_peer = sender.startswith("p") or method in server.peer_methods
+        if self.peer_id is None:
+            if claims_peer:
+                raise ProtocolError(
+                    f"refused a {method!r} frame claiming peer {sender!r}: "
+                    "the connection did not authenticate as a peer"
+                )
+            return None
+        if sender.startswith("p") and sender != peer_sender(self.peer_id):
+            raise ProtocolError(
+                f"refused a {method!r} frame claiming peer {sender!r} on a connection "
+                f"authenticated as p{self.peer_id}"
+            )
+        return self.peer_id
+
+    def _handshake(self, env: Handshake) -> None:
+        """One step of the peer handshake, answered in order on this connection."""
+        server = self.server
+        membership = server.peer_auth
+        if membership is None:
+            raise AuthError(f"peer handshake from {env.sender!r}: this server takes no peers")
+        if self.peer_id is not None:
+            raise AuthError(f"handshake {env.step!r} on a connection authenticated already")
+        if env.step == HELLO and self._responder is None:
+            self._responder = membership.responder()
+            try:
+                args: Any = self._responder.challenge(env.args)
+            except AuthError as exc:
+                raise AuthError(f"refused peer hello claiming {env.sender!r}: {exc}") from None
+            claimed = self._responder.claimed
+            assert claimed is not None
+            if env.sender != peer_sender(claimed):
+                raise AuthError(f"hello from {env.sender!r} claims p{claimed}")
+            self._send(Handshake(CHALLENGE, peer_sender(membership.node_id), args))
+        elif env.step == PROOF and self._responder is not None:
+            try:
+                self.peer_id = self._responder.verify(env.args)
+            except AuthError as exc:
+                raise AuthError(f"refused peer proof claiming {env.sender!r}: {exc}") from None
+            self._send(Handshake(WELCOME, peer_sender(membership.node_id), None))
+            log.debug("%s: %s authenticated as p%d", server.name, self.peer, self.peer_id)
+        else:
+            raise AuthError(f"unexpected handshake step {env.step!r} from {env.sender!r}")
+
+    def _send(self, env: Handshake) -> None:
+        if self.out is not None and self.transport is not None:
+            self.out.write(frame(encode_envelope(env)))
+
+    # -- admission timers
+
+    def _track_frames(self, completed: bool) -> None:
+        """After a read: note activity, and start or stop timing the partial frame."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        if completed:
+            self._last_frame = now
+        if not self.decoder.buffered:
+            self._partial_since = None
+        elif completed or self._partial_since is None:
+            self._partial_since = now  # a new frame began in this read
+        if self._partial_since is not None and self._frame_timer is None:
+            self._frame_timer = loop.call_later(
+                self.server.limits.frame_timeout_s, self._check_frame
+            )
+
+    def _check_frame(self) -> None:
+        self._frame_timer = None
+        since, loop = self._partial_since, self._loop
+        if self._closed or since is None or loop is None:
+            return
+        timeout = self.server.limits.frame_timeout_s
+        if self._read_paused:  # we stopped reading, not the remote side
+            self._partial_since = since = loop.time()
+        left = since + timeout - loop.time()
+        if left <= 0:
+            self.refuse(f"a frame not completed within {timeout:g}s of its first byte")
+        else:
+            self._frame_timer = loop.call_later(left, self._check_frame)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        loop = self._loop
+        if self._closed or loop is None:
+            return
+        timeout = self.server.limits.idle_timeout_s
+        if self.tasks:  # a handler still working for it is activity
+            self._last_frame = loop.time()
+        left = self._last_frame + timeout - loop.time()
+        if left <= 0:
+            self._closed = True
+            log.info(
+                "%s: closing connection from %s: idle for %gs", self.server.name, self.peer, timeout
+            )
+            if self.transport is not None:
+                self.transport.abort()
+        else:
+            self._idle_timer = loop.call_later(left, self._check_idle)
+
+    # -- dispatch
+
+    def _notify(self, env: Notify, peer_id: int | None) -> None:
         try:
-            self.server.handler.handle_notify(env.method, env.sender, env.args)
+            self.server.handler.handle_notify(env.method, env.sender, env.args, peer_id=peer_id)
         except ProtocolError:
             raise
         except Exception:
             log.exception("%s: notify handler for %r raised", self.server.name, env.method)
 
-    def _start(self, req: Request) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(req))
+    def _start(self, req: Request, peer_id: int | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(req, peer_id))
         self.tasks.add(task)
         task.add_done_callback(self._done)
         if len(self.tasks) >= MAX_IN_FLIGHT:
@@ -117,9 +299,10 @@ class _ServerConnection(asyncio.Protocol):
         if self._read_paused:
             self._update_reading()
 
-    async def _serve(self, req: Request) -> None:
+    async def _serve(self, req: Request, peer_id: int | None) -> None:
+        handler = self.server.handler
         try:
-            result = await self.server.handler.handle_call(req.method, req.sender, req.args)
+            result = await handler.handle_call(req.method, req.sender, req.args, peer_id=peer_id)
             reply = Reply(req.request_id, None, result)
         except asyncio.CancelledError:
             raise
@@ -173,7 +356,13 @@ class _ServerConnection(asyncio.Protocol):
 
 
 class RpcServer:
-    """Listens on TCP and dispatches frames to a :class:`Handler`."""
+    """Listens on TCP and dispatches frames to a :class:`Handler`.
+
+    ``peer_auth``: this node's membership, to run the peer handshake; without
+    it (and without ``insecure_peers``) no connection can speak for a peer.
+    ``peer_methods``: methods only an authenticated peer may send (a node's
+    ``raft``). ``limits``: the admission bounds.
+    """
 
     def __init__(
         self,
@@ -181,11 +370,23 @@ class RpcServer:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         name: str = "rpc",
+        peer_auth: Membership | None = None,
+        insecure_peers: bool = False,
+        peer_methods: frozenset[str] = frozenset(),
+        limits: ConnectionLimits | None = None,
     ) -> None:
+        if peer_auth is not None and insecure_peers:
+            raise ValueError("a server either authenticates its peers or believes them, not both")
         self.handler = handler
         self.max_frame_bytes = max_frame_bytes
         self.name = name
+        self.peer_auth = peer_auth
+        self.insecure_peers = insecure_peers
+        self.peer_methods = peer_methods
+        self.limits = limits if limits is not None else ConnectionLimits()
         self.connections: set[_ServerConnection] = set()
+        #: Connections closed at once because max_connections were open.
+        self.refused_connections = 0
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -195,6 +396,20 @@ class RpcServer:
         self._server = await loop.create_server(
             lambda: _ServerConnection(self), host, port, reuse_address=True
         )
+
+    def refuse_connection(self, remote: str) -> None:
+        """Count a connection closed over the cap; log the first of every REFUSALS_PER_LOG_LINE."""
+        self.refused_connections += 1
+        if self.refused_connections % REFUSALS_PER_LOG_LINE == 1:
+            log.warning(
+                "%s: refused a connection from %s: %d connections open, the maximum "
+                "(%d refused so far; logged once per %d)",
+                self.name,
+                remote,
+                len(self.connections),
+                self.refused_connections,
+                REFUSALS_PER_LOG_LINE,
+            )
 
     @property
     def address(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,7 +13,14 @@ from kvraft.raft.config import (
     DEFAULT_HEARTBEAT_INTERVAL_TICKS,
     DEFAULT_TICK_INTERVAL_S,
 )
+from kvraft.rpc.admission import (
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionLimits,
+)
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
+from kvraft.rpc.peer_auth import check_secret
 
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
 # A leader's admission budget: entries submitted and not yet applied. Over it the
@@ -100,7 +107,13 @@ def parse_peers(text: str) -> dict[int, str]:
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Everything ``kvraft server`` needs to run one node."""
+    """Everything ``kvraft server`` needs to run one node.
+
+    ``peer_secret`` (the contents of ``--peer-secret-file``, never shown in a
+    repr) authenticates peers; a node without one refuses to be built unless
+    ``insecure_peers`` says its network is trusted: peer authentication is on
+    by default.
+    """
 
     node_id: int
     listen: str
@@ -117,8 +130,18 @@ class ServerOptions:
     op_timeout_s: float = 2.0
     max_inflight_proposals: int = DEFAULT_MAX_INFLIGHT_PROPOSALS
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    peer_secret: bytes | None = field(default=None, repr=False)
+    insecure_peers: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        return ConnectionLimits(self.max_connections, self.idle_timeout_s, self.frame_timeout_s)
 
     def __post_init__(self) -> None:
+        _ = self.limits  # a bad bound is a ValueError now, not when serving
         if self.node_id not in self.peers:
             ids = ",".join(str(i) for i in sorted(self.peers))
             raise ValueError(f"--id {self.node_id} is not one of the ids in --peers ({ids})")
@@ -145,3 +168,15 @@ class ServerOptions:
         if self.max_inflight_bytes < self.max_value_bytes + 4096:
             # Else the largest put allowed could never be admitted.
             raise ValueError("--max-inflight-bytes must hold the largest put (--max-value-bytes)")
+        if self.peer_secret is None and not self.insecure_peers:
+            raise ValueError(
+                "no peer secret: give --peer-secret-file FILE "
+                "(or --insecure-peers, only on a network where every process is trusted)"
+            )
+        if self.peer_secret is not None and self.insecure_peers:
+            raise ValueError("--peer-secret-file and --insecure-peers exclude each other")
+        if self.peer_secret is not None:
+            try:
+                check_secret(self.peer_secret)
+            except ValueError as exc:
+                raise ValueError(f"--peer-secret-file: {exc}") from None

@@ -5,6 +5,10 @@ this node (sender ``p<id>``) and carries Raft messages as one-way
 notifications of method :data:`RAFT_METHOD`; the receiving server's service
 hands them to its node. A peer that is down costs a dropped message, never a
 blocked Ready loop: the client reconnects in the background and Raft resends.
+
+Given the cluster's :class:`~kvraft.rpc.peer_auth.PeerKey`, every connection
+first proves it is this node (the peer handshake); without one (a cluster
+run with ``--insecure-peers``) the receiving side believes the sender field.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from kvraft.raft.messages import AppendEntries, InstallSnapshot, Message
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import peer_sender
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
+from kvraft.rpc.peer_auth import PeerKey
 
 RAFT_METHOD = "raft"
 
@@ -27,12 +32,15 @@ class RpcPeerTransport:
 
     ``max_frame_bytes`` is the node's own ``--max-frame-bytes``: every member
     of a cluster is run with the same, so what we send fits what peers read.
+    ``peer_key`` (None only with ``--insecure-peers``) proves to each peer, on
+    every connection, that this node holds the cluster's secret.
     """
 
     def __init__(
         self,
         node_id: int,
         peer_addresses: Mapping[int, str],
+        peer_key: PeerKey | None,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
@@ -42,7 +50,13 @@ class RpcPeerTransport:
         # heartbeat, so only the first drop of each is an ERROR line, the rest DEBUG.
         self._last_dropped: dict[int, tuple[str, int | None]] = {}
         self._peers: dict[int, RpcClient] = {
-            pid: RpcClient(address, peer_sender(node_id), max_frame_bytes=max_frame_bytes)
+            pid: RpcClient(
+                address,
+                peer_sender(node_id),
+                max_frame_bytes=max_frame_bytes,
+                peer_key=peer_key,
+                server_peer_id=pid if peer_key is not None else None,
+            )
             for pid, address in peer_addresses.items()
             if pid != node_id
         }

@@ -17,12 +17,13 @@ from kvraft.addresses import split_address
 from kvraft.errors import StorageError, one_line
 from kvraft.raft.config import RaftConfig
 from kvraft.rpc.event_loop import install_event_loop_policy
+from kvraft.rpc.peer_auth import Membership, PeerKey
 from kvraft.rpc.server import RpcServer
 from kvraft.server import state_snapshot
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode
 from kvraft.server.options import ServerOptions, raft_message_limits
-from kvraft.server.peer_transport import RpcPeerTransport
+from kvraft.server.peer_transport import RAFT_METHOD, RpcPeerTransport
 from kvraft.server.rsm import RSM
 from kvraft.server.service import Service
 from kvraft.storage.sqlite import SqliteStorage
@@ -78,8 +79,13 @@ class Server:
             max_inflight_proposals=options.max_inflight_proposals,
             max_inflight_bytes=options.max_inflight_bytes,
         )
+        key = (
+            PeerKey(options.peer_secret, options.cluster_id)
+            if options.peer_secret is not None
+            else None
+        )
         transport = RpcPeerTransport(
-            options.node_id, options.peers, max_frame_bytes=options.max_frame_bytes
+            options.node_id, options.peers, key, max_frame_bytes=options.max_frame_bytes
         )
         try:
             node = RaftNode(
@@ -100,13 +106,31 @@ class Server:
             raise StorageError(f"{storage.path}: cannot load: {one_line(exc)}") from None
         rsm.attach(node)
         service = Service(options, node, rsm)
+        membership = (
+            Membership(key, options.node_id, frozenset(options.peers) - {options.node_id})
+            if key is not None
+            else None
+        )
         rpc = RpcServer(
-            service, max_frame_bytes=options.max_frame_bytes, name=f"n{options.node_id}"
+            service,
+            max_frame_bytes=options.max_frame_bytes,
+            name=f"n{options.node_id}",
+            peer_auth=membership,
+            insecure_peers=options.insecure_peers,
+            peer_methods=frozenset({RAFT_METHOD}),
+            limits=options.limits,
         )
         return cls(options, node, rsm, rpc)
 
     async def start(self) -> None:
         """Listen and start Raft; OSError if the address is taken."""
+        if self.options.insecure_peers:
+            log.warning(
+                "n%d: --insecure-peers: peers are not authenticated; any process that can "
+                "connect to %s can forge Raft messages",
+                self.options.node_id,
+                self.options.listen,
+            )
         host, port = split_address(self.options.listen)
         await self.rpc.start(host, port)
         await self.node.start()

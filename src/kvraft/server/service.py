@@ -12,7 +12,7 @@ from typing import Any
 
 from kvraft.errors import NotLeader, ProtocolError
 from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
-from kvraft.rpc.codec import check, sender_peer_id
+from kvraft.rpc.codec import check
 from kvraft.rpc.wire_errors import UnknownMethod
 from kvraft.server.node import RaftNode
 from kvraft.server.options import ServerOptions
@@ -30,7 +30,7 @@ class Service:
         self.node = node
         self.rsm = rsm
 
-    async def handle_call(self, method: str, sender: str, args: Any) -> Any:
+    async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         if method in ("get", "put"):
             # Validate before anything else, so a bad operation changes nothing anywhere.
             check(args, GetOp if method == "get" else PutOp, method)
@@ -71,7 +71,14 @@ class Service:
             return None
         raise AssertionError(method)
 
-    def handle_notify(self, method: str, sender: str, args: Any) -> None:
+    def handle_notify(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> None:
+        """A Raft message, taken as from ``peer_id`` only: the RPC server's proven identity.
+
+        The sender field is a claim; the RPC server refuses a Raft frame on a
+        connection that did not authenticate, so ``peer_id`` None is a bug.
+        """
         if method != RAFT_METHOD:
             raise ProtocolError(f"unknown one-way method {method!r}")
-        self.node.receive(sender_peer_id(sender), args)
+        if peer_id is None:
+            raise ProtocolError(f"a Raft message from {sender!r}, not an authenticated peer")
+        self.node.receive(peer_id, args)

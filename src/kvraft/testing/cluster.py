@@ -9,9 +9,13 @@ command line is the product's::
 
     python -m kvraft [--log-level L] server --id I --listen HOST:PRIVATE
         --peers 0=HOST:PUBLIC0,1=HOST:PUBLIC1,... --data-dir BASE/nI
-        --cluster-id NAME [--test-hooks] [server_args...]
+        --cluster-id NAME --peer-secret-file BASE/peer-secret [--test-hooks]
+        [server_args...]
 
 ``command`` replaces ``python -m kvraft`` (a test's stand-in server, say).
+Peers authenticate as in production: each cluster gets a random secret of
+its own in ``BASE/peer-secret`` (``insecure_peers=True`` passes
+``--insecure-peers`` instead).
 
 Data dirs (``base_dir/nI``), ports and logs (``base_dir/nI.log``, appended
 across restarts, with a header line per start and kill) stay the same for the
@@ -34,6 +38,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from kvraft.local_cluster import ensure_peer_secret
 from kvraft.testing import processes
 from kvraft.testing.faults import NetworkControl, NetworkProfile, TrafficStats, network_profile
 from kvraft.testing.proxy_network import ProxyNetwork
@@ -125,6 +130,7 @@ class Cluster:
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
         start: bool = True,
+        insecure_peers: bool = False,
     ) -> None:
         if n < 1:
             raise ValueError(f"a cluster needs at least one server, not {n}")
@@ -146,6 +152,11 @@ class Cluster:
         self.spawned: list[tuple[int, int, int | None]] = []
 
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.insecure_peers = insecure_peers
+        #: The cluster's peer secret (None with insecure_peers).
+        self.peer_secret_file: Path | None = (
+            None if insecure_peers else ensure_peer_secret(self.base_dir)
+        )
         self.network = ProxyNetwork(network_profile(network), seed=seed, host=host)
         self._res = _Resources(self.network)
         self._finalizer = weakref.finalize(self, self._res.release)
@@ -200,6 +211,10 @@ class Cluster:
         argv += ["server", "--id", str(i), "--listen", self.private_addresses[i]]
         argv += ["--peers", peers, "--data-dir", str(self.data_dir(i))]
         argv += ["--cluster-id", self.cluster_id]
+        if self.peer_secret_file is not None:
+            argv += ["--peer-secret-file", str(self.peer_secret_file)]
+        else:
+            argv.append("--insecure-peers")
         if self.test_hooks:
             argv.append("--test-hooks")
         extra = self.server_args(i) if callable(self.server_args) else self.server_args

@@ -28,7 +28,7 @@ from kvraft.rpc.codec import client_sender, sender_peer_id
 #: reply travelling back to the caller, or ``other`` (anything that is not a
 #: valid envelope of the kind expected in its direction; forwarded untouched so
 #: the server, not the proxy, judges bad input).
-Kind = Literal["request", "notify", "reply", "other"]
+Kind = Literal["request", "notify", "reply", "handshake", "other"]
 
 
 def _check_probability(name: str, value: float) -> None:

@@ -7,6 +7,13 @@ of each to know what it is (``codec.read_head``: kind, request id, method,
 sender, the tag of a typed argument) and then forwards, delays or drops the
 original frame bytes, never re-encoding anything.
 
+The peer handshake (envelope kind ``HANDSHAKE``, see ``rpc/peer_auth.py``)
+is forwarded unchanged and never dropped or delayed at random: it teaches
+the link its sender, and obeys disconnections and partitions like any frame
+(a handshake cut off costs the peer a reconnect). Dropping it at the random
+rates would cost every lossy test a handshake timeout per connection and
+test nothing Raft tolerates.
+
 Per message, never per connection: a dropped request simply never reaches the
 server, so its caller's call times out exactly as on a lossy network; the
 connection stays up. The sender of a connection is learnt from its requests
@@ -30,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvraft.addresses import split_address
 from kvraft.errors import ProtocolError
-from kvraft.rpc.codec import NOTIFY, REPLY, REQUEST, Head, read_head
+from kvraft.rpc.codec import HANDSHAKE, NOTIFY, REPLY, REQUEST, Head, read_head
 from kvraft.rpc.framing import FrameDecoder, frame
 from kvraft.testing.faults import Kind, NetworkProfile, StatsKey
 
@@ -43,7 +50,12 @@ UPSTREAM_CONNECT_TIMEOUT_S = 2.0
 
 # The proxy's name for each envelope kind (its counters' keys); a frame that is
 # no envelope, or a reply from a caller, is ``other``.
-_KIND_NAMES: dict[int, Kind] = {REQUEST: "request", REPLY: "reply", NOTIFY: "notify"}
+_KIND_NAMES: dict[int, Kind] = {
+    REQUEST: "request",
+    REPLY: "reply",
+    NOTIFY: "notify",
+    HANDSHAKE: "handshake",
+}
 
 
 def _kind(head: Head | None) -> Kind:
@@ -122,7 +134,7 @@ class Link:
             proxy.tally.dropped(key)
             return
         delay = 0.0
-        if head is not None:
+        if head is not None and head.kind != HANDSHAKE:
             profile = state.profile
             if head.kind == NOTIFY and head.tag in profile.reply_tags:
                 dropped, delay = self._reply_fate(profile, key)
