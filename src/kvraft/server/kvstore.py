@@ -25,13 +25,15 @@ re-validate types on the apply path.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import msgpack
 
 from kvraft.errors import NoKey, VersionMismatch
 from kvraft.kv_protocol import utf8_len
+
+T = TypeVar("T")
 
 # Bumped when the snapshot layout changes; restore refuses any other value.
 SNAPSHOT_FORMAT = 1
@@ -47,6 +49,31 @@ class BadSnapshot(ValueError):
     The store cannot tell whose fault that is: the caller turns it into a
     StorageError (corrupt data dir) or a ProtocolError (a bad InstallSnapshot).
     """
+
+
+def decode_whole(data: object, read: Callable[[Any], T]) -> T:
+    """``read(unpacker)`` over all of ``data``; BadSnapshot for anything but exactly that.
+
+    The one strict frame around every snapshot decoder: bytes only, nothing
+    truncated, nothing after the end, and msgpack's assorted exceptions on
+    junk all reported as BadSnapshot (never half-restored state).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BadSnapshot(f"snapshot must be bytes, not {type(data).__name__}")
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        value = read(unpacker)
+        end = unpacker.tell()
+    except BadSnapshot:
+        raise
+    except msgpack.OutOfData:
+        raise BadSnapshot(f"snapshot truncated ({len(data)} bytes)") from None
+    except Exception as exc:  # msgpack raises several unrelated classes on junk
+        raise BadSnapshot(f"undecodable snapshot: {type(exc).__name__}: {exc}") from None
+    if end != len(data):
+        raise BadSnapshot(f"{len(data) - end} unexpected bytes after the snapshot")
+    return value
 
 
 class KVStore:
@@ -193,22 +220,7 @@ class KVStore:
         is canonical), and no bytes after the end. Truncated or padded data is
         refused, never half-restored.
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise BadSnapshot(f"snapshot must be bytes, not {type(data).__name__}")
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
-        unpacker.feed(data)
-        try:
-            store = cls._read(unpacker)
-            end = unpacker.tell()
-        except BadSnapshot:
-            raise
-        except msgpack.OutOfData:
-            raise BadSnapshot(f"snapshot truncated ({len(data)} bytes)") from None
-        except Exception as exc:  # msgpack raises several unrelated classes on junk
-            raise BadSnapshot(f"undecodable snapshot: {type(exc).__name__}: {exc}") from None
-        if end != len(data):
-            raise BadSnapshot(f"{len(data) - end} unexpected bytes after the snapshot")
-        return store
+        return decode_whole(data, cls._read)
 
     @classmethod
     def read_from(cls, unpacker: Any) -> KVStore:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgpack
 
-from kvraft.server.kvstore import BadSnapshot, KVStore
+from kvraft.server.kvstore import BadSnapshot, KVStore, decode_whole
 from kvraft.server.sessions import SessionLimits, Sessions
 
 # Bumped when the layout changes; decode refuses any other value.
@@ -52,11 +53,8 @@ def encoder(sessions: Sessions, store: KVStore) -> Callable[[], bytes]:
 
 def decode(data: bytes, limits: SessionLimits | None = None) -> tuple[Sessions, KVStore]:
     """The sessions and store :func:`encode_chunks` wrote; BadSnapshot for anything else."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise BadSnapshot(f"snapshot must be bytes, not {type(data).__name__}")
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
-    unpacker.feed(data)
-    try:
+
+    def read(unpacker: Any) -> tuple[Sessions, KVStore]:
         try:
             header = unpacker.read_array_header()
         except ValueError:
@@ -68,15 +66,6 @@ def decode(data: bytes, limits: SessionLimits | None = None) -> tuple[Sessions, 
             raise BadSnapshot(
                 f"unknown state snapshot format {fmt!r} (expected {STATE_SNAPSHOT_FORMAT})"
             )
-        sessions = Sessions.read(unpacker, limits)
-        store = KVStore.read_from(unpacker)
-        end = unpacker.tell()
-    except BadSnapshot:
-        raise
-    except msgpack.OutOfData:
-        raise BadSnapshot(f"snapshot truncated ({len(data)} bytes)") from None
-    except Exception as exc:  # msgpack raises several unrelated classes on junk
-        raise BadSnapshot(f"undecodable snapshot: {type(exc).__name__}: {exc}") from None
-    if end != len(data):
-        raise BadSnapshot(f"{len(data) - end} unexpected bytes after the snapshot")
-    return sessions, store
+        return Sessions.read(unpacker, limits), KVStore.read_from(unpacker)
+
+    return decode_whole(data, read)
