@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -104,3 +105,40 @@ class ThreadWorkers:
         self._io.shutdown(wait=True)
         # An encoding still running is abandoned: its snapshot would never be stored.
         self._encoder.shutdown(wait=False, cancel_futures=True)
+
+
+class StallingWorkers:
+    """Workers whose next storage call can be made to wait: a slow disk, on demand.
+
+    Served only to servers started with ``--test-hooks`` (the ``raft.stall_disk``
+    hook), so the adversarial suite can show on a real process that a leader
+    survives a save longer than its election timeout. The wait runs on the
+    storage thread itself, before the call, exactly where a stalled fsync would
+    block; a production server never builds this class, and here the only cost
+    on the path of a call is one attribute check.
+    """
+
+    def __init__(self, inner: Workers) -> None:
+        self._inner = inner
+        self._stall_s = 0.0  # seconds the next storage call waits; 0: none
+
+    def stall(self, seconds: float) -> None:
+        """Make the next storage call wait ``seconds`` on the storage thread first."""
+        self._stall_s = seconds
+
+    async def storage(self, fn: Callable[..., T], *args: object) -> T:
+        stall_s, self._stall_s = self._stall_s, 0.0
+        if not stall_s:
+            return await self._inner.storage(fn, *args)
+
+        def stalled() -> T:
+            time.sleep(stall_s)
+            return fn(*args)
+
+        return await self._inner.storage(stalled)
+
+    async def encode(self, fn: Callable[..., T], *args: object) -> T:
+        return await self._inner.encode(fn, *args)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()

@@ -20,6 +20,7 @@ from kvraft.rpc.event_loop import install_event_loop_policy
 from kvraft.rpc.peer_auth import Membership, PeerKey
 from kvraft.rpc.server import RpcServer
 from kvraft.server import state_snapshot
+from kvraft.server.driver_io import StallingWorkers, ThreadWorkers
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import NodeTiming, RaftNode
 from kvraft.server.options import ServerOptions, raft_message_limits
@@ -95,6 +96,12 @@ class Server:
                 rsm,
                 timing=NodeTiming(tick_interval_s=options.tick_interval_s),
                 snapshot_threshold_bytes=options.snapshot_threshold_bytes,
+                # Only a test server can be told to stall its disk (raft.stall_disk).
+                workers=(
+                    StallingWorkers(ThreadWorkers(f"n{options.node_id}"))
+                    if options.test_hooks
+                    else None
+                ),
             )
         except ValueError as exc:
             # The store's rows passed their checks, but what they hold cannot

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvraft.errors import NotLeader, ProtocolError
+from kvraft.errors import InvalidArgument, NotLeader, ProtocolError
 from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
 from kvraft.rpc.codec import check
 from kvraft.rpc.wire_errors import UnknownMethod
+from kvraft.server.driver_io import StallingWorkers
 from kvraft.server.node import RaftNode
 from kvraft.server.options import ServerOptions
 from kvraft.server.peer_transport import RAFT_METHOD
 from kvraft.server.rsm import RSM
 
-TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign")
+TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign", "raft.stall_disk")
+
+# The longest storage stall raft.stall_disk accepts: long enough for any test
+# of a slow disk, short enough that a mistaken call cannot wedge a node for long.
+MAX_DISK_STALL_S = 30.0
 
 
 class Service:
@@ -68,6 +73,20 @@ class Service:
             return self.node.get_committed(args)
         if method == "raft.campaign":
             self.node.campaign()
+            return None
+        if method == "raft.stall_disk":
+            # bool is an int, and NaN fails both comparisons: refuse them all.
+            if (
+                not isinstance(args, (int, float))
+                or isinstance(args, bool)
+                or not 0 < args <= MAX_DISK_STALL_S
+            ):
+                raise InvalidArgument(
+                    f"raft.stall_disk takes seconds in (0, {MAX_DISK_STALL_S:g}], not {args!r}"
+                )
+            workers = self.node.workers
+            assert isinstance(workers, StallingWorkers), "a --test-hooks server stalls its disk"
+            workers.stall(float(args))
             return None
         raise AssertionError(method)
 
