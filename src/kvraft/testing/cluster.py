@@ -368,6 +368,11 @@ class Cluster:
     def unblock_client(self, i: int, client_id: str) -> None:
         self.control.unblock_client(self._check(i), client_id)
 
+    def hold_next_request(self, i: int, client_id: str, method: str, seconds: float) -> None:
+        """Server ``i``'s proxy holds client ``client_id``'s next ``method`` request
+        ``seconds`` in transit, then delivers it (see NetworkControl.hold_next_request)."""
+        self.control.hold_next_request(self._check(i), client_id, method, seconds)
+
     def stats(self, i: int | None = None) -> TrafficStats:
         """Traffic counters of proxy ``i``, or of the whole cluster."""
         return self.network.stats(None if i is None else self._check(i))

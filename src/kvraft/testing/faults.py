@@ -145,6 +145,9 @@ class FaultState:
     groups: Mapping[int, int] | None = None
     # (server id, client sender identity) pairs that cannot talk.
     blocked: frozenset[tuple[int, str]] = frozenset()
+    # (server id, client sender identity, method) -> seconds: the next such
+    # request is held that long in transit, then delivered (one use each).
+    holds: Mapping[tuple[int, str, str], float] = field(default_factory=dict)
 
     def link_up(self, server_id: int, sender: str | None) -> bool:
         """Whether frames between ``sender`` and server ``server_id`` pass (either way).
@@ -269,9 +272,38 @@ class NetworkControl:
                 blocked=self._state.blocked - {(server_id, client_sender(client_id))},
             )
 
+    def hold_next_request(
+        self, server_id: int, client_id: str, method: str, seconds: float
+    ) -> None:
+        """Hold the next ``method`` request of client ``client_id`` to server ``server_id``.
+
+        That one request waits ``seconds`` in the proxy, then is delivered on
+        its connection (if the link is still up and the connection open), as a
+        segment retransmitted after a partition heals; requests after it pass
+        at once. It is how a test shows that a copy arriving after its client
+        has retried and moved on changes nothing. Replaces an unused hold of
+        the same request; :meth:`clear` cancels holds not yet taken.
+        """
+        if not seconds > 0:
+            raise ValueError(f"a hold lasts a positive number of seconds, not {seconds!r}")
+        key = (server_id, client_sender(client_id), method)
+        with self._lock:
+            holds = {**self._state.holds, key: seconds}
+            self._state = dataclasses.replace(self._state, holds=holds)
+
+    def take_hold(self, server_id: int, sender: str, method: str) -> float:
+        """Seconds to hold this request (0: none), using up its hold (proxies call this)."""
+        key = (server_id, sender, method)
+        with self._lock:
+            holds = dict(self._state.holds)
+            seconds = holds.pop(key, 0.0)
+            if seconds:
+                self._state = dataclasses.replace(self._state, holds=holds)
+            return seconds
+
     def clear(self) -> None:
-        """Reconnect everything, heal, unblock all clients; the profile stays."""
-        self._update(disconnected=frozenset(), groups=None, blocked=frozenset())
+        """Reconnect everything, heal, unblock all clients, drop unused holds; the profile stays."""
+        self._update(disconnected=frozenset(), groups=None, blocked=frozenset(), holds={})
 
     # -- counters
 
@@ -313,7 +345,8 @@ class Counts:
     """Frame counts for one slice of traffic.
 
     Invariant, once nothing is in flight: ``seen == dropped + delivered``.
-    ``held`` counts replies held back (a subset of those seen); byte counts
+    ``held`` counts frames held back (a subset of those seen: replies at the
+    profile's ``reply_hold`` rate, requests by a hold rule); byte counts
     include the 4-byte frame header.
     """
 

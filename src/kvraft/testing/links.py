@@ -21,7 +21,9 @@ and notifies (``"p3"``, ``"c<id>"``); a reply travelling back is attributed to
 the sender and method of its request. Each delayed message gets its own timer
 (``loop.call_later``), so a held-back reply never holds up the ones behind it,
 and messages really do arrive reordered. A delayed message is checked against
-the fault rules again when its timer fires.
+the fault rules again when its timer fires. A request a test asked to hold
+(``NetworkControl.hold_next_request``) is delayed the same way, for as long as
+asked; it dies with its connection, as a segment in flight on a reset does.
 
 When the server is down (connection refused) or a side closes, the link
 closes the other side too: a crashed server looks like a reset, a cut network
@@ -149,6 +151,12 @@ class Link:
         if head is not None and head.kind == REQUEST:
             assert request_id is not None and sender is not None and method is not None
             self.pending[request_id] = (sender, method)
+            # One attribute check unless a test asked to hold a request.
+            if state.holds:
+                hold = proxy.control.take_hold(proxy.server_id, sender, method)
+                if hold:
+                    proxy.tally.held(key)
+                    delay += hold
         self._schedule(delay, self._deliver_to_server, data, key, sender, request_id)
 
     def _deliver_to_server(
