@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 import zlib
 from typing import Any
@@ -37,7 +36,7 @@ from kvraft.testing.cluster import Cluster
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until
-from tests.cluster.kv_support import RecordingClient, find_leader, own_key_puts, statuses
+from tests.cluster.kv_support import BackgroundPutters, RecordingClient, find_leader, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -116,46 +115,11 @@ def terms(cluster: Cluster) -> list[int]:
     return [int(row["term"]) for row in statuses(cluster) if row.get("reachable")]
 
 
-class Workload:
-    """Clients putting on their own keys in threads while the attack runs."""
-
-    def __init__(self, cluster: Cluster, history: History, n: int = 2) -> None:
-        self.clients = [RecordingClient(cluster, history) for _ in range(n)]
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.puts = [0] * n
-        self.threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)
-        ]
-        for t in self.threads:
-            t.start()
-
-    def _run(self, i: int) -> None:
-        try:
-            round_ = 0
-            while not self.stop.is_set():
-                own_key_puts(self.clients[i], f"w{i}", 3, tag=f"r{round_}-")
-                self.puts[i] += 3
-                round_ += 1
-        except BaseException as exc:
-            self.errors.append(exc)
-
-    def finish(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-            assert not t.is_alive(), "a client thread hung"
-        for c in self.clients:
-            c.close()
-        assert not self.errors, self.errors
-        assert all(p > 0 for p in self.puts), self.puts
-
-
 def test_forged_raft_messages_of_every_type_are_refused(make_cluster: Any) -> None:
     cluster: Cluster = make_cluster(3)
     leader = find_leader(cluster)
     history = History()
-    work = Workload(cluster, history)
+    work = BackgroundPutters(cluster, history, batch=3)
     try:
         before = max(terms(cluster))
         forged_term = before + FORGED_TERM_STEP
@@ -190,6 +154,7 @@ def test_forged_raft_messages_of_every_type_are_refused(make_cluster: Any) -> No
         time.sleep(0.5)  # the workload keeps running meanwhile
     finally:
         work.finish()
+        assert all(p > 0 for p in work.puts), work.puts
     assert max(terms(cluster)) < forged_term
     assert_linearizable(history, CHECK_TIMEOUT_S)
 

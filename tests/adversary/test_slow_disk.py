@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import threading
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from kvraft.testing.cluster import Cluster
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until
-from tests.cluster.kv_support import RecordingClient, find_leader, own_key_puts, statuses
+from tests.cluster.kv_support import BackgroundPutters, find_leader, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -46,43 +45,6 @@ def hook(cluster: Cluster, i: int, method: str, args: Any) -> Any:
             rpc.close()
 
     return asyncio.run(call())
-
-
-class Putters:
-    """Clients putting on their own keys in threads, counting the puts that completed."""
-
-    def __init__(self, cluster: Cluster, history: History, n: int = 2) -> None:
-        self.clients = [RecordingClient(cluster, history) for _ in range(n)]
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.puts = [0] * n
-        self.threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)
-        ]
-        for t in self.threads:
-            t.start()
-
-    def _run(self, i: int) -> None:
-        try:
-            round_ = 0
-            while not self.stop.is_set():
-                own_key_puts(self.clients[i], f"w{i}", 1, tag=f"r{round_}-")
-                self.puts[i] += 1
-                round_ += 1
-        except BaseException as exc:
-            self.errors.append(exc)
-
-    def total(self) -> int:
-        return sum(self.puts)
-
-    def finish(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-            assert not t.is_alive(), "a client thread hung"
-        for c in self.clients:
-            c.close()
-        assert not self.errors, self.errors
 
 
 SLOW_FSYNC = re.compile(r"slow fsync: (\d+) ms")
@@ -115,7 +77,7 @@ def test_a_leader_whose_disk_stalls_twice_the_election_timeout_keeps_its_term(
     cluster: Cluster = make_cluster(3)
     leader = find_leader(cluster)
     history = History()
-    work = Putters(cluster, history)
+    work = BackgroundPutters(cluster, history)
     try:
         wait_until(lambda: work.total() >= 5, 20, message="puts flowing")
         before = {int(r["id"]): r for r in statuses(cluster)}

@@ -189,3 +189,46 @@ def run_threads(fns: list[Callable[[], Any]], timeout_s: float = 120.0) -> list[
     if errors:
         raise errors[0]
     return results
+
+
+class BackgroundPutters:
+    """Clients putting on their own keys in threads, ``batch`` puts a round, until finish().
+
+    ``puts[i]`` counts client i's completed puts; every outcome is recorded in
+    ``history`` for a linearizability check. finish() joins the threads, closes
+    the clients and fails if any thread hung or raised.
+    """
+
+    def __init__(self, cluster: Cluster, history: History, n: int = 2, batch: int = 1) -> None:
+        self.clients = [RecordingClient(cluster, history) for _ in range(n)]
+        self.batch = batch
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.puts = [0] * n
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        try:
+            round_ = 0
+            while not self.stop.is_set():
+                own_key_puts(self.clients[i], f"w{i}", self.batch, tag=f"r{round_}-")
+                self.puts[i] += self.batch
+                round_ += 1
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def total(self) -> int:
+        return sum(self.puts)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+            assert not t.is_alive(), "a client thread hung"
+        for c in self.clients:
+            c.close()
+        assert not self.errors, self.errors

@@ -591,21 +591,11 @@ class NodeSimulation:
         task.add_done_callback(lambda done: sim_node.clients.pop(done, None))
 
     def _liveness_bound(self) -> int:
-        """Ticks for a healed cluster to elect a leader and bring every node up to date.
-
-        As the core simulator's bound, plus the RSM's timeout (a put submitted
-        just before a leader change waits that long before it is retried).
-        """
-        profile = self.profile
-        round_trip = 2 * profile.max_delay_ticks + profile.heartbeat_interval_ticks
+        """The core simulator's bound, plus the RSM's timeout twice (a put submitted
+        just before a leader change waits that long before it is retried)."""
         longest = max(n.core.last_index for n in self.nodes.values() if n.core is not None)
-        # A put's command is about 60 bytes; a message carries at least one.
-        per_message = min(
-            profile.max_entries_per_message, max(1, profile.max_bytes_per_message // 64)
-        )
-        per_round = per_message * profile.max_inflight_messages
         snapshots = [n.storage.snapshot for n in self.nodes.values()]
         biggest = max((len(snap.data) for snap in snapshots if snap is not None), default=0)
-        rounds = -(-longest // per_round) + -(-biggest // profile.snapshot_chunk_bytes)
-        timeouts = 2 * round(self.op_timeout_s / TICK_S)
-        return 20 * profile.election_timeout_ticks + rounds * round_trip + timeouts
+        # A put's command is about 60 bytes; a message carries at least one.
+        bound = self.profile.liveness_bound_ticks(longest, biggest, command_bytes=64)
+        return bound + 2 * round(self.op_timeout_s / TICK_S)

@@ -119,6 +119,25 @@ class Profile:
             check_quorum_ticks=rng.choice([0, 0, election_timeout_ticks]),  # 0: the default
         )
 
+    def liveness_bound_ticks(
+        self, longest_log: int, biggest_snapshot: int, command_bytes: int
+    ) -> int:
+        """Ticks for a healed cluster to elect a leader and bring every node up to date.
+
+        Elections: 20 election timeouts, generous for pre-vote rounds, leases
+        running out and split votes. Catching up: a node may need the longest
+        log from scratch, at a message's worth of entries (by count and bytes,
+        commands of ``command_bytes``) times max_inflight_messages per round
+        trip, plus the biggest snapshot at one chunk per round trip.
+        """
+        round_trip = 2 * self.max_delay_ticks + self.heartbeat_interval_ticks
+        per_message = min(
+            self.max_entries_per_message, max(1, self.max_bytes_per_message // command_bytes)
+        )
+        per_round = per_message * self.max_inflight_messages
+        rounds = -(-longest_log // per_round) + -(-biggest_snapshot // self.snapshot_chunk_bytes)
+        return 20 * self.election_timeout_ticks + rounds * round_trip
+
     def raft_config(self, node: int, peers: tuple[int, ...], rng: random.Random) -> RaftConfig:
         """The settings of node ``node``: this profile's, with its own random source."""
         return RaftConfig(
@@ -703,26 +722,11 @@ class Simulation:
         raise AssertionError("unreachable")
 
     def _liveness_bound(self) -> int:
-        """Ticks for a healed cluster to elect a leader and bring every node up to date.
-
-        Elections: 20 election timeouts, generous for pre-vote rounds, leases
-        running out and split votes. Catching up: a node may need the longest
-        log from scratch, at a message's worth of entries (by count and bytes)
-        times max_inflight_messages per round trip, plus a snapshot at one
-        chunk per round trip.
-        """
-        profile = self.profile
-        round_trip = 2 * profile.max_delay_ticks + profile.heartbeat_interval_ticks
         longest = max(node.core.last_index for node in self.nodes.values() if node.core)
-        # Commands are at most 16 bytes ("s<seed>-c<n>").
-        per_message = min(
-            profile.max_entries_per_message, max(1, profile.max_bytes_per_message // 16)
-        )
-        per_round = per_message * profile.max_inflight_messages
         snapshots = [node.storage.snapshot for node in self.nodes.values()]
         biggest = max((len(snap.data) for snap in snapshots if snap is not None), default=0)
-        rounds = -(-longest // per_round) + -(-biggest // profile.snapshot_chunk_bytes)
-        return 20 * profile.election_timeout_ticks + rounds * round_trip
+        # Commands are at most 16 bytes ("s<seed>-c<n>").
+        return self.profile.liveness_bound_ticks(longest, biggest, command_bytes=16)
 
     def _applied_index_of(self, command: bytes) -> int | None:
         if self._live_index is None:
