@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ("tests.support.cluster_fixtures",)
+pytest_plugins = ("tests.support.cluster_fixtures", "tests.support.certs")
 
 STANDIN = Path(__file__).resolve().parent / "support" / "standin.py"
 

@@ -50,6 +50,7 @@ from kvraft.errors import (
     LockStateUnknown,
     Maybe,
     NoKey,
+    Unauthorized,
     Unavailable,
     VersionMismatch,
     WrongLeader,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kvraft.client.async_client import AsyncClient
     from kvraft.client.client import Client
     from kvraft.client.lock import Lock
+    from kvraft.rpc.tls import client_tls_context
 
 # The one source of the version: pyproject.toml reads it from here
 # ([tool.setuptools.dynamic]), so it is right in a source checkout, an editable
@@ -70,6 +72,7 @@ _LAZY = {
     "AsyncClient": "kvraft.client.async_client",
     "Client": "kvraft.client.client",
     "Lock": "kvraft.client.lock",
+    "client_tls_context": "kvraft.rpc.tls",
 }
 
 __all__ = [
@@ -83,9 +86,11 @@ __all__ = [
     "LockStateUnknown",
     "Maybe",
     "NoKey",
+    "Unauthorized",
     "Unavailable",
     "VersionMismatch",
     "WrongLeader",
+    "client_tls_context",
 ]
 
 

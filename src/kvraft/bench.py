@@ -31,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import ssl as ssl_module
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, TextIO
 
 from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
@@ -61,6 +62,8 @@ class BenchConfig:
     deadline_s: float | None = 10.0
     call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
     seed: int | None = None
+    token: str | None = field(default=None, repr=False)
+    ssl: ssl_module.SSLContext | None = None
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -181,6 +184,8 @@ class Bench:
             list(self.config.servers),
             deadline=self.config.deadline_s,
             call_timeout_s=self.config.call_timeout_s,
+            token=self.config.token,
+            ssl=self.config.ssl,
         )
 
     def _value(self, n: int) -> str:
@@ -382,8 +387,10 @@ def format_result(result: BenchResult) -> str:
 
 def result_json(result: BenchResult) -> dict[str, Any]:
     """The results as plain data: the config and, per kind of operation, its summary."""
-    config = asdict(result.config)
+    # Credentials are not results: the token is a secret, a context no data.
+    config = asdict(replace(result.config, token=None, ssl=None))
     config["servers"] = list(result.config.servers)
+    config["tls"] = result.config.ssl is not None
     cpu = result.client_cpu_s_per_op
     return {
         "config": config,

@@ -88,8 +88,42 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     default=None,
     help="Log level on stderr (default: info for server and cluster, warning otherwise).",
 )
+@click.option(
+    "--token",
+    envvar="KVRAFT_TOKEN",
+    default=None,
+    help="The client token to present (servers with --auth-token-file); default $KVRAFT_TOKEN.",
+)
+@click.option(
+    "--cacert",
+    envvar="KVRAFT_CACERT",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Connect with TLS, checking servers against this CA (PEM); default $KVRAFT_CACERT.",
+)
+@click.option(
+    "--cert",
+    envvar="KVRAFT_CERT",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TLS: this client's certificate (servers with --client-cert-auth); $KVRAFT_CERT.",
+)
+@click.option(
+    "--key",
+    envvar="KVRAFT_KEY",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TLS: the client certificate's key; default $KVRAFT_KEY.",
+)
 @click.pass_context
-def cli(ctx: click.Context, log_level: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    log_level: str | None,
+    token: str | None,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+) -> None:
     """kvraft: a fault-tolerant, linearizable key-value service replicated with Raft.
 
     \b
@@ -101,8 +135,11 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
       kvraft status
       kvraft bench --clients 64 --duration 10
 
+    Secured clusters (docs/security.md): kvraft --cacert ca.pem --token T get KEY.
+
     Exit codes: 0 ok, 1 operation error (NoKey, VersionMismatch, Maybe, bad
-    value, a server that cannot start), 2 usage error, 3 cluster unavailable.
+    value, Unauthorized, a server that cannot start), 2 usage error, 3
+    cluster unavailable.
     """
     serving = ctx.invoked_subcommand in ("server", "cluster")
     level = (log_level or ("info" if serving else "warning")).upper()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from kvraft.cli_common import EXIT_OP_ERROR, EXIT_UNAVAILABLE, fail
+from kvraft.cli_common import EXIT_OP_ERROR, EXIT_UNAVAILABLE, credentials, fail
 from kvraft.errors import KVError, Unavailable
 from kvraft.local_cluster import default_servers, describe_os_error
 from kvraft.status_table import format_status_table, short_reason, status_summary
@@ -89,7 +89,8 @@ def _run_op(fn: Callable[[], T]) -> T:
 def _with_client(servers: str | None, deadline: float, op: Callable[[Any], T]) -> T:
     from kvraft.client.client import Client
 
-    client = Client(parse_servers(servers), deadline=deadline)
+    creds = credentials()
+    client = Client(parse_servers(servers), deadline=deadline, token=creds.token, ssl=creds.ssl)
     try:
         return _run_op(lambda: op(client))
     finally:
@@ -161,7 +162,8 @@ def status(servers: str | None, timeout: float, as_json: bool) -> None:
     """
     from kvraft.client.admin import fetch_statuses
 
-    rows = fetch_statuses(parse_servers(servers), timeout)
+    creds = credentials()
+    rows = fetch_statuses(parse_servers(servers), timeout, token=creds.token, ssl=creds.ssl)
     for row in rows:
         if not row.get("reachable"):
             row["error"] = short_reason(str(row.get("error", "")))
@@ -259,8 +261,11 @@ def bench(
             f"{keys} keys for {clients} clients: puts need at least one key per client",
             param_hint="--keys",
         )
+    creds = credentials()
     config = BenchConfig(
         servers=tuple(parse_servers(servers)),
+        token=creds.token,
+        ssl=creds.ssl,
         clients=clients,
         duration_s=duration,
         warmup_s=warmup,

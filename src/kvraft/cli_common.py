@@ -7,7 +7,9 @@ share them without importing each other.
 
 from __future__ import annotations
 
+import ssl
 import sys
+from dataclasses import dataclass
 from typing import NoReturn
 
 import click
@@ -22,3 +24,32 @@ def fail(message: str, code: int) -> NoReturn:
     """Print ``kvraft: message`` on stderr and exit with ``code``."""
     click.echo(f"kvraft: {one_line(message)}", err=True)
     sys.exit(code)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a command's clients present: ``--token`` and the TLS context of ``--cacert``..."""
+
+    token: str | None = None
+    ssl: ssl.SSLContext | None = None
+
+
+def credentials(ctx: click.Context | None = None) -> Credentials:
+    """The top-level ``--token/--cacert/--cert/--key`` (or ``$KVRAFT_TOKEN``...); usage errors."""
+    from kvraft.rpc.tls import client_tls_context
+    from kvraft.rpc.tokens import check_token
+
+    params = (ctx or click.get_current_context()).find_root().params
+    token, cacert, cert, key = (params.get(n) for n in ("token", "cacert", "cert", "key"))
+    if token is not None:
+        try:
+            check_token(token)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--token") from None
+    context = None
+    if cacert is not None or cert is not None or key is not None:
+        try:
+            context = client_tls_context(cacert=cacert, cert=cert, key=key)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cacert/--cert/--key") from None
+    return Credentials(token=token, ssl=context)

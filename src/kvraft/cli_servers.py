@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -35,6 +36,11 @@ from kvraft.rpc.admission import (
     DEFAULT_MAX_CONNECTIONS,
 )
 
+if TYPE_CHECKING:
+    from kvraft.rpc.tokens import TokenTable
+
+_FILE = click.Path(path_type=Path, dir_okay=False)
+
 
 def _read_secret(path: Path) -> bytes:
     """The secret in a secret file, stripped; a usage error (exit 2) if unreadable or short."""
@@ -48,6 +54,22 @@ def _read_secret(path: Path) -> bytes:
         reason = exc.strerror or type(exc).__name__
         raise click.BadParameter(
             f"cannot read {path}: {reason}", param_hint="--peer-secret-file"
+        ) from None
+
+
+def _read_tokens(path: Path) -> TokenTable:
+    """An --auth-token-file's table; a usage error (exit 2) naming the line, never the token."""
+    from kvraft.rpc.tokens import parse_token_file
+    from kvraft.server.service import METHOD_ROLES
+
+    try:
+        return parse_token_file(path.read_text(encoding="utf-8"), METHOD_ROLES)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--auth-token-file") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise click.BadParameter(
+            f"cannot read {path}: {reason}", param_hint="--auth-token-file"
         ) from None
 
 
@@ -149,6 +171,45 @@ def _log_level(ctx: click.Context) -> str:
     show_default=True,
     help="Close a connection whose frame is not complete this long after its first byte.",
 )
+@click.option(
+    "--cert-file",
+    type=_FILE,
+    default=None,
+    help="TLS: this node's certificate (PEM); the port then speaks only TLS, to clients and peers.",
+)
+@click.option("--key-file", type=_FILE, default=None, help="TLS: the certificate's key (PEM).")
+@click.option(
+    "--trusted-ca-file",
+    type=_FILE,
+    default=None,
+    help="TLS: the CA that signs client certificates (with --client-cert-auth).",
+)
+@click.option(
+    "--client-cert-auth",
+    is_flag=True,
+    help="TLS: clients must present a certificate signed by --trusted-ca-file.",
+)
+@click.option(
+    "--peer-cert-file",
+    type=_FILE,
+    default=None,
+    help="Peer mutual TLS: the certificate this node presents to its peers.",
+)
+@click.option("--peer-key-file", type=_FILE, default=None, help="Peer mutual TLS: its key.")
+@click.option(
+    "--peer-trusted-ca-file",
+    type=_FILE,
+    default=None,
+    help="Peer mutual TLS: the CA that signs every node's certificates; a certificate it "
+    "issued proves a member, so --peer-secret-file becomes optional.",
+)
+@click.option(
+    "--auth-token-file",
+    type=_FILE,
+    default=None,
+    help="Client tokens, one 'TOKEN ROLE' per line (roles: read, readwrite, admin); "
+    "clients must then present one.",
+)
 def server(
     node_id: int,
     listen: str,
@@ -169,6 +230,14 @@ def server(
     max_connections: int,
     idle_timeout_s: float,
     frame_timeout_s: float,
+    cert_file: Path | None,
+    key_file: Path | None,
+    trusted_ca_file: Path | None,
+    client_cert_auth: bool,
+    peer_cert_file: Path | None,
+    peer_key_file: Path | None,
+    peer_trusted_ca_file: Path | None,
+    auth_token_file: Path | None,
 ) -> None:
     """Run one server node in the foreground.
 
@@ -180,11 +249,13 @@ def server(
         --peers 0=127.0.0.1:7001,1=127.0.0.1:7002,2=127.0.0.1:7003 \\
         --data-dir ./data/n0 --peer-secret-file ./data/peer-secret
 
-    Without --peer-secret-file the server refuses to start, unless
-    --insecure-peers is given (then it warns).
+    Without --peer-secret-file (or the --peer-* TLS flags) the server refuses
+    to start, unless --insecure-peers is given (then it warns). See
+    docs/security.md for TLS and tokens.
     """
     from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
+    from kvraft.rpc.tls import TlsFiles
     from kvraft.server.options import (
         DEFAULT_MAX_INFLIGHT_BYTES,
         DEFAULT_MAX_INFLIGHT_PROPOSALS,
@@ -195,6 +266,16 @@ def server(
     from kvraft.server.process import run_server
 
     secret = _read_secret(peer_secret_file) if peer_secret_file is not None else None
+    tokens = _read_tokens(auth_token_file) if auth_token_file is not None else None
+    tls = TlsFiles(
+        cert_file=cert_file,
+        key_file=key_file,
+        trusted_ca_file=trusted_ca_file,
+        client_cert_auth=client_cert_auth,
+        peer_cert_file=peer_cert_file,
+        peer_key_file=peer_key_file,
+        peer_trusted_ca_file=peer_trusted_ca_file,
+    )
     try:
         threshold: int | None = (
             DEFAULT_SNAPSHOT_THRESHOLD_BYTES if snapshot_threshold is None else snapshot_threshold
@@ -219,6 +300,8 @@ def server(
             max_connections=max_connections,
             idle_timeout_s=idle_timeout_s,
             frame_timeout_s=frame_timeout_s,
+            tls=tls,
+            tokens=tokens,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

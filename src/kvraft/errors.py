@@ -40,6 +40,16 @@ class Busy(KVError):
     """
 
 
+class Unauthorized(KVError):
+    """The server refused the request for its credentials; nothing was run.
+
+    No token, a token the server does not know, a token whose role does not
+    allow the method (``read`` < ``readwrite`` < ``admin``), or a plaintext
+    connection where TLS is required. Not retried: the same credentials
+    would be refused again.
+    """
+
+
 class Unavailable(KVError):
     """The client gave up after its deadline without an answer."""
 
@@ -128,7 +138,15 @@ class StorageError(Exception):
 # Service errors that travel over the wire by name and are re-raised as themselves.
 WIRE_ERRORS: dict[str, type[KVError]] = {
     cls.__name__: cls
-    for cls in (NoKey, VersionMismatch, WrongLeader, NotLeader, InvalidArgument, Busy)
+    for cls in (
+        NoKey,
+        VersionMismatch,
+        WrongLeader,
+        NotLeader,
+        InvalidArgument,
+        Busy,
+        Unauthorized,
+    )
 }
 
 

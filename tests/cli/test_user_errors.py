@@ -106,7 +106,7 @@ def test_server_without_a_peer_secret_refuses_to_start(tmp_path: Path) -> None:
     """Peer authentication is on by default: no secret and no --insecure-peers is exit 2."""
     result = run_cli(*without_secret(server_args(tmp_path)))
     assert_one_line_error(
-        result, EXIT_USAGE, "kvraft server:", "no peer secret", "--insecure-peers"
+        result, EXIT_USAGE, "kvraft server:", "no peer authentication", "--insecure-peers"
     )
     assert not (tmp_path / "n").exists(), "nothing is created for a bad command line"
 
@@ -129,7 +129,7 @@ def test_missing_peer_secret_file_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_secret_and_insecure_peers_together_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli(*server_args(tmp_path), "--insecure-peers")
-    assert_one_line_error(result, EXIT_USAGE, "exclude each other")
+    assert_one_line_error(result, EXIT_USAGE, "--insecure-peers excludes")
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ import kvraft.client.lock
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = ["Client", "AsyncClient", "Lock", "KVError", "NoKey", "VersionMismatch", "Maybe",
           "Unavailable", "WrongLeader", "InvalidArgument", "Busy", "ClientClosed",
-          "LockStateUnknown"]  # fmt: skip
+          "LockStateUnknown", "Unauthorized", "client_tls_context"]  # fmt: skip
 
 
 def run_python(code: str) -> str:

@@ -184,7 +184,7 @@ def test_peer_with_a_wrong_secret_cannot_connect(caplog: pytest.LogCaptureFixtur
     run(scenario())
     # The server's MAC fails the client's check first; the client hangs up and
     # says why, once for its two failed attempts.
-    warnings = [r.getMessage() for r in caplog.records if "peer handshake with" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "peer handshake failed" in r.getMessage()]
     assert len(warnings) == 1 and "n0 did not prove the cluster's secret" in warnings[0]
     assert wrong.secret.decode() not in caplog.text and KEY.secret.decode() not in caplog.text
 

@@ -34,12 +34,18 @@ server; past the deadline that is ``Unavailable``.
 ``close()`` ends every call in flight: it cancels their retry loops, which
 then raise :class:`~kvraft.errors.ClientClosed` (so do calls begun after it),
 and closes the connections. A put ended that way may have applied.
+
+``Unauthorized`` (no token, a refused token, a role that does not allow the
+call) is raised at once, never retried: nothing ran, and the same
+credentials would be refused again. ``Unavailable`` names the last failure
+seen (a refused connection, a certificate that did not verify, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import ssl as ssl_module
 import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -58,6 +64,7 @@ from kvraft.errors import (
     Unavailable,
     VersionMismatch,
     WrongLeader,
+    one_line,
 )
 from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -75,6 +82,7 @@ from kvraft.kv_protocol import (
 )
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
+from kvraft.rpc.tokens import check_token
 
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02
@@ -110,7 +118,13 @@ class AsyncClient:
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         client_id: str | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
+        """``token``: presented to servers started with ``--auth-token-file``
+        (a request its role does not allow raises :class:`~kvraft.Unauthorized`).
+        ``ssl``: connect with TLS, e.g. ``kvraft.client_tls_context(cacert=...)``,
+        to servers started with ``--cert-file``."""
         if not servers:
             raise ValueError("a client needs at least one server address")
         for address in servers:
@@ -123,7 +137,11 @@ class AsyncClient:
         # "<client_id>.<n>", and that must still fit the server's bound.
         check_client_id(self.client_id, MAX_CLIENT_ID_BYTES - SESSION_SUFFIX_BYTES)
         self.max_value_bytes = max_value_bytes
-        self._rpc = [RpcClient(a, client_sender(self.client_id)) for a in self.servers]
+        if token is not None:
+            check_token(token)
+        self._rpc = [
+            RpcClient(a, client_sender(self.client_id), ssl=ssl, token=token) for a in self.servers
+        ]
         self._leader = 0
         self._answered: int | None = None  # the server that answered last
         self._index = {address: i for i, address in enumerate(self.servers)}
@@ -253,6 +271,7 @@ class AsyncClient:
         timeouts_here = 0
         backoff = BACKOFF_S
         busy_backoff = BUSY_BACKOFF_S
+        last_failure: Exception | None = None
         while True:
             if self._closed:
                 raise self._closed_error()
@@ -260,8 +279,13 @@ class AsyncClient:
             if give_up is not None:
                 remaining = give_up - loop.time()
                 if remaining <= 0:
+                    last = (
+                        f" (last: {type(last_failure).__name__}: {one_line(last_failure)})"
+                        if last_failure is not None
+                        else ""
+                    )
                     raise Unavailable(
-                        f"no answer from {', '.join(self.servers)} within {self.deadline}s"
+                        f"no answer from {', '.join(self.servers)} within {self.deadline}s{last}"
                     )
                 timeout = min(timeout, remaining)
             index = self._leader
@@ -281,6 +305,7 @@ class AsyncClient:
                 busy_backoff = min(busy_backoff * 2, MAX_BUSY_BACKOFF_S)
                 continue
             except (WrongLeader, CallTimeout, ConnectionLost) as exc:
+                last_failure = exc
                 if uncertain is not None:
                     uncertain.append(may_have_applied(exc))
                 hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None

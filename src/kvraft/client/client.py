@@ -14,6 +14,7 @@ orders close against new calls, so none is started on a loop being stopped.
 from __future__ import annotations
 
 import concurrent.futures
+import ssl as ssl_module
 import threading
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
@@ -41,13 +42,18 @@ class Client:
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         client_id: str | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
+        """The arguments are :class:`~kvraft.AsyncClient`'s, ``token`` and ``ssl`` included."""
         self._async = AsyncClient(
             servers,
             deadline=deadline,
             call_timeout_s=call_timeout_s,
             client_id=client_id,
             max_value_bytes=max_value_bytes,
+            token=token,
+            ssl=ssl,
         )
         self._loop = EventLoopThread(name=f"kvraft-client-{self.client_id[:8]}")
         # Guards _closed and _in_flight: a call is started only while not closed.

@@ -26,7 +26,14 @@ An asyncio Protocol (callbacks, not streams), like the server's side.
   welcomed it. A handshake that fails or takes over
   :data:`HANDSHAKE_TIMEOUT_S` (the proxy dropped a frame, a wrong secret)
   fails that attempt like a refused connect: the next call or notify opens
-  a new one.
+  a new one. A key vouched for by peer TLS (no secret) needs ``ssl``.
+- ``ssl`` (an :class:`ssl.SSLContext`) makes every connection TLS, its
+  handshake within the connect timeout; a certificate that does not verify
+  fails the connect (``ConnectFailed``, with OpenSSL's reason).
+- A client built with a ``token`` presents it as each connection's first
+  frame and waits for the server's answer (a fault proxy may hold frames
+  apart, so a request must not overtake it); a token the server refuses
+  fails every call with :class:`~kvraft.errors.Unauthorized`.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl as ssl_module
 from typing import Any
 
 from kvraft.addresses import split_address
@@ -45,6 +53,7 @@ from kvraft.errors import (
     NotSent,
     ProtocolError,
     RemoteError,
+    Unauthorized,
 )
 from kvraft.rpc.coalescer import Coalescer, as_stream
 from kvraft.rpc.codec import (
@@ -59,6 +68,7 @@ from kvraft.rpc.codec import (
 )
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameDecoder
 from kvraft.rpc.peer_auth import CHALLENGE, HELLO, PROOF, WELCOME, AuthError, Initiator, PeerKey
+from kvraft.rpc.tokens import TOKEN_STEP
 from kvraft.rpc.wire_errors import exception_of
 
 log = logging.getLogger(__name__)
@@ -81,6 +91,7 @@ class _ClientConnection(asyncio.Protocol):
         self._reason: str | None = None
         # Handshake frames from the server, in order; None once the connection is lost.
         self.handshakes: asyncio.Queue[Handshake | None] = asyncio.Queue()
+        self._heard = False  # whether the server sent anything on this connection
 
     def usable(self) -> bool:
         """Whether a request written now can still be answered."""
@@ -93,17 +104,26 @@ class _ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.handshakes.put_nowait(None)
-        if self._reason is None:
-            self._reason = f"{exc}" if exc is not None else "closed by the server"
+        if self._reason is None and exc is not None:
+            self._reason = f"{exc}"
+        elif self._reason is None and not self._heard and self.owner.ssl is None:
+            # What a plaintext client meets at a server with --cert-file.
+            self._reason = "closed by the server before any answer (a TLS server? give ssl=)"
+        elif self._reason is None:
+            self._reason = "closed by the server"
         self._drop()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = True
         try:
             for body in self.decoder.feed(data):
                 env = decode_envelope(body)
                 if isinstance(env, Handshake):
                     # At most the two a handshake expects: more is a server's junk.
-                    if self.owner.peer_key is None or self.handshakes.qsize() >= 2:
+                    owner = self.owner
+                    if (owner.peer_key is None and owner.token is None) or (
+                        self.handshakes.qsize() >= 2
+                    ):
                         raise ProtocolError(f"server sent an unexpected handshake {env.step!r}")
                     self.handshakes.put_nowait(env)
                     continue
@@ -168,9 +188,16 @@ class RpcClient:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         peer_key: PeerKey | None = None,
         server_peer_id: int | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
+        token: str | None = None,
     ) -> None:
         """``peer_key`` and ``server_peer_id`` (the node at ``address``), given
-        together, make every connection authenticate as the peer ``sender`` names."""
+        together, make every connection authenticate as the peer ``sender`` names.
+        ``ssl`` makes connections TLS (``server_hostname``: the name sent and
+        checked, the address's host by default); ``token`` is presented on each."""
+        if peer_key is not None and peer_key.tls_vouched and ssl is None:
+            raise ValueError("a peer key vouched for by TLS needs an ssl context")
         self._initiator_id: int | None = None
         if peer_key is not None:
             self._initiator_id = sender_peer_id(sender)
@@ -185,6 +212,9 @@ class RpcClient:
         self.sender = sender
         self.max_frame_bytes = max_frame_bytes
         self.connect_timeout_s = connect_timeout_s
+        self.ssl = ssl
+        self.server_hostname = server_hostname
+        self.token = token
         # Invariant: _conn is None or was usable when last checked; every
         # caller re-checks usable() after any await.
         self._conn: _ClientConnection | None = None
@@ -278,11 +308,19 @@ class RpcClient:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, proto = await loop.create_connection(
-                    lambda: _ClientConnection(self), self.host, self.port
+                    lambda: _ClientConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname if self.ssl is not None else None,
+                    ssl_handshake_timeout=self.connect_timeout_s if self.ssl is not None else None,
                 )
         except TimeoutError:  # (an OSError too, so first)
             reason = f"timed out after {self.connect_timeout_s}s"
             raise ConnectFailed(f"cannot connect to {self.address}: {reason}") from None
+        except ssl_module.SSLError as exc:  # (an OSError too) a misconfiguration, not a crash
+            self._note_auth_failure(f"TLS handshake failed: {exc}")
+            raise ConnectFailed(f"cannot connect to {self.address}: {exc}") from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {self.address}: {exc}") from None
         except asyncio.CancelledError:
@@ -294,10 +332,35 @@ class RpcClient:
             raise NotSent(f"client for {self.address} is closed")
         if not proto.usable():
             raise NotSent(f"connection to {self.address} lost: {proto._reason}")
+        if self.token is not None:
+            await self._present_token(proto)
         if self.peer_key is not None:
             await self._authenticate(proto)
         self._conn = proto
         return proto
+
+    async def _present_token(self, proto: _ClientConnection) -> None:
+        """The token step on a new connection; Unauthorized if the server refuses the token."""
+        assert self.token is not None
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                self._write_handshake(proto, Handshake(TOKEN_STEP, self.sender, self.token))
+                answer = await self._next_handshake(proto, TOKEN_STEP)
+        except (TimeoutError, AuthError, ConnectionLost) as exc:
+            reason = (
+                f"timed out after {HANDSHAKE_TIMEOUT_S}s" if isinstance(exc, TimeoutError) else exc
+            )
+            proto.abort(f"token step failed: {reason}")
+            message = f"cannot connect to {self.address}: token step failed: {reason}"
+            raise ConnectFailed(message) from None
+        except asyncio.CancelledError:
+            proto.abort("client closed" if self._closed else "token step cancelled")
+            if self._closed:
+                raise NotSent(f"client for {self.address} is closed") from None
+            raise
+        if answer.args is None:
+            proto.abort("token refused")
+            raise Unauthorized(f"{self.address} refused this client's token")
 
     async def _authenticate(self, proto: _ClientConnection) -> None:
         """Run the peer handshake on a new connection; ConnectFailed (and closed) if it fails.
@@ -312,9 +375,10 @@ class RpcClient:
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 self._write_handshake(proto, Handshake(HELLO, self.sender, initiator.hello()))
-                challenge = await self._next_handshake(proto, CHALLENGE)
-                proof = initiator.proof(challenge.args)
-                self._write_handshake(proto, Handshake(PROOF, self.sender, proof))
+                if not self.peer_key.tls_vouched:  # the certificate vouched: no MACs
+                    challenge = await self._next_handshake(proto, CHALLENGE)
+                    proof = initiator.proof(challenge.args)
+                    self._write_handshake(proto, Handshake(PROOF, self.sender, proof))
                 await self._next_handshake(proto, WELCOME)
             self._auth_failing = False
         except (TimeoutError, AuthError, ConnectionLost) as exc:
@@ -322,17 +386,8 @@ class RpcClient:
                 f"timed out after {HANDSHAKE_TIMEOUT_S}s" if isinstance(exc, TimeoutError) else exc
             )
             proto.abort(f"peer handshake failed: {reason}")
-            if isinstance(exc, AuthError) and not self._auth_failing:
-                # Once per streak of failures: a node retries every heartbeat.
-                self._auth_failing = True
-                log.warning(
-                    "%s: peer handshake with n%d at %s failed: %s (same secret and "
-                    "--cluster-id on every node?)",
-                    self.sender,
-                    self.server_peer_id,
-                    self.address,
-                    exc,
-                )
+            if isinstance(exc, AuthError):
+                self._note_auth_failure(f"peer handshake failed: {exc}")
             raise ConnectFailed(
                 f"cannot connect to {self.address}: peer handshake failed: {reason}"
             ) from None
@@ -341,6 +396,20 @@ class RpcClient:
             if self._closed:
                 raise ConnectionLost(f"client for {self.address} is closed") from None
             raise
+
+    def _note_auth_failure(self, reason: str) -> None:
+        """Log a peer's failed TLS or secret handshake once per streak (a node retries often)."""
+        if self.peer_key is None or self._auth_failing:
+            return
+        self._auth_failing = True
+        log.warning(
+            "%s: connecting to n%s at %s: %s (the same secret, --cluster-id and peer CA on"
+            " every node?)",
+            self.sender,
+            self.server_peer_id,
+            self.address,
+            reason,
+        )
 
     def _write_handshake(self, proto: _ClientConnection, env: Handshake) -> None:
         if not proto.usable():

@@ -82,13 +82,22 @@ class PeerKey:
     """What a member holds: the cluster's secret and the cluster's id.
 
     ``secret`` is kept out of ``repr`` so that a logged object never shows it.
+    ``secret=None`` is a member vouched for by peer TLS instead (its
+    certificate, :mod:`kvraft.rpc.tls`): its handshake is ``hello`` then
+    ``welcome``, no MACs, and both ends refuse it on a connection that is
+    not mutual TLS with a peer certificate.
     """
 
-    secret: bytes = field(repr=False)
+    secret: bytes | None = field(repr=False)
     cluster_id: str
 
     def __post_init__(self) -> None:
-        check_secret(self.secret)
+        if self.secret is not None:
+            check_secret(self.secret)
+
+    @property
+    def tls_vouched(self) -> bool:
+        return self.secret is None
 
 
 def transcript(
@@ -109,6 +118,7 @@ def mac(
     key: PeerKey, role: bytes, initiator_id: int, responder_id: int, nonces: tuple[bytes, bytes]
 ) -> bytes:
     """HMAC-SHA256 of the transcript under the cluster's secret."""
+    assert key.secret is not None, "a TLS-vouched key has no MACs"
     data = transcript(role, key.cluster_id, initiator_id, responder_id, *nonces)
     return hmac.new(key.secret, data, "sha256").digest()
 
@@ -183,6 +193,20 @@ class Responder:
         """Check a ``hello``'s args; the ``challenge`` frame's args. AuthError if refused."""
         if self._nonce_i is not None:
             raise AuthError("a second hello on one connection")
+        nonce_i = self.read_hello(hello)
+        if nonce_i == self.nonce:
+            raise AuthError("the initiator echoed our nonce")
+        self._nonce_i = nonce_i
+        assert self.claimed is not None
+        nonces = (nonce_i, self.nonce)
+        return self.nonce, mac(self.key, _RESPONDER, self.claimed, self.my_id, nonces)
+
+    def read_hello(self, hello: Any) -> bytes:
+        """Check a ``hello``'s fields and note the id it claims; its nonce. AuthError if refused.
+
+        All a TLS-vouched key checks: the certificate proved membership, the
+        hello says which member, for which cluster and node.
+        """
         if not (isinstance(hello, tuple) and len(hello) == 5):
             raise AuthError("malformed hello")
         version, cluster_id, initiator_id, responder_id, nonce_i = hello
@@ -199,11 +223,8 @@ class Responder:
             raise AuthError(f"hello addressed to n{responder_id}, this is n{self.my_id}")
         if initiator_id not in self.peer_ids:
             raise AuthError(f"p{initiator_id} is not a peer of n{self.my_id}")
-        if nonce_i == self.nonce:
-            raise AuthError("the initiator echoed our nonce")
-        self._nonce_i = nonce_i
-        nonces = (nonce_i, self.nonce)
-        return self.nonce, mac(self.key, _RESPONDER, initiator_id, self.my_id, nonces)
+        nonce: bytes = nonce_i
+        return nonce
 
     def verify(self, proof: Any) -> int:
         """Check a ``proof``; the peer id the connection now speaks for. AuthError if refused."""

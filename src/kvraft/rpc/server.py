@@ -33,6 +33,17 @@ closed; so is one that started a frame (its header included) and did not
 finish it within ``frame_timeout_s`` (slow-header attacks hold a connection
 and its buffer with a byte a minute). When a connection goes, its running
 handlers are cancelled: their replies could not be delivered anyway.
+
+TLS (:mod:`kvraft.rpc.tls`): with ``tls`` the port speaks only TLS, and a
+connection whose certificate was issued by the peer CA is a *TLS peer*: it
+may run the peer handshake with a TLS-vouched key (no secret), and when the
+port does peer TLS, a secret handshake is taken only from a TLS peer.
+
+Client tokens (:mod:`kvraft.rpc.tokens`): with ``tokens`` every request from
+a connection that is not an authenticated peer is checked against the role
+of the token the connection presented (the ``token`` handshake step, one
+per connection, answered with the role's name or None); a request its role
+does not allow gets ``Unauthorized`` and runs nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from kvraft.errors import KVError, ProtocolError, RemoteError
+from kvraft.errors import KVError, ProtocolError, RemoteError, Unauthorized
 from kvraft.rpc.admission import REFUSALS_PER_LOG_LINE, ConnectionLimits
 from kvraft.rpc.coalescer import Coalescer, as_stream
 from kvraft.rpc.codec import (
@@ -56,6 +67,8 @@ from kvraft.rpc.codec import (
 )
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, frame
 from kvraft.rpc.peer_auth import CHALLENGE, HELLO, PROOF, WELCOME, AuthError, Membership, Responder
+from kvraft.rpc.tls import ServerTls
+from kvraft.rpc.tokens import TOKEN_STEP, Role, TokenTable
 from kvraft.rpc.wire_errors import UnknownMethod, error_of
 
 log = logging.getLogger(__name__)
@@ -103,6 +116,11 @@ class _ServerConnection(asyncio.Protocol):
         # Peer authentication: the handshake in progress, then the peer proven.
         self._responder: Responder | None = None
         self.peer_id: int | None = None
+        # Whether the TLS certificate was the peer CA's; the token's role
+        # (None: no token, or one refused), once the token step ran.
+        self.tls_peer = False
+        self.role: Role | None = None
+        self._token_seen = False
         self._closed = False
         # Admission timers: when the last frame completed, when the partial
         # frame in the decoder began (None: none), and the timers that check.
@@ -125,6 +143,8 @@ class _ServerConnection(asyncio.Protocol):
             return
         self.out = Coalescer(self.transport)
         server.connections.add(self)
+        if server.tls is not None:
+            self.tls_peer = server.tls.is_peer(transport.get_extra_info("ssl_object"))
         self._loop = asyncio.get_running_loop()
         self._last_frame = self._loop.time()
         self._idle_timer = self._loop.call_later(server.limits.idle_timeout_s, self._check_idle)
@@ -149,14 +169,25 @@ class _ServerConnection(asyncio.Protocol):
                 if self._closed:
                     return
                 env = decode_envelope(body)
-                if isinstance(env, Handshake):
+                if isinstance(env, Handshake) and env.step == TOKEN_STEP:
+                    self._take_token(env.args)
+                elif isinstance(env, Handshake):
                     self._handshake(env)
                 elif isinstance(env, Reply):
                     raise ProtocolError("a client sent a reply frame")
                 elif isinstance(env, Request):
-                    self._start(env, self._identity(env.method, env.sender))
+                    peer_id = self._identity(env.method, env.sender)
+                    refusal = self._refusal(env.method, peer_id)
+                    if refusal is None:
+                        self._start(env, peer_id)
+                    else:
+                        self._reply(Reply(env.request_id, error_of(refusal), None), env.method)
                 else:
-                    self._notify(env, self._identity(env.method, env.sender))
+                    peer_id = self._identity(env.method, env.sender)
+                    refusal = self._refusal(env.method, peer_id)
+                    if refusal is not None:
+                        raise ProtocolError(f"notify {env.method!r} refused: {refusal}")
+                    self._notify(env, peer_id)
         except ProtocolError as exc:
             self.refuse(f"{exc}")
             return
@@ -193,6 +224,45 @@ class _ServerConnection(asyncio.Protocol):
             )
         return self.peer_id
 
+    # -- client tokens
+
+    def _take_token(self, token: Any) -> None:
+        """The token step: note the token's role and answer with its name (None: refused)."""
+        server = self.server
+        if self._token_seen:
+            raise ProtocolError("a second token on one connection")
+        self._token_seen = True
+        if server.tokens is None:
+            self.role = Role.ADMIN
+        else:
+            self.role = server.tokens.role_of(token)
+            if self.role is None:
+                log.warning("%s: refused a token from %s", server.name, self.peer)
+        name = self.role.name.lower() if self.role is not None else None
+        self._send(Handshake(TOKEN_STEP, server.name, name))
+
+    def _refusal(self, method: str, peer_id: int | None) -> Unauthorized | None:
+        """Why this connection's role may not call ``method``, or None if it may."""
+        server = self.server
+        tokens = server.tokens
+        if tokens is None or self.peer_id is not None:
+            return None  # no tokens, or an authenticated member: trusted
+        if server.insecure_peers and peer_id is not None and method in server.peer_methods:
+            return None  # a believed peer's Raft traffic: it has no token
+
+        needed = tokens.needs(method)
+        if self.role is None:
+            what = "a token it does not know" if self._token_seen else "no token"
+            return Unauthorized(f"{method}: the server requires a token and was given {what}")
+        if self.role < needed:
+            return Unauthorized(
+                f"{method} needs the {needed.name.lower()} role; this token has"
+                f" {self.role.name.lower()}"
+            )
+        return None
+
+    # -- peer handshake
+
     def _handshake(self, env: Handshake) -> None:
         """One step of the peer handshake, answered in order on this connection."""
         server = self.server
@@ -201,7 +271,25 @@ class _ServerConnection(asyncio.Protocol):
             raise AuthError(f"peer handshake from {env.sender!r}: this server takes no peers")
         if self.peer_id is not None:
             raise AuthError(f"handshake {env.step!r} on a connection authenticated already")
-        if env.step == HELLO and self._responder is None:
+        if server.peer_tls and not self.tls_peer:
+            raise AuthError(
+                f"peer handshake from {env.sender!r} on a connection without a peer certificate"
+            )
+        if env.step == HELLO and membership.key.tls_vouched:
+            responder = membership.responder()
+            try:
+                responder.read_hello(env.args)
+            except AuthError as exc:
+                raise AuthError(f"refused peer hello claiming {env.sender!r}: {exc}") from None
+            assert responder.claimed is not None
+            if env.sender != peer_sender(responder.claimed):
+                raise AuthError(f"hello from {env.sender!r} claims p{responder.claimed}")
+            self.peer_id = responder.claimed
+            self._send(Handshake(WELCOME, peer_sender(membership.node_id), None))
+            log.debug(
+                "%s: %s authenticated by certificate as p%d", server.name, self.peer, self.peer_id
+            )
+        elif env.step == HELLO and self._responder is None:
             self._responder = membership.responder()
             try:
                 args: Any = self._responder.challenge(env.args)
@@ -374,9 +462,14 @@ class RpcServer:
         insecure_peers: bool = False,
         peer_methods: frozenset[str] = frozenset(),
         limits: ConnectionLimits | None = None,
+        tls: ServerTls | None = None,
+        tokens: TokenTable | None = None,
     ) -> None:
         if peer_auth is not None and insecure_peers:
             raise ValueError("a server either authenticates its peers or believes them, not both")
+        vouched = peer_auth is not None and peer_auth.key.tls_vouched
+        if vouched and (tls is None or not tls.peer_ca_subjects):
+            raise ValueError("a TLS-vouched peer key needs peer TLS on the port")
         self.handler = handler
         self.max_frame_bytes = max_frame_bytes
         self.name = name
@@ -384,6 +477,10 @@ class RpcServer:
         self.insecure_peers = insecure_peers
         self.peer_methods = peer_methods
         self.limits = limits if limits is not None else ConnectionLimits()
+        self.tls = tls
+        # Whether peers must present a peer certificate (besides any secret).
+        self.peer_tls = tls is not None and bool(tls.peer_ca_subjects)
+        self.tokens = tokens
         self.connections: set[_ServerConnection] = set()
         #: Connections closed at once because max_connections were open.
         self.refused_connections = 0
@@ -393,8 +490,14 @@ class RpcServer:
         """Listen on ``host:port`` (port 0 picks a free one); OSError if taken."""
         assert self._server is None, "server already started"
         loop = asyncio.get_running_loop()
+        context = self.tls.context if self.tls is not None else None
         self._server = await loop.create_server(
-            lambda: _ServerConnection(self), host, port, reuse_address=True
+            lambda: _ServerConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            ssl=context,
+            ssl_handshake_timeout=self.limits.frame_timeout_s if context is not None else None,
         )
 
     def refuse_connection(self, remote: str) -> None:

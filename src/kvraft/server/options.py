@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +22,8 @@ from kvraft.rpc.admission import (
 )
 from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
 from kvraft.rpc.peer_auth import check_secret
+from kvraft.rpc.tls import ServerTls, TlsFiles, load_server_tls, peer_dial_context
+from kvraft.rpc.tokens import TokenTable
 
 DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
 # A leader's admission budget: entries submitted and not yet applied. Over it the
@@ -110,9 +113,10 @@ class ServerOptions:
     """Everything ``kvraft server`` needs to run one node.
 
     ``peer_secret`` (the contents of ``--peer-secret-file``, never shown in a
-    repr) authenticates peers; a node without one refuses to be built unless
-    ``insecure_peers`` says its network is trusted: peer authentication is on
-    by default.
+    repr) authenticates peers, and so do peer TLS certificates (``tls``); a
+    node with neither refuses to be built unless ``insecure_peers`` says its
+    network is trusted: peer authentication is on by default. ``tokens``
+    (from ``--auth-token-file``) makes clients present a token.
     """
 
     node_id: int
@@ -135,13 +139,25 @@ class ServerOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    tokens: TokenTable | None = None
 
     @property
     def limits(self) -> ConnectionLimits:
         return ConnectionLimits(self.max_connections, self.idle_timeout_s, self.frame_timeout_s)
 
+    def server_tls(self) -> ServerTls | None:
+        """The port's TLS, loaded from its files; ValueError naming a bad flag."""
+        return load_server_tls(self.tls, has_peer_secret=self.peer_secret is not None)
+
+    def peer_dial(self) -> tuple[ssl.SSLContext, str] | None:
+        """The context and server name this node dials its peers with (None: plaintext)."""
+        return peer_dial_context(self.tls)
+
     def __post_init__(self) -> None:
         _ = self.limits  # a bad bound is a ValueError now, not when serving
+        self.server_tls()  # unreadable certificates: a ValueError now, not at the first client
+        self.peer_dial()
         if self.node_id not in self.peers:
             ids = ",".join(str(i) for i in sorted(self.peers))
             raise ValueError(f"--id {self.node_id} is not one of the ids in --peers ({ids})")
@@ -168,13 +184,15 @@ class ServerOptions:
         if self.max_inflight_bytes < self.max_value_bytes + 4096:
             # Else the largest put allowed could never be admitted.
             raise ValueError("--max-inflight-bytes must hold the largest put (--max-value-bytes)")
-        if self.peer_secret is None and not self.insecure_peers:
+        if self.peer_secret is None and not self.insecure_peers and not self.tls.peer_tls:
             raise ValueError(
-                "no peer secret: give --peer-secret-file FILE "
-                "(or --insecure-peers, only on a network where every process is trusted)"
+                "no peer authentication: give --peer-secret-file FILE or the --peer-* TLS"
+                " flags (or --insecure-peers, only on a network where every process is trusted)"
             )
-        if self.peer_secret is not None and self.insecure_peers:
-            raise ValueError("--peer-secret-file and --insecure-peers exclude each other")
+        if self.insecure_peers and (self.peer_secret is not None or self.tls.peer_tls):
+            raise ValueError(
+                "--insecure-peers excludes --peer-secret-file and the --peer-* TLS flags"
+            )
         if self.peer_secret is not None:
             try:
                 check_secret(self.peer_secret)

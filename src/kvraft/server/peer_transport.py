@@ -14,6 +14,7 @@ run with ``--insecure-peers``) the receiving side believes the sender field.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 
 from kvraft.raft.messages import AppendEntries, InstallSnapshot, Message
@@ -33,7 +34,9 @@ class RpcPeerTransport:
     ``max_frame_bytes`` is the node's own ``--max-frame-bytes``: every member
     of a cluster is run with the same, so what we send fits what peers read.
     ``peer_key`` (None only with ``--insecure-peers``) proves to each peer, on
-    every connection, that this node holds the cluster's secret.
+    every connection, that this node holds the cluster's secret (or names the
+    member its peer certificate vouches for). ``dial``: the TLS context and
+    server name peers' ports are dialed with, None for plaintext.
     """
 
     def __init__(
@@ -43,8 +46,10 @@ class RpcPeerTransport:
         peer_key: PeerKey | None,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        dial: tuple[ssl.SSLContext, str] | None = None,
     ) -> None:
         self.node_id = node_id
+        context, server_name = dial if dial is not None else (None, None)
         self.dropped = 0  # messages that could not be encoded or were over the frame limit
         # The last message dropped per peer (type, index): Raft resends it every
         # heartbeat, so only the first drop of each is an ERROR line, the rest DEBUG.
@@ -56,6 +61,8 @@ class RpcPeerTransport:
                 max_frame_bytes=max_frame_bytes,
                 peer_key=peer_key,
                 server_peer_id=pid if peer_key is not None else None,
+                ssl=context,
+                server_hostname=server_name,
             )
             for pid, address in peer_addresses.items()
             if pid != node_id

@@ -80,13 +80,18 @@ class Server:
             max_inflight_proposals=options.max_inflight_proposals,
             max_inflight_bytes=options.max_inflight_bytes,
         )
+        # A secret proves membership; without one, peer TLS vouches (key.secret None).
         key = (
             PeerKey(options.peer_secret, options.cluster_id)
-            if options.peer_secret is not None
+            if options.peer_secret is not None or options.tls.peer_tls
             else None
         )
         transport = RpcPeerTransport(
-            options.node_id, options.peers, key, max_frame_bytes=options.max_frame_bytes
+            options.node_id,
+            options.peers,
+            key,
+            max_frame_bytes=options.max_frame_bytes,
+            dial=options.peer_dial(),
         )
         try:
             node = RaftNode(
@@ -126,6 +131,8 @@ class Server:
             insecure_peers=options.insecure_peers,
             peer_methods=frozenset({RAFT_METHOD}),
             limits=options.limits,
+            tls=options.server_tls(),
+            tokens=options.tokens,
         )
         return cls(options, node, rsm, rpc)
 

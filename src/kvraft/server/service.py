@@ -13,6 +13,7 @@ from typing import Any
 from kvraft.errors import InvalidArgument, NotLeader, ProtocolError
 from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
 from kvraft.rpc.codec import check
+from kvraft.rpc.tokens import Role
 from kvraft.rpc.wire_errors import UnknownMethod
 from kvraft.server.driver_io import StallingWorkers
 from kvraft.server.node import RaftNode
@@ -21,6 +22,10 @@ from kvraft.server.peer_transport import RAFT_METHOD
 from kvraft.server.rsm import RSM
 
 TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign", "raft.stall_disk")
+
+# The role a client token needs for each method (--auth-token-file); every
+# method not named here, the test hooks included, needs admin.
+METHOD_ROLES = {"get": Role.READ, "put": Role.READWRITE, "status": Role.ADMIN}
 
 # The longest storage stall raft.stall_disk accepts: long enough for any test
 # of a slow disk, short enough that a mistaken call cannot wedge a node for long.
