@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kvraft.rpc.codec import Request, encode_envelope
+from kvraft.rpc.codec import Reply, Request, decode_envelope, encode_envelope
 from kvraft.rpc.framing import frame
 from kvraft.testing.cluster import Cluster
 from kvraft.testing.history import History
@@ -70,6 +70,17 @@ def check_serving(cluster: Cluster) -> None:
     assert_linearizable(history, 20.0)
 
 
+async def status_on(stream: Stream, rid: int) -> dict[str, Any]:
+    """The node's ``status``, asked on ``stream`` (so it counts this connection too)."""
+    reader, writer = stream
+    writer.write(frame(encode_envelope(Request(rid, "status", "cflood", None))))
+    async with asyncio.timeout(3.0):
+        header = await reader.readexactly(4)
+        reply = decode_envelope(await reader.readexactly(int.from_bytes(header, "big")))
+    assert isinstance(reply, Reply) and reply.error is None, reply
+    return dict(reply.result)
+
+
 def test_a_connection_flood_is_capped_and_peers_keep_their_connections(
     make_cluster: Any,
 ) -> None:
@@ -79,33 +90,36 @@ def test_a_connection_flood_is_capped_and_peers_keep_their_connections(
     target = find_leader(cluster)
     host, port = cluster.private_addresses[target].rsplit(":", 1)
 
-    async def flood() -> tuple[int, bool]:
-        held: list[Stream] = []
+    async def flood() -> tuple[int, int, bool]:
+        probe = await asyncio.open_connection(host, int(port))
+        held: list[Stream] = [probe]
         try:
-            while len(held) < MAX_CONNECTIONS:
+            # Start from the server's own count, once only the two peers'
+            # connections and the probe are open (a connection closed a moment
+            # ago, the harness's leader probe, may still be counted).
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + 10.0
+            rid = 0
+            while (open_before := (await status_on(probe, rid))["connections"]) != 3:
+                assert loop.time() < give_up, f"{open_before} connections open, not 3"
+                rid += 1
+                await asyncio.sleep(0.05)
+            while len(held) < MAX_CONNECTIONS - 2:
                 stream = await asyncio.open_connection(host, int(port))
-                if not await answered(stream, len(held)):
-                    stream[1].close()
-                    break
                 held.append(stream)
-            accepted = len(held)
+                if not await answered(stream, len(held)):
+                    break
+            served = sum([await answered(stream, 1000 + i) for i, stream in enumerate(held)])
             one_more = await asyncio.open_connection(host, int(port))
             refused = await closed_within(one_more[0], 3.0) and not await answered(one_more, 99)
             one_more[1].close()
-            return accepted, refused
+            return open_before, served, refused
         finally:
             for _, writer in held:
                 writer.close()
 
-    # The two peers hold one connection each; a probe's connection closed a
-    # moment ago may not be reaped yet, so an attempt may come one short: retry.
-    attempts = []
-    for _ in range(3):
-        attempts.append(asyncio.run(flood()))
-        if attempts[-1] == (MAX_CONNECTIONS - 2, True):
-            break
-        time.sleep(0.5)
-    assert attempts[-1] == (MAX_CONNECTIONS - 2, True), attempts
+    # The two peers' connections and ours fill the cap exactly; one more is closed.
+    assert asyncio.run(flood()) == (3, MAX_CONNECTIONS - 2, True)
     wait_until(
         lambda: "refused a connection" in cluster.log_tail(target, 500),
         5.0,

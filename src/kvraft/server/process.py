@@ -134,6 +134,7 @@ class Server:
             tls=options.server_tls(),
             tokens=options.tokens,
         )
+        service.open_connections = lambda: len(rpc.connections)
         return cls(options, node, rsm, rpc)
 
     async def start(self) -> None:

@@ -8,6 +8,7 @@ undecodable command in the log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kvraft.errors import InvalidArgument, NotLeader, ProtocolError
@@ -39,6 +40,8 @@ class Service:
         self.options = options
         self.node = node
         self.rsm = rsm
+        # The RPC server's open connections, for status (set once it exists).
+        self.open_connections: Callable[[], int] = lambda: 0
 
     async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         if method in ("get", "put"):
@@ -60,6 +63,7 @@ class Service:
             status["sessions"] = len(self.rsm.sessions)
             status["inflight_proposals"] = self.rsm.inflight_proposals
             status["busy_refusals"] = self.rsm.busy_refusals
+            status["connections"] = self.open_connections()
             return status
         if method in TEST_HOOKS:
             if not self.options.test_hooks:
