@@ -13,10 +13,12 @@ script the README gives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,9 +27,19 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kvraft import AsyncClient, Client, Unauthorized, Unavailable, client_tls_context
+from kvraft import (
+    AsyncClient,
+    Client,
+    KVError,
+    NoKey,
+    Unauthorized,
+    Unavailable,
+    client_tls_context,
+)
 from kvraft.client.admin import fetch_statuses
 from kvraft.testing import processes
+from kvraft.testing.history import History
+from kvraft.testing.linearizability import assert_linearizable
 from tests.docs.test_examples import BLOCKS, failure, run_block, run_elsewhere
 from tests.support.certs import CertSet
 
@@ -210,10 +222,45 @@ def test_secured_cluster_serves_refuses_and_fails_over(
     assert cli.returncode == 0, cli.stderr
     assert '"value": "v1"' in cli.stdout
 
-    # Failover over TLS: kill the leader, the other two elect one and take writes.
-    cluster.kill(leader)
-    survivors = [i for i in range(3) if i != leader]
-    wait_for("a new leader", lambda: cluster.leader(survivors))
+    # Failover over TLS under load: kill the leader while three clients read and
+    # write two keys; the other two elect a leader, and what the clients saw is
+    # linearizable.
+    history = History()
+    stop = threading.Event()
+
+    def one_round(c: Client, key: str, value: str) -> None:
+        """Read ``key`` and write ``value`` at the version seen (or create the key)."""
+        with contextlib.suppress(NoKey):
+            _, version = history.record_get(c.client_id, key, lambda: c.get(key))
+            with contextlib.suppress(KVError):
+                history.record_put(
+                    c.client_id, key, value, version, lambda: c.put(key, value, version)
+                )
+            return
+        with contextlib.suppress(KVError):
+            history.record_put(c.client_id, key, value, 0, lambda: c.put(key, value, 0))
+
+    def worker(n: int) -> None:
+        with cluster.client("readwrite", call_timeout_s=0.5) as c:
+            while not stop.is_set():
+                with contextlib.suppress(KVError):
+                    one_round(c, f"shared-{n % 2}", f"{n}-{time.monotonic_ns()}")
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+    for t in workers:
+        t.start()
+    try:
+        wait_for("writes before the kill", lambda: True if len(history) > 20 else None)
+        cluster.kill(leader)
+        survivors = [i for i in range(3) if i != leader]
+        wait_for("a new leader", lambda: cluster.leader(survivors))
+        count = len(history)
+        wait_for("writes after the kill", lambda: True if len(history) > count + 20 else None)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(30)
+    assert_linearizable(history, 30.0)
     with cluster.client("readwrite") as writer:
         assert writer.put("k", "v2", 1) == 2
     cluster.start(leader)  # it rejoins through the authenticated, encrypted peer channel
