@@ -108,7 +108,10 @@ class _ClientConnection(asyncio.Protocol):
             self._reason = f"{exc}"
         elif self._reason is None and not self._heard and self.owner.ssl is None:
             # What a plaintext client meets at a server with --cert-file.
-            self._reason = "closed by the server before any answer (a TLS server? give ssl=)"
+            self._reason = (
+                "closed by the server before any answer"
+                " (a TLS server? connect with ssl=; or over its connection cap)"
+            )
         elif self._reason is None:
             self._reason = "closed by the server"
         self._drop()

@@ -249,7 +249,6 @@ class _ServerConnection(asyncio.Protocol):
             return None  # no tokens, or an authenticated member: trusted
         if server.insecure_peers and peer_id is not None and method in server.peer_methods:
             return None  # a believed peer's Raft traffic: it has no token
-
         needed = tokens.needs(method)
         if self.role is None:
             what = "a token it does not know" if self._token_seen else "no token"
