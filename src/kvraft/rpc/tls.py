@@ -114,6 +114,9 @@ def _subject(value: Any) -> Subject:
 
 
 def _load_cert_chain(context: ssl.SSLContext, cert: Path, key: Path, flag: str) -> None:
+    for path in (cert, key):
+        if not path.is_file():
+            raise ValueError(f"{flag}: no such file: {path}")
     try:
         context.load_cert_chain(cert, key)
     except FileNotFoundError as exc:
@@ -174,8 +177,8 @@ def peer_dial_context(files: TlsFiles) -> tuple[ssl.SSLContext, str] | None:
 
     With peer TLS: its peer certificate, checking the peer's port
     certificate against the peer CA. With client TLS only: an encrypted
-    channel whose far end the secret handshake authenticates (the port
-    certificate is checked against ``--trusted-ca-file`` when given).
+    channel whose far end only the secret handshake authenticates
+    (``--trusted-ca-file`` is the CA of client certificates, not of nodes').
     """
     files.check()
     if files.cert_file is None:
@@ -188,10 +191,7 @@ def peer_dial_context(files: TlsFiles) -> tuple[ssl.SSLContext, str] | None:
         _load_cert_chain(context, files.peer_cert_file, files.peer_key_file, "--peer-cert-file")
         _load_ca(context, files.peer_trusted_ca_file, "--peer-trusted-ca-file")
         context.verify_mode = ssl.CERT_REQUIRED
-    elif files.trusted_ca_file is not None:
-        _load_ca(context, files.trusted_ca_file, "--trusted-ca-file")
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
+    else:  # the secret authenticates the far end; --trusted-ca-file is the clients' CA
         context.verify_mode = ssl.CERT_NONE
     return context, PEER_SERVER_NAME
 
@@ -211,10 +211,12 @@ def client_tls_context(
     """
     if (cert is None) != (key is None):
         raise ValueError("a client certificate needs its key: give cert and key together")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks certificates and host names
     context.minimum_version = MIN_TLS_VERSION
     if cacert is not None:
         _load_ca(context, Path(cacert), "cacert")
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cert is not None and key is not None:
         _load_cert_chain(context, Path(cert), Path(key), "cert")
     return context

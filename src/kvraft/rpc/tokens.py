@@ -74,7 +74,7 @@ class TokenTable:
 
     def role_of(self, token: object) -> Role | None:
         """The token's role, or None for a token not in the table (or not a token at all)."""
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
             return None
         return self.roles_by_digest.get(digest(token))
 
@@ -96,7 +96,8 @@ def parse_token_file(text: str, method_roles: Mapping[str, Role]) -> TokenTable:
         role = ROLE_NAMES.get(role_name)
         if role is None:
             names = ", ".join(ROLE_NAMES)
-            raise ValueError(f"line {number}: unknown role {role_name!r} (one of {names})")
+            shown = f" {role_name!r}" if len(role_name) < MIN_TOKEN_CHARS else ""  # maybe a token
+            raise ValueError(f"line {number}: unknown role{shown} (one of {names})")
         try:
             check_token(token)
         except ValueError as exc:
