@@ -44,7 +44,9 @@ def format_status_table(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         if not row.get("reachable"):
             reason = row.get("error") or "no answer"
-            table.append(["-", str(row["address"]), "unreachable", f"({reason})"])
+            # A node that answered with a refusal is reachable, just not to us.
+            state = "refused" if row.get("refused") else "unreachable"
+            table.append(["-", str(row["address"]), state, f"({reason})"])
             continue
         cells = []
         for _, field in STATUS_COLUMNS:

@@ -48,3 +48,10 @@ def test_short_reasons() -> None:
     assert short_reason(refused) == "connection refused"
     assert short_reason("status to 127.0.0.1:1: no reply in time") == "timed out"
     assert short_reason("something\nelse") == "something else"
+
+
+def test_a_node_that_refused_our_token_is_shown_as_refused_not_unreachable() -> None:
+    error = "Unauthorized: status needs the admin role; this token has read"
+    refused = {"address": "127.0.0.1:7002", "reachable": False, "refused": True, "error": error}
+    _, row = format_status_table([refused]).splitlines()
+    assert row.split()[:4] == ["-", "127.0.0.1:7002", "refused", "(Unauthorized:"]

@@ -37,7 +37,8 @@ async def fetch_statuses_async(
         except RpcError as exc:
             return {"address": address, "reachable": False, "error": str(exc)}
         except Unauthorized as exc:
-            return {"address": address, "reachable": False, "error": f"Unauthorized: {exc}"}
+            error = f"Unauthorized: {exc}"
+            return {"address": address, "reachable": False, "refused": True, "error": error}
         finally:
             rpc.close()
 
