@@ -19,7 +19,10 @@ here, from what the world sees:
   accepted a transfer, while it still leads that term, every proposal is
   refused;
 - **abandoned after one election timeout**: from then on, while it leads that
-  term, proposals are accepted again.
+  term, proposals are accepted again;
+- **the log stands still**: while a leader says a transfer runs, its log is
+  as long as when the transfer began (for the node simulator, whose proposals
+  come from clients through the RSM at moments the ticks do not line up with).
 
 The tick arithmetic is the core's: a transfer asked for before the tick
 numbered ``t`` has run ``now - t`` ticks at tick ``now``, and is abandoned by
@@ -41,6 +44,8 @@ class TransferChecker:
         self._timeout = election_timeout_ticks
         # (leader, term) -> the tick its latest transfer was accepted at.
         self._asked: dict[tuple[int, int], int] = {}
+        # (leader, term) -> its last index when its latest transfer began.
+        self._started_at: dict[tuple[int, int], int] = {}
         # (leader, term, target) -> the leader's last index and term when its first
         # transfer to target in that term began (the log only grows: the weakest claim).
         self._caught_up_to: dict[tuple[int, int, int], tuple[int, int]] = {}
@@ -51,6 +56,7 @@ class TransferChecker:
     def asked(self, leader: RaftCore, target: int, tick: int) -> None:
         """``leader`` accepted a transfer to ``target`` at ``tick`` (none was running)."""
         self._asked[(leader.id, leader.current_term)] = tick
+        self._started_at[(leader.id, leader.current_term)] = leader.last_index
         self._caught_up_to.setdefault(
             (leader.id, leader.current_term, target), (leader.last_index, leader.last_term)
         )
@@ -80,6 +86,17 @@ class TransferChecker:
             )
         if not accepted:
             self.refused += 1
+
+    def log_stands_still(self, core: RaftCore) -> None:
+        """``core``'s log has not grown since its running transfer (if any) began."""
+        if core.transfer_target is None:
+            return
+        started_at = self._started_at.get((core.id, core.current_term))
+        if started_at is not None and core.last_index > started_at:
+            self._fail(
+                f"transfer: n{core.id} appended up to {core.last_index} during its transfer "
+                f"to n{core.transfer_target}, begun at index {started_at}"
+            )
 
     def timeout_now(self, msg: TimeoutNow, target: MemoryStorage) -> None:
         """``msg`` leaves its sender; ``target`` is the storage of its destination."""
