@@ -45,6 +45,7 @@ class TransferFailed(Exception):
     timeout passed first. The node leads again, or follows whoever won.
     """
 
+
 # A save slower than this is worth an operator's warning line.
 SLOW_SAVE_S = 0.5
 
@@ -242,6 +243,21 @@ class RaftNode:
     def election_timeout_s(self) -> float:
         """The election timeout in seconds: what a transfer gets before it is abandoned."""
         return self.config.election_timeout_ticks * self.timing.tick_interval_s
+
+    def transfer_candidate(self) -> int | None:
+        """As leader, the follower to hand leadership to: the most up to date; else None.
+
+        The highest match index (its log is the leader's longest prefix, so it
+        catches up soonest), then the most recently heard from (alive).
+        """
+        leader = self.core.leader
+        if leader is None or not leader.progress:
+            return None
+        heard = self._last_heard
+        return max(
+            leader.progress,
+            key=lambda peer: (leader.progress[peer].match_index, heard.get(peer, 0.0), -peer),
+        )
 
     async def transfer_leadership(self, target: int, timeout_s: float) -> float:
         """Hand leadership to peer ``target``; the seconds it took, once ``target`` leads.
