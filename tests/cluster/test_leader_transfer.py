@@ -125,3 +125,24 @@ def test_sigterm_on_a_follower_stops_it_without_a_transfer(make_cluster) -> None
 
     assert "transferring leadership" not in cluster.log_path(follower).read_text()
     assert find_leader(cluster) == leader
+
+
+def test_sigterm_on_a_leader_cut_off_from_its_followers_stops_after_its_bound(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """No follower can be reached: the hand-over is abandoned (one election timeout in
+    the core, at most two waited for), logged, and the leader stops and exits 0 anyway.
+
+    Reference: Raft thesis §3.10
+    """
+    cluster = make_cluster(3)
+    leader = find_leader(cluster)
+    for follower in range(3):
+        if follower != leader:
+            cluster.disconnect(follower)
+
+    assert cluster.terminate(leader) == 0
+
+    log = cluster.log_path(leader).read_text()
+    assert "stopping without a successor" in log
+    # The core's abandonment, or (ticks running late on a loaded machine) the driver's bound.
+    assert re.search(r"abandoned transfer to n\d after \d+ ticks|did not take over within", log)
+    assert "handed leadership" not in log
