@@ -20,8 +20,8 @@ every import of every module (in functions and ``TYPE_CHECKING`` blocks too);
 10. ``status_table``, ``local_cluster``, ``bench``: what the commands do.
 11. ``testing``: fault proxy, process cluster, linearizability checker; for
     tests, so no shipped module imports it but the command line's.
-12. ``cli``, ``cli_servers``, ``cli_clients``, ``cli_common``, ``__main__``: the
-    ``kvraft`` command.
+12. ``cli``, ``cli_servers``, ``cli_clients``, ``cli_admin``, ``cli_common``, ``__main__``:
+    the ``kvraft`` command.
 
 Only the client API, the errors and ``__version__`` are public here::
 

@@ -18,10 +18,10 @@ each command turns the errors it expects into :func:`fail`.
 ``kvraft cluster`` starts with its defaults (127.0.0.1:7001..7003).
 
 The subcommands live with their kind: :mod:`kvraft.cli_servers` (``server``,
-``cluster``) and :mod:`kvraft.cli_clients` (``get``, ``put``, ``status``,
-``bench``); exit codes and :func:`fail` are :mod:`kvraft.cli_common`. Their
-public names are re-exported here, so ``from kvraft.cli import ...`` still finds
-them.
+``cluster``), :mod:`kvraft.cli_clients` (``get``, ``put``, ``status``,
+``bench``) and :mod:`kvraft.cli_admin` (``leader transfer``); exit codes and
+:func:`fail` are :mod:`kvraft.cli_common`. Their public names are re-exported
+here, so ``from kvraft.cli import ...`` still finds them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import NoReturn
 import click
 
 from kvraft import __version__
+from kvraft.cli_admin import leader
 from kvraft.cli_clients import (
     bench,
     deadline_option,
@@ -134,6 +135,7 @@ def cli(
       kvraft get greeting
       kvraft status
       kvraft bench --clients 64 --duration 10
+      kvraft leader transfer --to 2
 
     Secured clusters (docs/security.md): kvraft --cacert ca.pem --token T get KEY.
 
@@ -146,7 +148,7 @@ def cli(
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
 
 
-for _command in (server, cluster, get, put, status, bench):
+for _command in (server, cluster, get, put, status, bench, leader):
     cli.add_command(_command)
 
 

@@ -12,6 +12,7 @@ Commands (node ids are 1..n):
 - ``cluster N [setting=value ...]``: a fresh cluster of N nodes (RaftConfig settings)
 - ``campaign ID``: that node starts an election now
 - ``propose ID COMMAND...``: proposals at that node; prints (index, term) or None
+- ``transfer ID TARGET``: that node hands leadership to TARGET; prints a refusal
 - ``stabilize``: deliver messages until none is left
 - ``tick N [ID ...]``: N ticks of the given nodes (all by default), stabilizing after each
 - ``isolate ID`` / ``heal``: cut a node off from everyone / reconnect all
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from kvraft.raft.ready import Snapshot
+from kvraft.raft.transfer import TransferRefused
 
 from .harness import Cluster
 
@@ -80,6 +82,12 @@ def run_command(cluster: Cluster | None, words: list[str]) -> tuple[Cluster | No
             results = cluster.propose(int(args[0]), *[arg.encode() for arg in args[1:]])
             cluster.process_all()
             return cluster, [" ".join(str(result) for result in results)]
+        case "transfer":
+            try:
+                cluster.cores[ids[0]].transfer_leadership(ids[1])
+            except TransferRefused as exc:
+                return cluster, [f"refused: {exc}"]
+            cluster.process_all()
         case "stabilize":
             cluster.stabilize()
         case "tick":

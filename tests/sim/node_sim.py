@@ -51,9 +51,10 @@ from kvraft.kv_protocol import (
     SessionExpiredResult,
     VersionMismatchResult,
 )
-from kvraft.raft.messages import InstallSnapshot, Message
+from kvraft.raft.core import Role
+from kvraft.raft.messages import InstallSnapshot, Message, TimeoutNow
 from kvraft.server.driver_io import LoopClock
-from kvraft.server.node import NodeTiming, RaftNode
+from kvraft.server.node import NodeTiming, RaftNode, TransferFailed
 from kvraft.server.process import snapshot_decodes
 from kvraft.server.sessions import SessionLimits
 from kvraft.testing.history import Operation, Outcome
@@ -62,6 +63,7 @@ from kvraft.testing.linearizability import check
 from .node_world import ObservedRSM, ObservedStorage, SimDisk, SimNode, SimTransport
 from .planted import PLANTED, PLANTED_DRIVERS
 from .simulator import Checker, Profile, Violation
+from .transfer_check import TransferChecker
 from .virtual_loop import VirtualTimeLoop
 
 logger = logging.getLogger("kvraft.sim")
@@ -124,6 +126,11 @@ class NodeResult:
     # and sessions the cluster forgot that a client then renewed.
     answered_after_retry: int
     sessions_renewed: int
+    # Leadership transfers asked of leaders through RaftNode.transfer_leadership, those
+    # that resolved (the target led a later term), and the TimeoutNow messages sent.
+    transfers: int = 0
+    transfers_completed: int = 0
+    timeouts_now_sent: int = 0
 
 
 # --------------------------------------------------------------- simulation
@@ -178,6 +185,13 @@ class NodeSimulation:
         self._damage_rng = random.Random(f"kvraft-node-sim-damage/{seed}/{nodes}")
         self._damage_snapshots = self._damage_rng.random() < 0.5
         self.snapshot_chunks_damaged = 0
+        # Leadership transfers at random moments, through the driver: a stream of its own.
+        self._transfer_rng = random.Random(f"kvraft-node-sim-transfer/{seed}/{nodes}")
+        self.profile = replace(
+            self.profile, transfer=self._transfer_rng.choice([0.0, 0.02, 0.05, 0.1])
+        )
+        self.transfers = TransferChecker(self.fail, self.profile.election_timeout_ticks)
+        self.transfers_completed = 0
 
     # ----------------------------------------------------------------- failing
 
@@ -212,6 +226,8 @@ class NodeSimulation:
         profile, rng = self.profile, self.rng
         loop = self._loop
         assert loop is not None
+        if isinstance(message, TimeoutNow):
+            self.transfers.timeout_now(message, self.nodes[message.dst].storage)
         if self._faults_on and rng.random() < profile.drop:
             return True  # lost on the way
         message = self._maybe_damage(message)
@@ -338,9 +354,51 @@ class NodeSimulation:
             down = [n for n in self.nodes.values() if n.node is None]
             if down:
                 await self._start(rng.choice(down))
+        if self._transfer_rng.random() < profile.transfer:
+            self._transfer()
         if rng.random() < profile.propose:
             for _ in range(rng.randint(1, 3)):
                 self._client_operation()
+
+    def _transfer(self) -> None:
+        """Ask a leader with no transfer running to hand over, through RaftNode's driver
+        method, as the admin RPC and SIGTERM do; when it resolves, its target must have
+        led a later term."""
+        rng = self._transfer_rng
+        leaders = [
+            n for n in self._leaders() if n.core is not None and n.core.transfer_target is None
+        ]
+        if not leaders:
+            return
+        sim_node = rng.choice(leaders)
+        node = sim_node.node
+        assert node is not None
+        core = node.core
+        target = rng.choice([peer for peer in self.ids if peer != sim_node.id])
+
+        async def transfer() -> None:
+            # Its first step runs later than this call: check again, then ask at once
+            # (transfer_leadership calls the core before its first await).
+            if node.core.role is not Role.LEADER or core.transfer_target is not None:
+                return
+            term = core.current_term
+            self.transfers.asked(core, target, self.ticks)
+            logger.info("sim: n%d asked to transfer leadership to n%d", sim_node.id, target)
+            try:
+                await node.transfer_leadership(target, 3 * node.election_timeout_s)
+            except TransferFailed:
+                return
+            won = [t for t, leader in self.checker.leader_of_term.items() if leader == target]
+            if not any(t > term for t in won):
+                self.fail(
+                    f"transfer: n{sim_node.id}'s transfer to n{target} resolved, but n{target} "
+                    f"led no term after {term} (terms it led: {sorted(won)})"
+                )
+            self.transfers_completed += 1
+
+        task = asyncio.get_running_loop().create_task(transfer())
+        sim_node.clients[task] = None  # cancelled if the node crashes
+        task.add_done_callback(lambda done: sim_node.clients.pop(done, None))
 
     def _partition(self) -> None:
         rng = self.rng
@@ -526,6 +584,9 @@ class NodeSimulation:
             snapshot_chunks_damaged=self.snapshot_chunks_damaged,
             answered_after_retry=self.answered_after_retry,
             sessions_renewed=sum(c.generation for c in self._clients),
+            transfers=self.transfers.transfers,
+            transfers_completed=self.transfers_completed,
+            timeouts_now_sent=self.transfers.timeouts_sent,
         )
 
     def _check(self) -> None:
@@ -539,6 +600,7 @@ class NodeSimulation:
             if failure is not None:
                 self.fail(f"n{sim_node.id} stopped: {failure!r}")
             self._observe(sim_node)
+            self.transfers.log_stands_still(node.core)
 
     def _cores(self) -> list[SimNode]:
         return self._up()

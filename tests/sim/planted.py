@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore
+from kvraft.raft.leader import Leader
 from kvraft.raft.log import RaftLog
-from kvraft.raft.messages import Entry, RequestVote
+from kvraft.raft.messages import Entry, RequestVote, TimeoutNow
 from kvraft.raft.ready import PersistentState, Ready
 from kvraft.server.node import RaftNode
 
@@ -59,10 +60,45 @@ class KeepSuffixCore(RaftCore):
         self.log.__class__ = _KeepSuffixLog
 
 
+class _EarlyTimeoutNowLeader(Leader):
+    """Sends TimeoutNow without waiting for the target to catch up (breaks thesis §3.10)."""
+
+    def maybe_send_timeout_now(self) -> bool:
+        transfer = self.transfer
+        if transfer is None:
+            return False
+        self._send(TimeoutNow(src=self.id, dst=transfer.target, term=self.term))
+        transfer.timeout_now_sent += 1
+        return True
+
+
+class EarlyTimeoutNowCore(RaftCore):
+    def _become_leader(self) -> None:
+        super()._become_leader()
+        assert self.leader is not None
+        self.leader.__class__ = _EarlyTimeoutNowLeader
+
+
+class ProposeInTransferCore(RaftCore):
+    """Keeps taking proposals while a transfer runs (breaks thesis §3.10)."""
+
+    def propose(self, command: bytes) -> tuple[int, int] | None:
+        leader = self.leader
+        if leader is None or leader.transfer is None:
+            return super().propose(command)
+        transfer, leader.transfer = leader.transfer, None
+        try:
+            return super().propose(command)
+        finally:
+            leader.transfer = transfer
+
+
 PLANTED: dict[str, type[RaftCore]] = {
     "double-vote": DoubleVoteCore,
     "stale-log-vote": StaleLogVoteCore,
     "keep-suffix": KeepSuffixCore,
+    "early-timeout-now": EarlyTimeoutNowCore,
+    "propose-in-transfer": ProposeInTransferCore,
 }
 
 

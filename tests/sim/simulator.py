@@ -33,11 +33,13 @@ from dataclasses import dataclass, field, replace
 
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore, Role
-from kvraft.raft.messages import Entry, InstallSnapshot, Message
+from kvraft.raft.messages import Entry, InstallSnapshot, Message, TimeoutNow
 from kvraft.raft.ready import PersistentState, Ready, Snapshot
 from kvraft.raft.storage import MemoryStorage
+from kvraft.raft.transfer import TransferRefused
 
 from .planted import PLANTED
+from .transfer_check import TransferChecker
 
 CoreFactory = Callable[[RaftConfig, PersistentState], RaftCore]
 
@@ -87,6 +89,10 @@ class Profile:
     pre_vote: bool
     check_quorum: bool
     check_quorum_ticks: int
+    # per tick: ask a leader to transfer its leadership (thesis §3.10). Drawn from a
+    # random stream of its own, after the rest (see Simulation): seeds that transfer
+    # nothing run exactly as they did before transfers existed.
+    transfer: float = 0.0
 
     @classmethod
     def pick(cls, rng: random.Random) -> Profile:
@@ -366,6 +372,9 @@ class Result:
     snapshots_installed: int
     liveness_ticks: int
     snapshot_chunks_damaged: int
+    transfers: int = 0  # transfers leaders accepted
+    transfers_completed: int = 0  # whose target led the next term
+    timeouts_now_sent: int = 0
 
 
 class Simulation:
@@ -409,6 +418,12 @@ class Simulation:
         self._damage_rng = random.Random(f"kvraft-sim-damage/{seed}/{nodes}")
         self._damage_snapshots = self._damage_rng.random() < 0.5
         self.chunks_damaged = 0
+        # Leadership transfers at random moments: a stream of its own too.
+        self._transfer_rng = random.Random(f"kvraft-sim-transfer/{seed}/{nodes}")
+        self.profile = replace(
+            self.profile, transfer=self._transfer_rng.choice([0.0, 0.02, 0.05, 0.1])
+        )
+        self.transfers = TransferChecker(self._fail, self.profile.election_timeout_ticks)
 
     # ----------------------------------------------------------------- failing
 
@@ -539,6 +554,8 @@ class Simulation:
 
     def _send(self, msg: Message) -> None:
         profile, rng = self.profile, self.rng
+        if isinstance(msg, TimeoutNow):
+            self.transfers.timeout_now(msg, self.nodes[msg.dst].storage)
         if self._faults_on and rng.random() < profile.drop:
             return
         msg = self._maybe_damage(msg)
@@ -612,10 +629,45 @@ class Simulation:
             down = [node for node in self.nodes.values() if node.core is None]
             if down:
                 self._start(rng.choice(down))
+        if self._transfer_rng.random() < profile.transfer:
+            self._transfer()
         if rng.random() < profile.propose:
             self._propose(rng.randint(1, 3))
         if rng.random() < profile.compact:
             self._compact(rng.choice(list(self.nodes.values())))
+
+    def _transfer(self) -> None:
+        """Ask a leader with no transfer running to hand over; now and then, to itself or
+        to a stranger, which must be refused with nothing changed."""
+        rng = self._transfer_rng
+        leaders = [
+            node
+            for node in self.nodes.values()
+            if node.core is not None
+            and node.core.role is Role.LEADER
+            and node.core.transfer_target is None
+        ]
+        if not leaders:
+            return
+        node = rng.choice(leaders)
+        core = node.core
+        assert core is not None
+        if rng.random() < 0.1:
+            bad = rng.choice([core.id, self.size + 7])
+            try:
+                core.transfer_leadership(bad)
+            except TransferRefused:
+                pass
+            else:
+                self._fail(f"transfer: n{core.id} accepted a transfer to n{bad}")
+            if core.transfer_target is not None:
+                self._fail(f"transfer: n{core.id} refused n{bad} but started a transfer")
+            return
+        target = rng.choice([peer for peer in self.ids if peer != core.id])
+        core.transfer_leadership(target)
+        self.transfers.asked(core, target, self.now)
+        logger.info("sim: n%d asked to transfer leadership to n%d", core.id, target)
+        self._drive(node)
 
     def _partition(self) -> None:
         rng = self.rng
@@ -638,7 +690,9 @@ class Simulation:
             return  # flow control, as clients waiting for their answers would exert
         for _ in range(count):
             self._proposals += 1
-            node.core.propose(f"s{self.seed}-c{self._proposals}".encode())
+            taken = core.propose(f"s{self.seed}-c{self._proposals}".encode())
+            if core.role is Role.LEADER:
+                self.transfers.proposed(core, taken is not None, self.now)
         self._drive(node)
 
     def _compact(self, node: Node) -> None:
@@ -687,6 +741,9 @@ class Simulation:
             snapshots_installed=self.installs,
             liveness_ticks=liveness,
             snapshot_chunks_damaged=self.chunks_damaged,
+            transfers=self.transfers.transfers,
+            transfers_completed=self.transfers.completed(self.checker.leader_of_term),
+            timeouts_now_sent=self.transfers.timeouts_sent,
         )
 
     def _liveness(self) -> int:

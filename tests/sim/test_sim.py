@@ -35,6 +35,10 @@ def test_raft_is_safe_under_faults_and_live_once_healed(nodes: int, start: int) 
     # Some seeds damaged snapshot chunks in transit; every check above still held.
     assert sum(r.snapshot_chunks_damaged for r in results) > 0
     assert sum(r.leaders > 1 for r in results) > CHUNK // 4
+    # Leaders were asked to transfer at random moments, and many targets took over.
+    assert sum(r.transfers for r in results) > CHUNK
+    assert sum(r.transfers_completed for r in results) > CHUNK // 2
+    assert sum(r.timeouts_now_sent for r in results) > CHUNK
 
 
 @pytest.mark.stress
@@ -65,12 +69,15 @@ def test_a_seed_replays_exactly() -> None:
         ("double-vote", "election safety"),
         ("stale-log-vote", "leader completeness"),
         ("keep-suffix", "log matching"),
+        ("early-timeout-now", "transfer: "),  # TimeoutNow before the target caught up
+        ("propose-in-transfer", "transfer: "),  # proposals taken during a transfer
     ],
 )
 def test_simulator_catches_a_planted_bug(planted: str, property_broken: str) -> None:
     """A core that breaks one rule of the paper is caught within a few dozen seeds.
 
-    Reference: Raft §5.2 (one vote per term), §5.4.1 (election restriction), §5.3
+    Reference: Raft §5.2 (one vote per term), §5.4.1 (election restriction), §5.3,
+    thesis §3.10 (leadership transfer)
     """
     assert planted in PLANTED
     for seed in range(50):

@@ -28,13 +28,15 @@ Layering, bottom up:
 - ``follower``: the follower's side of replication (the log's consistency
   check and repair, the commit index a leader allows, snapshot chunks, the
   replies);
+- ``transfer``: the rules of a leadership transfer (thesis §3.10) and its
+  state while one runs;
 - ``leader``: the leader's side of replication (batching, heartbeats, fast
-  backtracking, the commit index, check-quorum);
+  backtracking, the commit index, check-quorum, a transfer in progress);
 - ``core``: terms and roles (when to campaign, follow, lead or step down, with
   pre-vote and leader leases), granting votes, and the Ready handshake.
 
 Extensions beyond the paper's Figure 2, as real clusters need them: pre-vote
 (thesis §9.6), check-quorum with leader leases (§6.2, §4.2.3), fast log
 backtracking with conflict hints, batching and pipelining (§10.2), snapshots
-sent in chunks (Figure 13).
+sent in chunks (Figure 13), leadership transfer (§3.10).
 """

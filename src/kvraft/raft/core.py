@@ -33,6 +33,7 @@ from kvraft.raft.messages import (
     TimeoutNow,
 )
 from kvraft.raft.ready import HardState, PersistentState, Ready, Snapshot
+from kvraft.raft.transfer import TransferRefused, check_target
 from kvraft.raft.validate import well_formed
 
 logger = logging.getLogger("kvraft.raft")
@@ -171,11 +172,15 @@ class RaftCore:
         """Append ``command`` if leader: ``(index, term)``; None if not leader.
 
         The entry is sent at the next :meth:`ready`, together with every other
-        proposal made since the previous one (batching).
+        proposal made since the previous one (batching). None too while a
+        leadership transfer is in progress (thesis §3.10): the caller answers
+        as if not leader, and its client retries at the new leader.
         """
         if not isinstance(command, bytes):
             raise TypeError(f"a command is bytes, not {type(command).__name__}")
         if self.leader is None:
+            return None
+        if self.leader.transfer is not None:
             return None
         if self.log.last_index >= MAX_RAFT_INT:
             # Indexes past the bound are refused by every peer and by storage.
@@ -185,6 +190,28 @@ class RaftCore:
         self.log.append(entry)
         self.leader.send_to_all(allow_empty=False)
         return entry.index, entry.term
+
+    def transfer_leadership(self, target: int) -> None:
+        """As leader, hand leadership to peer ``target`` (Raft thesis §3.10).
+
+        Proposals are refused from now on until ``target`` wins (this node then
+        follows it) or one election timeout passes (the transfer is
+        abandoned, proposals are taken again); the target is caught up first,
+        then sent TimeoutNow. See :mod:`kvraft.raft.transfer`. Raises
+        :class:`~kvraft.raft.transfer.TransferRefused`, changing nothing, when
+        not leader or for a target that is this node or not a peer.
+        """
+        if self.leader is None:
+            leader = f" (n{self.leader_id} is)" if self.leader_id is not None else ""
+            raise TransferRefused(f"n{self.id} is not the leader{leader}")
+        self.leader.start_transfer(check_target(self.id, self.peers, target))
+
+    @property
+    def transfer_target(self) -> int | None:
+        """The peer a leadership transfer in progress hands over to; None if none runs."""
+        if self.leader is None or self.leader.transfer is None:
+            return None
+        return self.leader.transfer.target
 
     def campaign(self) -> None:
         """Start an election now (with a pre-vote first if configured); no-op for a leader."""
@@ -333,7 +360,16 @@ class RaftCore:
         """A message from a later term; False if it must be ignored altogether."""
         match msg:
             case RequestVote():
-                if self._in_lease():
+                if self._is_transfer_vote(msg):
+                    # Our own transfer's target campaigns (kvraft.raft.transfer, rule 4):
+                    # step down and vote as any follower would.
+                    self._log(
+                        logging.INFO,
+                        "stepping down for transfer target n%d campaigning at term %d",
+                        msg.src,
+                        msg.term,
+                    )
+                elif self._in_lease():
                     # Thesis §6.2/§9.6: we heard from a leader within the election
                     # timeout, so this candidate would only disrupt a healthy
                     # leader (it is probably a partitioned node coming back).
@@ -383,6 +419,10 @@ class RaftCore:
         if self.leader is not None:
             return True  # a leader steps down the moment its lease lapses
         return self.leader_id is not None and self._timer.within_timeout()
+
+    def _is_transfer_vote(self, msg: RequestVote) -> bool:
+        """Whether ``msg`` is the vote request of the target of our transfer in progress."""
+        return not msg.pre_vote and self.transfer_target == msg.src
 
     def _start_election(self, *, pre_vote: bool) -> None:
         if self.current_term >= MAX_RAFT_INT or self.log.last_index >= MAX_RAFT_INT:

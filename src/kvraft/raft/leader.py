@@ -4,7 +4,8 @@ Seam: :class:`~kvraft.raft.core.RaftCore` decides *when* a node leads (elections
 terms, stepping down); a :class:`Leader` decides *what to send to whom* while it
 does: AppendEntries batched and pipelined per follower (paced by
 :mod:`~kvraft.raft.progress`), heartbeats, snapshot chunks, fast backtracking on
-refusals, the commit index, and check-quorum. It reads the core's log and
+refusals, the commit index, check-quorum, and a leadership transfer in
+progress (the rules are :mod:`~kvraft.raft.transfer`'s). It reads the core's log and
 snapshot and advances the core's ``commit_index``; messages go out through the
 core's outbox.
 """
@@ -25,9 +26,11 @@ from kvraft.raft.messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     Message,
+    TimeoutNow,
 )
 from kvraft.raft.progress import Progress, ProgressState
 from kvraft.raft.ready import Snapshot
+from kvraft.raft.transfer import Transfer
 
 if TYPE_CHECKING:
     from kvraft.raft.core import RaftCore
@@ -68,6 +71,8 @@ class Leader:
         # The snapshot last sent and the CRC32 of its data: computed once per
         # snapshot (a large one takes tens of ms), not once per chunk.
         self._checksummed: tuple[Snapshot, int] | None = None
+        # A leadership transfer in progress; while set, the core takes no proposal.
+        self.transfer: Transfer | None = None
 
     # ------------------------------------------------------------------ timing
 
@@ -75,6 +80,18 @@ class Leader:
         """One tick: heartbeats, and check-quorum; False if the leader must step down."""
         self._heartbeat_elapsed += 1
         self._quorum_elapsed += 1
+        transfer = self.transfer
+        if transfer is not None and not transfer.tick():
+            # Thesis §3.10: abort after an election timeout, take proposals again.
+            self.transfer = None
+            self._log(
+                logging.INFO,
+                "abandoned transfer to n%d after %d ticks (TimeoutNow sent %d times) at index %d",
+                transfer.target,
+                transfer.elapsed_ticks,
+                transfer.timeout_now_sent,
+                self.log.last_index,
+            )
         if self._quorum_elapsed >= self.config.check_quorum_timeout_ticks:
             self._quorum_elapsed = 0
             if self.config.check_quorum and not self._quorum_active():
@@ -251,6 +268,12 @@ class Leader:
     # ----------------------------------------------------------------- replies
 
     def handle_append_reply(self, msg: AppendEntriesReply) -> None:
+        self._handle_append_reply(msg)
+        transfer = self.transfer
+        if msg.success and transfer is not None and msg.src == transfer.target:
+            self.maybe_send_timeout_now()
+
+    def _handle_append_reply(self, msg: AppendEntriesReply) -> None:
         progress = self.progress[msg.src]
         progress.recent_active = True
         if msg.success:
@@ -329,6 +352,51 @@ class Leader:
             return
         progress.snapshot_offset = min(msg.next_offset, len(snapshot.data))
         self._send_snapshot(msg.src)
+
+    # ---------------------------------------------------------------- transfer
+
+    def start_transfer(self, target: int) -> None:
+        """Begin handing leadership to ``target`` (a checked peer); see kvraft.raft.transfer.
+
+        Asked again for the same target, the transfer already under way runs
+        on (its timeout is not extended); for another target, that one replaces it.
+        """
+        running = self.transfer
+        if running is not None and running.target == target:
+            return
+        if running is not None:
+            self._log(logging.INFO, "abandoned transfer to n%d for n%d", running.target, target)
+        self.transfer = Transfer(target, self.config.election_timeout_ticks)
+        self._log(
+            logging.INFO,
+            "transferring leadership to n%d at index %d (its match %d)",
+            target,
+            self.log.last_index,
+            self.progress[target].match_index,
+        )
+        if not self.maybe_send_timeout_now():
+            self._to_send[target] = True  # catch it up now, not at the next heartbeat
+
+    def maybe_send_timeout_now(self) -> bool:
+        """Send the target TimeoutNow if it holds our whole log; whether it was sent.
+
+        Thesis §3.10: the target campaigns at once, and with our log it wins
+        any voter we could win. Our log no longer grows (the core takes no
+        proposal meanwhile), so a caught-up target stays caught up.
+        """
+        transfer = self.transfer
+        if transfer is None or self.progress[transfer.target].match_index != self.log.last_index:
+            return False
+        self._send(TimeoutNow(src=self.id, dst=transfer.target, term=self.term))
+        transfer.timeout_now_sent += 1
+        if transfer.timeout_now_sent == 1:
+            self._log(
+                logging.INFO,
+                "n%d caught up to index %d: sent TimeoutNow",
+                transfer.target,
+                self.log.last_index,
+            )
+        return True
 
     def _log(self, level: int, event: str, *args: object) -> None:
         if logger.isEnabledFor(level):

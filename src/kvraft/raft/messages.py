@@ -126,15 +126,14 @@ class InstallSnapshotReply:
 class TimeoutNow:
     """Leadership transfer: the receiver campaigns at once, skipping pre-vote.
 
-    Half of a transfer (thesis §3.10) exists: a follower that receives this from
-    the leader it follows, in its term, starts an election at once
-    (``RaftCore._handle_timeout_now``); from anyone else, or in another term,
-    it is ignored. The sending half does not: no leader code and no API sends
-    it yet (the leader would stop taking proposals, bring the target's log up
-    to date, then send this). Nor do the resulting vote requests carry a mark
-    that lets voters still hearing from the leader set their lease aside, so
-    with check-quorum they refuse them until the old leader, answered by the
-    candidate's higher term, steps down.
+    Thesis §3.10. A leader transferring its leadership (``RaftCore.transfer_leadership``;
+    the rules are :mod:`kvraft.raft.transfer`'s) stops taking proposals,
+    brings the target's log up to date, then sends this. A follower that
+    receives it from the leader it follows, in its term, starts an election at
+    once (``RaftCore._handle_timeout_now``); from anyone else, or in another
+    term, it is ignored. The resulting vote requests carry no mark, so voters
+    still in their lease (check-quorum) refuse them until it lapses; the
+    transferring leader alone knows the candidate and sets its lease aside.
     """
 
     src: int

@@ -14,7 +14,8 @@ virtual time, a seeded faulty network and a disk that can die mid-write, so
 its seeds exercise this very loop.
 
 The RSM API is the classic one: :meth:`submit`, :meth:`get_committed`,
-:meth:`get_state`; plus :meth:`status` for operators.
+:meth:`get_state`; plus :meth:`status` for operators and
+:meth:`transfer_leadership` (the core's transfer, waited for).
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ from kvraft.raft.storage import Storage
 from kvraft.server.driver_io import Clock, LoopClock, PeerTransport, ThreadWorkers, Workers
 
 log = logging.getLogger("kvraft.node")
+
+
+class TransferFailed(Exception):
+    """A leadership transfer began but did not complete: its target did not take over.
+
+    The core abandoned it after an election timeout (the target is down,
+    slow, or lost the election), another node took over, or the caller's
+    timeout passed first. The node leads again, or follows whoever won.
+    """
+
 
 # A save slower than this is worth an operator's warning line.
 SLOW_SAVE_S = 0.5
@@ -227,6 +238,76 @@ class RaftNode:
         """Start an election now (operators' and tests' hook; Raft would in time)."""
         self.core.campaign()
         self._wakeup.set()
+
+    @property
+    def election_timeout_s(self) -> float:
+        """The election timeout in seconds: what a transfer gets before it is abandoned."""
+        return self.config.election_timeout_ticks * self.timing.tick_interval_s
+
+    def transfer_candidate(self) -> int | None:
+        """As leader, the follower to hand leadership to: the most up to date; else None.
+
+        The highest match index (its log is the leader's longest prefix, so it
+        catches up soonest), then the most recently heard from (alive).
+        """
+        leader = self.core.leader
+        if leader is None or not leader.progress:
+            return None
+        heard = self._last_heard
+        return max(
+            leader.progress,
+            key=lambda peer: (leader.progress[peer].match_index, heard.get(peer, 0.0), -peer),
+        )
+
+    async def transfer_leadership(self, target: int, timeout_s: float) -> float:
+        """Hand leadership to peer ``target``; the seconds it took, once ``target`` leads.
+
+        The core stops taking proposals (the RSM answers NotLeader, clients
+        retry at the new leader), catches ``target`` up and sends it
+        TimeoutNow (see :mod:`kvraft.raft.transfer`). Resolves when this node
+        follows ``target``. Raises ``TransferRefused`` at once when not leader
+        or for a target that is this node or not a peer; :class:`TransferFailed`
+        when the core abandoned the transfer (one election timeout), someone
+        else took over, the node stopped, or ``timeout_s`` passed.
+        """
+        core, clock = self.core, self.clock
+        core.transfer_leadership(target)  # TransferRefused, nothing changed
+        term = core.current_term
+        self._wakeup.set()
+        started = clock.now_s()
+        deadline = started + timeout_s
+        while True:
+            now = clock.now_s()
+            if core.role is not Role.LEADER and core.leader_id is not None:
+                if core.leader_id != target:
+                    raise TransferFailed(
+                        f"n{self.id}: n{core.leader_id} took over at term "
+                        f"{core.current_term}, not n{target}"
+                    )
+                log.info(
+                    "n%d [term %d] handed leadership to n%d in %.0f ms at index %d",
+                    self.id,
+                    core.current_term,
+                    target,
+                    (now - started) * 1000,
+                    core.last_index,
+                )
+                return now - started
+            if core.role is Role.LEADER and (
+                core.current_term != term or core.transfer_target != target
+            ):
+                raise TransferFailed(
+                    f"n{self.id}: abandoned the transfer to n{target} after an election "
+                    f"timeout ({self.election_timeout_s * 1000:.0f} ms): it did not take over"
+                )
+            if not self._running:
+                raise TransferFailed(f"n{self.id}: stopped during the transfer to n{target}")
+            if now >= deadline:
+                raise TransferFailed(
+                    f"n{self.id}: n{target} did not take over within {timeout_s:g} s"
+                )
+            # Polled each tick: the core changes role only in step() and tick().
+            await clock.sleep_s(min(self.timing.tick_interval_s, deadline - now))
 
     def get_state(self) -> tuple[int, bool]:
         """``(current_term, is_leader)``."""

@@ -1,7 +1,12 @@
 """One kvraft server process: storage, state machine, Raft node and RPC server, wired up.
 
 ``run_server`` is what ``kvraft server`` calls. SIGTERM and SIGINT stop the node
-cleanly (stop serving, stop Raft, close storage); SIGKILL loses nothing
+cleanly: a leader first hands its leadership to its most up-to-date follower
+(Raft thesis §3.10; at most ``HANDOVER_ELECTION_TIMEOUTS`` election timeouts,
+serving all the while so the transfer's messages flow and clients are
+redirected), then it stops serving, stops Raft and closes storage; a follower
+stops at once. So a rolling restart costs clients a transfer, not an election
+timeout of silence per leader. SIGKILL loses nothing
 acknowledged because every acknowledgement waits for an fsync. A node that
 fails (a storage write failed) stops the same way and the process exits with
 the reason (fail-stop: it must not go on answering without its disk).
@@ -16,13 +21,14 @@ import signal
 from kvraft.addresses import split_address
 from kvraft.errors import StorageError, one_line
 from kvraft.raft.config import RaftConfig
+from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.event_loop import install_event_loop_policy
 from kvraft.rpc.peer_auth import Membership, PeerKey
 from kvraft.rpc.server import RpcServer
 from kvraft.server import state_snapshot
 from kvraft.server.driver_io import StallingWorkers, ThreadWorkers
 from kvraft.server.kvstore import KVStore
-from kvraft.server.node import NodeTiming, RaftNode
+from kvraft.server.node import NodeTiming, RaftNode, TransferFailed
 from kvraft.server.options import ServerOptions, raft_message_limits
 from kvraft.server.peer_transport import RAFT_METHOD, RpcPeerTransport
 from kvraft.server.rsm import RSM
@@ -30,6 +36,11 @@ from kvraft.server.service import Service
 from kvraft.storage.sqlite import SqliteStorage
 
 log = logging.getLogger("kvraft.server")
+
+# How long a stopping leader waits for its successor, in election timeouts: the
+# core abandons a transfer after one (in ticks); the second is slack for ticks
+# that run late on a loaded machine. Bounds how long SIGTERM takes on a leader.
+HANDOVER_ELECTION_TIMEOUTS = 2
 
 
 def snapshot_decodes(data: bytes) -> bool:
@@ -157,6 +168,27 @@ class Server:
             ",".join(f"{i}={a}" for i, a in sorted(self.options.peers.items())),
         )
 
+    async def hand_over(self) -> None:
+        """As leader, hand leadership to the most up-to-date follower before stopping.
+
+        Bounded (HANDOVER_ELECTION_TIMEOUTS); a transfer that fails is logged
+        and the node stops anyway, as it did before transfers: the others then
+        elect a leader after their election timeout.
+        """
+        node = self.node
+        target = node.transfer_candidate()
+        if target is None:
+            return
+        term = node.core.current_term
+        try:
+            await node.transfer_leadership(
+                target, HANDOVER_ELECTION_TIMEOUTS * node.election_timeout_s
+            )
+        except (TransferRefused, TransferFailed) as exc:
+            log.warning(
+                "n%d [term %d] stopping without a successor: %s", self.options.node_id, term, exc
+            )
+
     async def stop(self) -> None:
         """Stop serving and shut Raft and storage down cleanly."""
         await self.rpc.close()
@@ -182,6 +214,9 @@ async def _serve(options: ServerOptions) -> None:
     failed = loop.create_task(server.node.wait_failed())
     await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
+    if not failed.done():
+        # Asked to stop (not failed): a leader hands over first, still serving.
+        await server.hand_over()
     failed.cancel()
     await server.stop()
     if failed.done() and not failed.cancelled():

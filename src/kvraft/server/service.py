@@ -1,5 +1,8 @@
 """Dispatch of incoming RPCs: get/put to the RSM, Raft messages to the node, the rest refused.
 
+``leader.transfer`` (an admin's: ``kvraft leader transfer --to ID``) hands this
+leader's leadership to a peer and answers once the peer leads.
+
 The test hooks (``raft.*``) let the Raft test suite read state, submit raw
 commands and read committed entries on real processes; they are refused unless
 the server was started with ``--test-hooks``, because a raw submit can put an
@@ -11,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kvraft.errors import InvalidArgument, NotLeader, ProtocolError
+from kvraft.errors import InvalidArgument, NotLeader, ProtocolError, RemoteError
 from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
+from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.codec import check
 from kvraft.rpc.tokens import Role
 from kvraft.rpc.wire_errors import UnknownMethod
 from kvraft.server.driver_io import StallingWorkers
-from kvraft.server.node import RaftNode
+from kvraft.server.node import RaftNode, TransferFailed
 from kvraft.server.options import ServerOptions
 from kvraft.server.peer_transport import RAFT_METHOD
 from kvraft.server.rsm import RSM
@@ -26,7 +30,16 @@ TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign", "r
 
 # The role a client token needs for each method (--auth-token-file); every
 # method not named here, the test hooks included, needs admin.
-METHOD_ROLES = {"get": Role.READ, "put": Role.READWRITE, "status": Role.ADMIN}
+METHOD_ROLES = {
+    "get": Role.READ,
+    "put": Role.READWRITE,
+    "status": Role.ADMIN,
+    "leader.transfer": Role.ADMIN,
+}
+
+# How long leader.transfer waits for the target to lead, in election timeouts: the
+# core abandons the transfer after one; the second is slack for a loaded machine.
+TRANSFER_WAIT_ELECTION_TIMEOUTS = 2
 
 # The longest storage stall raft.stall_disk accepts: long enough for any test
 # of a slow disk, short enough that a mistaken call cannot wedge a node for long.
@@ -51,7 +64,9 @@ class Service:
             try:
                 return await self.rsm.execute(args)
             except NotLeader:
-                leader = self.node.core.leader_id
+                # During a transfer, point the client at the leader-to-be.
+                transfer = self.node.core.transfer_target
+                leader = transfer if transfer is not None else self.node.core.leader_id
                 return NotLeaderResult(
                     self.options.peers.get(leader) if leader is not None else None
                 )
@@ -65,11 +80,25 @@ class Service:
             status["busy_refusals"] = self.rsm.busy_refusals
             status["connections"] = self.open_connections()
             return status
+        if method == "leader.transfer":
+            check(args, int, method)
+            return await self._transfer_leadership(args)
         if method in TEST_HOOKS:
             if not self.options.test_hooks:
                 raise UnknownMethod(f"{method} needs a server started with --test-hooks")
             return self._test_hook(method, args)
         raise UnknownMethod(f"no method {method!r}")
+
+    async def _transfer_leadership(self, target: int) -> dict[str, Any]:
+        """Hand leadership to ``target``; errors travel as ``transfer_refused``/``_failed``."""
+        wait_s = TRANSFER_WAIT_ELECTION_TIMEOUTS * self.node.election_timeout_s
+        try:
+            elapsed_s = await self.node.transfer_leadership(target, wait_s)
+        except TransferRefused as exc:
+            raise RemoteError("transfer_refused", str(exc)) from None
+        except TransferFailed as exc:
+            raise RemoteError("transfer_failed", str(exc)) from None
+        return {"from": self.options.node_id, "to": target, "elapsed_s": elapsed_s}
 
     def _test_hook(self, method: str, args: Any) -> Any:
         if method == "raft.state":
