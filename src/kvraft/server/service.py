@@ -1,4 +1,4 @@
-"""Dispatch of incoming RPCs: get/put to the RSM, Raft messages to the node, the rest refused.
+"""Dispatch of incoming RPCs: KV commands to the RSM, Raft messages to the node, the rest refused.
 
 The test hooks (``raft.*``) let the Raft test suite read state, submit raw
 commands and read committed entries on real processes; they are refused unless
@@ -12,7 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 from kvraft.errors import InvalidArgument, NotLeader, ProtocolError
-from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
+from kvraft.kv_protocol import (
+    DeleteOp,
+    DeleteRangeOp,
+    GetOp,
+    NotLeaderResult,
+    PutOp,
+    RangeOp,
+    SetOp,
+    TxnOp,
+    check_op,
+)
 from kvraft.rpc.codec import check
 from kvraft.rpc.tokens import Role
 from kvraft.rpc.wire_errors import UnknownMethod
@@ -26,7 +36,28 @@ TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign", "r
 
 # The role a client token needs for each method (--auth-token-file); every
 # method not named here, the test hooks included, needs admin.
-METHOD_ROLES = {"get": Role.READ, "put": Role.READWRITE, "status": Role.ADMIN}
+METHOD_ROLES = {
+    "get": Role.READ,
+    "put": Role.READWRITE,
+    "status": Role.ADMIN,
+    "range": Role.READ,
+    "set": Role.READWRITE,
+    "delete": Role.READWRITE,
+    "delete_range": Role.READWRITE,
+    # A txn may write; one with reads only still needs readwrite (etcd does the same).
+    "txn": Role.READWRITE,
+}
+
+# Each key-value method and the command class its argument must be.
+KV_METHODS: dict[str, type[Any]] = {
+    "get": GetOp,
+    "put": PutOp,
+    "range": RangeOp,
+    "set": SetOp,
+    "delete": DeleteOp,
+    "delete_range": DeleteRangeOp,
+    "txn": TxnOp,
+}
 
 # The longest storage stall raft.stall_disk accepts: long enough for any test
 # of a slow disk, short enough that a mistaken call cannot wedge a node for long.
@@ -44,9 +75,10 @@ class Service:
         self.open_connections: Callable[[], int] = lambda: 0
 
     async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
-        if method in ("get", "put"):
+        op_type = KV_METHODS.get(method)
+        if op_type is not None:
             # Validate before anything else, so a bad operation changes nothing anywhere.
-            check(args, GetOp if method == "get" else PutOp, method)
+            check(args, op_type, method)
             check_op(args, self.options.max_value_bytes)
             try:
                 return await self.rsm.execute(args)
