@@ -37,12 +37,15 @@ from kvraft import __version__
 from kvraft.cli_clients import (
     bench,
     deadline_option,
+    delete_command,
     get,
     parse_servers,
     parse_version,
     put,
     servers_option,
+    set_command,
     status,
+    txn,
 )
 from kvraft.cli_common import (
     EXIT_INTERRUPTED,
@@ -148,6 +151,9 @@ def cli(
 
 for _command in (server, cluster, get, put, status, bench):
     cli.add_command(_command)
+cli.add_command(set_command)  # the data API's commands (docs/data-model.md)
+cli.add_command(delete_command)
+cli.add_command(txn)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
