@@ -7,6 +7,8 @@ here, the named cases and every bound at its limit and one past.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvraft.kv_protocol import (
     MAX_RANGE_REPLY_BYTES,
@@ -24,6 +26,7 @@ from kvraft.kv_protocol import (
     SetOk,
     SetOp,
     TxnDelete,
+    TxnDeleteRange,
     TxnGet,
     TxnOp,
     TxnOpFailedResult,
@@ -201,3 +204,69 @@ def test_a_resent_txn_gets_its_first_result_and_applies_once() -> None:
     read = RangeOp("", "", 0, False, "c", 2, 1)
     sessions.apply(store, read, 3)
     assert sessions.results_held() == 1  # ranges keep nothing
+
+
+# ------------------------------------------------------------------ fuzzing
+
+absurd = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([0, 1, 2, -1, 2**63 - 1]),
+    st.text(max_size=3),
+    st.sampled_from(["", "a", "b", "version", "value", "exists", "mod_revision", "==", "<"]),
+    st.binary(max_size=3),
+)
+small_keys = st.sampled_from(["", "a", "ab", "b"]) | absurd
+parts = st.one_of(
+    st.builds(Compare, small_keys, absurd, absurd, absurd),
+    st.builds(TxnPut, small_keys, absurd, absurd),
+    st.builds(TxnSet, small_keys, absurd),
+    st.builds(TxnDelete, small_keys, absurd),
+    st.builds(TxnDeleteRange, small_keys, small_keys),
+    st.builds(TxnGet, small_keys),
+    st.builds(TxnRange, small_keys, small_keys, absurd, absurd),
+    absurd,
+)
+session = st.tuples(st.just("c"), st.integers(0, 3), st.integers(0, 3))
+hostile = st.one_of(
+    st.builds(lambda k, v, s: SetOp(k, v, *s), small_keys, absurd, session),
+    st.builds(lambda k, n, s: DeleteOp(k, n, *s), small_keys, absurd, session),
+    st.builds(lambda a, b, s: DeleteRangeOp(a, b, *s), small_keys, small_keys, session),
+    st.builds(
+        lambda a, b, n, ko, s: RangeOp(a, b, n, ko, *s),
+        small_keys,
+        small_keys,
+        absurd,
+        absurd,
+        session,
+    ),
+    st.builds(
+        lambda c, ok, ko, s: TxnOp(tuple(c), tuple(ok), tuple(ko), *s),
+        st.lists(parts, max_size=3),
+        st.lists(parts, max_size=4),
+        st.lists(parts, max_size=3),
+        session,
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(op=hostile)
+def test_hostile_new_commands_decode_strictly_and_what_decodes_applies_deterministically(
+    op: object,
+) -> None:
+    """Every field of every new command with any value: decode_command refuses
+    (BadCommand, nothing else) or gives a command that applies without error,
+    the same on two replicas."""
+    try:
+        decoded = decode_command(pack(op))
+    except BadCommand:
+        return
+    a, b = KVStore(), KVStore()
+    for store in (a, b):
+        for key in ("a", "ab", "b"):
+            store.write(key, "v", 1)
+        store.set_revision(1)
+    assert apply_command(a, decoded) == apply_command(b, decoded)
+    assert a == b and a.snapshot() == b.snapshot()
