@@ -6,18 +6,22 @@ read; readers range over ``acct/`` and the sum must never change, in every
 answer (a range reads at one revision). Meanwhile other clients set and
 delete keys of their own and check each answer, and the leader is SIGKILLed
 halfway. Reads of one client never go back in revision (linearizable reads
-through the log).
+through the log), and the sets, deletes and gets two clients race on one key
+are checked linearizable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 
 import pytest
 
-from kvraft import Client, Compare, Maybe, NoKey, TxnSet
+from kvraft import Client, Compare, Maybe, NoKey, TxnSet, VersionMismatch
 from kvraft.testing.cluster import Cluster
+from kvraft.testing.history import History
+from kvraft.testing.linearizability import assert_linearizable
 
 from .kv_support import OP_DEADLINE_S, find_leader, run_threads
 
@@ -79,9 +83,14 @@ def auditor(cluster: Cluster, stop: threading.Event) -> int:
     return reads
 
 
-def own_keys(cluster: Cluster, name: str) -> int:
-    """set, versioned delete, delete_range on keys of its own: every answer as the contract says."""
+def own_keys(cluster: Cluster, name: str, history: History) -> int:
+    """set, versioned delete, delete_range on keys of its own: every answer as the contract says.
+
+    The sets, deletes and gets of the shared key ``both`` go into ``history``
+    for the linearizability checker (the two such clients race on it).
+    """
     with client(cluster) as c:
+        me = c.client_id
         for i in range(15):
             key = f"own/{name}/{i}"
             assert c.set(key, "a") == 1
@@ -91,6 +100,12 @@ def own_keys(cluster: Cluster, name: str) -> int:
                 c.get(key)
             assert c.range(prefix=f"own/{name}/").revision >= revision
             c.set(key, "kept")
+            value = f"{name}{i}"
+            version = history.record_set(me, "both", value, lambda v=value: c.set("both", v))
+            with contextlib.suppress(NoKey, VersionMismatch, Maybe):
+                history.record_delete(me, "both", version, lambda v=version: c.delete("both", v))
+            with contextlib.suppress(NoKey):
+                history.record_get(me, "both", lambda: c.get("both"))
         assert c.delete_range(prefix=f"own/{name}/") == 15
         assert c.range(prefix=f"own/{name}/").kvs == ()
     return 15
@@ -108,7 +123,8 @@ def test_bank_transfers_keep_the_sum_through_a_leader_kill(make_cluster) -> None
         cluster.kill(find_leader(cluster))
 
     movers = [lambda s=s: mover(cluster, s, halfway) for s in range(3)]
-    others = [lambda n=n: own_keys(cluster, n) for n in ("x", "y")]
+    history = History()
+    others = [lambda n=n: own_keys(cluster, n, history) for n in ("x", "y")]
     audit: list[int] = []
     audit_thread = threading.Thread(target=lambda: audit.append(auditor(cluster, stop)))
     audit_thread.start()
@@ -123,3 +139,5 @@ def test_bank_transfers_keep_the_sum_through_a_leader_kill(make_cluster) -> None
         accounts, _ = balances(c)
     assert len(accounts) == ACCOUNTS
     assert sum(accounts.values()) == ACCOUNTS * START_BALANCE
+    assert len(history) == 2 * 15 * 3
+    assert_linearizable(history, 20.0)
