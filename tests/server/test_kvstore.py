@@ -263,3 +263,24 @@ def test_snapshot_restore_round_trips_any_contents(contents: dict[str, tuple[str
     assert {k: store.get(k) for k in store} == contents
     assert KVStore.restore(store.snapshot()) == store
     assert store.snapshot() == _snapshot_of(items)
+
+
+def test_a_copy_rebuilds_its_key_order_when_first_written_or_ranged() -> None:
+    """copy() leaves the key order out (it is rebuilt on first use): writes,
+    removes and ranges of the copy must see each key exactly once."""
+    store = KVStore()
+    for key in ("b", "a", "c"):
+        store.write(key, "v", 1)
+    store.set_revision(1)
+    for first in ("write", "remove", "range"):
+        clone = store.copy()
+        if first == "write":
+            clone.write("d", "v", 2)
+            assert list(clone.keys_in("", "")) == ["a", "b", "c", "d"]
+        elif first == "remove":
+            clone.remove("a")
+            assert list(clone.keys_in("", "")) == ["b", "c"]
+        else:
+            assert list(clone.keys_in("b", "")) == ["b", "c"]
+        assert list(store.keys_in("", "")) == ["a", "b", "c"]
+    assert store.copy().snapshot() == store.snapshot()

@@ -36,6 +36,7 @@ re-validate types on the apply path.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -50,6 +51,9 @@ T = TypeVar("T")
 # Bumped when the snapshot layout changes; restore refuses any other value.
 # 2: the store revision, and per key create/mod revision and lease.
 SNAPSHOT_FORMAT = 2
+# Keys sorted per run when a copy without its key order is encoded (about 2 ms
+# of GIL per run).
+_SORT_RUN_KEYS = 8192
 # A key's stored tuple: value, version, create_revision, mod_revision, lease.
 Entry = tuple[str, int, int, int, int]
 # msgpack's largest unsigned integer: a snapshot cannot hold a larger version.
@@ -92,19 +96,28 @@ def decode_whole(data: object, read: Callable[[Any], T]) -> T:
 class KVStore:
     """Keys to ``(value, version, create_revision, mod_revision, lease)``: see the module."""
 
-    __slots__ = ("_data", "_data_bytes", "_keys", "_revision")
+    __slots__ = ("_data", "_data_bytes", "_keys_or_none", "_revision")
 
     def __init__(self) -> None:
         # Invariant: every stored version is >= 1 (a missing key is version 0),
         # and 1 <= create_revision <= mod_revision <= _revision.
         self._data: dict[str, Entry] = {}
-        # Invariant: the keys of _data, in ascending order.
-        self._keys: SortedList[str] = SortedList()
+        # Invariant: the keys of _data, in ascending order; or None in a copy
+        # until it is first needed (see copy()).
+        self._keys_or_none: SortedList[str] | None = SortedList()
         # Invariant: _data_bytes == sum(utf8_len(k) + utf8_len(v) for k, (v, ...) in _data).
         self._data_bytes = 0
         self._revision = 0
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def _keys(self) -> SortedList[str]:
+        """The keys in order, built on first use in a copy (which skips it: see copy())."""
+        keys = self._keys_or_none
+        if keys is None:
+            keys = self._keys_or_none = SortedList(self._data)
+        return keys
 
     @property
     def revision(self) -> int:
@@ -227,8 +240,9 @@ class KVStore:
         """
         entry = self._data.get(key)
         if entry is None:
+            keys = self._keys  # built (in a copy) before the new key is in _data
             self._data[key] = (value, 1, revision, revision, 0)
-            self._keys.add(key)
+            keys.add(key)
             self._data_bytes += utf8_len(key) + utf8_len(value)
             return 1
         old_value, current, create, _, lease = entry
@@ -238,10 +252,11 @@ class KVStore:
 
     def remove(self, key: str) -> bool:
         """Delete ``key`` if it exists (a primitive, like :meth:`write`); whether it did."""
+        keys = self._keys  # built (in a copy) before the key leaves _data
         entry = self._data.pop(key, None)
         if entry is None:
             return False
-        self._keys.remove(key)
+        keys.remove(key)
         self._data_bytes -= utf8_len(key) + utf8_len(entry[0])
         return True
 
@@ -257,12 +272,14 @@ class KVStore:
 
         Shallow is enough: values are immutable tuples, so later writes to
         either store never show in the other. The node takes this copy on the
-        event loop and encodes it in another thread. The key order is copied
-        as a sorted list (no re-sorting).
+        event loop and encodes it in another thread, so the copy leaves out
+        the key order (copying a SortedList re-sorts it: 3x the dict's copy,
+        measured 0.24 s against 0.08 s for a million keys); a copy rebuilds it
+        on first use, and its snapshot sorts in runs in the encoding thread.
         """
         clone = KVStore()
         clone._data = self._data.copy()
-        clone._keys = self._keys.copy()
+        clone._keys_or_none = None
         clone._data_bytes = self._data_bytes
         clone._revision = self._revision
         return clone
@@ -281,12 +298,22 @@ class KVStore:
         """The bytes of :meth:`snapshot` in pieces of ``items_per_chunk`` keys.
 
         Made to be encoded in a thread beside an event loop: no step holds the
-        GIL for long. The keys are already in order (the SortedList), so
-        there is nothing to sort; each chunk is handed out as it is packed
-        rather than grown into one buffer copied at the end. The store must
-        not change while the iterator is consumed (encode a :meth:`copy`).
+        GIL for long. The keys are in order already, or (in a :meth:`copy`)
+        sorted in runs of :data:`_SORT_RUN_KEYS` merged lazily: one
+        ``sorted()`` of a million keys holds the GIL for hundreds of ms. Each
+        chunk is handed out as it is packed rather than grown into one buffer
+        copied at the end. The store must not change while the iterator is
+        consumed (encode a :meth:`copy`).
         """
         data = self._data
+        if self._keys_or_none is not None:
+            ordered: Iterator[str] = iter(self._keys_or_none)
+        else:
+            keys = list(data)
+            runs = [
+                sorted(keys[i : i + _SORT_RUN_KEYS]) for i in range(0, len(keys), _SORT_RUN_KEYS)
+            ]
+            ordered = heapq.merge(*runs)
         packer = msgpack.Packer(use_bin_type=True, autoreset=False)
         packer.pack_array_header(3)
         packer.pack(SNAPSHOT_FORMAT)
@@ -294,7 +321,7 @@ class KVStore:
         packer.pack_array_header(6 * len(data))
         pack = packer.pack
         in_chunk = 0
-        for key in self._keys:
+        for key in ordered:
             value, version, create, mod, lease = data[key]
             pack(key)
             pack(value)
@@ -373,7 +400,7 @@ class KVStore:
             data[key] = (value, version, create, mod, lease)
             keys.append(key)
             total += utf8_len(key) + utf8_len(value)
-        store._keys = SortedList(keys)
+        store._keys_or_none = SortedList(keys)
         store._data_bytes = total
         store._revision = revision
         return store
