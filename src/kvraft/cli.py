@@ -4,7 +4,8 @@ Exit codes scripts can rely on:
 
 ====  =====================================================================
 0     ok
-1     operation error: NoKey, VersionMismatch, Maybe, a bad value (too big),
+1     operation error: NoKey, VersionMismatch, Maybe (a txn's failed versioned
+      op too: nothing applied), a bad value (too big),
       a server that cannot start (port in use, another node's data dir)
 2     usage error: a bad flag or argument (click's own, and our checks)
 3     cluster unavailable: no answer within ``--deadline``, or no node reachable

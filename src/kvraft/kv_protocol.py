@@ -37,6 +37,12 @@ so callers dispatch with ``match``:
 ``SessionExpiredResult()`` the client's session was forgotten (expired or
                            evicted); not applied, and the outcome of the
                            client's earlier attempts is unknown
+``SetOk(version, rev)``    a set applied (new version, the revision it made)
+``DeleteOk(deleted, rev)`` a delete or delete_range removed ``deleted`` keys
+``RangeResult``            a range's keys (``KeyValue``), revision, ``more``
+``TxnResult``              a txn ran a branch: ``succeeded``, ``responses``,
+                           ``revision``
+``TxnOpFailedResult``      a txn's versioned op did not match: nothing applied
 ========================  =====================================================
 
 :func:`result_of` turns a result back into a value or the user-facing error.
