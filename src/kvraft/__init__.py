@@ -17,7 +17,7 @@ every import of every module (in functions and ``TYPE_CHECKING`` blocks too);
 7. ``storage``: Raft's durable state in SQLite, behind raft's storage interface.
 8. ``server``: the node: Raft driver, replicated state machine, versioned KV.
 9. ``__init__``: this module, the public face: the client API and errors.
-10. ``status_table``, ``local_cluster``, ``bench``: what the commands do.
+10. ``status_table``, ``local_cluster``, ``bench``, ``txn_json``: what the commands do.
 11. ``testing``: fault proxy, process cluster, linearizability checker; for
     tests, so no shipped module imports it but the command line's.
 12. ``cli``, ``cli_servers``, ``cli_clients``, ``cli_admin``, ``cli_common``, ``__main__``:
@@ -26,6 +26,11 @@ every import of every module (in functions and ``TYPE_CHECKING`` blocks too);
 Only the client API, the errors and ``__version__`` are public here::
 
     from kvraft import Client, AsyncClient, Lock, KVError, NoKey, VersionMismatch, Maybe
+
+and the data API's classes (``kvraft.kv_protocol``): the results ``KeyValue``,
+``RangeResult``, ``TxnResult``, ``PutOk``, ``SetOk``, ``DeleteOk``, a txn's
+``Compare`` and operations ``TxnPut``, ``TxnSet``, ``TxnDelete``,
+``TxnDeleteRange``, ``TxnGet``, ``TxnRange``, and ``prefix_end``.
 
 Why the client names are loaded lazily (PEP 562 ``__getattr__``): every module
 of the package, the sans-I/O Raft core included, imports ``kvraft.errors``, and
@@ -60,6 +65,22 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kvraft.client.async_client import AsyncClient
     from kvraft.client.client import Client
     from kvraft.client.lock import Lock
+    from kvraft.kv_protocol import (
+        Compare,
+        DeleteOk,
+        KeyValue,
+        PutOk,
+        RangeResult,
+        SetOk,
+        TxnDelete,
+        TxnDeleteRange,
+        TxnGet,
+        TxnPut,
+        TxnRange,
+        TxnResult,
+        TxnSet,
+        prefix_end,
+    )
     from kvraft.rpc.tls import client_tls_context
 
 # The one source of the version: pyproject.toml reads it from here
@@ -73,6 +94,25 @@ _LAZY = {
     "Client": "kvraft.client.client",
     "Lock": "kvraft.client.lock",
     "client_tls_context": "kvraft.rpc.tls",
+    **{
+        name: "kvraft.kv_protocol"
+        for name in (
+            "Compare",
+            "DeleteOk",
+            "KeyValue",
+            "PutOk",
+            "RangeResult",
+            "SetOk",
+            "TxnDelete",
+            "TxnDeleteRange",
+            "TxnGet",
+            "TxnPut",
+            "TxnRange",
+            "TxnResult",
+            "TxnSet",
+            "prefix_end",
+        )
+    },
 }
 
 __all__ = [
@@ -80,17 +120,31 @@ __all__ = [
     "Busy",
     "Client",
     "ClientClosed",
+    "Compare",
+    "DeleteOk",
     "InvalidArgument",
     "KVError",
+    "KeyValue",
     "Lock",
     "LockStateUnknown",
     "Maybe",
     "NoKey",
+    "PutOk",
+    "RangeResult",
+    "SetOk",
+    "TxnDelete",
+    "TxnDeleteRange",
+    "TxnGet",
+    "TxnPut",
+    "TxnRange",
+    "TxnResult",
+    "TxnSet",
     "Unauthorized",
     "Unavailable",
     "VersionMismatch",
     "WrongLeader",
     "client_tls_context",
+    "prefix_end",
 ]
 
 

@@ -4,7 +4,8 @@ Exit codes scripts can rely on:
 
 ====  =====================================================================
 0     ok
-1     operation error: NoKey, VersionMismatch, Maybe, a bad value (too big),
+1     operation error: NoKey, VersionMismatch, Maybe (a txn's failed versioned
+      op too: nothing applied), a bad value (too big),
       a server that cannot start (port in use, another node's data dir)
 2     usage error: a bad flag or argument (click's own, and our checks)
 3     cluster unavailable: no answer within ``--deadline``, or no node reachable
@@ -38,12 +39,15 @@ from kvraft.cli_admin import leader
 from kvraft.cli_clients import (
     bench,
     deadline_option,
+    delete_command,
     get,
     parse_servers,
     parse_version,
     put,
     servers_option,
+    set_command,
     status,
+    txn,
 )
 from kvraft.cli_common import (
     EXIT_INTERRUPTED,
@@ -150,6 +154,9 @@ def cli(
 
 for _command in (server, cluster, get, put, status, bench, leader):
     cli.add_command(_command)
+cli.add_command(set_command)  # the data API's commands (docs/data-model.md)
+cli.add_command(delete_command)
+cli.add_command(txn)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -1,4 +1,28 @@
-"""``kvraft get``, ``put``, ``status`` and ``bench``: the commands that talk to a running cluster.
+"""``kvraft get``, ``put``, ``set``, ``del``, ``txn``, ``status``, ``bench``: cluster clients.
+
+The data commands, etcdctl-like (``docs/data-model.md``)::
+
+    kvraft get KEY [--json]                        # value and version (unchanged)
+    kvraft get --prefix P [--limit N] [--keys-only] [--json]
+    kvraft set KEY VALUE [--json]                  # unconditional; prints the new version
+    kvraft del KEY [--version N] | --prefix P      # prints how many keys it deleted
+    kvraft txn < txn.json                          # compares and two branches, as JSON
+
+``get --prefix`` prints one line per key, ``KEY<TAB>VALUE<TAB>(version N)``
+(``KEY<TAB>(version N)`` with ``--keys-only``), or with ``--json`` one object
+``{"kvs": [{key, value, version, create_revision, mod_revision, lease}...],
+"revision", "more"}``; it reads every page (``--limit`` caps the keys).
+``del KEY`` without ``--version`` deletes the key whatever its version (0 or
+1 deleted); with it, NoKey or VersionMismatch exit 1 as for put.
+``txn`` reads ``{"compare": [...], "success": [...], "failure": [...]}``:
+a compare is ``{"key", "target", "op", "value"}`` (Compare's fields), an
+operation ``{"op": "put"|"set"|"delete"|"delete_range"|"get"|"range", ...}``
+with the fields of its Txn class (``key``, ``value``, ``version``, ``start``,
+``end``, ``limit``, ``keys_only``), or ``prefix`` for the ranges. It prints
+``{"succeeded", "revision", "responses": [...]}``. Exit codes: 0 done
+(whichever branch ran), 1 NoKey / VersionMismatch / Maybe (a txn's op
+failure included: nothing applied), 2 usage (bad JSON or fields), 3
+unavailable.
 
 Each builds its client from ``--servers`` (default ``$KVRAFT_SERVERS``, else
 the local cluster that ``kvraft cluster`` starts with its defaults,
@@ -98,17 +122,70 @@ def _with_client(servers: str | None, deadline: float, op: Callable[[Any], T]) -
 
 
 @click.command()
-@click.argument("key")
+@click.argument("key", required=False)
+@click.option("--prefix", metavar="P", help="Every key that starts with P, in order.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=0,
+    help="With --prefix: at most N keys (0: all).",
+)
+@click.option("--keys-only", is_flag=True, help="With --prefix: keys and versions, no values.")
 @servers_option
 @deadline_option
-@click.option("--json", "as_json", is_flag=True, help="Print {key, value, version} as JSON.")
-def get(key: str, servers: str | None, deadline: float, as_json: bool) -> None:
-    """Print KEY's value and version (exit 1 if there is no such key)."""
-    value, version = _with_client(servers, deadline, lambda c: c.get(key))
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def get(
+    key: str | None,
+    prefix: str | None,
+    limit: int,
+    keys_only: bool,
+    servers: str | None,
+    deadline: float,
+    as_json: bool,
+) -> None:
+    """Print KEY's value and version (exit 1 if there is no such key), or every key of --prefix."""
+    if (key is None) == (prefix is None):
+        raise click.UsageError("give KEY or --prefix P")
+    if prefix is None:
+        if limit or keys_only:
+            raise click.UsageError("--limit and --keys-only go with --prefix")
+        assert key is not None
+        value, version = _with_client(servers, deadline, lambda c: c.get(key))
+        if as_json:
+            click.echo(json.dumps({"key": key, "value": value, "version": version}))
+        else:
+            click.echo(f"{value}\t(version {version})")
+        return
+    result = _with_client(servers, deadline, lambda c: _read_prefix(c, prefix, limit, keys_only))
     if as_json:
-        click.echo(json.dumps({"key": key, "value": value, "version": version}))
-    else:
-        click.echo(f"{value}\t(version {version})")
+        click.echo(json.dumps(_to_json(result)))
+        return
+    for kv in result.kvs:
+        shown = "" if keys_only else f"\t{kv.value}"
+        click.echo(f"{kv.key}{shown}\t(version {kv.version})")
+
+
+def _read_prefix(client: Any, prefix: str, limit: int, keys_only: bool) -> Any:
+    """Every key of ``prefix`` (up to ``limit``), page by page, as one RangeResult.
+
+    Later pages are read at later revisions: the result's revision is the
+    first page's, and a key written between pages may show its newer state.
+    """
+    from kvraft.kv_protocol import RangeResult, prefix_end
+
+    first = client.range(prefix=prefix, limit=limit, keys_only=keys_only)
+    kvs, more = list(first.kvs), first.more
+    end = prefix_end(prefix)
+    while more and kvs and (not limit or len(kvs) < limit):
+        page = client.range(
+            start=kvs[-1].key + "\0",
+            end=end,
+            limit=limit - len(kvs) if limit else 0,
+            keys_only=keys_only,
+        )
+        kvs.extend(page.kvs)
+        more = page.more
+    return RangeResult(tuple(kvs), first.revision, more)
 
 
 @click.command()
@@ -143,6 +220,108 @@ def put(
         click.echo(json.dumps({"key": key, "version": new_version}))
     else:
         click.echo(f"ok\t(version {new_version})")
+
+
+@click.command("set")
+@click.argument("key")
+@click.argument("value")
+@servers_option
+@deadline_option
+@click.option("--json", "as_json", is_flag=True, help="Print {key, version} as JSON.")
+def set_command(key: str, value: str, servers: str | None, deadline: float, as_json: bool) -> None:
+    """Set KEY to VALUE whatever its version; print the new version.
+
+    VALUE "-" reads the value from stdin, as for put.
+    """
+    if value == "-":
+        value = sys.stdin.read()
+    new_version = _with_client(servers, deadline, lambda c: c.set(key, value))
+    if as_json:
+        click.echo(json.dumps({"key": key, "version": new_version}))
+    else:
+        click.echo(f"ok\t(version {new_version})")
+
+
+@click.command("del")
+@click.argument("key", required=False)
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    metavar="N",
+    help="Delete only if KEY is at version N (exit 1 if not, as for put).",
+)
+@click.option("--prefix", metavar="P", help="Delete every key that starts with P.")
+@servers_option
+@deadline_option
+@click.option("--json", "as_json", is_flag=True, help="Print {deleted} as JSON.")
+def delete_command(
+    key: str | None,
+    version: str | None,
+    prefix: str | None,
+    servers: str | None,
+    deadline: float,
+    as_json: bool,
+) -> None:
+    """Delete KEY (at --version N, if given) or every key of --prefix; print how many."""
+    if (key is None) == (prefix is None):
+        raise click.UsageError("give KEY or --prefix P")
+    if prefix is not None and version is not None:
+        raise click.UsageError("--version goes with KEY, not --prefix")
+    if prefix is not None:
+        deleted = _with_client(servers, deadline, lambda c: c.delete_range(prefix=prefix))
+    elif version is not None:
+        number = parse_version(click.get_current_context(), None, version)  # type: ignore[arg-type]
+        assert key is not None
+        _with_client(servers, deadline, lambda c: c.delete(key, number))
+        deleted = 1
+    else:
+        assert key is not None
+        deleted = _with_client(
+            servers, deadline, lambda c: c.delete_range(start=key, end=key + "\0")
+        )
+    if as_json:
+        click.echo(json.dumps({"deleted": deleted}))
+    else:
+        click.echo(f"deleted {deleted}")
+
+
+@click.command()
+@servers_option
+@deadline_option
+def txn(servers: str | None, deadline: float) -> None:
+    """Run the transaction given as JSON on stdin; print its result as JSON.
+
+    \b
+    {"compare": [{"key": "a", "target": "version", "op": "==", "value": 0}],
+     "success": [{"op": "set", "key": "a", "value": "1"}],
+     "failure": [{"op": "get", "key": "a"}]}
+
+    Exit 0 whichever branch ran; 1 if a versioned put or delete of the branch
+    did not match (nothing applied); 2 for JSON that is not a transaction.
+    """
+    from kvraft.txn_json import TxnJsonError, parse_txn
+
+    try:
+        compare, success, failure = parse_txn(sys.stdin.read())
+    except TxnJsonError as exc:
+        raise click.UsageError(f"stdin: {exc}") from None
+    result = _with_client(servers, deadline, lambda c: c.txn(compare, success, failure))
+    click.echo(json.dumps(_to_json(result)))
+
+
+def _to_json(value: Any) -> Any:
+    """A result as JSON-ready data: each result object as a dict with its ``type``."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if type(value).__name__ != "KeyValue":
+            fields = {"type": type(value).__name__, **fields}
+        return fields
+    if isinstance(value, tuple | list):
+        return [_to_json(item) for item in value]
+    return value
 
 
 @click.command()

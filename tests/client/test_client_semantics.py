@@ -157,7 +157,14 @@ def test_server_refuses_bad_operations_and_applies_nothing(make_cluster) -> None
     cluster = make_cluster(3, server_args=["--max-value-bytes", "1000"])
     with Client(cluster.addresses, deadline=20) as c:
         c.put("k", "v", 0)
-    before = {r["id"]: r["last_index"] for r in statuses(cluster)}
+
+    def last_indexes() -> dict[int, int]:
+        return {r["id"]: r["last_index"] for r in statuses(cluster)}
+
+    # The put returned once a majority had it: wait for the third node too,
+    # or its catching up would look like a bad operation growing the log.
+    wait_until(lambda: len(set(last_indexes().values())) == 1, 20, message="logs equal")
+    before = last_indexes()
 
     async def send_bad() -> list[str]:
         codes = []

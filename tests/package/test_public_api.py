@@ -26,7 +26,10 @@ import kvraft.client.lock
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = ["Client", "AsyncClient", "Lock", "KVError", "NoKey", "VersionMismatch", "Maybe",
           "Unavailable", "WrongLeader", "InvalidArgument", "Busy", "ClientClosed",
-          "LockStateUnknown", "Unauthorized", "client_tls_context"]  # fmt: skip
+          "LockStateUnknown", "Unauthorized", "client_tls_context",
+          "Compare", "DeleteOk", "KeyValue", "PutOk", "RangeResult", "SetOk", "TxnDelete",
+          "TxnDeleteRange", "TxnGet", "TxnPut", "TxnRange", "TxnResult", "TxnSet",
+          "prefix_end"]  # fmt: skip
 
 
 def run_python(code: str) -> str:

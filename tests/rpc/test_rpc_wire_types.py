@@ -22,6 +22,27 @@ KV_TYPES = (
     kv_protocol.StaleRequestResult,
     kv_protocol.SessionExpiredResult,
 )
+# The data API's, in 30..59.
+DATA_TYPES = (
+    kv_protocol.SetOp,
+    kv_protocol.DeleteOp,
+    kv_protocol.DeleteRangeOp,
+    kv_protocol.RangeOp,
+    kv_protocol.TxnOp,
+    kv_protocol.Compare,
+    kv_protocol.TxnPut,
+    kv_protocol.TxnSet,
+    kv_protocol.TxnDelete,
+    kv_protocol.TxnDeleteRange,
+    kv_protocol.TxnGet,
+    kv_protocol.TxnRange,
+    kv_protocol.KeyValue,
+    kv_protocol.RangeResult,
+    kv_protocol.SetOk,
+    kv_protocol.DeleteOk,
+    kv_protocol.TxnResult,
+    kv_protocol.TxnOpFailedResult,
+)
 
 
 def test_every_raft_and_kv_message_has_one_tag_in_its_range() -> None:
@@ -33,7 +54,8 @@ def test_every_raft_and_kv_message_has_one_tag_in_its_range() -> None:
         cls: tag for tag, cls in enumerate((Entry, *MESSAGE_TYPES), start=1)
     }
     assert all(20 <= by_class[cls] <= 29 for cls in KV_TYPES)
-    assert set(classes) == {Entry, *MESSAGE_TYPES, *KV_TYPES}
+    assert all(30 <= by_class[cls] <= 59 for cls in DATA_TYPES)
+    assert set(classes) == {Entry, *MESSAGE_TYPES, *KV_TYPES, *DATA_TYPES}
 
 
 def test_importing_the_codec_registers_the_whole_table() -> None:

@@ -147,7 +147,7 @@ def test_get_answers_value_and_version() -> None:
 
 def test_put_at_version_zero_on_a_missing_key_creates_it() -> None:
     store = KVStore()
-    assert apply_command(store, put(version=0)) == PutOk(1)
+    assert apply_command(store, put(version=0)) == PutOk(1, 1)
     assert store.get("k") == ("v", 1)
 
 
@@ -176,7 +176,7 @@ def test_apply_command_agrees_with_the_store_api(ops: list[Op]) -> None:
             if isinstance(op, GetOp):
                 expected: object = GetOk(*twin.get(op.key))
             else:
-                expected = PutOk(twin.put(op.key, op.value, op.version))
+                expected = PutOk(twin.put(op.key, op.value, op.version), twin.revision)
         except NoKey:
             expected = NoKeyResult()
         except VersionMismatch:

@@ -85,11 +85,17 @@ def test_snapshot_of_an_empty_store_restores_an_empty_store() -> None:
 
 
 def test_snapshot_is_canonical_whatever_the_insertion_order() -> None:
+    # Revisions record the order of writes, so two stores are equal only if
+    # their keys were written at the same revisions: build one by writes in
+    # one order, the other by writes in another order at the same revisions.
     a, b = KVStore(), KVStore()
+    revisions = {"x": 1, "a": 2, "m": 3}
     for key in ["x", "a", "m"]:
-        a.put(key, key * 2, 0)
+        a.write(key, key * 2, revisions[key])
     for key in ["m", "x", "a"]:
-        b.put(key, key * 2, 0)
+        b.write(key, key * 2, revisions[key])
+    a.set_revision(3)
+    b.set_revision(3)
     assert a.snapshot() == b.snapshot()
     assert KVStore.restore(a.snapshot()).snapshot() == a.snapshot()
 
@@ -99,12 +105,23 @@ def test_snapshot_costs_few_bytes_beyond_the_data() -> None:
     for i in range(1000):
         store.put(f"key{i:04}", "v" * 10, 0)
     overhead = len(store.snapshot()) - store.data_bytes()
-    # a str header each for key and value, one byte for a small version
-    assert overhead <= 3 * len(store) + 16
+    # a str header each for key and value, a small version and lease in one
+    # byte each, two revisions under 65536 in three bytes each
+    assert overhead <= 10 * len(store) + 16
 
 
-def _snapshot_of(items: list[object], fmt: object = SNAPSHOT_FORMAT) -> bytes:
-    return msgpack.packb([fmt, items], use_bin_type=True)  # type: ignore[no-any-return]
+def _snapshot_of(items: list[object], fmt: object = SNAPSHOT_FORMAT, revision: object = 9) -> bytes:
+    """A snapshot of ``items``: key, value, version triples (revisions 1, 1, lease 0 added)
+    unless the list is given as 6-item keys already (``_raw``)."""
+    full: list[object] = []
+    for i in range(0, len(items) - len(items) % 3, 3):
+        full += [*items[i : i + 3], 1, 1, 0]
+    full += items[len(items) - len(items) % 3 :]
+    return _raw(full, fmt, revision)
+
+
+def _raw(items: list[object], fmt: object = SNAPSHOT_FORMAT, revision: object = 9) -> bytes:
+    return msgpack.packb([fmt, revision, items], use_bin_type=True)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(
@@ -113,23 +130,29 @@ def _snapshot_of(items: list[object], fmt: object = SNAPSHOT_FORMAT) -> bytes:
         (b"", "truncated"),
         (b"\xc1", "not a msgpack array"),
         (msgpack.packb({"a": 1}), "snapshot is not a msgpack array"),
-        (msgpack.packb([1, 2, 3]), "pair"),
-        (msgpack.packb([1, {}]), "item array is not a msgpack array"),
-        (_snapshot_of([], fmt=2), "format"),
+        (msgpack.packb([1, 2]), "triple"),
+        (msgpack.packb([SNAPSHOT_FORMAT, 0, {}]), "item array is not a msgpack array"),
+        (_snapshot_of([], fmt=1), "format"),
         (_snapshot_of([], fmt=True), "format"),
-        (_snapshot_of(["k", "v"]), "triples"),
+        (_snapshot_of([], revision=-1), "revision"),
+        (_snapshot_of([], revision="9"), "revision"),
+        (_raw(["k", "v", 1]), "6-item"),
         (_snapshot_of(["k", "v", 0]), "version"),
         (_snapshot_of(["k", "v", -1]), "version"),
-        (_snapshot_of(["k", "v", True]), "types"),
+        (_snapshot_of(["k", "v", True]), "ints"),
         (_snapshot_of(["k", b"v", 1]), "types"),
         (_snapshot_of([1, "v", 1]), "types"),
-        (_snapshot_of(["k", "v", 1.0]), "types"),
+        (_snapshot_of(["k", "v", 1.0]), "ints"),
+        (_raw(["k", "v", 1, 0, 0, 0]), "revisions"),
+        (_raw(["k", "v", 1, 2, 1, 0]), "revisions"),
+        (_raw(["k", "v", 1, 1, 10, 0]), "revisions"),
+        (_raw(["k", "v", 1, 1, 1, -1]), "lease"),
         (_snapshot_of(["b", "v", 1, "a", "v", 1]), "order"),
         (_snapshot_of(["a", "v", 1, "a", "w", 2]), "order"),
         (_snapshot_of(["a", "v", 1]) + b"\x00", "unexpected bytes"),
         (_snapshot_of(["a", "v", 1])[:-1], "truncated"),
-        (b"\x92\x01\x96\xa1a\xa1v\x01", "truncated"),
-        (b"\x92\x01\x93\xa1\xff\xa1v\x01", "undecodable"),
+        (b"\x93\x02\x00\x96\xa1a\xa1v\x01", "truncated"),
+        (b"\x93\x02\x00\x96\xa1\xff\xa1v\x01\x01\x01\x00", "undecodable"),
     ],
 )
 def test_restore_refuses_corrupt_snapshots_with_a_clear_error(data: bytes, why: str) -> None:
@@ -236,6 +259,28 @@ def test_snapshot_restore_round_trips_any_contents(contents: dict[str, tuple[str
     for key in sorted(contents):
         items += [key, contents[key][0], contents[key][1]]
     store = KVStore.restore(_snapshot_of(items))
+    assert store.revision == 9
     assert {k: store.get(k) for k in store} == contents
     assert KVStore.restore(store.snapshot()) == store
     assert store.snapshot() == _snapshot_of(items)
+
+
+def test_a_copy_rebuilds_its_key_order_when_first_written_or_ranged() -> None:
+    """copy() leaves the key order out (it is rebuilt on first use): writes,
+    removes and ranges of the copy must see each key exactly once."""
+    store = KVStore()
+    for key in ("b", "a", "c"):
+        store.write(key, "v", 1)
+    store.set_revision(1)
+    for first in ("write", "remove", "range"):
+        clone = store.copy()
+        if first == "write":
+            clone.write("d", "v", 2)
+            assert list(clone.keys_in("", "")) == ["a", "b", "c", "d"]
+        elif first == "remove":
+            clone.remove("a")
+            assert list(clone.keys_in("", "")) == ["b", "c"]
+        else:
+            assert list(clone.keys_in("b", "")) == ["b", "c"]
+        assert list(store.keys_in("", "")) == ["a", "b", "c"]
+    assert store.copy().snapshot() == store.snapshot()

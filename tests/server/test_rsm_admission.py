@@ -66,7 +66,7 @@ def test_at_the_proposal_bound_the_leader_submits_and_one_past_it_answers_busy()
             await rsm.execute(op(4))
         assert len(node.log) == 3 and rsm.busy_refusals == 1
         apply_next(rsm, node, 1)  # one applied: room for one more
-        assert await tasks[0] == PutOk(1)
+        assert await tasks[0] == PutOk(1, 1)
         more = await _submit(rsm, range(4, 5))
         assert len(node.log) == 4
         for index in (2, 3, 4):
@@ -121,7 +121,7 @@ def test_a_resend_is_answered_with_the_first_result_through_the_rsm() -> None:
         await asyncio.sleep(0)
         apply_next(rsm, node, 1)
         apply_next(rsm, node, 2)
-        assert await first[0] == PutOk(1) and await second == PutOk(1)
+        assert await first[0] == PutOk(1, 1) and await second == PutOk(1, 1)
         assert rsm.store.get("k1") == ("v", 1)
 
     asyncio.run(main())

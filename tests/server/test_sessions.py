@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kvraft.kv_protocol import (
     MAX_IN_FLIGHT_PER_CLIENT,
+    DeleteOk,
     GetOk,
     GetOp,
     NoKeyResult,
@@ -20,11 +21,14 @@ from kvraft.kv_protocol import (
     PutOp,
     Result,
     SessionExpiredResult,
+    SetOk,
     StaleRequestResult,
+    TxnResult,
     VersionMismatchResult,
 )
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
+from kvraft.rpc.codec import pack
 from kvraft.server import state_snapshot
 from kvraft.server.commands import apply_command, encode_command
 from kvraft.server.kvstore import BadSnapshot, KVStore
@@ -62,8 +66,8 @@ class Machine:
 
 def test_a_resent_put_that_applied_gets_the_first_result_not_versionmismatch() -> None:
     m = Machine()
-    assert m.apply(put(rid=1)) == PutOk(1)
-    assert m.apply(put(rid=1)) == PutOk(1)
+    assert m.apply(put(rid=1)) == PutOk(1, 1)
+    assert m.apply(put(rid=1)) == PutOk(1, 1)
     assert m.store.get("k") == ("v", 1)
 
 
@@ -189,25 +193,40 @@ def test_sessions_survive_a_snapshot_in_their_use_order() -> None:
     assert "y" not in m.sessions
 
 
-def _state(sessions: list[object], store: object = (1, []), fmt: object = 2) -> bytes:
+def _state(sessions: list[object], store: object = (2, 0, []), fmt: object = 3) -> bytes:
     return msgpack.packb([fmt, sessions, list(store)])  # type: ignore[call-overload, no-any-return]
+
+
+OK = pack(PutOk(1, 1))
 
 
 @pytest.mark.parametrize(
     ("data", "why"),
     [
-        (KVStore().snapshot(), "not a \\[format, sessions, store\\] triple"),  # format 1
-        (_state([], fmt=3), "unknown state snapshot format 3"),
+        (KVStore().snapshot(), "unknown state snapshot format 2"),  # a bare store
+        (_state([], fmt=2), "unknown state snapshot format 2"),  # before revisions
+        (_state([], fmt=4), "unknown state snapshot format 4"),
         (_state(["c", 1, 1]), "4-item sessions"),
         (_state(["c", 1, 5, [], "d", 1, 4, []]), "out of order"),
         (_state(["c", 1, 1, [], "c", 1, 2, []]), "repeated"),
-        (_state(["c", 3, 1, [2, 0, 1]]), "below acked_below"),
-        (_state(["c", 1, 1, [2, 0, 1, 2, 0, 1]]), "out of order"),
-        (_state(["c", 1, 1, [2, 7, 1]]), "bad result kind"),
-        (_state(["c", 1, 1, [2, 0, 0]]), "bad result kind"),
+        (_state(["c", 3, 1, [2, OK]]), "below acked_below"),
+        (_state(["c", 1, 1, [2, OK, 2, OK]]), "out of order"),
+        (_state(["c", 1, 1, [2, OK, 3]]), "result array of length 3"),
+        (_state(["c", 1, 1, [2, 7]]), "bad result"),
+        (_state(["c", 1, 1, [2, b"\xc1"]]), "undecodable"),
+        (_state(["c", 1, 1, [2, pack(GetOk("v", 1))]]), "not a write's result"),
+        (_state(["c", 1, 1, [2, pack(PutOk(0, 1))]]), "impossible"),
+        (_state(["c", 1, 1, [2, pack(VersionMismatchResult(0))]]), "impossible"),
+        (_state(["c", 1, 1, [2, pack(DeleteOk(-1, 1))]]), "impossible"),
+        (
+            _state(["c", 1, 1, [2, pack(TxnResult(True, (SetOk(0, 1),), 1))]]),
+            "impossible",
+        ),
+        (_state(["c", 1, 1, [2, OK + b"\x00"]]), "undecodable"),
+        (_state(["c", 1, 1, [2, b"\xd4\x17\x01"]]), "undecodable|expected"),
         (_state([b"c", 1, 1, []]), "bad session"),
-        (_state(["c", 1, 1, [1, 0, 1] * 65]), "result array"),
-        (_state([], store=(1, ["k"])), "triples"),
+        (_state(["c", 1, 1, [1, OK] * 65]), "result array"),
+        (_state([], store=(2, 0, ["k"])), "6-item"),
         (_state([]) + b"\x00", "unexpected bytes"),
         (_state([])[:-1], "truncated"),
         (b"\x01", "not a msgpack array"),

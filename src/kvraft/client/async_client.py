@@ -31,6 +31,13 @@ the operation again there), and the attempts of a session's first request.
 client waits a jittered, growing delay (bounded) and retries the same
 server; past the deadline that is ``Unavailable``.
 
+The data API (``docs/data-model.md``): ``set``, ``delete``, ``delete_range``,
+``range`` and ``txn`` go through the same ``_in_session`` as get and put,
+so they share its retries, deadline and sessions. ``delete`` at a version
+becomes ``Maybe`` exactly as a put does; so does a ``txn`` whose retried
+attempts end in a versioned op's failure or in the failure branch, where the
+session cannot vouch that an earlier attempt did not apply.
+
 ``close()`` ends every call in flight: it cancels their retry loops, which
 then raise :class:`~kvraft.errors.ClientClosed` (so do calls begun after it),
 and closes the connections. A put ended that way may have applied.
@@ -58,9 +65,12 @@ from kvraft.errors import (
     CallTimeout,
     ClientClosed,
     ConnectionLost,
+    InvalidArgument,
     Maybe,
+    NoKey,
     NotLeader,
     NotSent,
+    ProtocolError,
     Unavailable,
     VersionMismatch,
     WrongLeader,
@@ -70,14 +80,29 @@ from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
     FIRST_REQUEST_ID,
     MAX_CLIENT_ID_BYTES,
+    Compare,
+    DeleteOk,
+    DeleteOp,
+    DeleteRangeOp,
     GetOp,
+    NoKeyResult,
     NotLeaderResult,
     Op,
     PutOp,
+    RangeOp,
+    RangeResult,
     SessionExpiredResult,
+    SetOk,
+    SetOp,
     StaleRequestResult,
+    TxnOp,
+    TxnOpFailedResult,
+    TxnRequest,
+    TxnResult,
+    VersionMismatchResult,
     check_client_id,
     check_op,
+    prefix_end,
     result_of,
 )
 from kvraft.rpc.client import RpcClient
@@ -95,6 +120,19 @@ TIMEOUTS_BEFORE_MOVING_ON = 2
 # jittered down to half so clients refused together do not come back together.
 BUSY_BACKOFF_S = 0.01
 MAX_BUSY_BACKOFF_S = 0.5
+
+
+def _bounds(prefix: str | None, start: str | None, end: str | None) -> tuple[str, str]:
+    """The ``[start, end)`` of a range given by ``prefix`` or by ``start``/``end``."""
+    if prefix is not None:
+        if start is not None or end is not None:
+            raise InvalidArgument("give prefix, or start and end, not both")
+        if type(prefix) is not str:
+            raise InvalidArgument(f"prefix must be str, not {type(prefix).__name__}")
+        return prefix, prefix_end(prefix)
+    if start is None:
+        raise InvalidArgument("give prefix, or start (and end)")
+    return start, "" if end is None else end
 
 
 def may_have_applied(failure: Exception) -> bool:
@@ -189,6 +227,121 @@ class AsyncClient:
                 raise Maybe(f"put of {key!r} at version {version} was resent: {exc}") from None
             raise
         return new_version
+
+    async def set(self, key: str, value: str) -> int:
+        """Store ``value`` at ``key`` whatever its version; returns the new version."""
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return SetOp(key, value, session, request_id, acked_below)
+
+        result = await self._in_session("set", build)
+        if not isinstance(result, SetOk):
+            raise ProtocolError(f"not a set result: {type(result).__name__}")
+        return result.version
+
+    async def delete(self, key: str, version: int) -> int:
+        """Delete ``key`` if it is at ``version``; returns the revision the delete made.
+
+        Raises NoKey (the key does not exist), VersionMismatch (it is at
+        another version; 0 never matches an existing key), or Maybe (resent
+        after an attempt with an unknown outcome, it met NoKey or
+        VersionMismatch: it may have applied), as put does.
+        """
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return DeleteOp(key, version, session, request_id, acked_below)
+
+        outcomes: list[bool] = []
+        result = await self._in_session("delete", build, outcomes)
+        match result:
+            case DeleteOk(revision=revision):
+                return revision
+            case NoKeyResult() | VersionMismatchResult() if any(outcomes):
+                raise Maybe(f"delete of {key!r} at version {version} was resent: {result}")
+            case NoKeyResult():
+                raise NoKey("no such key")
+            case VersionMismatchResult(current_version=current):
+                raise VersionMismatch(f"the key is at version {current}")
+        raise ProtocolError(f"not a delete result: {type(result).__name__}")
+
+    async def delete_range(
+        self, *, prefix: str | None = None, start: str | None = None, end: str | None = None
+    ) -> int:
+        """Delete every key with ``prefix``, or in ``[start, end)``; returns how many it removed.
+
+        Unconditional. ``end`` None (or "") is "to the last key"; ``prefix``
+        "" deletes every key.
+        """
+        first, last = _bounds(prefix, start, end)
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return DeleteRangeOp(first, last, session, request_id, acked_below)
+
+        result = await self._in_session("delete_range", build)
+        if not isinstance(result, DeleteOk):
+            raise ProtocolError(f"not a delete_range result: {type(result).__name__}")
+        return result.deleted
+
+    async def range(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+    ) -> RangeResult:
+        """The keys with ``prefix``, or in ``[start, end)``, in order, with their metadata.
+
+        Linearizable (through the log, like get). ``limit`` 0 is no limit;
+        a reply holds at most ``MAX_RANGE_REPLY_BYTES`` (always one key at
+        least), and ``more`` says whether keys remain: continue with
+        ``start=last.key + "\\0"`` (and the same end) for the next page.
+        """
+        first, last = _bounds(prefix, start, end)
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return RangeOp(first, last, limit, keys_only, session, request_id, acked_below)
+
+        result = await self._in_session("range", build)
+        if not isinstance(result, RangeResult):
+            raise ProtocolError(f"not a range result: {type(result).__name__}")
+        return result
+
+    async def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnRequest] = (),
+        failure: Sequence[TxnRequest] = (),
+    ) -> TxnResult:
+        """If every compare holds run ``success``, else ``failure``: atomically, as one log entry.
+
+        Returns a TxnResult (``succeeded``, ``responses``, ``revision``).
+        Raises NoKey or VersionMismatch, naming the op, if a versioned put or
+        delete of the branch that ran did not match its key (then nothing of
+        the txn applied), and Maybe where that, or a failure branch, met a
+        resend the session cannot vouch for (module docstring).
+        """
+        cmp, ok, otherwise = tuple(compare), tuple(success), tuple(failure)
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return TxnOp(cmp, ok, otherwise, session, request_id, acked_below)
+
+        outcomes: list[bool] = []
+        result = await self._in_session("txn", build, outcomes)
+        if isinstance(result, TxnOpFailedResult):
+            branch = "success" if result.succeeded else "failure"
+            where = f"txn {branch}[{result.index}]"
+            if any(outcomes):
+                raise Maybe(f"{where} failed after a resend: the txn may have applied")
+            if result.current_version == 0:
+                raise NoKey(f"{where}: no such key")
+            raise VersionMismatch(f"{where}: the key is at version {result.current_version}")
+        if not isinstance(result, TxnResult):
+            raise ProtocolError(f"not a txn result: {type(result).__name__}")
+        if not result.succeeded and any(outcomes):
+            raise Maybe("txn compares failed after a resend: the txn may have applied")
+        return result
 
     async def _session_loop(
         self,

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
 from kvraft.errors import ClientClosed
-from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
+from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES, Compare, RangeResult, TxnRequest, TxnResult
 from kvraft.loop_thread import EventLoopThread
 
 T = TypeVar("T")
@@ -85,6 +85,43 @@ class Client:
     def put(self, key: str, value: str, version: int) -> int:
         """Store ``value`` if ``key`` is at ``version``; returns the new version."""
         return self._run(self._async.put(key, value, version))
+
+    def set(self, key: str, value: str) -> int:
+        """Store ``value`` at ``key`` whatever its version; returns the new version."""
+        return self._run(self._async.set(key, value))
+
+    def delete(self, key: str, version: int) -> int:
+        """Delete ``key`` if it is at ``version``; returns the revision the delete made."""
+        return self._run(self._async.delete(key, version))
+
+    def delete_range(
+        self, *, prefix: str | None = None, start: str | None = None, end: str | None = None
+    ) -> int:
+        """Delete every key with ``prefix``, or in ``[start, end)``; returns how many."""
+        return self._run(self._async.delete_range(prefix=prefix, start=start, end=end))
+
+    def range(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+    ) -> RangeResult:
+        """The keys with ``prefix``, or in ``[start, end)``, in order (AsyncClient.range)."""
+        return self._run(
+            self._async.range(prefix=prefix, start=start, end=end, limit=limit, keys_only=keys_only)
+        )
+
+    def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnRequest] = (),
+        failure: Sequence[TxnRequest] = (),
+    ) -> TxnResult:
+        """Compares, then one branch, atomically (AsyncClient.txn)."""
+        return self._run(self._async.txn(compare, success, failure))
 
     def close(self) -> None:
         """End every call in flight, in every thread, with ClientClosed; stop the thread.

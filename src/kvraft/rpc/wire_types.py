@@ -10,7 +10,9 @@ etcd keeps its wire types in ``raftpb``. :mod:`kvraft.rpc.codec` registers
 this table when it is imported: a process that can decode anything knows
 every tag, with no import to remember.
 
-Tag ranges: 1..19 Raft, 20..29 the key-value service, 100..127 free for tests.
+Tag ranges: 1..19 Raft, 20..29 and 30..59 the key-value service (30..59:
+the data API's commands, transaction parts and results; 48..59 are still
+free), 100..127 free for tests.
 A tag is forever: log entries are stored as their command's wire encoding,
 so renumbering a command would change what a data dir's log means.
 """
@@ -20,14 +22,32 @@ from __future__ import annotations
 from typing import Any
 
 from kvraft.kv_protocol import (
+    Compare,
+    DeleteOk,
+    DeleteOp,
+    DeleteRangeOp,
     GetOk,
     GetOp,
+    KeyValue,
     NoKeyResult,
     NotLeaderResult,
     PutOk,
     PutOp,
+    RangeOp,
+    RangeResult,
     SessionExpiredResult,
+    SetOk,
+    SetOp,
     StaleRequestResult,
+    TxnDelete,
+    TxnDeleteRange,
+    TxnGet,
+    TxnOp,
+    TxnOpFailedResult,
+    TxnPut,
+    TxnRange,
+    TxnResult,
+    TxnSet,
     VersionMismatchResult,
 )
 from kvraft.raft.messages import (
@@ -61,4 +81,23 @@ WIRE_TYPES: tuple[tuple[int, type[Any]], ...] = (
     (26, NotLeaderResult),
     (27, StaleRequestResult),
     (28, SessionExpiredResult),
+    # The data API (kvraft.kv_protocol): commands, txn parts, results
+    (30, SetOp),
+    (31, DeleteOp),
+    (32, DeleteRangeOp),
+    (33, RangeOp),
+    (34, TxnOp),
+    (35, Compare),
+    (36, TxnPut),
+    (37, TxnSet),
+    (38, TxnDelete),
+    (39, TxnDeleteRange),
+    (40, TxnGet),
+    (41, TxnRange),
+    (42, KeyValue),
+    (43, RangeResult),
+    (44, SetOk),
+    (45, DeleteOk),
+    (46, TxnResult),
+    (47, TxnOpFailedResult),
 )

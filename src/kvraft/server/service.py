@@ -1,4 +1,4 @@
-"""Dispatch of incoming RPCs: get/put to the RSM, Raft messages to the node, the rest refused.
+"""Dispatch of incoming RPCs: KV commands to the RSM, Raft messages to the node, the rest refused.
 
 ``leader.transfer`` (an admin's: ``kvraft leader transfer --to ID``) hands this
 leader's leadership to a peer and answers once the peer leads.
@@ -15,7 +15,17 @@ from collections.abc import Callable
 from typing import Any
 
 from kvraft.errors import InvalidArgument, NotLeader, ProtocolError, RemoteError
-from kvraft.kv_protocol import GetOp, NotLeaderResult, PutOp, check_op
+from kvraft.kv_protocol import (
+    DeleteOp,
+    DeleteRangeOp,
+    GetOp,
+    NotLeaderResult,
+    PutOp,
+    RangeOp,
+    SetOp,
+    TxnOp,
+    check_op,
+)
 from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.codec import check
 from kvraft.rpc.tokens import Role
@@ -35,6 +45,23 @@ METHOD_ROLES = {
     "put": Role.READWRITE,
     "status": Role.ADMIN,
     "leader.transfer": Role.ADMIN,
+    "range": Role.READ,
+    "set": Role.READWRITE,
+    "delete": Role.READWRITE,
+    "delete_range": Role.READWRITE,
+    # A txn may write; one with reads only still needs readwrite (etcd does the same).
+    "txn": Role.READWRITE,
+}
+
+# Each key-value method and the command class its argument must be.
+KV_METHODS: dict[str, type[Any]] = {
+    "get": GetOp,
+    "put": PutOp,
+    "range": RangeOp,
+    "set": SetOp,
+    "delete": DeleteOp,
+    "delete_range": DeleteRangeOp,
+    "txn": TxnOp,
 }
 
 # How long leader.transfer waits for the target to lead, in election timeouts: the
@@ -57,9 +84,10 @@ class Service:
         self.open_connections: Callable[[], int] = lambda: 0
 
     async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
-        if method in ("get", "put"):
+        op_type = KV_METHODS.get(method)
+        if op_type is not None:
             # Validate before anything else, so a bad operation changes nothing anywhere.
-            check(args, GetOp if method == "get" else PutOp, method)
+            check(args, op_type, method)
             check_op(args, self.options.max_value_bytes)
             try:
                 return await self.rsm.execute(args)

@@ -9,11 +9,12 @@ So the state machine remembers, per ``client_id``, what it applied:
 - **What is stored.** Per session: ``acked_below`` (the highest the client
   declared: it has the answers of all its requests below it), ``last_index``
   (the log index of the last command of the client applied), and the result
-  of every put with ``request_id >= acked_below`` it applied. A put whose
+  of every write (put, set, delete, delete_range, txn) with ``request_id >=
+  acked_below`` it applied. A write whose
   ``(client_id, request_id)`` already applied is not applied again: it gets the
   first application's result. A command with ``request_id < acked_below`` is
   refused (StaleRequestResult), never applied.
-- **Gets** store no result: they change nothing, so a repeated get is simply
+- **Reads** (gets and ranges) store no result: they change nothing, so a repeated read is simply
   executed again, at its own place in the log (still inside the caller's
   call..return interval, so still linearizable). They take part in the
   session otherwise (they raise ``acked_below``, touch the session and are
@@ -21,7 +22,9 @@ So the state machine remembers, per ``client_id``, what it applied:
 - **Bounds.** At most ``MAX_IN_FLIGHT_PER_CLIENT`` results per session: the
   command decoder refuses ``request_id - acked_below`` at or over it, and
   results below ``acked_below`` are dropped, so every stored id lies in
-  ``[acked_below, acked_below + MAX_IN_FLIGHT_PER_CLIENT)``. At most
+  ``[acked_below, acked_below + MAX_IN_FLIGHT_PER_CLIENT)``. Each result is
+  small: a txn's, the largest, holds at most MAX_TXN_OPS responses whose
+  reads share ``MAX_TXN_READ_BYTES`` (``kvraft.kv_protocol``). At most
   ``SessionLimits.max_sessions`` sessions: opening one more evicts the least
   recently used.
 - **Expiry by log time.** A session untouched for ``expiry_entries`` applied
@@ -31,9 +34,9 @@ So the state machine remembers, per ``client_id``, what it applied:
 - **A forgotten session.** A command from an unknown client opens a session
   only if it says the client has no answer yet (``acked_below <=
   FIRST_REQUEST_ID``); otherwise the session existed and was forgotten, and
-  with it whether the request already applied, so a put is refused with
+  with it whether the request already applied, so a write is refused with
   SessionExpiredResult (the client starts a new session; its outcome may now
-  be ``Maybe``) and a get is answered without opening a session.
+  be ``Maybe``) and a read is answered without opening a session.
 
 Sessions are part of the replicated state: they go into snapshots
 (:mod:`kvraft.server.state_snapshot`), in their use order, so a restored
@@ -48,23 +51,39 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from kvraft.errors import ProtocolError
 from kvraft.kv_protocol import (
     FIRST_REQUEST_ID,
     MAX_IN_FLIGHT_PER_CLIENT,
+    DeleteOk,
     GetOp,
     NoKeyResult,
     Op,
     PutOk,
+    RangeOp,
+    RangeResult,
     Result,
     SessionExpiredResult,
+    SetOk,
     StaleRequestResult,
+    TxnOpFailedResult,
+    TxnResult,
     VersionMismatchResult,
 )
+from kvraft.rpc.codec import pack, unpack
 from kvraft.server.commands import apply_command
 from kvraft.server.kvstore import BadSnapshot, KVStore
 
-# The results a put can have, as (kind, number) in snapshots.
-_PUT_OK, _NO_KEY, _MISMATCH = 0, 1, 2
+# The results a write can have: the only ones a session keeps and a snapshot holds.
+_STORED_RESULTS: tuple[type[Any], ...] = (
+    PutOk,
+    SetOk,
+    DeleteOk,
+    TxnResult,
+    TxnOpFailedResult,
+    NoKeyResult,
+    VersionMismatchResult,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +175,7 @@ class Sessions:
         if session is None:
             if op.acked_below > FIRST_REQUEST_ID:
                 # Forgotten: whether this request applied before is unknown.
-                if type(op) is GetOp:
+                if type(op) is GetOp or type(op) is RangeOp:
                     return apply_command(store, op)
                 return SessionExpiredResult()
             session = self._open(op.client_id, op.acked_below, index)
@@ -170,7 +189,7 @@ class Sessions:
                 del results[old]
         if request_id < session.acked_below:
             return StaleRequestResult()
-        if type(op) is GetOp:
+        if type(op) is GetOp or type(op) is RangeOp:
             return apply_command(store, op)
         cached = session.results.get(request_id)
         if cached is not None:
@@ -208,9 +227,10 @@ class Sessions:
 
         Layout: a flat array of 4 items per session, in use order (least
         recently used first): ``client_id, acked_below, last_index, results``,
-        where ``results`` is a flat array of ``request_id, kind, number``
-        triples in ascending request id (kind 0: PutOk(number), 1: NoKeyResult
-        (number 0), 2: VersionMismatchResult(number)).
+        where ``results`` is a flat array of ``request_id, result`` pairs in
+        ascending request id, each result the bytes of its wire encoding
+        (``kvraft.rpc.codec``: deterministic, and checked field by field when
+        read back).
         """
         packer.pack_array_header(4 * len(self._sessions))
         for client_id, session in self._sessions.items():
@@ -218,12 +238,10 @@ class Sessions:
             packer.pack(session.acked_below)
             packer.pack(session.last_index)
             results = sorted(session.results.items())
-            packer.pack_array_header(3 * len(results))
+            packer.pack_array_header(2 * len(results))
             for request_id, result in results:
                 packer.pack(request_id)
-                kind, number = _result_code(result)
-                packer.pack(kind)
-                packer.pack(number)
+                packer.pack(pack(result))
 
     @classmethod
     def read(cls, unpacker: Any, limits: SessionLimits | None = None) -> Sessions:
@@ -258,39 +276,49 @@ class Sessions:
         return sessions
 
 
-def _result_code(result: Result) -> tuple[int, int]:
-    match result:
-        case PutOk(version=version):
-            return _PUT_OK, version
-        case NoKeyResult():
-            return _NO_KEY, 0
-        case VersionMismatchResult(current_version=current):
-            return _MISMATCH, current
-    raise AssertionError(f"not a put result: {result!r}")
-
-
 def _read_results(unpacker: Any, acked_below: int) -> dict[int, Result]:
     count = _array_header(unpacker, "result array")
-    if count % 3 or count // 3 > MAX_IN_FLIGHT_PER_CLIENT:
+    if count % 2 or count // 2 > MAX_IN_FLIGHT_PER_CLIENT:
         raise BadSnapshot(f"result array of length {count}")
     results: dict[int, Result] = {}
     previous = acked_below - 1
-    for _ in range(count // 3):
-        request_id, kind, number = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
-        if type(request_id) is not int or type(kind) is not int or type(number) is not int:
-            raise BadSnapshot(f"bad result ({request_id!r}, {kind!r}, {number!r})")
+    for _ in range(count // 2):
+        request_id, data = unpacker.unpack(), unpacker.unpack()
+        if type(request_id) is not int or type(data) is not bytes:
+            raise BadSnapshot(f"bad result ({request_id!r}, {type(data).__name__})")
         if request_id <= previous:
             raise BadSnapshot(f"result ids out of order or below acked_below: {request_id}")
         previous = request_id
-        if kind == _PUT_OK and number >= 1:
-            results[request_id] = PutOk(number)
-        elif kind == _NO_KEY and number == 0:
-            results[request_id] = NoKeyResult()
-        elif kind == _MISMATCH and number >= 1:
-            results[request_id] = VersionMismatchResult(number)
-        else:
-            raise BadSnapshot(f"bad result kind {kind} with {number}")
+        try:
+            result = unpack(data)
+        except ProtocolError as exc:
+            raise BadSnapshot(f"result {request_id}: {exc}") from None
+        why = _stored_result_error(result)
+        if why is not None:
+            raise BadSnapshot(f"result {request_id}: {why}")
+        if pack(result) != data:
+            raise BadSnapshot(f"result {request_id} is not canonically encoded")
+        results[request_id] = result
     return results
+
+
+def _stored_result_error(result: object) -> str | None:
+    """Why ``result`` cannot be a write's result, or None (types are the codec's)."""
+    if type(result) not in _STORED_RESULTS:
+        return f"not a write's result: {type(result).__name__}"
+    if isinstance(result, PutOk | SetOk) and not (result.version >= 1 and result.revision >= 0):
+        return f"impossible {result!r}"
+    if isinstance(result, DeleteOk) and not (result.deleted >= 0 and result.revision >= 0):
+        return f"impossible {result!r}"
+    if isinstance(result, VersionMismatchResult) and result.current_version < 1:
+        return f"impossible {result!r}"
+    if isinstance(result, TxnResult):
+        for response in result.responses:
+            if not isinstance(response, RangeResult):
+                why = _stored_result_error(response)
+                if why is not None:
+                    return why
+    return None
 
 
 def _array_header(unpacker: Any, what: str) -> int:

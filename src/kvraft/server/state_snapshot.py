@@ -5,10 +5,10 @@ Layout (msgpack): ``[STATE_SNAPSHOT_FORMAT, sessions, store]``, where
 :class:`KVStore` snapshot value (``[SNAPSHOT_FORMAT, items]``) as it stands.
 Both parts are canonical (sessions in use order, keys sorted), so replicas
 with the same state write the same bytes. The decoder refuses anything else:
-another format number (the pre-sessions snapshot, a bare KVStore snapshot,
-is format 1 and is refused: a store without its sessions would answer
-retries differently from the replicas that kept them), a malformed part,
-truncation, or bytes after the end.
+another format number (format 2, before revisions and the data API, and the
+pre-sessions snapshot, a bare KVStore snapshot of format 1, are refused: a
+store without its sessions would answer retries differently from the replicas
+that kept them), a malformed part, truncation, or bytes after the end.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from kvraft.server.kvstore import BadSnapshot, KVStore, decode_whole
 from kvraft.server.sessions import SessionLimits, Sessions
 
 # Bumped when the layout changes; decode refuses any other value.
-STATE_SNAPSHOT_FORMAT = 2
+# 3: sessions keep every write's result (as its wire bytes), the store has revisions.
+STATE_SNAPSHOT_FORMAT = 3
 
 
 def encode_chunks(sessions: Sessions, store: KVStore) -> Iterator[bytes]:

@@ -31,7 +31,10 @@ from kvraft.storage.records import SINGLE_ROW_ID, hard_state_crc
 
 # 3: log entries hold commands with acked_below (client sessions) and snapshots
 # hold the sessions; a format-2 log's commands would no longer decode.
-FORMAT_VERSION: Final = 3
+# 4: the data API (revisions, set/delete/range/txn): PutOk carries a revision
+# and snapshots a new layout, so a format-3 log or snapshot would not apply the
+# same. Format 3 was never released: no upgrade path.
+FORMAT_VERSION: Final = 4
 # Written to the SQLite header: tells a kvraft store from any other SQLite file.
 APPLICATION_ID: Final = 0x6B767266  # "kvrf"
 DB_FILENAME: Final = "raft.db"

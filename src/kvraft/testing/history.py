@@ -9,11 +9,12 @@ the moment the service acted on it.
 
 Outcomes and what they tell the checker (see :mod:`kvraft.testing.linearizability`):
 
-- ``OK``: a get's ``(value, version)``, or a put's new version;
-- ``NO_KEY``: a get of a missing key, or a put at version > 0 on one;
-- ``MISMATCH``: a put whose version was not the key's (``result_version``, the
-  key's version then, when the client knows it);
-- ``MAYBE``: a put that may or may not have applied, inside its interval;
+- ``OK``: a get's ``(value, version)``, a put's or a set's new version, a
+  delete that applied;
+- ``NO_KEY``: a get of a missing key, a put at version > 0 on one, a delete of one;
+- ``MISMATCH``: a put or delete whose version was not the key's
+  (``result_version``, the key's version then, when the client knows it);
+- ``MAYBE``: a put or delete that may or may not have applied, inside its interval;
 - ``UNKNOWN``: no answer (the client gave up, crashed, or the test ended): the
   operation may take effect at any time after its invocation, so its return
   time is infinity. An operation still pending when the history is read is
@@ -37,6 +38,9 @@ from kvraft.errors import Maybe, NoKey, VersionMismatch
 class OpKind(Enum):
     GET = "get"
     PUT = "put"
+    # The data API's single-key writes: set(key, value) unconditional, delete(key, version).
+    SET = "set"
+    DELETE = "delete"
 
 
 class Outcome(Enum):
@@ -48,6 +52,8 @@ class Outcome(Enum):
 
 
 _GET_OUTCOMES = frozenset({Outcome.OK, Outcome.NO_KEY, Outcome.UNKNOWN})
+# A set cannot fail: it applied (OK) or its answer never came.
+_SET_OUTCOMES = frozenset({Outcome.OK, Outcome.UNKNOWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,20 @@ class Operation:
                 return "a get has a (value, version) result iff it is OK"
             if self.result_value is None and self.result_version is not None:
                 return "a get's result version needs a value"
+            return None
+        if self.kind is OpKind.SET:
+            if self.outcome not in _SET_OUTCOMES:
+                return f"a set cannot end {self.outcome.value}"
+            if self.value is None or self.version is not None or self.result_value is not None:
+                return "a set has a value, no version argument and no result value"
+            if (self.outcome is Outcome.OK) != (self.result_version is not None):
+                return "a set has its new version iff it is OK"
+            return None
+        if self.kind is OpKind.DELETE:
+            if self.value is not None or self.version is None or self.result_value is not None:
+                return "a delete has a version, no value and no result value"
+            if self.outcome is not Outcome.MISMATCH and self.result_version is not None:
+                return f"a {self.outcome.value} delete has no result version"
             return None
         if self.value is None or self.version is None:
             return "a put needs a value and a version"
@@ -158,15 +178,64 @@ class Operation:
             call_s, _return_time(outcome, return_s),
         )  # fmt: skip
 
+    @classmethod
+    def set(
+        cls,
+        client_id: str,
+        key: str,
+        value: str,
+        result: int | Outcome,
+        call_s: float,
+        return_s: float | None = None,
+    ) -> Operation:
+        """A set that returned ``result``: its new version, or UNKNOWN."""
+        outcome, result_version = (
+            (result, None)
+            if isinstance(result, Outcome)
+            else (
+                Outcome.OK,
+                result,
+            )
+        )
+        return cls(
+            client_id, OpKind.SET, key, value, None, outcome, None, result_version,
+            call_s, _return_time(outcome, return_s),
+        )  # fmt: skip
+
+    @classmethod
+    def delete(
+        cls,
+        client_id: str,
+        key: str,
+        version: int,
+        result: Outcome,
+        call_s: float,
+        return_s: float | None = None,
+        *,
+        current_version: int | None = None,
+    ) -> Operation:
+        """A delete at ``version`` that ended ``result`` (OK if it applied)."""
+        reported = current_version if result is Outcome.MISMATCH else None
+        return cls(
+            client_id, OpKind.DELETE, key, None, version, result, None, reported,
+            call_s, _return_time(result, return_s),
+        )  # fmt: skip
+
     def describe(self) -> str:
         """The call and its answer, e.g. ``put('k', 'v', version=2) -> ok, version 3``."""
         if self.kind is OpKind.GET:
             call = f"get({self.key!r})"
+        elif self.kind is OpKind.SET:
+            call = f"set({self.key!r}, {_short(self.value)})"
+        elif self.kind is OpKind.DELETE:
+            call = f"delete({self.key!r}, version={self.version})"
         else:
             call = f"put({self.key!r}, {_short(self.value)}, version={self.version})"
         match self.outcome:
             case Outcome.OK if self.kind is OpKind.GET:
                 answer = f"({_short(self.result_value)}, {self.result_version})"
+            case Outcome.OK if self.kind is OpKind.DELETE:
+                answer = "ok, deleted"
             case Outcome.OK:
                 answer = f"ok, version {self.result_version}"
             case Outcome.MISMATCH if self.result_version is not None:
@@ -246,6 +315,10 @@ class PendingOp:
         """The put applied; the key is now at ``new_version``."""
         self._finish(Outcome.OK, None, new_version)
 
+    def delete_ok(self) -> None:
+        """The delete applied; the key is missing now."""
+        self._finish(Outcome.OK)
+
     def no_key(self) -> None:
         self._finish(Outcome.NO_KEY)
 
@@ -266,11 +339,12 @@ class PendingOp:
         a timeout, cancellation, a crash) leaves the outcome UNKNOWN, which is
         always safe: it claims nothing about whether the operation applied.
         """
-        if isinstance(exc, NoKey):
+        versioned = self._kind in (OpKind.PUT, OpKind.DELETE)
+        if isinstance(exc, NoKey) and self._kind is not OpKind.SET:
             self.no_key()
-        elif isinstance(exc, VersionMismatch) and self._kind is OpKind.PUT:
+        elif isinstance(exc, VersionMismatch) and versioned:
             self.mismatch(getattr(exc, "current_version", None))
-        elif isinstance(exc, Maybe) and self._kind is OpKind.PUT:
+        elif isinstance(exc, Maybe) and versioned:
             self.maybe()
         else:
             self.unknown()
@@ -310,6 +384,14 @@ class History:
     def invoke_put(self, client_id: str, key: str, value: str, version: int) -> PendingOp:
         """Note that ``client_id`` is about to send put(key, value, version)."""
         return self._invoke(client_id, OpKind.PUT, key, value, version)
+
+    def invoke_set(self, client_id: str, key: str, value: str) -> PendingOp:
+        """Note that ``client_id`` is about to send set(key, value); complete with put_ok."""
+        return self._invoke(client_id, OpKind.SET, key, value, None)
+
+    def invoke_delete(self, client_id: str, key: str, version: int) -> PendingOp:
+        """Note that ``client_id`` is about to send delete(key, version)."""
+        return self._invoke(client_id, OpKind.DELETE, key, None, version)
 
     def add(self, op: Operation) -> None:
         """Append an already complete operation."""
@@ -399,3 +481,25 @@ class History:
             raise
         pending.put_ok(new_version)
         return new_version
+
+    def record_set(self, client_id: str, key: str, value: str, call: Callable[[], int]) -> int:
+        """Run ``call()`` (a client's set) and record it; errors re-raised."""
+        pending = self.invoke_set(client_id, key, value)
+        try:
+            new_version = call()
+        except BaseException as exc:
+            pending.failed(exc)
+            raise
+        pending.put_ok(new_version)
+        return new_version
+
+    def record_delete(self, client_id: str, key: str, version: int, call: Callable[[], int]) -> int:
+        """Run ``call()`` (a client's delete at ``version``) and record it; errors re-raised."""
+        pending = self.invoke_delete(client_id, key, version)
+        try:
+            revision = call()
+        except BaseException as exc:
+            pending.failed(exc)
+            raise
+        pending.delete_ok()
+        return revision

@@ -24,7 +24,11 @@ missing. A get OK needs exactly that pair; a get NoKey needs a missing key;
 a put OK needs ``state.version == version`` and a reply of ``version + 1``,
 and leaves ``(value, version + 1)``; a put VersionMismatch needs an existing
 key at another version (and the reported version, if any); a put NoKey
-needs a missing key and ``version > 0``.
+needs a missing key and ``version > 0``. A set OK needs a reply of
+``state.version + 1`` and leaves ``(value, state.version + 1)``; a delete OK
+needs an existing key at its version and leaves it missing; a delete NoKey
+a missing key; a delete VersionMismatch an existing key at another version.
+A MAYBE or UNKNOWN set or delete is optional like such a put (below).
 
 Puts that may or may not have applied. A MAYBE put either applied (at an
 instant in its interval where the versions matched) or did nothing; an
@@ -55,6 +59,7 @@ MISSING: State = (None, 0)
 
 # What an operation demands of the state, precomputed once per operation.
 _GET_OK, _GET_NO_KEY, _PUT_OK, _PUT_MISMATCH, _PUT_NO_KEY, _PUT_OPTIONAL, _NEVER = range(7)
+_SET_OK, _SET_OPTIONAL, _DEL_OK, _DEL_OPTIONAL = range(7, 11)
 
 
 class KeyOp:
@@ -82,6 +87,18 @@ class KeyOp:
 def _demand(op: Operation) -> int:
     if op.kind is OpKind.GET:
         return _GET_OK if op.outcome is Outcome.OK else _GET_NO_KEY
+    if op.kind is OpKind.SET:
+        return _SET_OK if op.outcome is Outcome.OK else _SET_OPTIONAL
+    if op.kind is OpKind.DELETE:
+        match op.outcome:
+            case Outcome.OK:
+                return _DEL_OK
+            case Outcome.MISMATCH:
+                return _PUT_MISMATCH  # the same demand: an existing key at another version
+            case Outcome.NO_KEY:
+                return _GET_NO_KEY  # the same demand: a missing key
+            case _:
+                return _DEL_OPTIONAL
     version = op.version
     assert version is not None
     match op.outcome:
@@ -111,6 +128,12 @@ def _step(state: State, op: KeyOp) -> State | None:
         return state if reported is None or reported == state[1] else None
     if demand == _PUT_NO_KEY:
         return state if state[0] is None else None
+    if demand == _SET_OK:
+        return (op.source.value, state[1] + 1) if op.source.result_version == state[1] + 1 else None
+    if demand == _SET_OPTIONAL:
+        return (op.source.value, state[1] + 1)
+    if demand in (_DEL_OK, _DEL_OPTIONAL):
+        return MISSING if state[0] is not None and state[1] == op.version else None
     return None
 
 
