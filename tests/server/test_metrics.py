@@ -77,7 +77,9 @@ def test_a_one_node_server_serves_its_counters_and_health(tmp_path: Path) -> Non
         server = Server.open(options)
         await server.start()
         try:
-            await wait_for(lambda: server.node.get_state()[1])
+            core = server.node.core
+            # Leader, and its no-op of the term committed: the count below starts after it.
+            await wait_for(lambda: server.node.get_state()[1] and core.commit_index > 0)
             status, headers, body = await http_get(metrics_address, "/metrics")
             assert status == 200
             before = samples(body.decode())
