@@ -354,6 +354,7 @@ def server(
     default=None,
     help="Node i serves /metrics and /health on METRICS_BASE_PORT + i (default BASE_PORT + 100).",
 )
+@click.option("--no-metrics", is_flag=True, help="Serve no metrics (no --metrics-listen).")
 @click.pass_context
 def cluster(
     ctx: click.Context,
@@ -362,9 +363,12 @@ def cluster(
     base_port: int,
     host: str,
     metrics_base_port: int | None,
+    no_metrics: bool,
 ) -> None:
     """Run a local cluster of NODES servers in the foreground.
 
+    Every node serves Prometheus metrics and a health check (/metrics,
+    /health) on METRICS_BASE_PORT + i unless --no-metrics.
     Prints the nodes' addresses and how to reach them; Ctrl-C (or SIGTERM)
     stops every node cleanly, and running it again with the same --data-dir
     resumes the same data. If a node cannot start (a port in use, a data dir
@@ -375,13 +379,15 @@ def cluster(
         raise click.BadParameter(
             f"ports {base_port}..{base_port + nodes - 1} go past 65535", param_hint="--base-port"
         )
-    metrics_base = cluster_metrics_base_port(base_port, nodes, metrics_base_port)
+    metrics_base = (
+        0 if no_metrics else cluster_metrics_base_port(base_port, nodes, metrics_base_port)
+    )
     if data_dir.exists() and not data_dir.is_dir():
         raise click.BadParameter(f"{data_dir} is not a directory", param_hint="--data-dir")
     check_cluster_size(data_dir, nodes)
     secret_file = ensure_peer_secret(data_dir)
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
-    metrics = {i: f"{host}:{metrics_base + i}" for i in range(nodes)}
+    metrics = {} if no_metrics else {i: f"{host}:{metrics_base + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
     log_level = _log_level(ctx)
     supervisor = NodeProcesses()
@@ -392,7 +398,8 @@ def cluster(
         cmd = [sys.executable, "-m", "kvraft", "--log-level", log_level, "server"]
         cmd += ["--id", str(i), "--listen", address, "--peers", peers]
         cmd += ["--data-dir", str(data_dir / f"n{i}"), "--peer-secret-file", str(secret_file)]
-        cmd += ["--metrics-listen", metrics[i]]
+        if i in metrics:
+            cmd += ["--metrics-listen", metrics[i]]
         if not supervisor.start(cmd):
             break
     print_banner(data_dir, addresses, supervisor.procs, metrics)

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kvraft.client.client import Client
 from kvraft.testing import processes
 from kvraft.testing.waiting import wait_until
+from tests.support.metrics_docs import documented_metrics
 
 from .kv_support import find_leader
 
@@ -86,6 +87,10 @@ def test_a_live_cluster_reports_its_leader_commits_fsyncs_and_health(
     leader = find_leader(cluster)
     page = scrape(addresses[leader])
     assert page["kvraft_server_client_requests_total{method=put,result=ok}"] >= 1
+    # A leader's page has every documented metric (its followers make the per-peer ones).
+    names = {key.split("{", 1)[0] for key in page}
+    missing = {d for d in documented_metrics() if d not in names and f"{d}_count" not in names}
+    assert missing == set()
     followers = [i for i in range(3) if i != leader]
     for i in followers:
         assert page[f"kvraft_network_peer_round_trip_time_seconds_count{{to={i}}}"] > 0

@@ -4,6 +4,8 @@ a duration has no counter; and the pure parts (health, peer round trips, ports).
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 
 import click
@@ -22,6 +24,7 @@ from kvraft.server.peer_rtt import PeerRoundTrips
 from kvraft.server.process import Server
 from kvraft.storage.sqlite import SqliteStorage
 from kvraft.testing import processes
+from tests.support.metrics_docs import documented_metrics, documented_name_of
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -118,6 +121,30 @@ def test_a_one_node_server_serves_its_counters_and_health(tmp_path: Path) -> Non
     assert after["kvraft_network_client_sent_bytes_total", ()] > 0
     assert after["process_open_fds", ()] > 0
     assert health == (200, b'{"health": "true"}\n')
+    documented = documented_metrics()
+    exported = {name for name, _ in after if name.startswith("kvraft_")}
+    assert {n for n in exported if documented_name_of(n, documented) is None} == set()
+
+
+def test_the_dashboard_graphs_only_documented_metrics() -> None:
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "deploy/grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bkvraft_[a-z_]+", e)}
+    documented = documented_metrics()
+    assert len(used) >= 10
+    assert {n for n in used if documented_name_of(n, documented) is None} == set()
+    for wanted in (
+        "kvraft_server_has_leader",
+        "kvraft_server_leader_changes_seen_total",
+        "kvraft_server_proposals_failed_total",
+        "kvraft_disk_wal_fsync_duration_seconds_bucket",
+        "kvraft_server_client_requests_total",
+        "kvraft_network_peer_round_trip_time_seconds_bucket",
+        "kvraft_network_peer_sent_bytes_total",
+    ):
+        assert wanted in used
 
 
 # ---------------------------------------------------------------- fsync timing
