@@ -12,15 +12,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvraft.client.client import Client
 from kvraft.testing import processes
+from kvraft.testing.history import History
 from kvraft.testing.waiting import wait_until
+from tests.adversary.test_slow_disk import hook
 from tests.support.metrics_docs import documented_metrics
 
-from .kv_support import find_leader
+from .kv_support import BackgroundPutters, find_leader
 
 pytestmark = pytest.mark.slow
 
 # Generous: other suites may share the two cores (elections and restarts slow down).
 DEADLINE_S = 60.0
+# How long the stalled leader's save waits: past the 0.9 s bound with room to see it.
+STALL_S = 5.0
 
 
 def fetch(address: str, path: str) -> tuple[int, str]:
@@ -116,3 +120,44 @@ def test_a_live_cluster_reports_its_leader_commits_fsyncs_and_health(
     survivor = scrape(addresses[leader])
     assert survivor["kvraft_server_has_leader"] == 0
     assert survivor["kvraft_server_is_leader"] == 0
+
+
+def test_a_leader_whose_disk_stalls_reports_its_applied_index_stalled(
+    make_cluster, metrics_ports: list[int]
+) -> None:
+    """The leader's disk stalls 5 s under puts: its followers' acknowledgements keep
+    committing (their majority needs no leader's fsync) while its own Ready
+    loop waits on the save, so its applied index stays behind its commit index
+    for longer than the bound (0.9 s) and /health answers 503 with that
+    reason; once the save ends it applies again and /health is 200."""
+    addresses = [f"127.0.0.1:{p}" for p in metrics_ports]
+    cluster = make_cluster(3, server_args=lambda i: ["--metrics-listen", addresses[i]])
+    leader = find_leader(cluster, timeout_s=DEADLINE_S)
+    history = History()
+    work = BackgroundPutters(cluster, history)
+    try:
+        wait_until(lambda: work.total() >= 5, DEADLINE_S, message="puts flowing")
+        wait_until(
+            lambda: fetch(addresses[leader], "/health")[0] == 200,
+            DEADLINE_S,
+            interval_s=0.1,
+            message="the leader healthy",
+        )
+        hook(cluster, leader, "raft.stall_disk", STALL_S)
+        _, body = wait_until(
+            lambda: (answer := fetch(addresses[leader], "/health"))[0] == 503 and answer,
+            STALL_S,
+            interval_s=0.05,
+            message="the stalled leader's /health 503",
+        )
+        reason = json.loads(body)["reason"]
+        assert reason.startswith("applied index stalled at "), reason
+        assert "(commit index " in reason
+        wait_until(
+            lambda: fetch(addresses[leader], "/health")[0] == 200,
+            DEADLINE_S,
+            interval_s=0.1,
+            message="the leader healthy again after the stall",
+        )
+    finally:
+        work.finish()
