@@ -145,3 +145,29 @@ def test_connections_at_the_bound_are_served_and_one_more_is_closed_at_once() ->
     assert extra == b""
     assert refused == 1
     assert [status_of(a) for a in answers] == [200, 200, 200]
+
+
+def test_a_large_page_reaches_a_client_that_half_closes_after_its_request() -> None:
+    """The answer is flushed before the connection closes, even when the client
+    sent its EOF at once (as ``nc -N`` does) and the page is larger than the
+    socket buffers."""
+    page = b"kvraft_x 1\n" * 400_000  # 4.4 MB
+
+    async def scenario() -> bytes:
+        server = MetricsHttpServer(lambda: page, lambda: HEALTHY, content_type="text/plain")
+        await server.start("127.0.0.1", 0)
+        try:
+            host, port = server.address.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(get("/metrics"))
+            writer.write_eof()
+            await asyncio.sleep(0.2)  # let the server meet the EOF before we read
+            response = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return response
+        finally:
+            await server.close()
+
+    response = asyncio.run(scenario())
+    assert status_of(response) == 200
+    assert response.endswith(b"\r\n\r\n" + page)

@@ -142,11 +142,14 @@ class MetricsHttpServer:
         try:
             await self._serve(reader, writer)
             await self._finish(reader, writer)
-        except (ConnectionError, asyncio.CancelledError):
+            writer.close()  # sends what is still buffered, then closes
+            async with asyncio.timeout(self.timeout_s):
+                await writer.wait_closed()
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
             pass
         finally:
             self._handlers.discard(task)
-            writer.transport.abort()
+            writer.transport.abort()  # nothing left to send, or a client that stopped reading
 
     async def _finish(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close after the response and discard input until the client closes.
