@@ -145,7 +145,7 @@ class RaftNode:
         self.applied_at_s: float | None = None
         # Hooks, None unless metrics are on: each AppendEntries handed to the
         # transport and each AppendEntriesReply received (the peer round trip,
-        # timed by kvraft.server.metrics.PeerRoundTrips); on_snapshot_s(copy,
+        # timed by kvraft.server.peer_rtt.PeerRoundTrips); on_snapshot_s(copy,
         # encode, write, record): the phases of a snapshot this node took.
         self.on_append_sent: Callable[[AppendEntries], None] | None = None
         self.on_append_reply: Callable[[AppendEntriesReply], None] | None = None
