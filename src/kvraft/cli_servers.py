@@ -21,6 +21,7 @@ from kvraft.local_cluster import (
     DEFAULT_BASE_PORT,
     NodeProcesses,
     check_cluster_size,
+    cluster_metrics_base_port,
     describe_os_error,
     ensure_peer_secret,
     print_banner,
@@ -210,6 +211,13 @@ def _log_level(ctx: click.Context) -> str:
     help="Client tokens, one 'TOKEN ROLE' per line (roles: read, readwrite, admin); "
     "clients must then present one.",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics and a health check at"
+    " /health (off by default).",
+)
 def server(
     node_id: int,
     listen: str,
@@ -238,6 +246,7 @@ def server(
     peer_key_file: Path | None,
     peer_trusted_ca_file: Path | None,
     auth_token_file: Path | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run one server node in the foreground.
 
@@ -256,6 +265,7 @@ def server(
     from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES
     from kvraft.rpc.framing import DEFAULT_MAX_FRAME_BYTES
     from kvraft.rpc.tls import TlsFiles
+    from kvraft.server.metrics_http import MetricsListenError
     from kvraft.server.options import (
         DEFAULT_MAX_INFLIGHT_BYTES,
         DEFAULT_MAX_INFLIGHT_PROPOSALS,
@@ -302,6 +312,7 @@ def server(
             frame_timeout_s=frame_timeout_s,
             tls=tls,
             tokens=tokens,
+            metrics_listen=metrics_listen,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -310,7 +321,8 @@ def server(
     except StorageError as exc:
         fail(str(exc), EXIT_OP_ERROR)
     except OSError as exc:
-        fail(f"n{node_id}: cannot listen on {listen}: {describe_os_error(exc)}", EXIT_OP_ERROR)
+        where = metrics_listen if isinstance(exc, MetricsListenError) else listen
+        fail(f"n{node_id}: cannot listen on {where}: {describe_os_error(exc)}", EXIT_OP_ERROR)
 
 
 @click.command()
@@ -336,10 +348,27 @@ def server(
     help="Node i listens on BASE_PORT + i.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--metrics-base-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Node i serves /metrics and /health on METRICS_BASE_PORT + i (default BASE_PORT + 100).",
+)
+@click.option("--no-metrics", is_flag=True, help="Serve no metrics (no --metrics-listen).")
 @click.pass_context
-def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host: str) -> None:
+def cluster(
+    ctx: click.Context,
+    nodes: int,
+    data_dir: Path,
+    base_port: int,
+    host: str,
+    metrics_base_port: int | None,
+    no_metrics: bool,
+) -> None:
     """Run a local cluster of NODES servers in the foreground.
 
+    Every node serves Prometheus metrics and a health check (/metrics,
+    /health) on METRICS_BASE_PORT + i unless --no-metrics.
     Prints the nodes' addresses and how to reach them; Ctrl-C (or SIGTERM)
     stops every node cleanly, and running it again with the same --data-dir
     resumes the same data. If a node cannot start (a port in use, a data dir
@@ -350,11 +379,15 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
         raise click.BadParameter(
             f"ports {base_port}..{base_port + nodes - 1} go past 65535", param_hint="--base-port"
         )
+    metrics_base = (
+        0 if no_metrics else cluster_metrics_base_port(base_port, nodes, metrics_base_port)
+    )
     if data_dir.exists() and not data_dir.is_dir():
         raise click.BadParameter(f"{data_dir} is not a directory", param_hint="--data-dir")
     check_cluster_size(data_dir, nodes)
     secret_file = ensure_peer_secret(data_dir)
     addresses = {i: f"{host}:{base_port + i}" for i in range(nodes)}
+    metrics = {} if no_metrics else {i: f"{host}:{metrics_base + i}" for i in range(nodes)}
     peers = ",".join(f"{i}={a}" for i, a in addresses.items())
     log_level = _log_level(ctx)
     supervisor = NodeProcesses()
@@ -365,7 +398,9 @@ def cluster(ctx: click.Context, nodes: int, data_dir: Path, base_port: int, host
         cmd = [sys.executable, "-m", "kvraft", "--log-level", log_level, "server"]
         cmd += ["--id", str(i), "--listen", address, "--peers", peers]
         cmd += ["--data-dir", str(data_dir / f"n{i}"), "--peer-secret-file", str(secret_file)]
+        if i in metrics:
+            cmd += ["--metrics-listen", metrics[i]]
         if not supervisor.start(cmd):
             break
-    print_banner(data_dir, addresses, supervisor.procs)
+    print_banner(data_dir, addresses, supervisor.procs, metrics)
     sys.exit(EXIT_OK if supervisor.watch() else EXIT_OP_ERROR)

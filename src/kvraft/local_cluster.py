@@ -25,6 +25,8 @@ import click
 from kvraft.errors import one_line
 
 DEFAULT_BASE_PORT = 7001
+# Node i serves its metrics on METRICS_BASE_PORT + i, by default BASE_PORT + 100.
+METRICS_PORT_OFFSET = 100
 # How long `kvraft cluster` waits for its nodes to stop cleanly before SIGKILL.
 CLUSTER_STOP_GRACE_S = 10.0
 
@@ -47,13 +49,39 @@ def describe_os_error(exc: OSError) -> str:
     return one_line(exc.strerror or str(exc))
 
 
+def cluster_metrics_base_port(base_port: int, nodes: int, metrics_base: int | None) -> int:
+    """The first metrics port of ``kvraft cluster`` (``base_port + 100`` unless given).
+
+    A usage error if the metrics ports ``metrics_base .. + nodes - 1`` go past
+    65535 or overlap the nodes' own ports: a node would fail to start.
+    """
+    first = base_port + METRICS_PORT_OFFSET if metrics_base is None else metrics_base
+    last = first + nodes - 1
+    if last > 65535:
+        raise click.BadParameter(
+            f"metrics ports {first}..{last} go past 65535", param_hint="--metrics-base-port"
+        )
+    if first <= base_port + nodes - 1 and base_port <= last:
+        raise click.BadParameter(
+            f"metrics ports {first}..{last} overlap the nodes' ports"
+            f" {base_port}..{base_port + nodes - 1}",
+            param_hint="--metrics-base-port",
+        )
+    return first
+
+
 def print_banner(
-    data_dir: Path, addresses: dict[int, str], procs: Sequence[subprocess.Popen[bytes]]
+    data_dir: Path,
+    addresses: dict[int, str],
+    procs: Sequence[subprocess.Popen[bytes]],
+    metrics: dict[int, str] | None = None,
 ) -> None:
-    """The nodes' addresses and how to use them."""
+    """The nodes' addresses (and their metrics' URLs) and how to use them."""
     click.echo(f"kvraft: {len(addresses)}-node cluster, data under {data_dir}{os.sep}")
     for i, address in addresses.items():
         click.echo(f"  n{i}  {address}  pid {procs[i].pid}" if i < len(procs) else f"  n{i}")
+        if metrics is not None and i in metrics:
+            click.echo(f"      metrics: http://{metrics[i]}/metrics")
     click.echo("Use it from another terminal:")
     servers = ",".join(addresses.values())
     if servers != ",".join(default_servers()):

@@ -74,10 +74,13 @@ def bindable(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_base_port(n: int) -> int:
-    """A port P with P..P+n-1 free, below the range the kernel hands out to connections."""
+    """A port P with P..P+n-1 free, below the range the kernel hands out to connections.
+
+    P+100..P+100+n-1 too: ``kvraft cluster`` serves each node's metrics there.
+    """
     for _ in range(500):
         base = random.randrange(12000, 30000)
-        if all(bindable(base + i) for i in range(n)):
+        if all(bindable(base + i) and bindable(base + 100 + i) for i in range(n)):
             return base
     raise RuntimeError("no run of free ports")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,31 @@ def test_status_table_shows_every_node_and_the_unreachable(
     assert all(r["reachable"] and r["applied_index"] >= 1 for r in as_json)
     fields = {"role", "term", "commit_index", "applied_index", "log_length", "snapshot_index"}
     assert fields <= set(as_json[0]) and "leader_id" in as_json[0]
+
+
+def test_the_banner_names_each_nodes_metrics_and_they_answer(
+    shared_cli_cluster: CliCluster,
+) -> None:
+    """``kvraft cluster`` serves metrics on BASE_PORT + 100 + i and prints each URL."""
+    cluster = shared_cli_cluster
+    urls = [
+        line.split("metrics: ", 1)[1]
+        for line in cluster.stdout().splitlines()
+        if line.strip().startswith("metrics: ")
+    ]
+    ports = [int(a.rsplit(":", 1)[1]) + 100 for a in cluster.servers]
+    assert urls == [f"http://127.0.0.1:{p}/metrics" for p in ports]
+
+    def healthy(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url.replace("/metrics", "/health"), timeout=5) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    wait_until(lambda: all(healthy(u) for u in urls), 30, interval_s=0.1, message="/health 200")
+    with urllib.request.urlopen(urls[0], timeout=5) as response:
+        assert "kvraft_server_has_leader 1.0" in response.read().decode()
 
 
 def test_ctrl_c_stops_every_node_and_a_rerun_resumes_the_data(

@@ -293,3 +293,29 @@ def test_cluster_refuses_a_data_dir_of_another_size(tmp_path: Path) -> None:
     (data_dir / "cluster.json").write_text('{"nodes": 3}\n')
     result = run_cli("cluster", "--nodes", "1", "--data-dir", str(data_dir))
     assert_one_line_error(result, EXIT_USAGE, "holds a 3-node cluster")
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def test_a_malformed_metrics_address_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(*server_args(tmp_path), "--metrics-listen", "nohostport")
+    assert_one_line_error(result, EXIT_USAGE, "--metrics-listen", "'nohostport'")
+
+
+def test_a_metrics_port_in_use_ends_with_one_line_naming_it(tmp_path: Path) -> None:
+    metrics_port = free_base_port(1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", metrics_port))
+        taken.listen()
+        result = run_cli(*server_args(tmp_path), "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    assert_one_line_error(
+        result, EXIT_OP_ERROR, f"cannot listen on 127.0.0.1:{metrics_port}", "already in use"
+    )
+
+
+def test_cluster_metrics_ports_overlapping_the_nodes_are_a_usage_error(tmp_path: Path) -> None:
+    args = ["cluster", "--base-port", "17001", "--metrics-base-port", "17002"]
+    result = run_cli(*args, "--data-dir", str(tmp_path / "d"))
+    assert_one_line_error(result, EXIT_USAGE, "--metrics-base-port", "overlap")
+    assert not (tmp_path / "d").exists(), "nothing is created for a bad command line"

@@ -118,6 +118,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
+        self.owner.bytes_received += len(data)
         try:
             for body in self.decoder.feed(data):
                 env = decode_envelope(body)
@@ -225,6 +226,9 @@ class RpcClient:
         self._connecting: asyncio.Task[_ClientConnection] | None = None
         self._ids = itertools.count(1)
         self._closed = False
+        #: Bytes written to and read from the server, over every connection (metrics).
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     @property
     def connected(self) -> bool:
@@ -264,6 +268,7 @@ class RpcClient:
         assert conn.out is not None
         fut: asyncio.Future[Any] = loop.create_future()
         conn.pending[rid] = fut
+        self.bytes_sent += len(data)
         conn.out.write(data)
         expiry = loop.call_later(
             max(0.0, timeout), _expire, fut, f"{method} to {self.address}: no reply in time"
@@ -418,7 +423,9 @@ class RpcClient:
         if not proto.usable():
             raise ConnectionLost(f"connection to {self.address} lost: {proto._reason}")
         assert proto.out is not None
-        proto.out.write(self._encode(env))
+        data = self._encode(env)
+        self.bytes_sent += len(data)
+        proto.out.write(data)
 
     async def _next_handshake(self, proto: _ClientConnection, step: str) -> Handshake:
         """The server's next handshake frame, which must be ``step``."""
@@ -443,6 +450,7 @@ class RpcClient:
             assert conn.out is not None
             if conn.out.buffered() > NOTIFY_BUFFER_LIMIT_BYTES:
                 return False
+            self.bytes_sent += len(data)
             conn.out.write(data)
             return True
         if self._connecting is None and not self._closed:

@@ -163,6 +163,12 @@ class _ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        server = self.server
+        if self.peer_id is None:
+            server.client_bytes_received += len(data)
+        else:
+            received = server.peer_bytes_received
+            received[self.peer_id] = received.get(self.peer_id, 0) + len(data)
         try:
             bodies = self.decoder.feed(data)
             for body in bodies:
@@ -311,7 +317,9 @@ class _ServerConnection(asyncio.Protocol):
 
     def _send(self, env: Handshake) -> None:
         if self.out is not None and self.transport is not None:
-            self.out.write(frame(encode_envelope(env)))
+            data = frame(encode_envelope(env))
+            self.server.bytes_sent += len(data)
+            self.out.write(data)
 
     # -- admission timers
 
@@ -416,7 +424,9 @@ class _ServerConnection(asyncio.Protocol):
             )
             log.error("%s: %s", self.server.name, message)
             body = encode_envelope(Reply(reply.request_id, ("reply_too_large", message), None))
-        out.write(frame(body))
+        data = frame(body)
+        self.server.bytes_sent += len(data)
+        out.write(data)
 
     # Flow control: stop reading requests while replies back up (the client
     # is not reading) or too many handlers run for this connection.
@@ -483,6 +493,12 @@ class RpcServer:
         self.connections: set[_ServerConnection] = set()
         #: Connections closed at once because max_connections were open.
         self.refused_connections = 0
+        #: Bytes read, by proven peer id (once its handshake finished) and from
+        #: everyone else (clients, strangers, handshakes); bytes written (replies
+        #: and handshake steps). Read by the server's metrics at scrape time.
+        self.peer_bytes_received: dict[int, int] = {}
+        self.client_bytes_received = 0
+        self.bytes_sent = 0
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:

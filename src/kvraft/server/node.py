@@ -16,6 +16,11 @@ its seeds exercise this very loop.
 The RSM API is the classic one: :meth:`submit`, :meth:`get_committed`,
 :meth:`get_state`; plus :meth:`status` for operators and
 :meth:`transfer_leadership` (the core's transfer, waited for).
+
+For metrics (:mod:`kvraft.server.metrics`) the node keeps plain counters and
+timestamps (leader changes, when it last applied) and calls optional hooks
+(``on_append_sent``/``on_append_reply``, ``on_snapshot_s``), None unless metrics are on: no
+metrics library is imported here, so the simulator runs this loop without one.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from typing import Any
 
 from kvraft.raft.config import DEFAULT_TICK_INTERVAL_S, RaftConfig
 from kvraft.raft.core import RaftCore, Role
-from kvraft.raft.messages import MESSAGE_TYPES, Entry, Message
+from kvraft.raft.messages import (
+    MESSAGE_TYPES,
+    AppendEntries,
+    AppendEntriesReply,
+    Entry,
+    Message,
+)
 from kvraft.raft.ready import PersistentState, Ready, Snapshot
 from kvraft.raft.storage import Storage
 from kvraft.server.driver_io import Clock, LoopClock, PeerTransport, ThreadWorkers, Workers
@@ -138,6 +149,18 @@ class RaftNode:
         self._last_heard: dict[int, float] = {}
         self._lost_peers: set[int] = set()
         self.messages_received = 0
+        # For metrics and /health: leaders seen (a change to a known leader, as
+        # etcd counts), and the clock time the applied index last moved (or start).
+        self.leader_changes = 0
+        self._last_leader: int | None = None
+        self.applied_at_s: float | None = None
+        # Hooks, None unless metrics are on: each AppendEntries handed to the
+        # transport and each AppendEntriesReply received (the peer round trip,
+        # timed by kvraft.server.peer_rtt.PeerRoundTrips); on_snapshot_s(copy,
+        # encode, write, record): the phases of a snapshot this node took.
+        self.on_append_sent: Callable[[AppendEntries], None] | None = None
+        self.on_append_reply: Callable[[AppendEntriesReply], None] | None = None
+        self.on_snapshot_s: Callable[[float, float, float, float], None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -145,6 +168,7 @@ class RaftNode:
         """Start ticking and the Ready loop."""
         self._running = True
         self._started = self.clock.now_s()
+        self.applied_at_s = self._started
         loop = asyncio.get_running_loop()
         self._failure = loop.create_future()
         self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker())]
@@ -346,6 +370,8 @@ class RaftNode:
                 sender_peer,
                 self.core.last_index,
             )
+        if self.on_append_reply is not None and type(message) is AppendEntriesReply:
+            self.on_append_reply(message)
         self.core.step(message)
         self._wakeup.set()
 
@@ -374,9 +400,12 @@ class RaftNode:
                 )
 
     def _send_all(self, messages: list[Message]) -> None:
+        on_append_sent = self.on_append_sent
         for message in messages:
             if self.transport.send(message):
                 self.messages_sent += 1
+                if on_append_sent is not None and type(message) is AppendEntries:
+                    on_append_sent(message)
 
     # --------------------------------------------------------------------- loops
 
@@ -461,10 +490,17 @@ class RaftNode:
             self.state_machine.restore(ready.snapshot)
         for entry in ready.committed:
             self.state_machine.apply(entry)
+        if ready.committed or ready.snapshot is not None:
+            self.applied_at_s = self.clock.now_s()  # one clock read per Ready, for /health
         # 4. Advance.
         self.core.advance(ready)
 
     def _notify_role_change(self) -> None:
+        leader = self.core.leader_id
+        if leader != self._last_leader:
+            self._last_leader = leader
+            if leader is not None:
+                self.leader_changes += 1
         now = self.get_state()
         if now != self._last_role:
             self._last_role = now
@@ -539,6 +575,8 @@ class RaftNode:
                 log.info("n%d skipped its snapshot at index %d: log replaced", self.id, index)
                 return
             self.core.compact(snapshot)
+            if self.on_snapshot_s is not None:
+                self.on_snapshot_s(copy_s, encoded - started, written - encoded, stored - written)
             log.info(
                 "n%d [term %d] snapshot at index %d (%d bytes) in %.0f ms"
                 " (copy %.1f ms on the loop, encode %.0f ms, write %.0f ms, record %.0f ms)",

@@ -141,6 +141,8 @@ class ServerOptions:
     frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
     tls: TlsFiles = field(default_factory=TlsFiles)
     tokens: TokenTable | None = None
+    # --metrics-listen HOST:PORT: /metrics and /health over HTTP (None: off).
+    metrics_listen: str | None = None
 
     @property
     def limits(self) -> ConnectionLimits:
@@ -165,6 +167,11 @@ class ServerOptions:
             split_address(self.listen)
         except ValueError as exc:
             raise ValueError(f"--listen: {exc}") from None
+        if self.metrics_listen is not None:
+            try:
+                split_address(self.metrics_listen)
+            except ValueError as exc:
+                raise ValueError(f"--metrics-listen: {exc}") from None
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ValueError(f"--data-dir: {self.data_dir} exists and is not a directory")
         if self.max_value_bytes + 4096 > self.max_frame_bytes:

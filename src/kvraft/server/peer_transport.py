@@ -105,6 +105,11 @@ class RpcPeerTransport:
             )
             return False
 
+    @property
+    def clients(self) -> Mapping[int, RpcClient]:
+        """Peer id -> its RPC client (read by the server's metrics for bytes sent)."""
+        return self._peers
+
     def close(self) -> None:
         for client in self._peers.values():
             client.close()

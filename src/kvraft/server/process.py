@@ -28,6 +28,8 @@ from kvraft.rpc.server import RpcServer
 from kvraft.server import state_snapshot
 from kvraft.server.driver_io import StallingWorkers, ThreadWorkers
 from kvraft.server.kvstore import KVStore
+from kvraft.server.metrics import CONTENT_TYPE, NodeMetrics
+from kvraft.server.metrics_http import MetricsHttpServer, MetricsListenError
 from kvraft.server.node import NodeTiming, RaftNode, TransferFailed
 from kvraft.server.options import ServerOptions, raft_message_limits
 from kvraft.server.peer_transport import RAFT_METHOD, RpcPeerTransport
@@ -61,11 +63,20 @@ def snapshot_decodes(data: bytes) -> bool:
 class Server:
     """A running node: build with :meth:`open`, then :meth:`start` and :meth:`stop`."""
 
-    def __init__(self, options: ServerOptions, node: RaftNode, rsm: RSM, rpc: RpcServer) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        node: RaftNode,
+        rsm: RSM,
+        rpc: RpcServer,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self.options = options
         self.node = node
         self.rsm = rsm
         self.rpc = rpc
+        self.metrics = metrics  # with --metrics-listen only
+        self.metrics_http: MetricsHttpServer | None = None
 
     @classmethod
     def open(cls, options: ServerOptions) -> Server:
@@ -146,7 +157,13 @@ class Server:
             tokens=options.tokens,
         )
         service.open_connections = lambda: len(rpc.connections)
-        return cls(options, node, rsm, rpc)
+        metrics = None
+        if options.metrics_listen is not None:
+            metrics = NodeMetrics(
+                node=node, rsm=rsm, service=service, rpc=rpc, transport=transport, storage=storage
+            )
+            metrics.attach()
+        return cls(options, node, rsm, rpc, metrics)
 
     async def start(self) -> None:
         """Listen and start Raft; OSError if the address is taken."""
@@ -159,6 +176,27 @@ class Server:
             )
         host, port = split_address(self.options.listen)
         await self.rpc.start(host, port)
+        if self.metrics is not None and self.options.metrics_listen is not None:
+            metrics = self.metrics
+            self.metrics_http = MetricsHttpServer(
+                metrics.render,
+                metrics.health,
+                content_type=CONTENT_TYPE,
+                name=f"n{self.options.node_id}",
+            )
+            try:
+                await self.metrics_http.start(*split_address(self.options.metrics_listen))
+            except OSError as exc:
+                await self.rpc.close()
+                raise MetricsListenError(exc.errno, exc.strerror) from exc
+            except BaseException:
+                await self.rpc.close()
+                raise
+            log.info(
+                "n%d serving metrics on http://%s/metrics",
+                self.options.node_id,
+                self.metrics_http.address,
+            )
         await self.node.start()
         log.info(
             "n%d [term %d] serving on %s, peers %s",
@@ -191,6 +229,8 @@ class Server:
 
     async def stop(self) -> None:
         """Stop serving and shut Raft and storage down cleanly."""
+        if self.metrics_http is not None:
+            await self.metrics_http.close()
         await self.rpc.close()
         await self.node.stop()
         log.info("n%d stopped", self.options.node_id)

@@ -11,10 +11,11 @@ undecodable command in the log.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from kvraft.errors import InvalidArgument, NotLeader, ProtocolError, RemoteError
+from kvraft.errors import InvalidArgument, KVError, NotLeader, ProtocolError, RemoteError
 from kvraft.kv_protocol import (
     DeleteOp,
     DeleteRangeOp,
@@ -82,6 +83,9 @@ class Service:
         self.rsm = rsm
         # The RPC server's open connections, for status (set once it exists).
         self.open_connections: Callable[[], int] = lambda: 0
+        # (method, the result's or error's class name) -> key-value requests answered
+        # so: one dict increment per request, turned into metrics at scrape time.
+        self.requests: Counter[tuple[str, str]] = Counter()
 
     async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         op_type = KV_METHODS.get(method)
@@ -90,14 +94,20 @@ class Service:
             check(args, op_type, method)
             check_op(args, self.options.max_value_bytes)
             try:
-                return await self.rsm.execute(args)
+                result = await self.rsm.execute(args)
             except NotLeader:
+                self.requests[method, "NotLeader"] += 1
                 # During a transfer, point the client at the leader-to-be.
                 transfer = self.node.core.transfer_target
                 leader = transfer if transfer is not None else self.node.core.leader_id
                 return NotLeaderResult(
                     self.options.peers.get(leader) if leader is not None else None
                 )
+            except KVError as exc:  # WrongLeader (a failed proposal), Busy
+                self.requests[method, type(exc).__name__] += 1
+                raise
+            self.requests[method, type(result).__name__] += 1
+            return result
         if method == "status":
             status = self.node.status()
             status["address"] = self.options.listen
