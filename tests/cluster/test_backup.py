@@ -22,6 +22,10 @@ pytestmark = pytest.mark.slow
 
 CLI_TIMEOUT_S = 120.0
 KEYS = 300
+# Small frames on the old cluster, so that its snapshot (~300 keys of ~500 bytes) comes
+# in several chunks: the chunking is exercised end to end.
+SMALL_FRAMES = ("--max-frame-bytes", "65536", "--max-value-bytes", "4096")
+PAD = "x" * 500
 
 
 def kvraft(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,12 +39,24 @@ def kvraft(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def everything(cluster: Cluster) -> tuple[int, list[KeyValue]]:
-    """The cluster's revision and every key with its value, version and revisions."""
+    """The cluster's revision and every key with its value, version and revisions.
+
+    Read in pages (a range reply must fit a frame); the cluster takes no writes meanwhile.
+    """
     client = Client(cluster.private_addresses, deadline=OP_DEADLINE_S)
     try:
-        result = client.range(start="\0", end="\U0010ffff")
-        assert not result.more
-        return result.revision, list(result.kvs)
+        kvs: list[KeyValue] = []
+        revisions = set()
+        start = "\0"
+        while True:
+            result = client.range(start=start, end="\U0010ffff", limit=50)
+            revisions.add(result.revision)
+            kvs.extend(result.kvs)
+            if not result.more:
+                break
+            start = result.kvs[-1].key + "\0"
+        assert len(revisions) == 1, f"the cluster was written to while read: {revisions}"
+        return revisions.pop(), kvs
     finally:
         client.close()
 
@@ -67,14 +83,14 @@ def test_save_under_load_then_restore_into_a_new_cluster_keeps_every_key_and_ver
     a new cluster restored from it holds exactly the old one's keys, versions and revision.
     A second save while puts are in flight checks out and restores into a cluster that serves.
     """
-    old = make_cluster(3)
+    old = make_cluster(3, server_args=SMALL_FRAMES)
     servers = ",".join(old.private_addresses)
     history = History()
     load = BackgroundPutters(old, history, n=2)
     client = Client(old.private_addresses, deadline=OP_DEADLINE_S)
     try:
         for i in range(KEYS):
-            client.set(f"k{i:04d}", f"v{i}")
+            client.set(f"k{i:04d}", f"v{i}{PAD}")
         for i in range(0, KEYS, 3):
             client.set(f"k{i:04d}", f"v{i}-again")
         client.delete(f"k{1:04d}", 1)
@@ -95,6 +111,7 @@ def test_save_under_load_then_restore_into_a_new_cluster_keeps_every_key_and_ver
     assert described["cluster_id"] == old.cluster_id
     assert described["keys"] == len(kvs)
     assert described["revision"] == revision
+    assert described["size"] > 65536, "the snapshot fits one frame: no chunking tested"
 
     new = restore_into(make_cluster, backup, "restored-one")
     assert everything(new) == (revision, kvs)
@@ -163,3 +180,28 @@ def test_a_restored_node_refuses_the_old_cluster_id(make_cluster, tmp_path: Path
     with pytest.raises(StorageError, match="cluster"):
         SqliteStorage.open(data_dir, cluster_id=old.cluster_id, node_id=0)
     SqliteStorage.open(data_dir, cluster_id=new_id, node_id=0).close()
+
+
+def test_save_needs_an_admin_token(make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """On a server with tokens, a readwrite token may not take a backup; an admin token may."""
+    admin, writer = (
+        "admin-token-for-the-backup-0123456789",
+        "writer-token-for-the-backup-0123456789",
+    )
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{admin} admin\n{writer} readwrite\n")
+    cluster = make_cluster(1, server_args=("--auth-token-file", str(tokens)))
+    server = cluster.private_addresses[0]
+    client = Client(cluster.private_addresses, deadline=OP_DEADLINE_S, token=writer)
+    try:
+        client.set("a", "1")
+    finally:
+        client.close()
+    backup = tmp_path / "b.kvb"
+    refused = kvraft("--token", writer, "snapshot", "save", str(backup), "--servers", server)
+    assert refused.returncode == 1
+    assert "Unauthorized" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert not backup.exists()
+    saved = kvraft("--token", admin, "snapshot", "save", str(backup), "--servers", server)
+    assert saved.returncode == 0, saved.stderr
+    assert kvraft("snapshot", "status", str(backup)).returncode == 0
