@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -34,7 +35,9 @@ class Clock:
         return self.now
 
 
-def make_server(keys: int = 200, role: Role = Role.LEADER) -> tuple[backup.SnapshotServer, Clock]:
+def make_server(
+    keys: int = 200, role: Role = Role.LEADER, clock: Callable[[], float] | None = None
+) -> tuple[backup.SnapshotServer, Clock]:
     store = KVStore()
     for i in range(keys):
         store.write(f"key-{i:05d}", "v" * 1000, i + 1)
@@ -44,15 +47,15 @@ def make_server(keys: int = 200, role: Role = Role.LEADER) -> tuple[backup.Snaps
         role=role, applying_index=keys, current_term=4, term=lambda index: 4 if index else 0
     )
     node = SimpleNamespace(id=0, core=core, workers=InlineWorkers())
-    clock = Clock()
+    fake = Clock()
     server = backup.SnapshotServer(
         node,  # type: ignore[arg-type]
         rsm,
         cluster_id="c1",
         max_frame_bytes=FRAME,
-        clock=clock,
+        clock=clock or fake,
     )
-    return server, clock
+    return server, fake
 
 
 def call(server: backup.SnapshotServer, method: str, args: Any = None) -> Any:
@@ -113,6 +116,26 @@ def test_an_idle_snapshot_expires_at_the_timeout_and_not_before() -> None:
         call(server, backup.READ, [sid, 0, 10])
     assert unknown.value.code == "snapshot_unknown"
     assert server.open_count == 0
+
+
+def test_an_abandoned_snapshot_is_dropped_by_its_timer_with_no_call_coming(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that opened a snapshot and vanished: the memory goes without another call."""
+    monkeypatch.setattr(backup, "SNAPSHOT_IDLE_TIMEOUT_S", 0.2)
+    server, _ = make_server(keys=3, clock=time.monotonic)
+
+    async def scenario() -> float:
+        await server.handle(backup.OPEN, None)
+        assert server.open_count == 1
+        started = time.monotonic()
+        deadline = started + 10.0
+        while server.open_count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.open_count == 0, "the idle snapshot was never dropped"
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) >= 0.2
 
 
 @pytest.mark.parametrize(

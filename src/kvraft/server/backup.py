@@ -20,13 +20,15 @@ admin token:
 
 Bounds: at most :data:`MAX_OPEN_SNAPSHOTS` open at once per server (each
 holds its encoded bytes in memory; a third open is refused ``busy``), and one
-not read for :data:`SNAPSHOT_IDLE_TIMEOUT_S` is dropped, so a client that
-dies mid-fetch leaks nothing for long. An unknown or expired id is
+not read for :data:`SNAPSHOT_IDLE_TIMEOUT_S` is dropped (by a timer on the
+loop, and checked again on every call), so a client that dies mid-fetch
+leaks nothing for long. An unknown or expired id is
 ``snapshot_unknown``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -60,6 +62,7 @@ class _Open:
     data: bytes
     last_used_s: float
     meta: dict[str, Any] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
 
 
 class SnapshotServer:
@@ -85,7 +88,7 @@ class SnapshotServer:
 
     @property
     def open_count(self) -> int:
-        self._expire()
+        """Snapshots held now (being encoded or open), without expiring any first."""
         return len(self._open)
 
     async def handle(self, method: str, args: Any) -> Any:
@@ -107,22 +110,40 @@ class SnapshotServer:
         if method == CLOSE:
             if not isinstance(args, str):
                 raise RemoteError("bad_request", f"{CLOSE} takes an id, not {args!r}")
-            self._open.pop(args, None)
+            self._drop(args)
             return None
         raise AssertionError(method)
 
     def _expire(self) -> None:
         now = self.clock()
-        for sid in [
-            s for s, o in self._open.items() if now - o.last_used_s > SNAPSHOT_IDLE_TIMEOUT_S
-        ]:
-            del self._open[sid]
-            log.info(
-                "n%d dropped backup snapshot %s: not read for %gs",
-                self.node.id,
-                sid,
-                SNAPSHOT_IDLE_TIMEOUT_S,
-            )
+        for sid, slot in list(self._open.items()):
+            if slot.meta and now - slot.last_used_s > SNAPSHOT_IDLE_TIMEOUT_S:
+                self._drop(sid)
+                log.info(
+                    "n%d dropped backup snapshot %s: not read for %g s",
+                    self.node.id,
+                    sid,
+                    SNAPSHOT_IDLE_TIMEOUT_S,
+                )
+
+    def _drop(self, sid: str) -> None:
+        slot = self._open.pop(sid, None)
+        if slot is not None and slot.timer is not None:
+            slot.timer.cancel()
+
+    def _arm(self, sid: str, delay_s: float) -> None:
+        """Check ``sid`` for idleness in ``delay_s``: its memory goes even if no call comes."""
+        slot = self._open[sid]
+        slot.timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer, sid)
+
+    def _on_timer(self, sid: str) -> None:
+        slot = self._open.get(sid)
+        if slot is None:
+            return
+        self._expire()
+        if sid in self._open:  # read meanwhile: look again when it could next expire
+            idle = self.clock() - slot.last_used_s
+            self._arm(sid, max(SNAPSHOT_IDLE_TIMEOUT_S - idle, 0.0) + 0.01)
 
     async def _open_snapshot(self) -> dict[str, Any]:
         self._expire()
@@ -151,10 +172,11 @@ class SnapshotServer:
             data = await self.node.workers.encode(encode)
             digest = await self.node.workers.encode(_sha256, data)
         except BaseException:
-            self._open.pop(sid, None)
+            self._drop(sid)
             raise
         slot.data = data
         slot.last_used_s = self.clock()
+        self._arm(sid, SNAPSHOT_IDLE_TIMEOUT_S + 0.01)
         slot.meta = {
             "id": sid,
             "size": len(data),
