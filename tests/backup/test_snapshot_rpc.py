@@ -12,10 +12,18 @@ from typing import Any
 import pytest
 
 from kvraft.errors import RemoteError
+from kvraft.kv_protocol import GetOp
 from kvraft.raft.core import Role
+from kvraft.raft.messages import Entry
 from kvraft.rpc.codec import Reply, encode_envelope
 from kvraft.server import backup, state_snapshot
-from kvraft.server.backup import CHUNK_OVERHEAD_BYTES, MAX_OPEN_SNAPSHOTS, SNAPSHOT_IDLE_TIMEOUT_S
+from kvraft.server.backup import (
+    CHUNK_OVERHEAD_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_OPEN_SNAPSHOTS,
+    SNAPSHOT_IDLE_TIMEOUT_S,
+)
+from kvraft.server.commands import decode_command
 from kvraft.server.kvstore import KVStore
 from kvraft.server.rsm import RSM
 
@@ -48,14 +56,22 @@ def make_server(
     )
     node = SimpleNamespace(id=0, core=core, workers=InlineWorkers())
     fake = Clock()
+
+    async def barrier() -> None:
+        barriers.append(core.applying_index)
+
     server = backup.SnapshotServer(
         node,  # type: ignore[arg-type]
         rsm,
         cluster_id="c1",
         max_frame_bytes=FRAME,
         clock=clock or fake,
+        barrier=barrier,
     )
     return server, fake
+
+
+barriers: list[int] = []
 
 
 def call(server: backup.SnapshotServer, method: str, args: Any = None) -> Any:
@@ -86,6 +102,25 @@ def test_a_snapshot_larger_than_a_frame_comes_in_chunks_that_each_fit_one() -> N
     assert call(server, backup.READ, [meta["id"], meta["size"], 10]) == b""
     call(server, backup.CLOSE, meta["id"])
     assert server.open_count == 0
+
+
+def test_chunks_stop_at_the_chunk_bound_whatever_the_frame() -> None:
+    server, _ = make_server(keys=1)
+    big = backup.SnapshotServer(
+        server.node, server.rsm, cluster_id="c", max_frame_bytes=16 * 1024 * 1024
+    )
+    assert big.chunk_bytes == MAX_CHUNK_BYTES
+    at = backup.SnapshotServer(
+        server.node,
+        server.rsm,
+        cluster_id="c",
+        max_frame_bytes=MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES + 1,
+    )
+    assert at.chunk_bytes == MAX_CHUNK_BYTES
+    below = backup.SnapshotServer(
+        server.node, server.rsm, cluster_id="c", max_frame_bytes=MAX_CHUNK_BYTES
+    )
+    assert below.chunk_bytes == MAX_CHUNK_BYTES - CHUNK_OVERHEAD_BYTES
 
 
 def test_a_client_may_ask_for_smaller_chunks() -> None:
@@ -160,6 +195,48 @@ def test_an_unknown_id_or_an_offset_past_the_end_is_refused() -> None:
     assert past.value.code == "bad_request"
     with pytest.raises(RemoteError):
         call(server, backup.READ, [meta["id"], -1, 10])
+
+
+def test_open_waits_for_its_barrier_and_a_failed_barrier_frees_the_slot() -> None:
+    server, _ = make_server(keys=3)
+    before = len(barriers)
+    call(server, backup.OPEN)
+    assert len(barriers) == before + 1
+
+    async def deposed() -> None:
+        raise RemoteError("not_leader", "n0: leadership lost")
+
+    server.barrier = deposed
+    with pytest.raises(RemoteError) as refused:
+        call(server, backup.OPEN)
+    assert refused.value.code == "not_leader"
+    assert server.open_count == 1
+
+
+def test_the_barrier_is_a_read_through_the_log_that_opens_no_session() -> None:
+    """The default barrier: a get the RSM submits; applied, it leaves the sessions as they were."""
+
+    server, _ = make_server(keys=3)
+    submitted: list[bytes] = []
+
+    def submit(command: bytes) -> tuple[int, int]:
+        submitted.append(command)
+        return 10, 4
+
+    server.rsm.attach(SimpleNamespace(submit=submit))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(server._read_through_the_log())
+        await asyncio.sleep(0)
+        assert len(submitted) == 1
+        op = decode_command(submitted[0])
+        assert isinstance(op, GetOp)
+        server.rsm.apply(Entry(index=10, term=4, command=submitted[0]))
+        await task
+
+    sessions = len(server.rsm.sessions)
+    asyncio.run(scenario())
+    assert len(server.rsm.sessions) == sessions
 
 
 def test_only_a_leader_opens_a_snapshot() -> None:

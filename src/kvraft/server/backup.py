@@ -4,18 +4,21 @@ A snapshot of the state machine can be far larger than a frame
 (``--max-frame-bytes``), so it is fetched in three calls, all needing an
 admin token:
 
-- ``snapshot.open``: the leader captures its state as of its applied index
-  (the RSM's ``capture_snapshot``, the copy a node takes for its own
-  snapshots: cheap on the event loop), encodes it in a worker thread, and
+- ``snapshot.open``: the leader first runs a read through the log (a get
+  under a client id with no session, which changes no state: see
+  ``Sessions.apply``), so it has applied every entry committed before the
+  call, whichever leader acknowledged it; a deposed leader fails that read
+  (``not_leader``). Then it captures its state as of its applied index (the
+  RSM's ``capture_snapshot``, the copy a node takes for its own snapshots:
+  cheap on the event loop), encodes and hashes it in a worker thread, and
   answers ``{id, size, index, term, revision, cluster_id, sha256,
-  chunk_bytes}``. Only a leader answers (``not_leader`` otherwise): it has
-  applied every write it acknowledged, so the snapshot holds at least every
-  write acknowledged before the call.
+  chunk_bytes}``. So the snapshot holds at least every write acknowledged
+  before the call.
 - ``snapshot.read [id, offset, max_bytes]``: up to ``min(max_bytes,
   chunk_bytes)`` of the data from ``offset`` (empty at the end);
-  ``chunk_bytes`` is this server's frame less :data:`CHUNK_OVERHEAD_BYTES`,
-  so a reply always fits its frame, and ``max_bytes`` lets a client with a
-  smaller frame limit ask for less.
+  ``chunk_bytes`` is this server's frame less :data:`CHUNK_OVERHEAD_BYTES`
+  (at most :data:`MAX_CHUNK_BYTES`), so a reply always fits its frame, and
+  ``max_bytes`` lets a client with a smaller frame limit ask for less.
 - ``snapshot.close id``: frees it (idempotent).
 
 Bounds: at most :data:`MAX_OPEN_SNAPSHOTS` open at once per server (each
@@ -33,11 +36,12 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kvraft.errors import RemoteError
+from kvraft.errors import Busy, NotLeader, RemoteError, WrongLeader
+from kvraft.kv_protocol import FIRST_REQUEST_ID, GetOp
 from kvraft.raft.core import Role
 from kvraft.server.node import RaftNode
 from kvraft.server.rsm import RSM
@@ -52,6 +56,10 @@ SNAPSHOT_IDLE_TIMEOUT_S: Final = 60.0
 # What a snapshot.read reply's frame holds besides the chunk (envelope, ids):
 # generous, as ServerOptions keeps 4096 bytes beside the largest value.
 CHUNK_OVERHEAD_BYTES: Final = 4096
+# The largest chunk whatever the frame: each read copies and packs its chunk on
+# the event loop, and 1 MiB of that costs well under a millisecond, where a
+# 16 MiB chunk held the loop for tens (measured: see docs/architecture.md).
+MAX_CHUNK_BYTES: Final = 1 << 20
 
 OPEN, READ, CLOSE = "snapshot.open", "snapshot.read", "snapshot.close"
 METHODS: Final = (OPEN, READ, CLOSE)
@@ -76,14 +84,17 @@ class SnapshotServer:
         cluster_id: str,
         max_frame_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``barrier`` (tests): what makes the state current; a read through the log."""
         self.node = node
         self.rsm = rsm
         self.cluster_id = cluster_id
-        self.chunk_bytes = max_frame_bytes - CHUNK_OVERHEAD_BYTES
+        self.chunk_bytes = min(max_frame_bytes - CHUNK_OVERHEAD_BYTES, MAX_CHUNK_BYTES)
         if self.chunk_bytes <= 0:
             raise ValueError(f"--max-frame-bytes {max_frame_bytes} leaves no room for chunks")
         self.clock = clock
+        self.barrier = barrier if barrier is not None else self._read_through_the_log
         self._open: dict[str, _Open] = {}
 
     @property
@@ -154,21 +165,20 @@ class SnapshotServer:
         core = self.node.core
         if core.role is not Role.LEADER:
             raise RemoteError("not_leader", f"n{self.node.id} is not the leader")
-        # Captured between applies (this coroutine runs on the loop): the state as of
-        # applying_index exactly, whose term the log or the snapshot knows.
-        index = core.applying_index
-        if index == 0:
-            raise RemoteError("not_leader", f"n{self.node.id} has applied nothing yet")
-        term = core.term(index)
-        assert term is not None, f"no term at applied index {index}"
-        revision = self.rsm.store.revision
-        encode = self.rsm.capture_snapshot()
         # Reserve the slot before awaiting, so concurrent opens respect the bound.
         sid = secrets.token_hex(8)
         slot = _Open(b"", self.clock())
         self._open[sid] = slot
         started = time.monotonic()
         try:
+            await self.barrier()
+            # Captured between applies (no await since reading these): the state as of
+            # applying_index exactly, whose term the log or the snapshot knows.
+            index = core.applying_index
+            term = core.term(index)
+            assert term is not None, f"no term at applied index {index}"
+            revision = self.rsm.store.revision
+            encode = self.rsm.capture_snapshot()
             data = await self.node.workers.encode(encode)
             digest = await self.node.workers.encode(_sha256, data)
         except BaseException:
@@ -209,6 +219,26 @@ class SnapshotServer:
             )
         slot.last_used_s = self.clock()
         return slot.data[offset : offset + min(max_bytes, self.chunk_bytes)]
+
+    async def _read_through_the_log(self) -> None:
+        """Wait until this leader applied a read committed after the call; else not_leader.
+
+        A get from a client id with no session and ``acked_below`` past the first
+        request is answered without opening one, so it leaves every replica's
+        state as it was.
+        """
+        op = GetOp(
+            key="",
+            client_id=f"backup-{secrets.token_hex(8)}",
+            request_id=FIRST_REQUEST_ID + 1,
+            acked_below=FIRST_REQUEST_ID + 1,
+        )
+        try:
+            await self.rsm.execute(op)
+        except (NotLeader, WrongLeader) as exc:
+            raise RemoteError("not_leader", f"n{self.node.id}: {exc}") from None
+        except Busy as exc:
+            raise RemoteError("busy", str(exc)) from None
 
 
 def _sha256(data: bytes) -> bytes:
