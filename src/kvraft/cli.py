@@ -142,6 +142,7 @@ def cli(
       kvraft status
       kvraft bench --clients 64 --duration 10
       kvraft leader transfer --to 2
+      kvraft snapshot save ./backup.kvb
 
     Secured clusters (docs/security.md): kvraft --cacert ca.pem --token T get KEY.
 
