@@ -17,10 +17,12 @@ every import of every module (in functions and ``TYPE_CHECKING`` blocks too);
 7. ``storage``: Raft's durable state in SQLite, behind raft's storage interface.
 8. ``server``: the node: Raft driver, replicated state machine, versioned KV.
 9. ``__init__``: this module, the public face: the client API and errors.
-10. ``status_table``, ``local_cluster``, ``bench``, ``txn_json``: what the commands do.
+10. ``status_table``, ``local_cluster``, ``bench``, ``txn_json``, ``backup_file``, ``restore``:
+    what the commands do.
 11. ``testing``: fault proxy, process cluster, linearizability checker; for
     tests, so no shipped module imports it but the command line's.
-12. ``cli``, ``cli_servers``, ``cli_clients``, ``cli_admin``, ``cli_common``, ``__main__``:
+12. ``cli``, ``cli_servers``, ``cli_clients``, ``cli_admin``, ``cli_backup``, ``cli_common``,
+    ``__main__``:
     the ``kvraft`` command.
 
 Only the client API, the errors and ``__version__`` are public here::

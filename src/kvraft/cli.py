@@ -20,7 +20,8 @@ each command turns the errors it expects into :func:`fail`.
 
 The subcommands live with their kind: :mod:`kvraft.cli_servers` (``server``,
 ``cluster``), :mod:`kvraft.cli_clients` (``get``, ``put``, ``status``,
-``bench``) and :mod:`kvraft.cli_admin` (``leader transfer``); exit codes and
+``bench``), :mod:`kvraft.cli_admin` (``leader transfer``) and
+:mod:`kvraft.cli_backup` (``snapshot save|status|restore``); exit codes and
 :func:`fail` are :mod:`kvraft.cli_common`. Their public names are re-exported
 here, so ``from kvraft.cli import ...`` still finds them.
 """
@@ -36,6 +37,7 @@ import click
 
 from kvraft import __version__
 from kvraft.cli_admin import leader
+from kvraft.cli_backup import snapshot
 from kvraft.cli_clients import (
     bench,
     deadline_option,
@@ -140,6 +142,7 @@ def cli(
       kvraft status
       kvraft bench --clients 64 --duration 10
       kvraft leader transfer --to 2
+      kvraft snapshot save ./backup.kvb
 
     Secured clusters (docs/security.md): kvraft --cacert ca.pem --token T get KEY.
 
@@ -157,6 +160,7 @@ for _command in (server, cluster, get, put, status, bench, leader):
 cli.add_command(set_command)  # the data API's commands (docs/data-model.md)
 cli.add_command(delete_command)
 cli.add_command(txn)
+cli.add_command(snapshot)  # backups (kvraft snapshot save|status|restore)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -1,8 +1,9 @@
-"""Operator calls: the status of every node, reachable or not; a leadership transfer."""
+"""Operator calls: the status of every node, reachable or not; a leadership transfer; a backup."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl as ssl_module
 import uuid
 from collections.abc import Sequence
@@ -120,3 +121,103 @@ def transfer_leadership(
     ssl: ssl_module.SSLContext | None = None,
 ) -> TransferOutcome:
     return asyncio.run(transfer_leadership_async(servers, target, timeout, token=token, ssl=ssl))
+
+
+# What a snapshot.read reply's frame holds besides the chunk (the server's
+# CHUNK_OVERHEAD_BYTES): the client asks for chunks its own frame limit takes.
+SNAPSHOT_READ_OVERHEAD_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class FetchedSnapshot:
+    """A backup snapshot as the leader handed it out: its data and what it is the state as of."""
+
+    cluster_id: str
+    index: int
+    term: int
+    revision: int
+    data: bytes
+    leader: int
+
+
+async def fetch_snapshot_async(
+    servers: Sequence[str],
+    timeout: float,
+    *,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    max_frame_bytes: int = 16 * 1024 * 1024,
+) -> FetchedSnapshot:
+    """A consistent snapshot of the leader's state machine (``snapshot.open/read/close``).
+
+    Raises Unavailable when no node answers or none leads, Unauthorized
+    without an admin token, RemoteError (``busy``: too many backups open on
+    the leader; ``not_leader``: it lost leadership; ``snapshot_unknown``: it
+    expired), an RpcError if the leader stops answering, ValueError if the
+    bytes received do not match the SHA-256 the leader gave.
+    """
+    import hashlib
+
+    rows = await fetch_statuses_async(servers, timeout, token=token, ssl=ssl)
+    reachable = [row for row in rows if row.get("reachable")]
+    refused = [row for row in rows if str(row.get("error", "")).startswith("Unauthorized")]
+    if not reachable and refused:
+        raise Unauthorized(str(refused[0]["error"]).removeprefix("Unauthorized: "))
+    leaders = sorted(
+        (row for row in reachable if row.get("role") == "leader"),
+        key=lambda row: int(row.get("term", 0)),
+        reverse=True,
+    )
+    if not leaders:
+        raise Unavailable(
+            f"no leader among the {len(reachable)} of {len(servers)} nodes that answered"
+        )
+    leader = leaders[0]
+    sender = client_sender("admin-" + uuid.uuid4().hex[:8])
+    rpc = RpcClient(
+        str(leader["address"]),
+        sender,
+        connect_timeout_s=timeout,
+        ssl=ssl,
+        token=token,
+        max_frame_bytes=max_frame_bytes,
+    )
+    want = max(1, max_frame_bytes - SNAPSHOT_READ_OVERHEAD_BYTES)
+    try:
+        meta = await rpc.call("snapshot.open", None, timeout)
+        sid, size = str(meta["id"]), int(meta["size"])
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            while received < size:
+                chunk = await rpc.call("snapshot.read", [sid, received, want], timeout)
+                if not chunk:
+                    raise ValueError(f"snapshot ended at {received} of {size} bytes")
+                chunks.append(bytes(chunk))
+                received += len(chunk)
+        finally:
+            with contextlib.suppress(RpcError):  # else it expires on the leader
+                await rpc.call("snapshot.close", sid, timeout)
+    finally:
+        rpc.close()
+    data = b"".join(chunks)
+    if len(data) != size or hashlib.sha256(data).digest() != bytes(meta["sha256"]):
+        raise ValueError("the snapshot received does not match the leader's SHA-256")
+    return FetchedSnapshot(
+        str(meta["cluster_id"]),
+        int(meta["index"]),
+        int(meta["term"]),
+        int(meta["revision"]),
+        data,
+        int(leader.get("id", -1)),
+    )
+
+
+def fetch_snapshot(
+    servers: Sequence[str],
+    timeout: float,
+    *,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> FetchedSnapshot:
+    return asyncio.run(fetch_snapshot_async(servers, timeout, token=token, ssl=ssl))

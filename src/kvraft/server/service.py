@@ -31,6 +31,7 @@ from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.codec import check
 from kvraft.rpc.tokens import Role
 from kvraft.rpc.wire_errors import UnknownMethod
+from kvraft.server import backup
 from kvraft.server.driver_io import StallingWorkers
 from kvraft.server.node import RaftNode, TransferFailed
 from kvraft.server.options import ServerOptions
@@ -52,6 +53,8 @@ METHOD_ROLES = {
     "delete_range": Role.READWRITE,
     # A txn may write; one with reads only still needs readwrite (etcd does the same).
     "txn": Role.READWRITE,
+    # A backup reads every key and session: admin (kvraft snapshot save).
+    **{method: Role.ADMIN for method in backup.METHODS},
 }
 
 # Each key-value method and the command class its argument must be.
@@ -86,6 +89,9 @@ class Service:
         # (method, the result's or error's class name) -> key-value requests answered
         # so: one dict increment per request, turned into metrics at scrape time.
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.snapshots = backup.SnapshotServer(
+            node, rsm, cluster_id=options.cluster_id, max_frame_bytes=options.max_frame_bytes
+        )
 
     async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         op_type = KV_METHODS.get(method)
@@ -121,6 +127,8 @@ class Service:
         if method == "leader.transfer":
             check(args, int, method)
             return await self._transfer_leadership(args)
+        if method in backup.METHODS:
+            return await self.snapshots.handle(method, args)
         if method in TEST_HOOKS:
             if not self.options.test_hooks:
                 raise UnknownMethod(f"{method} needs a server started with --test-hooks")
