@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from kvraft.errors import (
     Busy,
     ClientClosed,
+    Compacted,
     InvalidArgument,
     KVError,
     LockStateUnknown,
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         TxnRange,
         TxnResult,
         TxnSet,
+        WatchEvent,
         prefix_end,
     )
     from kvraft.rpc.tls import client_tls_context
@@ -110,6 +112,7 @@ _LAZY = {
             "TxnRange",
             "TxnResult",
             "TxnSet",
+            "WatchEvent",
             "prefix_end",
         )
     },
@@ -120,6 +123,7 @@ __all__ = [
     "Busy",
     "Client",
     "ClientClosed",
+    "Compacted",
     "Compare",
     "DeleteOk",
     "InvalidArgument",
@@ -142,6 +146,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "VersionMismatch",
+    "WatchEvent",
     "WrongLeader",
     "client_tls_context",
     "prefix_end",

@@ -16,6 +16,7 @@ from typing import Any
 
 from kvraft.errors import InvalidArgument, NotLeader, ProtocolError, RemoteError
 from kvraft.kv_protocol import (
+    CompactOp,
     DeleteOp,
     DeleteRangeOp,
     GetOp,
@@ -24,7 +25,9 @@ from kvraft.kv_protocol import (
     RangeOp,
     SetOp,
     TxnOp,
+    WatchPoll,
     check_op,
+    check_watch_poll,
 )
 from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.codec import check
@@ -35,6 +38,7 @@ from kvraft.server.node import RaftNode, TransferFailed
 from kvraft.server.options import ServerOptions
 from kvraft.server.peer_transport import RAFT_METHOD
 from kvraft.server.rsm import RSM
+from kvraft.server.watch import WatchPolls
 
 TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign", "raft.stall_disk")
 
@@ -51,6 +55,9 @@ METHOD_ROLES = {
     "delete_range": Role.READWRITE,
     # A txn may write; one with reads only still needs readwrite (etcd does the same).
     "txn": Role.READWRITE,
+    # A watch poll reads this replica's history; compact drops history for everyone.
+    "watch.poll": Role.READ,
+    "compact": Role.READWRITE,
 }
 
 # Each key-value method and the command class its argument must be.
@@ -62,6 +69,7 @@ KV_METHODS: dict[str, type[Any]] = {
     "delete": DeleteOp,
     "delete_range": DeleteRangeOp,
     "txn": TxnOp,
+    "compact": CompactOp,
 }
 
 # How long leader.transfer waits for the target to lead, in election timeouts: the
@@ -80,6 +88,7 @@ class Service:
         self.options = options
         self.node = node
         self.rsm = rsm
+        self.watch = WatchPolls(rsm)
         # The RPC server's open connections, for status (set once it exists).
         self.open_connections: Callable[[], int] = lambda: 0
 
@@ -98,6 +107,10 @@ class Service:
                 return NotLeaderResult(
                     self.options.peers.get(leader) if leader is not None else None
                 )
+        if method == "watch.poll":
+            check(args, WatchPoll, method)
+            check_watch_poll(args)
+            return await self.watch.poll(args)
         if method == "status":
             status = self.node.status()
             status["address"] = self.options.listen
@@ -107,6 +120,8 @@ class Service:
             status["inflight_proposals"] = self.rsm.inflight_proposals
             status["busy_refusals"] = self.rsm.busy_refusals
             status["connections"] = self.open_connections()
+            status["watch_polls_waiting"] = self.watch.waiting
+            status["history_first_revision"] = self.rsm.history.first_revision
             return status
         if method == "leader.transfer":
             check(args, int, method)
