@@ -38,6 +38,7 @@ from kvraft import __version__
 from kvraft.cli_admin import leader
 from kvraft.cli_clients import (
     bench,
+    compact_command,
     deadline_option,
     delete_command,
     get,
@@ -48,6 +49,7 @@ from kvraft.cli_clients import (
     set_command,
     status,
     txn,
+    watch_command,
 )
 from kvraft.cli_common import (
     EXIT_INTERRUPTED,
@@ -157,6 +159,8 @@ for _command in (server, cluster, get, put, status, bench, leader):
 cli.add_command(set_command)  # the data API's commands (docs/data-model.md)
 cli.add_command(delete_command)
 cli.add_command(txn)
+cli.add_command(watch_command)  # watch and compaction (docs/data-model.md, "Watch")
+cli.add_command(compact_command)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
