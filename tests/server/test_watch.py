@@ -7,6 +7,7 @@ controls exactly which revisions exist.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +43,7 @@ from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
 from kvraft.server.commands import decode_command, encode_command
 from kvraft.server.kvstore import KVStore
+from kvraft.server.options import ServerOptions
 from kvraft.server.rsm import RSM
 from kvraft.server.watch import WatchPolls
 from kvraft.server.watch_history import MAX_SCAN_REVISIONS, WatchHistory
@@ -381,3 +383,19 @@ def test_a_cancelled_poll_frees_its_slot() -> None:
         assert polls.waiting == 0
 
     asyncio.run(scenario())
+
+
+def test_the_history_options_take_one_and_refuse_zero(tmp_path: Path) -> None:
+    common: dict[str, Any] = dict(
+        node_id=0,
+        listen="127.0.0.1:1",
+        peers={0: "127.0.0.1:1"},
+        data_dir=tmp_path,
+        peer_secret=b"s" * 32,
+    )
+    ServerOptions(**common, history_revisions=1, history_bytes=1)
+    for bad in ({"history_revisions": 0}, {"history_bytes": 0}):
+        with pytest.raises(ValueError, match="--history-revisions and --history-bytes"):
+            ServerOptions(**common, **bad)
+    with pytest.raises(ValueError):
+        WatchHistory(max_revisions=0, max_bytes=1)
