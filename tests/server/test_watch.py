@@ -7,6 +7,7 @@ controls exactly which revisions exist.
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,21 @@ from kvraft.server.kvstore import KVStore
 from kvraft.server.options import ServerOptions
 from kvraft.server.rsm import RSM
 from kvraft.server.watch import WatchPolls
-from kvraft.server.watch_history import MAX_SCAN_REVISIONS, WatchHistory
+from kvraft.server.watch_history import MAX_SCAN_REVISIONS, Change, WatchHistory, change_bytes
 
 
 def put_event(key: str, value: str, revision: int) -> WatchEvent:
     return WatchEvent("put", KeyValue(key, value, 1, revision, revision, 0), None, revision)
 
 
+def created(key: str, value: str, revision: int) -> Change:
+    """The journal's change for a new key: no entry before, version 1 after."""
+    return (key, None, (value, 1, revision, revision, 0))
+
+
 def fill(history: WatchHistory, revisions: range, key: str = "k", value: str = "v") -> None:
     for r in revisions:
-        history.record(r, (put_event(key, value, r),))
+        history.record(r, [created(key, value, r)])
 
 
 def read_all(history: WatchHistory, next_revision: int = 1, **kw: Any) -> list[WatchEvent]:
@@ -79,7 +85,9 @@ def test_the_history_keeps_max_revisions_and_drops_the_oldest_one_past_it() -> N
 
 def test_the_history_byte_bound_at_the_limit_and_one_past() -> None:
     size = watch_event_bytes(put_event("k", "v", 1))
-    assert size == WATCH_EVENT_OVERHEAD_BYTES + 2
+    assert size == WATCH_EVENT_OVERHEAD_BYTES + 2 == change_bytes(created("k", "v", 1))
+    # A change's previous value counts too (it is kept for prev_kv).
+    assert change_bytes(("k", ("old", 1, 1, 1, 0), ("v", 2, 1, 2, 0))) == size + 3
     history = WatchHistory(max_revisions=100, max_bytes=3 * size)
     fill(history, range(1, 4))
     assert len(history) == 3 and history.bytes == 3 * size and history.first_revision == 1
@@ -90,7 +98,7 @@ def test_the_history_byte_bound_at_the_limit_and_one_past() -> None:
 def test_a_revision_over_the_byte_bound_alone_is_dropped_and_moves_the_start_past_it() -> None:
     history = WatchHistory(max_revisions=100, max_bytes=200)
     fill(history, range(1, 2))
-    history.record(2, (put_event("k", "x" * 500, 2),))
+    history.record(2, [created("k", "x" * 500, 2)])
     assert len(history) == 0 and history.bytes == 0 and history.first_revision == 3
 
 
@@ -108,8 +116,8 @@ def test_compact_drops_below_its_revision_and_never_moves_the_start_back() -> No
 def test_read_filters_by_range_and_drops_prev_kv_unless_asked() -> None:
     history = WatchHistory(max_revisions=100, max_bytes=1 << 20)
     prev = KeyValue("a/1", "old", 1, 1, 1, 0)
-    history.record(1, (WatchEvent("put", KeyValue("a/1", "new", 2, 1, 1, 0), prev, 1),))
-    history.record(2, (put_event("b", "v", 2),))
+    history.record(1, [("a/1", ("old", 1, 1, 1, 0), ("new", 2, 1, 1, 0))])
+    history.record(2, [created("b", "v", 2)])
     events, cursor, skip = history.read(
         "a/", "a0", 1, 0, max_events=10, max_bytes=1 << 20, prev_kv=False
     )
@@ -121,8 +129,8 @@ def test_read_filters_by_range_and_drops_prev_kv_unless_asked() -> None:
 
 def test_a_revision_split_across_reads_resumes_with_skip_without_gap_or_duplicate() -> None:
     history = WatchHistory(max_revisions=100, max_bytes=1 << 20)
-    history.record(1, tuple(put_event(f"k{i}", "v", 1) for i in range(5)))
-    history.record(2, (put_event("z", "v", 2),))
+    history.record(1, [created(f"k{i}", "v", 1) for i in range(5)])
+    history.record(2, [created("z", "v", 2)])
     seen: list[str] = []
     cursor, skip = 1, 0
     while cursor <= 2:
@@ -399,3 +407,43 @@ def test_the_history_options_take_one_and_refuse_zero(tmp_path: Path) -> None:
             ServerOptions(**common, **bad)
     with pytest.raises(ValueError):
         WatchHistory(max_revisions=0, max_bytes=1)
+
+
+def test_replaying_the_events_of_random_commands_rebuilds_the_store() -> None:
+    """Every change of every command kind is an event: replayed in order they give the store."""
+    rng = random.Random(12)
+    a = Applier()
+    keys = [f"k{i}" for i in range(6)]
+    for _ in range(400):
+        key = rng.choice(keys)
+        version = a.rsm.store.version(key)
+        choice = rng.randrange(6)
+        if choice == 0:
+            a.apply(lambda r, k=key: SetOp(k, str(rng.random()), "c", r, r))
+        elif choice == 1:
+            a.apply(lambda r, k=key, v=version: PutOp(k, "p", v, "c", r, r))
+        elif choice == 2:
+            a.apply(lambda r, k=key, v=version: DeleteOp(k, v, "c", r, r))
+        elif choice == 3:
+            a.apply(lambda r, k=key: DeleteRangeOp(k, "k9", "c", r, r))
+        elif choice == 4:
+            other = rng.choice([k for k in keys if k != key])
+            branch = (TxnSet(key, "t"), TxnDelete(other))
+            a.apply(lambda r, b=branch: TxnOp((), b, (), "c", r, r))
+        else:
+            a.apply(lambda r: RangeOp("", "", 0, False, "c", r, r))
+    replayed: dict[str, KeyValue] = {}
+    last = 0
+    for event in read_all(a.rsm.history):
+        assert event.revision >= last
+        last = event.revision
+        if event.type == "put":
+            assert event.kv.mod_revision == event.revision
+            replayed[event.kv.key] = event.kv
+        else:
+            assert event.prev_kv is not None and event.prev_kv.key in replayed
+            del replayed[event.kv.key]
+    assert last == a.rsm.store.revision > 100
+    store = a.rsm.store
+    expected = {k: KeyValue(k, *store.entry(k)) for k in store}  # type: ignore[misc]
+    assert replayed == expected

@@ -56,7 +56,7 @@ from kvraft.server.options import (
     DEFAULT_MAX_INFLIGHT_PROPOSALS,
 )
 from kvraft.server.sessions import SessionLimits, Sessions
-from kvraft.server.watch_history import WatchHistory, events_of
+from kvraft.server.watch_history import WatchHistory
 
 log = logging.getLogger("kvraft.rsm")
 
@@ -177,9 +177,7 @@ class RSM(StateMachine):
                 result = self.sessions.apply(self.store, op, entry.index)
                 changes = self.store.take_changes()
                 if self.store.revision != before:
-                    self.history.record(
-                        self.store.revision, events_of(self.store.revision, changes)
-                    )
+                    self.history.record(self.store.revision, changes)
                     self._wake_watchers()
                 elif isinstance(op, CompactOp) and isinstance(result, CompactOk):
                     self.history.compact(result.first_revision)

@@ -1,8 +1,9 @@
 """The watch history: the recent events of the applied log, bounded, shared by every watcher.
 
 Each write command that changed the store made one revision; the RSM hands
-this history that revision's events (:meth:`WatchHistory.record`), built
-from the store's journal of the command (:func:`events_of`). Every replica
+this history that revision's changes, the store's journal of the command
+(:meth:`WatchHistory.record`: ``(key, entry before, entry after)`` tuples,
+cheap to keep; :func:`event_of` makes the events when a watcher reads them). Every replica
 applies the same log, so every replica's history holds the same events for
 the revisions it has applied and kept; watchers read it with
 :meth:`WatchHistory.read` through a cursor they keep themselves, so the
@@ -23,8 +24,16 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Sequence
 
-from kvraft.kv_protocol import KeyValue, WatchEvent, in_range, watch_event_bytes
+from kvraft.kv_protocol import (
+    WATCH_EVENT_OVERHEAD_BYTES,
+    KeyValue,
+    WatchEvent,
+    in_range,
+    utf8_len,
+    watch_event_bytes,
+)
 from kvraft.server.kvstore import Entry
 
 # The most revisions one read looks at (matching or not), so a watcher of a
@@ -32,24 +41,32 @@ from kvraft.server.kvstore import Entry
 MAX_SCAN_REVISIONS = 10_000
 
 
-def events_of(
-    revision: int, changes: list[tuple[str, Entry | None, Entry | None]]
-) -> tuple[WatchEvent, ...]:
-    """The events of one revision from the store's journal ``(key, before, after)``.
+Change = tuple[str, Entry | None, Entry | None]
 
-    A key changed twice in one command cannot happen (a txn writes each key
-    once), so the journal's order is the events' order.
+
+def change_bytes(change: Change) -> int:
+    """What one change counts toward the byte bounds, as its event does
+    (:func:`~kvraft.kv_protocol.watch_event_bytes` with its previous value)."""
+    key, before, after = change
+    size = WATCH_EVENT_OVERHEAD_BYTES + utf8_len(key)
+    if after is not None:
+        size += utf8_len(after[0])
+    if before is not None:
+        size += utf8_len(before[0])
+    return size
+
+
+def event_of(revision: int, change: Change, prev_kv: bool) -> WatchEvent:
+    """The event of one journaled change ``(key, before, after)`` at ``revision``.
+
+    Built when a watcher reads it, not when it is applied: the apply loop only
+    keeps the journal's tuples, which share the store's values.
     """
-    events = []
-    for key, before, after in changes:
-        prev = None if before is None else _key_value(key, before)
-        if after is None:
-            events.append(
-                WatchEvent("delete", KeyValue(key, "", 0, 0, revision, 0), prev, revision)
-            )
-        else:
-            events.append(WatchEvent("put", _key_value(key, after), prev, revision))
-    return tuple(events)
+    key, before, after = change
+    prev = None if before is None or not prev_kv else _key_value(key, before)
+    if after is None:
+        return WatchEvent("delete", KeyValue(key, "", 0, 0, revision, 0), prev, revision)
+    return WatchEvent("put", _key_value(key, after), prev, revision)
 
 
 def _key_value(key: str, entry: Entry) -> KeyValue:
@@ -58,7 +75,7 @@ def _key_value(key: str, entry: Entry) -> KeyValue:
 
 
 class WatchHistory:
-    """Recent revisions' events, bounded by count and bytes (see the module)."""
+    """Recent revisions' changes, bounded by count and bytes (see the module)."""
 
     def __init__(self, max_revisions: int, max_bytes: int, first_revision: int = 1) -> None:
         if max_revisions < 1 or max_bytes < 1:
@@ -66,23 +83,23 @@ class WatchHistory:
         self.max_revisions = max_revisions
         self.max_bytes = max_bytes
         self.first_revision = first_revision
-        # Parallel deques, oldest first: revision, its events, their bytes.
-        # Invariant: bytes == sum(self._sizes); revisions ascending, all >= first_revision.
-        self._revisions: deque[int] = deque()
-        self._events: deque[tuple[WatchEvent, ...]] = deque()
-        self._sizes: deque[int] = deque()
+        # Oldest first: (revision, its changes in the order made, their bytes).
+        # Invariant: bytes == sum of the sizes; revisions ascending, all >= first_revision.
+        self._revisions: deque[tuple[int, tuple[Change, ...], int]] = deque()
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._revisions)
 
-    def record(self, revision: int, events: tuple[WatchEvent, ...]) -> None:
-        """Keep ``revision``'s events (revisions arrive in ascending order), then evict."""
-        assert not self._revisions or revision > self._revisions[-1], revision
-        size = sum(watch_event_bytes(e) for e in events)
-        self._revisions.append(revision)
-        self._events.append(events)
-        self._sizes.append(size)
+    def record(self, revision: int, changes: Sequence[Change]) -> None:
+        """Keep ``revision``'s changes (revisions arrive in ascending order), then evict.
+
+        A key changed twice in one command cannot happen (a txn writes each
+        key once), so the journal's order is the events' order.
+        """
+        assert not self._revisions or revision > self._revisions[-1][0], revision
+        size = sum(change_bytes(c) for c in changes)
+        self._revisions.append((revision, tuple(changes), size))
         self.bytes += size
         while self._revisions and (
             len(self._revisions) > self.max_revisions or self.bytes > self.max_bytes
@@ -91,22 +108,19 @@ class WatchHistory:
 
     def compact(self, revision: int) -> None:
         """Drop every revision below ``revision``; a watch from below it is Compacted."""
-        while self._revisions and self._revisions[0] < revision:
+        while self._revisions and self._revisions[0][0] < revision:
             self._drop_oldest()
         self.first_revision = max(self.first_revision, revision)
 
     def reset(self, first_revision: int) -> None:
         """Forget everything: the store was replaced (a snapshot); history starts here."""
         self._revisions.clear()
-        self._events.clear()
-        self._sizes.clear()
         self.bytes = 0
         self.first_revision = first_revision
 
     def _drop_oldest(self) -> None:
-        revision = self._revisions.popleft()
-        self._events.popleft()
-        self.bytes -= self._sizes.popleft()
+        revision, _, size = self._revisions.popleft()
+        self.bytes -= size
         self.first_revision = max(self.first_revision, revision + 1)
 
     def read(
@@ -131,21 +145,21 @@ class WatchHistory:
         events: list[WatchEvent] = []
         size = 0
         cursor, cursor_skip = next_revision, skip
-        i = bisect.bisect_left(self._revisions, next_revision)
+        revisions = self._revisions
+        i = bisect.bisect_left(revisions, next_revision, key=lambda r: r[0])
         scanned = 0
-        while i < len(self._revisions) and scanned < MAX_SCAN_REVISIONS:
-            revision = self._revisions[i]
+        while i < len(revisions) and scanned < MAX_SCAN_REVISIONS:
+            revision, changes, _ = revisions[i]
             if revision != cursor:
                 cursor, cursor_skip = revision, 0
             matched = 0
-            for event in self._events[i]:
-                if not in_range(event.kv.key, start, end):
+            for change in changes:
+                if not in_range(change[0], start, end):
                     continue
                 matched += 1
                 if matched <= cursor_skip:
                     continue
-                if not prev_kv and event.prev_kv is not None:
-                    event = WatchEvent(event.type, event.kv, None, event.revision)
+                event = event_of(revision, change, prev_kv)
                 event_size = watch_event_bytes(event)
                 if events and (len(events) >= max_events or size + event_size > max_bytes):
                     return events, cursor, cursor_skip
