@@ -30,7 +30,8 @@ Only the client API, the errors and ``__version__`` are public here::
 and the data API's classes (``kvraft.kv_protocol``): the results ``KeyValue``,
 ``RangeResult``, ``TxnResult``, ``PutOk``, ``SetOk``, ``DeleteOk``, a txn's
 ``Compare`` and operations ``TxnPut``, ``TxnSet``, ``TxnDelete``,
-``TxnDeleteRange``, ``TxnGet``, ``TxnRange``, and ``prefix_end``.
+``TxnDeleteRange``, ``TxnGet``, ``TxnRange``, and ``prefix_end``; a watch's
+``WatchEvent`` and its error ``Compacted``.
 
 Why the client names are loaded lazily (PEP 562 ``__getattr__``): every module
 of the package, the sans-I/O Raft core included, imports ``kvraft.errors``, and
