@@ -397,8 +397,9 @@ class AsyncClient:
         the order the command made them. From ``start_revision`` (inclusive)
         if given, else from the revision the first server polled is at.
         Resumes across disconnects and leader changes with no gap and no
-        duplicate. Raises :class:`~kvraft.Compacted` if the server polled no
-        longer has the history from where the watch stands, ClientClosed when
+        duplicate. Raises :class:`~kvraft.Compacted` if no server has the
+        history from where the watch stands any more (each is asked once; the
+        error names the oldest revision any of them has), ClientClosed when
         the client closes, Unavailable if a poll finds no server within the
         client's deadline. ``aclose()`` (or leaving ``async for``) stops it;
         nothing is left on the servers but a poll that ends within
@@ -427,6 +428,7 @@ class AsyncClient:
     ) -> AsyncIterator[WatchEvent]:
         """The watch loop: poll from the cursor, yield, move the cursor (see watch())."""
         skip = 0
+        compacted: list[int] = []  # first revisions of the servers that said Compacted
         while True:
             poll = WatchPoll(start, end, next_revision, skip, MAX_WATCH_EVENTS, prev_kv, wait_s)
             result = await self._tracked(
@@ -435,18 +437,24 @@ class AsyncClient:
                 )
             )
             if isinstance(result, WatchCompactedResult):
+                # A server restarted from a snapshot keeps less history than the
+                # others: ask each server once before giving up.
+                compacted.append(result.first_revision)
+                if len(compacted) < len(self.servers):
+                    self._leader = (self._leader + 1) % len(self.servers)
+                    continue
+                first = min(compacted)
                 raise Compacted(
-                    f"revision {next_revision} is compacted: the history starts at"
-                    f" {result.first_revision}",
-                    first_revision=result.first_revision,
+                    f"revision {next_revision} is compacted: the history starts at {first}",
+                    first_revision=first,
                 )
             if not isinstance(result, WatchBatch):
                 raise ProtocolError(f"not a watch result: {type(result).__name__}")
+            compacted.clear()
             for event in result.events:
                 yield event
-            # Only after the events are delivered: a watch closed mid-batch would
-            # otherwise resume past what its consumer saw (it cannot resume, but
-            # the cursor stays honest).
+            # Moved only once the batch is delivered: the next poll starts
+            # right after the last event the consumer has seen.
             next_revision, skip = result.next_revision, result.skip
 
     async def _session_loop(
