@@ -29,7 +29,13 @@ def client(cluster: Cluster, servers: list[str] | None = None) -> Client:
     return Client(servers or cluster.addresses, deadline=OP_DEADLINE_S, call_timeout_s=0.5)
 
 
-def test_a_watch_sees_every_write_once_in_order_through_a_leader_kill(make_cluster) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("behind", [False, True], ids=["polling", "behind"])
+def test_a_watch_sees_every_write_once_in_order_through_a_leader_kill(  # type: ignore[no-untyped-def]
+    make_cluster, behind: bool
+) -> None:
+    """``polling``: the leader dies under the watch's waiting poll. ``behind``: the
+    watcher stops after its first event until the leader is dead, so it resumes on
+    another server with half the writes still to read from there."""
     cluster = make_cluster(3)
     with client(cluster) as c:
         c.set("other", "x")  # a key outside the prefix: its revision must not show
@@ -38,7 +44,7 @@ def test_a_watch_sees_every_write_once_in_order_through_a_leader_kill(make_clust
     # The watcher polls the leader first, so the kill takes its server away mid-watch.
     leader_first = [cluster.address(leader)]
     leader_first += [a for i, a in enumerate(cluster.addresses) if i != leader]
-    halfway, killed = threading.Event(), threading.Event()
+    halfway, killed, first_seen = threading.Event(), threading.Event(), threading.Event()
 
     def writer() -> list[tuple[int, str, str]]:
         done = []
@@ -55,6 +61,8 @@ def test_a_watch_sees_every_write_once_in_order_through_a_leader_kill(make_clust
                     result = w.txn((), (TxnSet(key, value),))
                     done.append((result.revision, key, value))
                 w.set("other", str(i))
+                if i == 0:  # the rest only once the watcher has its first event
+                    assert first_seen.wait(OP_DEADLINE_S)
         return done
 
     def watcher() -> list[WatchEvent]:
@@ -63,6 +71,9 @@ def test_a_watch_sees_every_write_once_in_order_through_a_leader_kill(make_clust
             events = r.watch(prefix="w/", start_revision=start, poll_wait_s=POLL_WAIT_S)
             for event in events:
                 seen.append(event)
+                first_seen.set()
+                if behind and len(seen) == 1:
+                    assert killed.wait(OP_DEADLINE_S)
                 if len(seen) == WRITES + WRITES // 5:
                     break
         return seen
@@ -75,7 +86,8 @@ def test_a_watch_sees_every_write_once_in_order_through_a_leader_kill(make_clust
             rows = {r.get("id"): r for r in statuses(cluster)}
             return rows[leader].get("watch_polls_waiting") == 1
 
-        wait_until(watcher_waits_on_the_leader, OP_DEADLINE_S, message="the watch on the leader")
+        if not behind:
+            wait_until(watcher_waits_on_the_leader, OP_DEADLINE_S, message="the watch waits")
         cluster.kill(leader)
         killed.set()
 
