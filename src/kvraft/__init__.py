@@ -32,7 +32,8 @@ Only the client API, the errors and ``__version__`` are public here::
 and the data API's classes (``kvraft.kv_protocol``): the results ``KeyValue``,
 ``RangeResult``, ``TxnResult``, ``PutOk``, ``SetOk``, ``DeleteOk``, a txn's
 ``Compare`` and operations ``TxnPut``, ``TxnSet``, ``TxnDelete``,
-``TxnDeleteRange``, ``TxnGet``, ``TxnRange``, and ``prefix_end``.
+``TxnDeleteRange``, ``TxnGet``, ``TxnRange``, and ``prefix_end``; a watch's
+``WatchEvent`` and its error ``Compacted``.
 
 Why the client names are loaded lazily (PEP 562 ``__getattr__``): every module
 of the package, the sans-I/O Raft core included, imports ``kvraft.errors``, and
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from kvraft.errors import (
     Busy,
     ClientClosed,
+    Compacted,
     InvalidArgument,
     KVError,
     LockStateUnknown,
@@ -81,6 +83,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         TxnRange,
         TxnResult,
         TxnSet,
+        WatchEvent,
         prefix_end,
     )
     from kvraft.rpc.tls import client_tls_context
@@ -112,6 +115,7 @@ _LAZY = {
             "TxnRange",
             "TxnResult",
             "TxnSet",
+            "WatchEvent",
             "prefix_end",
         )
     },
@@ -122,6 +126,7 @@ __all__ = [
     "Busy",
     "Client",
     "ClientClosed",
+    "Compacted",
     "Compare",
     "DeleteOk",
     "InvalidArgument",
@@ -144,6 +149,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "VersionMismatch",
+    "WatchEvent",
     "WrongLeader",
     "client_tls_context",
     "prefix_end",

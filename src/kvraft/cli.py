@@ -40,6 +40,7 @@ from kvraft.cli_admin import leader
 from kvraft.cli_backup import snapshot
 from kvraft.cli_clients import (
     bench,
+    compact_command,
     deadline_option,
     delete_command,
     get,
@@ -50,6 +51,7 @@ from kvraft.cli_clients import (
     set_command,
     status,
     txn,
+    watch_command,
 )
 from kvraft.cli_common import (
     EXIT_INTERRUPTED,
@@ -161,6 +163,8 @@ cli.add_command(set_command)  # the data API's commands (docs/data-model.md)
 cli.add_command(delete_command)
 cli.add_command(txn)
 cli.add_command(snapshot)  # backups (kvraft snapshot save|status|restore)
+cli.add_command(watch_command)  # watch and compaction (docs/data-model.md, "Watch")
+cli.add_command(compact_command)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -7,6 +7,8 @@ The data commands, etcdctl-like (``docs/data-model.md``)::
     kvraft set KEY VALUE [--json]                  # unconditional; prints the new version
     kvraft del KEY [--version N] | --prefix P      # prints how many keys it deleted
     kvraft txn < txn.json                          # compares and two branches, as JSON
+    kvraft watch KEY | --prefix P [--rev R] [--prev-kv] [--json]   # until Ctrl-C
+    kvraft compact REV                             # drop the watch history below REV
 
 ``get --prefix`` prints one line per key, ``KEY<TAB>VALUE<TAB>(version N)``
 (``KEY<TAB>(version N)`` with ``--keys-only``), or with ``--json`` one object
@@ -23,6 +25,12 @@ with the fields of its Txn class (``key``, ``value``, ``version``, ``start``,
 (whichever branch ran), 1 NoKey / VersionMismatch / Maybe (a txn's op
 failure included: nothing applied), 2 usage (bad JSON or fields), 3
 unavailable.
+
+``watch`` prints one line per event as it happens, ``REVISION<TAB>put<TAB>KEY<TAB>VALUE``
+or ``REVISION<TAB>delete<TAB>KEY`` (with ``--prev-kv``, ``<TAB>prev=VALUE`` when
+the key had one), or with ``--json`` one object per line ``{"type", "revision",
+"kv", "prev_kv"}``; it runs until Ctrl-C (exit 130), and exits 1 with
+``Compacted`` if ``--rev`` is older than the history.
 
 Each builds its client from ``--servers`` (default ``$KVRAFT_SERVERS``, else
 the local cluster that ``kvraft cluster`` starts with its defaults,
@@ -308,6 +316,71 @@ def txn(servers: str | None, deadline: float) -> None:
         raise click.UsageError(f"stdin: {exc}") from None
     result = _with_client(servers, deadline, lambda c: c.txn(compare, success, failure))
     click.echo(json.dumps(_to_json(result)))
+
+
+@click.command("watch")
+@click.argument("key", required=False)
+@click.option("--prefix", metavar="P", help="Every key that starts with P.")
+@click.option(
+    "--rev",
+    "start_revision",
+    type=click.IntRange(min=1),
+    default=None,
+    help="From revision R on (inclusive); default: changes from now.",
+)
+@click.option("--prev-kv", is_flag=True, help="Show each changed key's previous value.")
+@servers_option
+@deadline_option
+@click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON line.")
+def watch_command(
+    key: str | None,
+    prefix: str | None,
+    start_revision: int | None,
+    prev_kv: bool,
+    servers: str | None,
+    deadline: float,
+    as_json: bool,
+) -> None:
+    """Print every change of KEY, or of the keys of --prefix, one line each, until Ctrl-C."""
+    if (key is None) == (prefix is None):
+        raise click.UsageError("give KEY or --prefix P")
+
+    def follow(client: Any) -> None:
+        events = client.watch(key, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv)
+        for event in events:
+            click.echo(_event_line(event, as_json))
+
+    _with_client(servers, deadline, follow)
+
+
+def _event_line(event: Any, as_json: bool) -> str:
+    """One watch event as the line ``kvraft watch`` prints (module docstring)."""
+    if as_json:
+        prev = None if event.prev_kv is None else _to_json(event.prev_kv)
+        return json.dumps(
+            {
+                "type": event.type,
+                "revision": event.revision,
+                "kv": _to_json(event.kv),
+                "prev_kv": prev,
+            }
+        )
+    line = f"{event.revision}\t{event.type}\t{event.kv.key}"
+    if event.type == "put":
+        line += f"\t{event.kv.value}"
+    if event.prev_kv is not None:
+        line += f"\tprev={event.prev_kv.value}"
+    return line
+
+
+@click.command("compact")
+@click.argument("revision", type=click.IntRange(min=1))
+@servers_option
+@deadline_option
+def compact_command(revision: int, servers: str | None, deadline: float) -> None:
+    """Drop the watch history below REVISION on every server (watches from before it fail)."""
+    first = _with_client(servers, deadline, lambda c: c.compact(revision))
+    click.echo(f"compacted\t(history starts at revision {first})")
 
 
 def _to_json(value: Any) -> Any:

@@ -139,6 +139,20 @@ def _log_level(ctx: click.Context) -> str:
     help="The same budget in command bytes. Default 64 MiB.",
 )
 @click.option(
+    "--history-revisions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Watch history: the most recent revisions kept (older watches get Compacted)."
+    " Default 10000.",
+)
+@click.option(
+    "--history-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Watch history: the most bytes of events kept (keys, values, previous values)."
+    " Default 64 MiB.",
+)
+@click.option(
     "--peer-secret-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
@@ -233,6 +247,8 @@ def server(
     max_frame_bytes: int | None,
     max_inflight_proposals: int | None,
     max_inflight_bytes: int | None,
+    history_revisions: int | None,
+    history_bytes: int | None,
     peer_secret_file: Path | None,
     insecure_peers: bool,
     max_connections: int,
@@ -267,6 +283,8 @@ def server(
     from kvraft.rpc.tls import TlsFiles
     from kvraft.server.metrics_http import MetricsListenError
     from kvraft.server.options import (
+        DEFAULT_HISTORY_BYTES,
+        DEFAULT_HISTORY_REVISIONS,
         DEFAULT_MAX_INFLIGHT_BYTES,
         DEFAULT_MAX_INFLIGHT_PROPOSALS,
         DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
@@ -305,6 +323,8 @@ def server(
             max_frame_bytes=max_frame_bytes or DEFAULT_MAX_FRAME_BYTES,
             max_inflight_proposals=max_inflight_proposals or DEFAULT_MAX_INFLIGHT_PROPOSALS,
             max_inflight_bytes=max_inflight_bytes or DEFAULT_MAX_INFLIGHT_BYTES,
+            history_revisions=history_revisions or DEFAULT_HISTORY_REVISIONS,
+            history_bytes=history_bytes or DEFAULT_HISTORY_BYTES,
             peer_secret=secret,
             insecure_peers=insecure_peers,
             max_connections=max_connections,

@@ -82,6 +82,21 @@ class LockStateUnknown(KVError):
         self.version = version
 
 
+class Compacted(KVError):
+    """A watch started (or resumed) below the kept history: ``first_revision`` is the oldest.
+
+    The history is bounded (``--history-revisions``, its byte bound) and
+    ``compact(revision)`` drops what is older; a replica restarted from a
+    snapshot keeps history only from its snapshot on. Watch again from
+    ``first_revision`` (after reading the current state with ``range``) to
+    carry on: the events between are gone.
+    """
+
+    def __init__(self, message: str, *, first_revision: int) -> None:
+        super().__init__(message)
+        self.first_revision = first_revision
+
+
 class InvalidArgument(KVError):
     """The caller passed a bad key, value or version; nothing was sent or applied."""
 

@@ -301,9 +301,24 @@ class TxnOp:
     acked_below: int
 
 
-Op = GetOp | PutOp | SetOp | DeleteOp | DeleteRangeOp | RangeOp | TxnOp
+@dataclass(frozen=True, slots=True)
+class CompactOp:
+    """Drop the watch history below ``revision`` on every replica: CompactOk.
+
+    Through the log, so every replica compacts at the same point; it does
+    not change the store or its revision. A ``revision`` above the store's
+    is clamped to the store's revision + 1 (all history dropped).
+    """
+
+    revision: int
+    client_id: str
+    request_id: int
+    acked_below: int
+
+
+Op = GetOp | PutOp | SetOp | DeleteOp | DeleteRangeOp | RangeOp | TxnOp | CompactOp
 # The commands that may write: their results are kept in the client's session.
-WRITE_OPS: tuple[type[Any], ...] = (PutOp, SetOp, DeleteOp, DeleteRangeOp, TxnOp)
+WRITE_OPS: tuple[type[Any], ...] = (PutOp, SetOp, DeleteOp, DeleteRangeOp, TxnOp, CompactOp)
 COMMAND_TYPES: tuple[type[Any], ...] = (GetOp, RangeOp, *WRITE_OPS)
 
 
@@ -432,6 +447,111 @@ class SessionExpiredResult:
     """
 
 
+@dataclass(frozen=True, slots=True)
+class CompactOk:
+    """The history now starts at ``first_revision``: a watch from below it is Compacted."""
+
+    first_revision: int
+
+
+# ------------------------------------------------------------------------ watch
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change: ``type`` "put" or "delete" of ``kv.key`` at ``revision``.
+
+    ``kv`` is the key-value after the change (for a delete: the key, value
+    "", version 0, ``mod_revision`` the delete's revision); ``prev_kv`` the
+    one before it, if the watch asked for it and the key existed, else None.
+    """
+
+    type: str
+    kv: KeyValue
+    prev_kv: KeyValue | None
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchPoll:
+    """The ``watch.poll`` RPC's argument: events of ``[start, end)`` from a cursor.
+
+    The cursor is ``(next_revision, skip)``: every matching event of
+    revisions >= ``next_revision``, leaving out the first ``skip`` of
+    ``next_revision`` (already delivered: one revision may span replies).
+    ``next_revision`` 0 is "from now": from this replica's revision + 1.
+    The server answers at once if it has events, else after ``wait_s``
+    (at most :data:`MAX_WATCH_WAIT_S`) or as soon as an event arrives.
+    At most ``max_events`` (1..:data:`MAX_WATCH_EVENTS`) events and
+    :data:`MAX_WATCH_REPLY_BYTES` per reply (always one event at least).
+    """
+
+    start: str
+    end: str
+    next_revision: int
+    skip: int
+    max_events: int
+    prev_kv: bool
+    wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """A poll's events, in revision order, and the cursor to poll from next.
+
+    ``revision`` is the replica's applied revision when it answered: a
+    watcher knows it has seen everything up to it (if the cursor passed it).
+    """
+
+    events: tuple[WatchEvent, ...]
+    next_revision: int
+    skip: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchCompactedResult:
+    """The poll's cursor is below this replica's history; it starts at ``first_revision``."""
+
+    first_revision: int
+
+
+# The most events and bytes (key, value and prev value of each, plus
+# WATCH_EVENT_OVERHEAD_BYTES) a watch.poll answers; one event always, and one
+# event fits a frame (two values of at most max_value_bytes each and a key:
+# the default 16 MiB frame holds two 1 MiB values with room to spare).
+MAX_WATCH_EVENTS = 10_000
+MAX_WATCH_REPLY_BYTES = 4 * 1024 * 1024
+WATCH_EVENT_OVERHEAD_BYTES = 96
+# The longest a poll waits for an event before answering an empty batch.
+MAX_WATCH_WAIT_S = 30.0
+
+
+def check_watch_poll(poll: WatchPoll, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> None:
+    """Raise InvalidArgument unless ``poll`` is within the protocol's bounds."""
+    _check_bounds(poll.start, poll.end, max_key_bytes + RANGE_BOUND_EXTRA_BYTES)
+    for name, number in (("next_revision", poll.next_revision), ("skip", poll.skip)):
+        if type(number) is not int or not 0 <= number <= MAX_REVISION:
+            raise InvalidArgument(f"{name} must be an int in 0..{MAX_REVISION}, not {number!r}")
+    if type(poll.max_events) is not int or not 1 <= poll.max_events <= MAX_WATCH_EVENTS:
+        raise InvalidArgument(
+            f"max_events must be an int in 1..{MAX_WATCH_EVENTS}, not {poll.max_events!r}"
+        )
+    if type(poll.prev_kv) is not bool:
+        raise InvalidArgument(f"prev_kv must be bool, not {poll.prev_kv!r}")
+    wait = poll.wait_s
+    if type(wait) not in (int, float) or not 0 <= wait <= MAX_WATCH_WAIT_S:
+        raise InvalidArgument(f"wait_s must be in 0..{MAX_WATCH_WAIT_S:g}, not {wait!r}")
+
+
+def watch_event_bytes(event: WatchEvent) -> int:
+    """What ``event`` counts toward a reply's and the history's byte bounds."""
+    size = WATCH_EVENT_OVERHEAD_BYTES + utf8_len(event.kv.key) + utf8_len(event.kv.value)
+    if event.prev_kv is not None:
+        size += utf8_len(event.prev_kv.value)
+    return size
+
+
 Result = (
     GetOk
     | PutOk
@@ -444,6 +564,7 @@ Result = (
     | VersionMismatchResult
     | StaleRequestResult
     | SessionExpiredResult
+    | CompactOk
 )
 
 
@@ -515,6 +636,12 @@ def check_op(
         if why is not None:
             raise InvalidArgument(why)
         _check_txn_sizes(op, max_value_bytes, max_key_bytes)
+    elif kind is CompactOp:
+        assert isinstance(op, CompactOp)
+        if type(op.revision) is not int or not 0 <= op.revision <= MAX_REVISION:
+            raise InvalidArgument(
+                f"revision must be an int in 0..{MAX_REVISION}, not {op.revision!r}"
+            )
     elif kind is RangeOp or kind is DeleteRangeOp:
         assert isinstance(op, RangeOp | DeleteRangeOp)
         _check_bounds(op.start, op.end, bound_bytes)

@@ -42,6 +42,13 @@ DATA_TYPES = (
     kv_protocol.DeleteOk,
     kv_protocol.TxnResult,
     kv_protocol.TxnOpFailedResult,
+    # Watch and compaction, 54..59.
+    kv_protocol.CompactOp,
+    kv_protocol.CompactOk,
+    kv_protocol.WatchEvent,
+    kv_protocol.WatchPoll,
+    kv_protocol.WatchBatch,
+    kv_protocol.WatchCompactedResult,
 )
 
 

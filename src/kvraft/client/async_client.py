@@ -42,6 +42,13 @@ session cannot vouch that an earlier attempt did not apply.
 then raise :class:`~kvraft.errors.ClientClosed` (so do calls begun after it),
 and closes the connections. A put ended that way may have applied.
 
+Watch (``docs/data-model.md``): :meth:`AsyncClient.watch` long-polls
+``watch.poll`` through the same ``_attempts`` (so the same server choice,
+retries and deadline per poll), keeping the cursor itself: after a lost
+connection or a leader change it polls the next server from the last event
+it delivered, so no event is skipped or repeated. A poll is a read of the
+server's history: nothing is kept in a session.
+
 ``Unauthorized`` (no token, a refused token, a role that does not allow the
 call) is raised at once, never retried: nothing ran, and the same
 credentials would be refused again. ``Unavailable`` names the last failure
@@ -54,7 +61,7 @@ import asyncio
 import random
 import ssl as ssl_module
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -64,6 +71,7 @@ from kvraft.errors import (
     Busy,
     CallTimeout,
     ClientClosed,
+    Compacted,
     ConnectionLost,
     InvalidArgument,
     Maybe,
@@ -80,6 +88,11 @@ from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
     FIRST_REQUEST_ID,
     MAX_CLIENT_ID_BYTES,
+    MAX_REVISION,
+    MAX_WATCH_EVENTS,
+    MAX_WATCH_WAIT_S,
+    CompactOk,
+    CompactOp,
     Compare,
     DeleteOk,
     DeleteOp,
@@ -100,6 +113,10 @@ from kvraft.kv_protocol import (
     TxnRequest,
     TxnResult,
     VersionMismatchResult,
+    WatchBatch,
+    WatchCompactedResult,
+    WatchEvent,
+    WatchPoll,
     check_client_id,
     check_op,
     prefix_end,
@@ -120,6 +137,10 @@ TIMEOUTS_BEFORE_MOVING_ON = 2
 # jittered down to half so clients refused together do not come back together.
 BUSY_BACKOFF_S = 0.01
 MAX_BUSY_BACKOFF_S = 0.5
+# How long a watch poll waits on the server for an event before an empty answer
+# (then the client polls again): the longest a dead-but-connected server can
+# hold a watch before the client moves on is this plus call_timeout_s.
+WATCH_POLL_WAIT_S = 5.0
 
 
 def _bounds(prefix: str | None, start: str | None, end: str | None) -> tuple[str, str]:
@@ -343,6 +364,99 @@ class AsyncClient:
             raise Maybe("txn compares failed after a resend: the txn may have applied")
         return result
 
+    async def compact(self, revision: int) -> int:
+        """Drop the watch history below ``revision`` on every server; the history's new start.
+
+        A watch from below the returned revision raises Compacted. Through the
+        log, like a write; a ``revision`` past the store's is clamped to its
+        revision + 1 (every event so far dropped).
+        """
+
+        def build(session: str, request_id: int, acked_below: int) -> Op:
+            return CompactOp(revision, session, request_id, acked_below)
+
+        result = await self._in_session("compact", build)
+        if not isinstance(result, CompactOk):
+            raise ProtocolError(f"not a compact result: {type(result).__name__}")
+        return result.first_revision
+
+    def watch(
+        self,
+        key: str | None = None,
+        *,
+        prefix: str | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+        poll_wait_s: float = WATCH_POLL_WAIT_S,
+    ) -> AsyncIterator[WatchEvent]:
+        """Every change of ``key`` (or of the keys with ``prefix``), in revision order.
+
+        An async iterator of :class:`~kvraft.WatchEvent` (``type`` "put" or
+        "delete", ``kv``, ``prev_kv`` if asked for, ``revision``); the events
+        of one revision (a txn, a delete_range) come one after another, in
+        the order the command made them. From ``start_revision`` (inclusive)
+        if given, else from the revision the first server polled is at.
+        Resumes across disconnects and leader changes with no gap and no
+        duplicate. Raises :class:`~kvraft.Compacted` if no server has the
+        history from where the watch stands any more (each is asked once; the
+        error names the oldest revision any of them has), ClientClosed when
+        the client closes, Unavailable if a poll finds no server within the
+        client's deadline. ``aclose()`` (or leaving ``async for``) stops it;
+        nothing is left on the servers but a poll that ends within
+        ``poll_wait_s``.
+        """
+        if (key is None) == (prefix is None):
+            raise InvalidArgument("give key or prefix, not both and not neither")
+        if key is not None:
+            if type(key) is not str:
+                raise InvalidArgument(f"key must be str, not {type(key).__name__}")
+            first, last = key, key + "\0"
+        else:
+            first, last = _bounds(prefix, None, None)
+        if start_revision is not None and (
+            type(start_revision) is not int or not 1 <= start_revision <= MAX_REVISION
+        ):
+            raise InvalidArgument(f"start_revision must be an int >= 1, not {start_revision!r}")
+        if type(prev_kv) is not bool:
+            raise InvalidArgument(f"prev_kv must be bool, not {prev_kv!r}")
+        if not 0 < poll_wait_s <= MAX_WATCH_WAIT_S:
+            raise InvalidArgument(f"poll_wait_s must be in (0, {MAX_WATCH_WAIT_S:g}]")
+        return self._watch(first, last, start_revision or 0, prev_kv, poll_wait_s)
+
+    async def _watch(
+        self, start: str, end: str, next_revision: int, prev_kv: bool, wait_s: float
+    ) -> AsyncIterator[WatchEvent]:
+        """The watch loop: poll from the cursor, yield, move the cursor (see watch())."""
+        skip = 0
+        compacted: list[int] = []  # first revisions of the servers that said Compacted
+        while True:
+            poll = WatchPoll(start, end, next_revision, skip, MAX_WATCH_EVENTS, prev_kv, wait_s)
+            result = await self._tracked(
+                self._attempts(
+                    "watch.poll", poll, None, call_timeout_s=wait_s + self.call_timeout_s
+                )
+            )
+            if isinstance(result, WatchCompactedResult):
+                # A server restarted from a snapshot keeps less history than the
+                # others: ask each server once before giving up.
+                compacted.append(result.first_revision)
+                if len(compacted) < len(self.servers):
+                    self._leader = (self._leader + 1) % len(self.servers)
+                    continue
+                first = min(compacted)
+                raise Compacted(
+                    f"revision {next_revision} is compacted: the history starts at {first}",
+                    first_revision=first,
+                )
+            if not isinstance(result, WatchBatch):
+                raise ProtocolError(f"not a watch result: {type(result).__name__}")
+            compacted.clear()
+            for event in result.events:
+                yield event
+            # Moved only once the batch is delivered: the next poll starts
+            # right after the last event the consumer has seen.
+            next_revision, skip = result.next_revision, result.skip
+
     async def _session_loop(
         self,
         method: str,
@@ -393,13 +507,18 @@ class AsyncClient:
         a cancellation that only close() asked for becomes ClientClosed, any
         other stays a cancellation.
         """
+        return await self._tracked(self._session_loop(method, build, uncertain))
+
+    async def _tracked(self, call: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``call`` registered as in flight, so close() ends it with ClientClosed."""
         if self._closed:
+            call.close()
             raise self._closed_error()
         task = asyncio.current_task()
         assert task is not None, "AsyncClient calls run in a task"
         self._calls.add(task)
         try:
-            return await self._session_loop(method, build, uncertain)
+            return await call
         except asyncio.CancelledError:
             if task in self._cancelled_by_close and task.cancelling() == 1:
                 task.uncancel()
@@ -412,11 +531,20 @@ class AsyncClient:
     def _closed_error(self) -> ClientClosed:
         return ClientClosed(f"client {self.client_id[:8]} is closed")
 
-    async def _attempts(self, method: str, op: Any, uncertain: list[bool] | None) -> Any:
+    async def _attempts(
+        self,
+        method: str,
+        op: Any,
+        uncertain: list[bool] | None,
+        *,
+        call_timeout_s: float | None = None,
+    ) -> Any:
         """Send ``op`` until some server answers it, trying servers in turn.
 
-        Appends to ``uncertain``, for each failed attempt, whether it may have
-        been applied: False only when it surely was not (NotLeader, NotSent).
+        ``call_timeout_s``: each attempt's timeout, if not the client's (a
+        watch poll waits on the server). Appends to ``uncertain``, for each
+        failed attempt, whether it may have been applied: False only when it
+        surely was not (NotLeader, NotSent).
         """
         loop = asyncio.get_running_loop()
         give_up = None if self.deadline is None else loop.time() + self.deadline
@@ -428,7 +556,7 @@ class AsyncClient:
         while True:
             if self._closed:
                 raise self._closed_error()
-            timeout = self.call_timeout_s
+            timeout = self.call_timeout_s if call_timeout_s is None else call_timeout_s
             if give_up is not None:
                 remaining = give_up - loop.time()
                 if remaining <= 0:

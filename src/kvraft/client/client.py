@@ -9,20 +9,33 @@ the AsyncClient's close cancels their retry loops on the loop thread, they
 raise :class:`~kvraft.errors.ClientClosed`, and only then is the loop stopped
 (a loop stopped first would leave those threads waiting for good). A lock
 orders close against new calls, so none is started on a loop being stopped.
+
+``watch`` is a generator driving :meth:`AsyncClient.watch` on the loop
+thread, one ``__anext__`` per event asked for; closing the generator (or
+leaving a ``for`` over it and dropping it) closes the async iterator there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import ssl as ssl_module
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
+from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, WATCH_POLL_WAIT_S, AsyncClient
 from kvraft.errors import ClientClosed
-from kvraft.kv_protocol import DEFAULT_MAX_VALUE_BYTES, Compare, RangeResult, TxnRequest, TxnResult
+from kvraft.kv_protocol import (
+    DEFAULT_MAX_VALUE_BYTES,
+    Compare,
+    RangeResult,
+    TxnRequest,
+    TxnResult,
+    WatchEvent,
+)
 from kvraft.loop_thread import EventLoopThread
 
 T = TypeVar("T")
@@ -122,6 +135,62 @@ class Client:
     ) -> TxnResult:
         """Compares, then one branch, atomically (AsyncClient.txn)."""
         return self._run(self._async.txn(compare, success, failure))
+
+    def compact(self, revision: int) -> int:
+        """Drop the watch history below ``revision``; its new start (AsyncClient.compact)."""
+        return self._run(self._async.compact(revision))
+
+    def watch(
+        self,
+        key: str | None = None,
+        *,
+        prefix: str | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+        poll_wait_s: float = WATCH_POLL_WAIT_S,
+    ) -> Iterator[WatchEvent]:
+        """Every change of ``key`` or ``prefix``, in revision order (AsyncClient.watch).
+
+        An iterator; ``close()`` it (or ``contextlib.closing``) to stop early.
+        Bad arguments raise here, before the first event is asked for.
+        """
+        events = self._async.watch(
+            key,
+            prefix=prefix,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            poll_wait_s=poll_wait_s,
+        )
+        return self._iterate(events)
+
+    def _iterate(self, events: AsyncIterator[WatchEvent]) -> Iterator[WatchEvent]:
+        # The step running on the loop now: a caller interrupted while waiting
+        # for it (Ctrl-C) leaves it running, and the close must end it first.
+        running: list[asyncio.Future[WatchEvent]] = []
+
+        async def next_event() -> WatchEvent:
+            step = asyncio.ensure_future(anext(events))
+            running[:] = [step]
+            return await step
+
+        async def close() -> None:
+            for step in running:
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(BaseException):
+                        await step
+            await events.aclose()  # type: ignore[attr-defined]
+
+        try:
+            while True:
+                try:
+                    event = self._run(next_event())
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            with contextlib.suppress(ClientClosed):  # closed: the loop took it along
+                self._run(close())
 
     def close(self) -> None:
         """End every call in flight, in every thread, with ClientClosed; stop the thread.

@@ -11,8 +11,8 @@ this table when it is imported: a process that can decode anything knows
 every tag, with no import to remember.
 
 Tag ranges: 1..19 Raft, 20..29 and 30..59 the key-value service (30..59:
-the data API's commands, transaction parts and results; 48..59 are still
-free), 100..127 free for tests.
+the data API's commands, transaction parts and results, 54..59 watch and
+compaction; 48..53 are still free), 100..127 free for tests.
 A tag is forever: log entries are stored as their command's wire encoding,
 so renumbering a command would change what a data dir's log means.
 """
@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from kvraft.kv_protocol import (
+    CompactOk,
+    CompactOp,
     Compare,
     DeleteOk,
     DeleteOp,
@@ -49,6 +51,10 @@ from kvraft.kv_protocol import (
     TxnResult,
     TxnSet,
     VersionMismatchResult,
+    WatchBatch,
+    WatchCompactedResult,
+    WatchEvent,
+    WatchPoll,
 )
 from kvraft.raft.messages import (
     AppendEntries,
@@ -100,4 +106,11 @@ WIRE_TYPES: tuple[tuple[int, type[Any]], ...] = (
     (45, DeleteOk),
     (46, TxnResult),
     (47, TxnOpFailedResult),
+    # Watch and compaction (kvraft.kv_protocol; 54..59, leaving 48..53 free)
+    (54, CompactOp),
+    (55, CompactOk),
+    (56, WatchEvent),
+    (57, WatchPoll),
+    (58, WatchBatch),
+    (59, WatchCompactedResult),
 )

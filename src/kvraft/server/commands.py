@@ -41,6 +41,8 @@ from kvraft.kv_protocol import (
     MAX_TXN_READ_BYTES,
     MAX_VERSION,
     RANGE_KEY_OVERHEAD_BYTES,
+    CompactOk,
+    CompactOp,
     Compare,
     DeleteOk,
     DeleteOp,
@@ -123,6 +125,9 @@ def decode_command(data: bytes) -> Op:
             raise BadCommand(f"range end {op.end!r} before start {op.start!r}")
         if type(op) is RangeOp and op.limit < 0:
             raise BadCommand(f"negative range limit {op.limit}")
+    elif type(op) is CompactOp:
+        if op.revision < 0:
+            raise BadCommand(f"negative compact revision {op.revision}")
     elif type(op) is TxnOp:
         why = txn_error(op)
         if why is not None:
@@ -176,6 +181,9 @@ def apply_command(store: KVStore, op: Op) -> Result:
             return RangeResult(tuple(kvs), store.revision, more)
         case TxnOp():
             return _apply_txn(store, op)
+        case CompactOp(revision=revision):
+            # The store is unchanged; the RSM drops the watch history below this.
+            return CompactOk(min(revision, store.revision + 1))
         case _:
             assert_never(op)
 

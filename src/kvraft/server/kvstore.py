@@ -96,7 +96,7 @@ def decode_whole(data: object, read: Callable[[Any], T]) -> T:
 class KVStore:
     """Keys to ``(value, version, create_revision, mod_revision, lease)``: see the module."""
 
-    __slots__ = ("_data", "_data_bytes", "_keys_or_none", "_revision")
+    __slots__ = ("_data", "_data_bytes", "_journal", "_keys_or_none", "_revision")
 
     def __init__(self) -> None:
         # Invariant: every stored version is >= 1 (a missing key is version 0),
@@ -108,6 +108,10 @@ class KVStore:
         # Invariant: _data_bytes == sum(utf8_len(k) + utf8_len(v) for k, (v, ...) in _data).
         self._data_bytes = 0
         self._revision = 0
+        # While not None, every write and remove appends (key, entry before,
+        # entry after; None for a missing key): the watch history's source
+        # (see take_changes). Never copied or snapshotted.
+        self._journal: list[tuple[str, Entry | None, Entry | None]] | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -241,14 +245,18 @@ class KVStore:
         entry = self._data.get(key)
         if entry is None:
             keys = self._keys  # built (in a copy) before the new key is in _data
-            self._data[key] = (value, 1, revision, revision, 0)
+            new: Entry = (value, 1, revision, revision, 0)
+            self._data[key] = new
             keys.add(key)
             self._data_bytes += utf8_len(key) + utf8_len(value)
-            return 1
-        old_value, current, create, _, lease = entry
-        self._data[key] = (value, current + 1, create, revision, lease)
-        self._data_bytes += utf8_len(value) - utf8_len(old_value)
-        return current + 1
+        else:
+            old_value, current, create, _, lease = entry
+            new = (value, current + 1, create, revision, lease)
+            self._data[key] = new
+            self._data_bytes += utf8_len(value) - utf8_len(old_value)
+        if self._journal is not None:
+            self._journal.append((key, entry, new))
+        return new[1]
 
     def remove(self, key: str) -> bool:
         """Delete ``key`` if it exists (a primitive, like :meth:`write`); whether it did."""
@@ -258,7 +266,18 @@ class KVStore:
             return False
         keys.remove(key)
         self._data_bytes -= utf8_len(key) + utf8_len(entry[0])
+        if self._journal is not None:
+            self._journal.append((key, entry, None))
         return True
+
+    def record_changes(self) -> None:
+        """Start journaling writes and removes, for :meth:`take_changes`."""
+        self._journal = []
+
+    def take_changes(self) -> list[tuple[str, Entry | None, Entry | None]]:
+        """The changes since :meth:`record_changes`, in order; journaling stops."""
+        changes, self._journal = self._journal or [], None
+        return changes
 
     def set_revision(self, revision: int) -> None:
         """Commit the revision a command's writes were made at (only ever upwards)."""

@@ -31,6 +31,11 @@ DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
 # clients at once while bounding the log and memory that overload can pile up.
 DEFAULT_MAX_INFLIGHT_PROPOSALS = 4096
 DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+# The watch history (server/watch_history.py): revisions kept, and a byte bound
+# on their events (keys, values and previous values), so memory stays bounded
+# however large the values: 10,000 revisions of small writes are a few MiB.
+DEFAULT_HISTORY_REVISIONS = 10_000
+DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 
 # What a Raft message's frame holds besides its entries' commands or its
 # snapshot chunk's bytes: the notify envelope ``[2, "raft", "p<id>", ...]``
@@ -134,6 +139,8 @@ class ServerOptions:
     op_timeout_s: float = 2.0
     max_inflight_proposals: int = DEFAULT_MAX_INFLIGHT_PROPOSALS
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    history_revisions: int = DEFAULT_HISTORY_REVISIONS
+    history_bytes: int = DEFAULT_HISTORY_BYTES
     peer_secret: bytes | None = field(default=None, repr=False)
     insecure_peers: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -191,6 +198,8 @@ class ServerOptions:
         if self.max_inflight_bytes < self.max_value_bytes + 4096:
             # Else the largest put allowed could never be admitted.
             raise ValueError("--max-inflight-bytes must hold the largest put (--max-value-bytes)")
+        if self.history_revisions < 1 or self.history_bytes < 1:
+            raise ValueError("--history-revisions and --history-bytes must be at least 1")
         if self.peer_secret is None and not self.insecure_peers and not self.tls.peer_tls:
             raise ValueError(
                 "no peer authentication: give --peer-secret-file FILE or the --peer-* TLS"

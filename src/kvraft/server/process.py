@@ -101,6 +101,8 @@ class Server:
             op_timeout_s=options.op_timeout_s,
             max_inflight_proposals=options.max_inflight_proposals,
             max_inflight_bytes=options.max_inflight_bytes,
+            history_revisions=options.history_revisions,
+            history_bytes=options.history_bytes,
         )
         # A secret proves membership; without one, peer TLS vouches (key.secret None).
         key = (

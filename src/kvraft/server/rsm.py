@@ -23,26 +23,40 @@ yet applied are counted, in number and in command bytes. Over
 ``max_inflight_proposals`` or ``max_inflight_bytes`` it answers Busy without
 submitting: the log and the memory of every replica stay bounded under
 overload, and the client backs off instead of piling on copies.
+
+Watch: the apply loop journals what each command changed in the store and
+records the events of each new revision in :attr:`RSM.history`
+(:mod:`kvraft.server.watch_history`); a ``compact`` command drops history
+below its revision; a snapshot restore resets it to start after the
+snapshot's revision. :meth:`RSM.wait_for_change` is how a waiting watch
+poll learns of a new revision without polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kvraft.errors import Busy, NotLeader, WrongLeader
-from kvraft.kv_protocol import Op
+from kvraft.kv_protocol import CompactOk, CompactOp, Op
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
 from kvraft.server import state_snapshot
 from kvraft.server.commands import BadCommand, decode_command, encode_command
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import RaftNode, StateMachine
-from kvraft.server.options import DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_INFLIGHT_PROPOSALS
+from kvraft.server.options import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_REVISIONS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_INFLIGHT_PROPOSALS,
+)
 from kvraft.server.sessions import SessionLimits, Sessions
+from kvraft.server.watch_history import WatchHistory
 
 log = logging.getLogger("kvraft.rsm")
 
@@ -67,6 +81,8 @@ class RSM(StateMachine):
         session_limits: SessionLimits | None = None,
         max_inflight_proposals: int = DEFAULT_MAX_INFLIGHT_PROPOSALS,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        history_revisions: int = DEFAULT_HISTORY_REVISIONS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -84,6 +100,9 @@ class RSM(StateMachine):
         self.inflight_bytes = 0
         self.skipped_commands = 0
         self.busy_refusals = 0
+        self.history = WatchHistory(history_revisions, history_bytes, store.revision + 1)
+        # Resolved (and replaced) whenever the history changes: waiting watch polls.
+        self._changed: asyncio.Future[None] | None = None
 
     @property
     def inflight_proposals(self) -> int:
@@ -153,7 +172,16 @@ class RSM(StateMachine):
                     exc,
                 )
             else:
+                before = self.store.revision
+                self.store.record_changes()
                 result = self.sessions.apply(self.store, op, entry.index)
+                changes = self.store.take_changes()
+                if self.store.revision != before:
+                    self.history.record(self.store.revision, changes)
+                    self._wake_watchers()
+                elif isinstance(op, CompactOp) and isinstance(result, CompactOk):
+                    self.history.compact(result.first_revision)
+                    self._wake_watchers()
         waiter = self._waiters.pop(entry.index, None)
         if waiter is None or waiter.future.done():
             return
@@ -173,8 +201,25 @@ class RSM(StateMachine):
         if size is not None:
             self.inflight_bytes -= size
 
+    def _wake_watchers(self) -> None:
+        if self._changed is not None:
+            if not self._changed.done():
+                self._changed.set_result(None)
+            self._changed = None
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Return once the history changes (a new revision, a compaction, a reset) or after
+        ``timeout_s``; one shared future, so any number of waiters cost one wake-up."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._changed), timeout_s)
+
     def restore(self, snapshot: Snapshot) -> None:
         self.sessions, self.store = state_snapshot.decode(snapshot.data, self.sessions.limits)
+        # The events between the old store and the snapshot are unknown here.
+        self.history.reset(self.store.revision + 1)
+        self._wake_watchers()
         for index in [i for i in self._inflight if i <= snapshot.index]:
             self._settle(index)
         for index in [i for i in self._waiters if i <= snapshot.index]:

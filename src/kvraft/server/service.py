@@ -17,6 +17,7 @@ from typing import Any
 
 from kvraft.errors import InvalidArgument, KVError, NotLeader, ProtocolError, RemoteError
 from kvraft.kv_protocol import (
+    CompactOp,
     DeleteOp,
     DeleteRangeOp,
     GetOp,
@@ -25,7 +26,9 @@ from kvraft.kv_protocol import (
     RangeOp,
     SetOp,
     TxnOp,
+    WatchPoll,
     check_op,
+    check_watch_poll,
 )
 from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.codec import check
@@ -37,6 +40,7 @@ from kvraft.server.node import RaftNode, TransferFailed
 from kvraft.server.options import ServerOptions
 from kvraft.server.peer_transport import RAFT_METHOD
 from kvraft.server.rsm import RSM
+from kvraft.server.watch import WatchPolls
 
 TEST_HOOKS = ("raft.state", "raft.submit", "raft.committed", "raft.campaign", "raft.stall_disk")
 
@@ -55,6 +59,9 @@ METHOD_ROLES = {
     "txn": Role.READWRITE,
     # A backup reads every key and session: admin (kvraft snapshot save).
     **{method: Role.ADMIN for method in backup.METHODS},
+    # A watch poll reads this replica's history; compact drops history for everyone.
+    "watch.poll": Role.READ,
+    "compact": Role.READWRITE,
 }
 
 # Each key-value method and the command class its argument must be.
@@ -66,6 +73,7 @@ KV_METHODS: dict[str, type[Any]] = {
     "delete": DeleteOp,
     "delete_range": DeleteRangeOp,
     "txn": TxnOp,
+    "compact": CompactOp,
 }
 
 # How long leader.transfer waits for the target to lead, in election timeouts: the
@@ -84,6 +92,7 @@ class Service:
         self.options = options
         self.node = node
         self.rsm = rsm
+        self.watch = WatchPolls(rsm)
         # The RPC server's open connections, for status (set once it exists).
         self.open_connections: Callable[[], int] = lambda: 0
         # (method, the result's or error's class name) -> key-value requests answered
@@ -114,6 +123,10 @@ class Service:
                 raise
             self.requests[method, type(result).__name__] += 1
             return result
+        if method == "watch.poll":
+            check(args, WatchPoll, method)
+            check_watch_poll(args)
+            return await self.watch.poll(args)
         if method == "status":
             status = self.node.status()
             status["address"] = self.options.listen
@@ -123,6 +136,8 @@ class Service:
             status["inflight_proposals"] = self.rsm.inflight_proposals
             status["busy_refusals"] = self.rsm.busy_refusals
             status["connections"] = self.open_connections()
+            status["watch_polls_waiting"] = self.watch.waiting
+            status["history_first_revision"] = self.rsm.history.first_revision
             return status
         if method == "leader.transfer":
             check(args, int, method)

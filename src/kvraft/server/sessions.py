@@ -55,6 +55,7 @@ from kvraft.errors import ProtocolError
 from kvraft.kv_protocol import (
     FIRST_REQUEST_ID,
     MAX_IN_FLIGHT_PER_CLIENT,
+    CompactOk,
     DeleteOk,
     GetOp,
     NoKeyResult,
@@ -81,6 +82,7 @@ _STORED_RESULTS: tuple[type[Any], ...] = (
     DeleteOk,
     TxnResult,
     TxnOpFailedResult,
+    CompactOk,
     NoKeyResult,
     VersionMismatchResult,
 )
