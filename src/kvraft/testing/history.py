@@ -31,8 +31,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from kvraft.errors import Maybe, NoKey, VersionMismatch
+
+R = TypeVar("R")
 
 
 class OpKind(Enum):
@@ -429,27 +432,14 @@ class History:
         self, client_id: str, key: str, call: Callable[[], tuple[str, int]]
     ) -> tuple[str, int]:
         """Run ``call()`` (a client's get of ``key``) and record it; errors re-raised."""
-        pending = self.invoke_get(client_id, key)
-        try:
-            value, version = call()
-        except BaseException as exc:
-            pending.failed(exc)
-            raise
-        pending.get_ok(value, version)
-        return value, version
+        return _recorded(self.invoke_get(client_id, key), call, lambda p, r: p.get_ok(*r))
 
     def record_put(
         self, client_id: str, key: str, value: str, version: int, call: Callable[[], int]
     ) -> int:
         """Run ``call()`` (a client's put) and record it; errors re-raised."""
         pending = self.invoke_put(client_id, key, value, version)
-        try:
-            new_version = call()
-        except BaseException as exc:
-            pending.failed(exc)
-            raise
-        pending.put_ok(new_version)
-        return new_version
+        return _recorded(pending, call, PendingOp.put_ok)
 
     async def arecord_get(
         self, client_id: str, key: str, call: Callable[[], Awaitable[tuple[str, int]]]
@@ -484,22 +474,22 @@ class History:
 
     def record_set(self, client_id: str, key: str, value: str, call: Callable[[], int]) -> int:
         """Run ``call()`` (a client's set) and record it; errors re-raised."""
-        pending = self.invoke_set(client_id, key, value)
-        try:
-            new_version = call()
-        except BaseException as exc:
-            pending.failed(exc)
-            raise
-        pending.put_ok(new_version)
-        return new_version
+        return _recorded(self.invoke_set(client_id, key, value), call, PendingOp.put_ok)
 
     def record_delete(self, client_id: str, key: str, version: int, call: Callable[[], int]) -> int:
         """Run ``call()`` (a client's delete at ``version``) and record it; errors re-raised."""
         pending = self.invoke_delete(client_id, key, version)
-        try:
-            revision = call()
-        except BaseException as exc:
-            pending.failed(exc)
-            raise
-        pending.delete_ok()
-        return revision
+        return _recorded(pending, call, lambda p, _revision: p.delete_ok())
+
+
+def _recorded(
+    pending: PendingOp, call: Callable[[], R], finish: Callable[[PendingOp, R], None]
+) -> R:
+    """``call()``, its outcome recorded on ``pending``: ``finish`` on success, failed on raise."""
+    try:
+        result = call()
+    except BaseException as exc:
+        pending.failed(exc)
+        raise
+    finish(pending, result)
+    return result
