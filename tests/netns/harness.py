@@ -62,7 +62,7 @@ async def _port_open(address: str, timeout_s: float) -> bool:
     host, _, port = address.rpartition(":")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
@@ -207,9 +207,14 @@ class NetnsCluster:
         """Wait until each node accepts connections, asked from inside its own namespace."""
         for i in ids:
             proc = self._procs[i]
+
+            def listening_or_gone(i: int = i, proc: subprocess.Popen[bytes] = proc) -> bool:
+                return proc.poll() is not None or self.inside(i).run(
+                    _port_open(self.address(i), 0.2)
+                )
+
             wait_until(
-                lambda i=i, proc=proc: proc.poll() is not None
-                or self.inside(i).run(_port_open(self.address(i), 0.2)),
+                listening_or_gone,
                 timeout_s,
                 interval_s=0.02,
                 message=f"n{i} listening on {self.address(i)}",
@@ -295,6 +300,7 @@ class NetnsCluster:
 
     def find_leader(self, timeout_s: float = 30.0, among: Sequence[int] | None = None) -> int:
         found = wait_until(lambda: self.leader(among), timeout_s, message="a leader")
+        assert found is not None
         return found[0]
 
     def applied(self, i: int) -> int:

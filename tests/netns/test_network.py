@@ -33,12 +33,12 @@ async def _echo(address: str, port: int, timeout_s: float) -> bool:
     """Whether a line sent to ``address:port`` comes back within ``timeout_s``."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout_s)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     try:
         writer.write(b"ping\n")
         return await asyncio.wait_for(reader.readline(), timeout_s) == b"ping\n"
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     finally:
         writer.close()

@@ -1,0 +1,247 @@
+"""A 3-node cluster on hosts of their own: own namespaces, own addresses, a bridge between.
+
+Every node listens on port 7001 of its own address (10.88.0.11-13), clients
+run on a fourth host, and faults are cables pulled at the switch (the kernel
+here has no netem; delays and loss stay with the userspace proxy suites).
+Each scenario runs under load from the client host and ends with a
+linearizability check of everything the clients saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+
+from kvraft.client.async_client import AsyncClient
+from kvraft.errors import Unavailable
+from kvraft.testing.linearizability import assert_linearizable
+from kvraft.testing.waiting import wait_until
+
+from .harness import NetnsCluster
+from .load import Load
+from .network import current_namespace_inode, namespace_inode
+
+pytestmark = pytest.mark.slow
+
+MakeCluster = Callable[..., NetnsCluster]
+# Generous: a restarted process on 2 shared cores can take seconds to catch up.
+NODE_DEADLINE_S = 30.0
+CHECK_TIMEOUT_S = 30.0
+
+
+def wait_for_progress(load: Load, ops: int, what: str) -> None:
+    """Wait until ``ops`` more operations completed than now (fails on a failed one)."""
+    target = load.completed + ops
+    wait_until(
+        lambda: load.completed >= target or load.failures,
+        NODE_DEADLINE_S,
+        message=f"{ops} operations {what}",
+    )
+    assert load.failures == [], load.failures
+
+
+def wait_caught_up(cluster: NetnsCluster, node: int) -> None:
+    """Wait until ``node`` has applied what the others had applied when this was called."""
+    target = max(cluster.applied(i) for i in cluster.ids if i != node)
+    wait_until(
+        lambda: cluster.applied(node) >= target,
+        NODE_DEADLINE_S,
+        message=f"n{node} caught up to index {target}",
+    )
+
+
+def test_each_node_is_a_host_of_its_own_and_serves_a_client_on_another(
+    netns_cluster: MakeCluster,
+) -> None:
+    """Each server process runs in its host's namespace, all on the same port of their own
+    address; a client on the client host writes and reads; with the client's cable pulled
+    it gets Unavailable, and with it back it reads what it wrote."""
+    cluster = netns_cluster(3)
+    outside = current_namespace_inode()
+    for i in cluster.ids:
+        pid = cluster.pid(i)
+        assert pid is not None
+        assert current_namespace_inode(pid) == namespace_inode(cluster.hosts[i].netns) != outside
+    assert cluster.addresses == ["10.88.0.11:7001", "10.88.0.12:7001", "10.88.0.13:7001"]
+    cluster.find_leader(NODE_DEADLINE_S)
+    assert cluster.client_loop is not None
+
+    async def write_and_read() -> tuple[str, int]:
+        async with AsyncClient(cluster.addresses, deadline=NODE_DEADLINE_S) as client:
+            await client.put("greeting", "hello", 0)
+            return await client.get("greeting")
+
+    assert cluster.client_loop.run(write_and_read()) == ("hello", 1)
+
+    cluster.network.link_down("client")
+
+    async def read_cut_off() -> None:
+        async with AsyncClient(cluster.addresses, deadline=1.0, call_timeout_s=0.3) as client:
+            await client.get("greeting")
+
+    with pytest.raises(Unavailable):
+        cluster.client_loop.run(read_cut_off())
+    cluster.network.link_up("client")
+
+    async def read() -> tuple[str, int]:
+        async with AsyncClient(cluster.addresses, deadline=NODE_DEADLINE_S) as client:
+            return await client.get("greeting")
+
+    assert cluster.client_loop.run(read()) == ("hello", 1)
+    # The command line, on the client host, sees every node at its own address.
+    done = cluster.cli("status", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert sorted(row["address"] for row in rows) == cluster.addresses
+    assert [row["role"] for row in rows].count("leader") == 1
+
+
+def test_leader_cable_pulled_under_load_a_new_leader_serves_and_the_old_one_rejoins(
+    netns_cluster: MakeCluster,
+) -> None:
+    """Pull the leader's cable under load: the other two elect a leader of a higher term
+    and keep serving; the cut-off leader steps down on its own (check-quorum, seen from
+    inside its namespace); with the cable back it catches up. No operation fails and the
+    history is linearizable.
+
+    Reference: Raft thesis §6.2 (check-quorum), §3.6
+    """
+    cluster = netns_cluster(3)
+    old = cluster.find_leader(NODE_DEADLINE_S)
+    old_term = cluster.status_from_inside(old)["term"]
+    load = Load(cluster.addresses)
+    assert cluster.client_loop is not None
+    load.start(cluster.client_loop)
+    try:
+        wait_for_progress(load, 100, "before the cut")
+        cluster.link_down(old)
+        others = [i for i in cluster.ids if i != old]
+
+        def higher_term_leader() -> tuple[int, int] | None:
+            found = cluster.leader(among=others)
+            return found if found is not None and found[1] > old_term else None
+
+        elected = wait_until(
+            higher_term_leader,
+            NODE_DEADLINE_S,
+            message="a leader of a higher term among the connected nodes",
+        )
+        assert elected is not None
+        new, new_term = elected
+        wait_for_progress(load, 200, f"with n{old}'s cable pulled")
+        wait_until(
+            lambda: cluster.status_from_inside(old)["role"] != "leader",
+            NODE_DEADLINE_S,
+            message=f"n{old}, cut off, stepping down",
+        )
+        cluster.link_up(old)
+        wait_caught_up(cluster, old)
+        row = cluster.status_from_inside(old)
+        assert row["term"] >= new_term
+        wait_for_progress(load, 100, "after the cable is back")
+    finally:
+        load.stop()
+    print(f"leader n{old} cut off: n{new} led at term {new_term}; {len(load.history)} ops")
+    assert load.failures == [], load.failures
+    assert_linearizable(load.history, timeout_s=CHECK_TIMEOUT_S)
+
+
+def test_rolling_restart_across_hosts_under_load_fails_no_operation(
+    netns_cluster: MakeCluster,
+) -> None:
+    """SIGTERM each node in turn, the leader last (it hands its leadership over first),
+    start it again and wait until it caught up: no operation fails, the load runs through
+    every restart, and the history is linearizable.
+
+    Reference: Raft thesis §3.10
+    """
+    cluster = netns_cluster(3)
+    leader = cluster.find_leader(NODE_DEADLINE_S)
+    load = Load(cluster.addresses)
+    assert cluster.client_loop is not None
+    load.start(cluster.client_loop)
+    events = []
+    try:
+        wait_for_progress(load, 100, "before the restarts")
+        for node in [i for i in cluster.ids if i != leader] + [leader]:
+            was_leader = cluster.find_leader(NODE_DEADLINE_S) == node
+            before = len(cluster.log_path(node).read_text().splitlines())
+            started = time.monotonic()
+            status = cluster.terminate(node, timeout_s=NODE_DEADLINE_S)
+            stop_s = time.monotonic() - started
+            assert status == 0, f"n{node} exited with {status}"
+            lines = "\n".join(cluster.log_path(node).read_text().splitlines()[before:])
+            handed = re.search(r"handed leadership to n(\d+) in (\d+) ms", lines)
+            if was_leader:
+                assert handed is not None, f"n{node} stopped as leader without a hand-over"
+            wait_for_progress(load, 50, f"with n{node} stopped")
+            cluster.restart(node)
+            wait_caught_up(cluster, node)
+            events.append(
+                {"node": node, "was_leader": was_leader, "stop_s": round(stop_s, 3),
+                 "transfer_ms": int(handed.group(2)) if handed else None}
+            )  # fmt: skip
+        wait_for_progress(load, 100, "after the restarts")
+    finally:
+        load.stop()
+    report = {
+        "operations": len(load.history),
+        "failed": len(load.failures),
+        "longest_put_ms": round(max(load.put_latencies) * 1000),
+        "restarts": events,
+    }
+    print("rolling restart across namespaces:", json.dumps(report))
+    assert load.failures == [], load.failures
+    assert any(e["was_leader"] for e in events)
+    assert_linearizable(load.history, timeout_s=CHECK_TIMEOUT_S)
+
+
+def test_a_fourth_host_joins_the_lan_with_one_call(netns_cluster: MakeCluster) -> None:
+    """``add_node`` makes host n3 at the next node address, reachable from the client host;
+    node 3's command line lists the members so far and itself. (Starting it as a member
+    needs the membership feature: see the skipped test below.)"""
+    cluster = netns_cluster(3)
+    host = cluster.add_node(3, start=False, server_args=["--snapshot-threshold", "0"])
+    assert host.address == "10.88.0.14"
+    assert cluster.addresses[-1] == "10.88.0.14:7001"
+    argv = cluster.server_command(3)
+    assert argv[:4] == ["ip", "netns", "exec", host.netns]
+    peers = argv[argv.index("--peers") + 1]
+    assert peers == ",".join(f"{i}=10.88.0.{11 + i}:7001" for i in range(4))
+    assert argv[-2:] == ["--snapshot-threshold", "0"]
+    assert cluster.client_loop is not None
+    inside = cluster.inside(3)
+    server = inside.run(asyncio.start_server(lambda r, w: w.close(), host.address, 7001))
+
+    async def connect() -> bool:
+        _, writer = await asyncio.open_connection(host.address, 7001)
+        writer.close()
+        return True
+
+    try:
+        assert cluster.client_loop.run(connect(), 10.0)
+    finally:
+        server.close()
+
+
+@pytest.mark.skip(
+    reason="waits for membership changes (kvraft member add/promote/remove, kvraft server "
+    "--join), built on another branch; the coordinator fills this in after merging it"
+)
+def test_member_replaced_and_cluster_grown_across_hosts(netns_cluster: MakeCluster) -> None:
+    """The membership scenario, to be written once `kvraft member` exists:
+
+    1. under ``Load``, ``cluster.cli("member", "add", "3", "10.88.0.14:7001", "--learner")``,
+       then ``cluster.add_node(3, server_args=["--join", ",".join(cluster.addresses[:3])])``,
+       wait until n3 caught up, ``cluster.cli("member", "promote", "3")``; likewise n4 (3 → 5);
+    2. pull a follower's cable (``cluster.link_down``) while promoting, and put it back;
+    3. ``cluster.kill(0)`` (a dead host), ``cluster.cli("member", "remove", "0")``, add and
+       promote a replacement on a new host ``add_node(5, ...)``; remove two (5 → 3);
+    4. ``load.stop()``: no failed operation, ``assert_linearizable(load.history)``.
+    """
+    raise AssertionError("not written yet")
