@@ -25,15 +25,17 @@ harness line per start and stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +85,11 @@ class NetnsCluster:
         server_args: Sequence[str] = (),
         cluster_id: str | None = None,
         port: int = PORT,
+        command: Callable[[NetnsCluster, int], Sequence[str]] | None = None,
         start: bool = True,
     ) -> None:
         self.base_dir = base_dir
+        self.command = command
         self.port = port
         self.server_args = tuple(server_args)
         self.cluster_id = cluster_id or f"netns-{uuid.uuid4().hex[:12]}"
@@ -140,8 +144,14 @@ class NetnsCluster:
             raise ValueError(f"no node {i} in {self.network.run_id}") from None
 
     def server_command(self, i: int) -> list[str]:
-        """The command line that starts node ``i`` inside its namespace."""
+        """The command line that starts node ``i`` inside its namespace.
+
+        ``command(cluster, i)``, if given, replaces everything after
+        ``ip netns exec NETNS`` (a deployment's own command line, say).
+        """
         host = self._host(i)
+        if self.command is not None:
+            return ["ip", "netns", "exec", host.netns, *self.command(self, i)]
         peers = self._peers.get(i) or {i: self.address(i)}
         argv = ["ip", "netns", "exec", host.netns, sys.executable, "-m", "kvraft"]
         argv += ["server", "--id", str(i), "--listen", self.address(i)]
@@ -233,14 +243,27 @@ class NetnsCluster:
         proc = self._procs.get(i)
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def terminate(self, i: int, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM node ``i`` (a clean stop: a leader hands over first); its exit status."""
+    def terminate(
+        self, i: int, timeout_s: float = 30.0, sig: signal.Signals = signal.SIGTERM
+    ) -> int | None:
+        """Stop node ``i`` with ``sig`` (SIGTERM: a leader hands over first); its exit status.
+
+        SIGKILL if it outlives ``timeout_s`` (the status then says so). None if
+        it was not running.
+        """
         with self._lock:
             proc = self._procs.get(i)
             if proc is None or proc.returncode is not None:
                 return None
-            status = processes.terminate(proc, timeout_s)
-            _log_event(self.log_path(i), i, f"pid {proc.pid} terminated, status {status}")
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                status = proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                status = processes.kill(proc)
+            _log_event(
+                self.log_path(i), i, f"pid {proc.pid} stopped by {sig.name}, status {status}"
+            )
             return status
 
     def kill(self, i: int) -> None:
