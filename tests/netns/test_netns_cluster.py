@@ -151,45 +151,46 @@ def test_leader_cable_pulled_under_load_a_new_leader_serves_and_the_old_one_rejo
     assert_linearizable(load.history, timeout_s=CHECK_TIMEOUT_S)
 
 
-def test_rolling_restart_across_hosts_under_load_fails_no_operation(
-    netns_cluster: MakeCluster,
-) -> None:
-    """SIGTERM each node in turn, the leader last (it hands its leadership over first),
-    start it again and wait until it caught up: no operation fails, the load runs through
-    every restart, and the history is linearizable.
+def restart_one(cluster: NetnsCluster, load: Load, node: int) -> dict[str, object]:
+    """SIGTERM ``node``, check a leader handed over, start it again, wait until it caught up."""
+    was_leader = cluster.find_leader(NODE_DEADLINE_S) == node
+    before = len(cluster.log_path(node).read_text().splitlines())
+    started = time.monotonic()
+    status = cluster.terminate(node, timeout_s=NODE_DEADLINE_S)
+    stop_s = time.monotonic() - started
+    assert status == 0, f"n{node} exited with {status}"
+    lines = "\n".join(cluster.log_path(node).read_text().splitlines()[before:])
+    handed = re.search(r"handed leadership to n(\d+) in (\d+) ms", lines)
+    if was_leader:
+        assert handed is not None, f"n{node} stopped as leader without a hand-over"
+    wait_for_progress(load, 50, f"with n{node} stopped")
+    cluster.restart(node)
+    wait_caught_up(cluster, node)
+    return {
+        "node": node,
+        "was_leader": was_leader,
+        "stop_s": round(stop_s, 3),
+        "transfer_ms": int(handed.group(2)) if handed else None,
+    }
 
-    Reference: Raft thesis §3.10
-    """
-    cluster = netns_cluster(3)
-    leader = cluster.find_leader(NODE_DEADLINE_S)
+
+def run_rolling_restart(cluster: NetnsCluster, rounds: int) -> None:
+    """Each round: every node restarted, the leader last; then the load's verdict."""
     load = Load(cluster.addresses)
     assert cluster.client_loop is not None
     load.start(cluster.client_loop)
     events = []
     try:
         wait_for_progress(load, 100, "before the restarts")
-        for node in [i for i in cluster.ids if i != leader] + [leader]:
-            was_leader = cluster.find_leader(NODE_DEADLINE_S) == node
-            before = len(cluster.log_path(node).read_text().splitlines())
-            started = time.monotonic()
-            status = cluster.terminate(node, timeout_s=NODE_DEADLINE_S)
-            stop_s = time.monotonic() - started
-            assert status == 0, f"n{node} exited with {status}"
-            lines = "\n".join(cluster.log_path(node).read_text().splitlines()[before:])
-            handed = re.search(r"handed leadership to n(\d+) in (\d+) ms", lines)
-            if was_leader:
-                assert handed is not None, f"n{node} stopped as leader without a hand-over"
-            wait_for_progress(load, 50, f"with n{node} stopped")
-            cluster.restart(node)
-            wait_caught_up(cluster, node)
-            events.append(
-                {"node": node, "was_leader": was_leader, "stop_s": round(stop_s, 3),
-                 "transfer_ms": int(handed.group(2)) if handed else None}
-            )  # fmt: skip
+        for _ in range(rounds):
+            leader = cluster.find_leader(NODE_DEADLINE_S)
+            for node in [i for i in cluster.ids if i != leader] + [leader]:
+                events.append(restart_one(cluster, load, node))
         wait_for_progress(load, 100, "after the restarts")
     finally:
         load.stop()
     report = {
+        "rounds": rounds,
         "operations": len(load.history),
         "failed": len(load.failures),
         "longest_put_ms": round(max(load.put_latencies) * 1000),
@@ -197,8 +198,29 @@ def test_rolling_restart_across_hosts_under_load_fails_no_operation(
     }
     print("rolling restart across namespaces:", json.dumps(report))
     assert load.failures == [], load.failures
-    assert any(e["was_leader"] for e in events)
-    assert_linearizable(load.history, timeout_s=CHECK_TIMEOUT_S)
+    assert sum(1 for e in events if e["was_leader"]) >= rounds
+    assert_linearizable(load.history, timeout_s=CHECK_TIMEOUT_S * rounds)
+
+
+def test_rolling_restart_across_hosts_under_load_fails_no_operation(
+    netns_cluster: MakeCluster,
+) -> None:
+    """SIGTERM each node in turn, the leader last (it hands its leadership over first),
+    start it again and wait until it caught up: no operation fails, the load runs through
+    every restart (progress is required while each node is down), and the history is
+    linearizable.
+
+    Reference: Raft thesis §3.10
+    """
+    run_rolling_restart(netns_cluster(3), rounds=1)
+
+
+@pytest.mark.stress
+def test_rolling_restarts_three_rounds_across_hosts_fail_no_operation(
+    netns_cluster: MakeCluster,
+) -> None:
+    """As above, every node restarted three times."""
+    run_rolling_restart(netns_cluster(3), rounds=3)
 
 
 def test_a_fourth_host_joins_the_lan_with_one_call(netns_cluster: MakeCluster) -> None:
