@@ -100,6 +100,7 @@ class NetnsCluster:
         self._peers: dict[int, dict[int, str]] = {}
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._inside: dict[int, NamespaceLoop] = {}
+        self._client_loops: list[NamespaceLoop] = []
         self._lock = threading.RLock()
         self.network = NamespaceNetwork()
         self.client_loop: NamespaceLoop | None = None
@@ -292,6 +293,26 @@ class NetnsCluster:
         self.network.link_up(self._host(i).name)
         _log_event(self.log_path(i), i, "link up")
 
+    def partition(self, *groups: Sequence[int | str]) -> None:
+        """Split the hosts: ``partition([0, "client"], [1, 2, "clientb"])``; ints are node ids.
+
+        Hosts in no group stay with the first (see NamespaceNetwork.partition).
+        """
+        self.network.partition(
+            *([f"n{h}" if isinstance(h, int) else h for h in group] for group in groups)
+        )
+
+    def heal(self) -> None:
+        self.network.heal()
+
+    def add_client(self, name: str) -> NamespaceLoop:
+        """Another client host ``name``, and an event loop inside it (closed with the cluster)."""
+        with self._lock:
+            host = self.network.add_host(name)
+            loop = NamespaceLoop(host.netns)
+            self._client_loops.append(loop)
+            return loop
+
     # ----------------------------------------------------------------- probes
 
     def inside(self, i: int) -> NamespaceLoop:
@@ -301,20 +322,23 @@ class NetnsCluster:
                 self._inside[i] = NamespaceLoop(self._host(i).netns)
             return self._inside[i]
 
-    def statuses(self) -> list[dict[str, Any]]:
-        """Every node's status row, asked from the client host (unreachable rows say so)."""
-        assert self.client_loop is not None
-        coro = fetch_statuses_async(self.addresses, STATUS_TIMEOUT_S)
-        return self.client_loop.run(coro, 10.0)
+    def statuses(self, via: NamespaceLoop | None = None) -> list[dict[str, Any]]:
+        """Every node's status row, asked from the client host or ``via``'s (unreachable
+        rows say so)."""
+        loop = via or self.client_loop
+        assert loop is not None
+        return loop.run(fetch_statuses_async(self.addresses, STATUS_TIMEOUT_S), 10.0)
 
     def status_from_inside(self, i: int) -> dict[str, Any]:
         """Node ``i``'s own status row, asked from inside its namespace (cable or not)."""
         rows = self.inside(i).run(fetch_statuses_async([self.address(i)], STATUS_TIMEOUT_S), 10.0)
         return rows[0]
 
-    def leader(self, among: Sequence[int] | None = None) -> tuple[int, int] | None:
-        """(id, term) of the highest-term leader the client host reaches, or None."""
-        rows = [r for r in self.statuses() if r.get("reachable") and r.get("role") == "leader"]
+    def leader(
+        self, among: Sequence[int] | None = None, via: NamespaceLoop | None = None
+    ) -> tuple[int, int] | None:
+        """(id, term) of the highest-term leader the client host (or ``via``) reaches, or None."""
+        rows = [r for r in self.statuses(via) if r.get("reachable") and r.get("role") == "leader"]
         rows = [r for r in rows if among is None or int(r["id"]) in among]
         if not rows:
             return None
@@ -367,7 +391,7 @@ class NetnsCluster:
                     processes.kill(proc)
                 except Exception:  # release the rest whatever happens to one
                     log.exception("cannot kill n%d (pid %d)", i, proc.pid)
-            for loop in [*self._inside.values(), self.client_loop]:
+            for loop in [*self._inside.values(), *self._client_loops, self.client_loop]:
                 if loop is not None:
                     loop.stop()
             self._inside.clear()

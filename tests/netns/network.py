@@ -19,7 +19,9 @@ what runs whose pytest process is gone left behind.
 A fault is a cable pulled at the switch: :meth:`link_down` sets the host's
 bridge port down, so the host's ``eth0`` loses its carrier and nothing
 crosses in either direction until :meth:`link_up`; the processes and their
-TCP connections stay, as when a real cable is pulled. (This kernel has no
+TCP connections stay, as when a real cable is pulled. A partition
+(:meth:`partition`) moves groups of ports to bridges of their own, so hosts
+on one side still reach each other, and :meth:`heal` moves them back. (This kernel has no
 ``netem``: delays and loss stay the userspace fault proxy's job.)
 
 :class:`NamespaceLoop` is how the test process itself acts from inside a
@@ -112,6 +114,7 @@ class NamespaceNetwork:
         self.run_id = f"{RUN_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.switch = f"{self.run_id}-sw"
         self.hosts: dict[str, Host] = {}
+        self._bridges: list[str] = []  # the partition's extra bridges, besides br0
         self._made: list[str] = []
         self._finalizer = weakref.finalize(self, _delete_namespaces, self._made)
         try:
@@ -174,6 +177,34 @@ class NamespaceNetwork:
     def link_up(self, name: str) -> None:
         ip("-n", self.switch, "link", "set", "dev", self._host(name).name, "up")
         log.info("%s: link of %s up", self.run_id, name)
+
+    def partition(self, *groups: list[str]) -> None:
+        """Split the LAN: the hosts of each group after the first move to a bridge of their own.
+
+        ``partition(["n0", "client"], ["n1", "n2", "other"])``: traffic flows
+        inside a group and never between groups. Hosts in no group stay with
+        the first. Undone by :meth:`heal`.
+        """
+        self.heal()
+        for k, group in enumerate(groups[1:], start=1):
+            bridge = f"br{k}"
+            ip("-n", self.switch, "link", "add", "name", bridge, "type", "bridge")
+            ip("-n", self.switch, "link", "set", "dev", bridge, "up")
+            self._bridges.append(bridge)
+            for name in group:
+                ip("-n", self.switch, "link", "set", "dev", self._host(name).name, "master", bridge)
+        log.info("%s: partitioned %s", self.run_id, " | ".join(",".join(g) for g in groups))
+
+    def heal(self) -> None:
+        """Every host back on the one bridge (cables pulled stay pulled)."""
+        if not self._bridges:
+            return
+        for host in self.hosts.values():
+            ip("-n", self.switch, "link", "set", "dev", host.name, "master", "br0")
+        for bridge in self._bridges:
+            ip("-n", self.switch, "link", "delete", "dev", bridge)
+        self._bridges.clear()
+        log.info("%s: partition healed", self.run_id)
 
     def link_is_up(self, name: str) -> bool:
         """Whether the switch port of ``name`` is administratively up (its ``UP`` flag)."""

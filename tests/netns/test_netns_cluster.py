@@ -1,8 +1,9 @@
 """A 3-node cluster on hosts of their own: own namespaces, own addresses, a bridge between.
 
 Every node listens on port 7001 of its own address (10.88.0.11-13), clients
-run on a fourth host, and faults are cables pulled at the switch (the kernel
-here has no netem; delays and loss stay with the userspace proxy suites).
+run on a host of their own, and faults are cables pulled at the switch and
+partitions between bridges (the kernel here has no netem; delays and loss
+stay with the userspace proxy suites).
 Each scenario runs under load from the client host and ends with a
 linearizability check of everything the clients saw.
 """
@@ -19,6 +20,7 @@ import pytest
 
 from kvraft.client.async_client import AsyncClient
 from kvraft.errors import Unavailable
+from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until
 
@@ -149,6 +151,62 @@ def test_leader_cable_pulled_under_load_a_new_leader_serves_and_the_old_one_rejo
     print(f"leader n{old} cut off: n{new} led at term {new_term}; {len(load.history)} ops")
     assert load.failures == [], load.failures
     assert_linearizable(load.history, timeout_s=CHECK_TIMEOUT_S)
+
+
+def test_partition_old_leader_with_a_client_serves_no_stale_read(
+    netns_cluster: MakeCluster,
+) -> None:
+    """Split the network: the leader and one client host on one side, the other two nodes
+    and a second client host on the other. The majority side elects a leader and takes a
+    write; the old leader, though its client still reaches it, answers that client nothing
+    (every read goes through a log it can no longer commit to), so the client never reads
+    the value the write replaced; healed, it reads the new one. Linearizable.
+
+    Reference: Raft thesis §6.4, §6.2
+    """
+    cluster = netns_cluster(3)
+    assert cluster.client_loop is not None
+    near, far = cluster.client_loop, cluster.add_client("clientb")
+    history = History()
+    old = cluster.find_leader(NODE_DEADLINE_S)
+    old_term = cluster.status_from_inside(old)["term"]
+
+    async def put(version: int, value: str) -> int:
+        async with AsyncClient(cluster.addresses, deadline=NODE_DEADLINE_S) as c:
+            return await history.arecord_put(
+                c.client_id, "k", value, version, lambda: c.put("k", value, version)
+            )
+
+    async def get(deadline_s: float) -> tuple[str, int]:
+        async with AsyncClient(cluster.addresses, deadline=deadline_s, call_timeout_s=0.3) as c:
+            return await history.arecord_get(c.client_id, "k", lambda: c.get("k"))
+
+    assert near.run(put(0, "v1")) == 1
+    others = [i for i in cluster.ids if i != old]
+    cluster.partition([old, "client"], [*others, "clientb"])
+    try:
+        wait_until(
+            lambda: (
+                (found := cluster.leader(among=others, via=far)) is not None and found[1] > old_term
+            ),
+            NODE_DEADLINE_S,
+            message="a leader of a higher term on the majority side",
+        )
+        assert far.run(put(1, "v2")) == 2
+        with pytest.raises(Unavailable):
+            near.run(get(2.0))
+        # Not for want of a server: the near side reaches the old leader, and only it.
+        reachable = [int(r["id"]) for r in cluster.statuses(via=near) if r.get("reachable")]
+        assert reachable == [old]
+        wait_until(
+            lambda: cluster.status_from_inside(old)["role"] != "leader",
+            NODE_DEADLINE_S,
+            message=f"n{old}, in the minority, stepping down",
+        )
+    finally:
+        cluster.heal()
+    assert near.run(get(NODE_DEADLINE_S)) == ("v2", 2)
+    assert_linearizable(history, timeout_s=CHECK_TIMEOUT_S)
 
 
 def restart_one(cluster: NetnsCluster, load: Load, node: int) -> dict[str, object]:

@@ -118,3 +118,27 @@ def test_sweep_deletes_what_dead_runs_left_and_spares_live_ones() -> None:
             assert len(live.namespaces()) == 2
     finally:
         ip("netns", "delete", leftover, check=False)
+
+
+def test_a_partition_cuts_between_groups_only_and_heals() -> None:
+    """partition([a], [b, c]): b and c still talk, a reaches neither; heal joins them again."""
+    with NamespaceNetwork() as network:
+        hosts = [network.add_host(name) for name in ("a", "b", "c")]
+        loops = [NamespaceLoop(h.netns) for h in hosts]
+        try:
+            servers = [
+                loop.run(_echo_server(h.address, 7001))
+                for loop, h in zip(loops, hosts, strict=True)
+            ]
+            network.partition(["a"], ["b", "c"])
+            assert loops[1].run(_echo(hosts[2].address, 7001, 2.0))
+            assert not loops[0].run(_echo(hosts[1].address, 7001, 0.5))
+            assert not loops[2].run(_echo(hosts[0].address, 7001, 0.5))
+            network.heal()
+            assert loops[0].run(_echo(hosts[1].address, 7001, 5.0))
+            assert loops[2].run(_echo(hosts[0].address, 7001, 5.0))
+            for server in servers:
+                server.close()
+        finally:
+            for loop in loops:
+                loop.stop()
