@@ -44,6 +44,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -284,8 +285,9 @@ def sweep_stale() -> list[str]:
 def probe() -> str | None:
     """None if this process can make namespaces, veth pairs and a bridge; else why not.
 
-    Probes by doing it (a throw-away two-host network): being root is not
-    enough in a container without CAP_SYS_ADMIN or CAP_NET_ADMIN.
+    Probes by doing it (a throw-away network with one host, a process run
+    in it, a thread entering it): being root is not enough in a container
+    without CAP_SYS_ADMIN or CAP_NET_ADMIN.
     """
     if shutil.which("ip") is None:
         return "no `ip` command (iproute2; on Debian: apt-get install -y iproute2, as root)"
@@ -294,7 +296,10 @@ def probe() -> str | None:
     try:
         sweep_stale()
         with NamespaceNetwork() as network:
-            network.add_host("probe")
+            host = network.add_host("probe")
+            # What the suite does with a namespace: run a process in it, enter it from a thread.
+            ip("netns", "exec", host.netns, sys.executable, "-S", "-c", "pass")
+            NamespaceLoop(host.netns).stop()
     except (NamespaceError, OSError) as exc:
         who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}, not root"
         return f"cannot make network namespaces here ({who}): {exc}"
