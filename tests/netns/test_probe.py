@@ -23,9 +23,8 @@ def test_probe_where_ip_is_refused_gives_ips_own_words(
 ) -> None:
     """As in a container without CAP_SYS_ADMIN: `ip netns` fails, and the reason quotes it."""
     fake = tmp_path / "ip"
-    fake.write_text(
-        '#!/bin/sh\necho "mount --make-shared /run/netns failed: Operation not permitted" >&2\nexit 1\n'
-    )
+    refusal = "mount --make-shared /run/netns failed: Operation not permitted"
+    fake.write_text(f'#!/bin/sh\necho "{refusal}" >&2\nexit 1\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     reason = probe()
