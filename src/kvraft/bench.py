@@ -16,6 +16,9 @@ Workloads:
 - ``get``: gets of ``keys`` keys written once before the run (preload).
 - ``mixed``: half gets, half puts (same rules), on preloaded keys.
 
+``read``: how the gets read, ``"log"`` (the default, through the log) or
+``"index"`` (read-index, no log entry; ``docs/reads.md``).
+
 Keys are ``bench/<run id>/<n>``: a new run id per run, so every run starts
 from keys at version 0 whatever the cluster holds.
 
@@ -40,7 +43,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, TextIO
 
-from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
+from kvraft.client.async_client import (
+    DEFAULT_CALL_TIMEOUT_S,
+    AsyncClient,
+    ReadMode,
+    check_read_mode,
+)
 from kvraft.errors import KVError, NoKey, Unavailable
 
 Workload = Literal["put", "get", "mixed"]
@@ -64,10 +72,12 @@ class BenchConfig:
     seed: int | None = None
     token: str | None = field(default=None, repr=False)
     ssl: ssl_module.SSLContext | None = None
+    read: ReadMode = "log"
 
     def __post_init__(self) -> None:
         if not self.servers:
             raise ValueError("no servers")
+        check_read_mode(self.read)
         if self.workload not in WORKLOADS:
             raise ValueError(
                 f"workload must be one of {', '.join(WORKLOADS)}, not {self.workload!r}"
@@ -186,6 +196,7 @@ class Bench:
             call_timeout_s=self.config.call_timeout_s,
             token=self.config.token,
             ssl=self.config.ssl,
+            read=self.config.read,
         )
 
     def _value(self, n: int) -> str:
@@ -353,8 +364,11 @@ def _ms(value: float | None) -> str:
 def format_result(result: BenchResult) -> str:
     """The final table: one row per kind of operation (and ``all`` for mixed)."""
     c = result.config
+    workload = (
+        c.workload if c.workload == "put" or c.read == "log" else f"{c.workload} (read index)"
+    )
     head = (
-        f"kvraft bench: {c.workload}, {c.clients} clients in flight, {c.duration_s:g}s measured "
+        f"kvraft bench: {workload}, {c.clients} clients in flight, {c.duration_s:g}s measured "
         f"after {c.warmup_s:g}s warm-up, {c.value_size}-byte values, {c.keys} keys"
     )
     header = ["op", "ops", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"]

@@ -118,11 +118,19 @@ def _run_op(fn: Callable[[], T]) -> T:
         fail(f"{type(exc).__name__}: {exc}", EXIT_OP_ERROR)
 
 
-def _with_client(servers: str | None, deadline: float, op: Callable[[Any], T]) -> T:
+def _with_client(
+    servers: str | None, deadline: float, op: Callable[[Any], T], *, read: str = "log"
+) -> T:
     from kvraft.client.client import Client
 
     creds = credentials()
-    client = Client(parse_servers(servers), deadline=deadline, token=creds.token, ssl=creds.ssl)
+    client = Client(
+        parse_servers(servers),
+        deadline=deadline,
+        token=creds.token,
+        ssl=creds.ssl,
+        read=read,  # type: ignore[arg-type]  # click.Choice checked it
+    )
     try:
         return _run_op(lambda: op(client))
     finally:
@@ -139,6 +147,13 @@ def _with_client(servers: str | None, deadline: float, op: Callable[[Any], T]) -
     help="With --prefix: at most N keys (0: all).",
 )
 @click.option("--keys-only", is_flag=True, help="With --prefix: keys and versions, no values.")
+@click.option(
+    "--read",
+    type=click.Choice(["log", "index"]),
+    default="log",
+    show_default=True,
+    help="log: through the Raft log; index: read-index, no log entry (docs/reads.md).",
+)
 @servers_option
 @deadline_option
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
@@ -147,6 +162,7 @@ def get(
     prefix: str | None,
     limit: int,
     keys_only: bool,
+    read: str,
     servers: str | None,
     deadline: float,
     as_json: bool,
@@ -158,13 +174,15 @@ def get(
         if limit or keys_only:
             raise click.UsageError("--limit and --keys-only go with --prefix")
         assert key is not None
-        value, version = _with_client(servers, deadline, lambda c: c.get(key))
+        value, version = _with_client(servers, deadline, lambda c: c.get(key), read=read)
         if as_json:
             click.echo(json.dumps({"key": key, "value": value, "version": version}))
         else:
             click.echo(f"{value}\t(version {version})")
         return
-    result = _with_client(servers, deadline, lambda c: _read_prefix(c, prefix, limit, keys_only))
+    result = _with_client(
+        servers, deadline, lambda c: _read_prefix(c, prefix, limit, keys_only), read=read
+    )
     if as_json:
         click.echo(json.dumps(_to_json(result)))
         return
@@ -459,6 +477,13 @@ def status(servers: str | None, timeout: float, as_json: bool) -> None:
     help="put: versioned puts; get: gets of preloaded keys; mixed: half and half.",
 )
 @click.option(
+    "--read",
+    type=click.Choice(["log", "index"]),
+    default="log",
+    show_default=True,
+    help="How the gets read: through the log, or read-index (docs/reads.md).",
+)
+@click.option(
     "--value-size", type=click.IntRange(min=0), default=100, show_default=True, help="Bytes."
 )
 @click.option(
@@ -493,6 +518,7 @@ def bench(
     duration: float,
     warmup: float,
     workload: str,
+    read: str,
     value_size: int,
     keys: int,
     deadline: float,
@@ -504,7 +530,8 @@ def bench(
     CLIENTS concurrent clients (one event loop, one request in flight each)
     run the workload for --warmup + --duration seconds; the table gives the
     throughput and the p50/p95/p99/max latency of the measured part. Every
-    operation goes through the Raft log, with fsync, as in production.
+    operation goes through the Raft log, with fsync, as in production, unless
+    --read index makes the gets read-index reads.
     """
     from kvraft.bench import BenchConfig, format_result, result_json, run_bench
 
@@ -522,6 +549,7 @@ def bench(
         duration_s=duration,
         warmup_s=warmup,
         workload=workload,  # type: ignore[arg-type]  # click.Choice checked it
+        read=read,  # type: ignore[arg-type]  # click.Choice checked it
         value_size=value_size,
         keys=keys,
         deadline_s=deadline,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvraft.client.admin import fetch_statuses
+from kvraft.client.async_client import ReadMode
 from kvraft.client.client import Client
 from kvraft.errors import Maybe, NoKey, Unavailable, VersionMismatch
 from kvraft.testing.cluster import Cluster
@@ -71,12 +72,14 @@ class RecordingClient:
         deadline: float | None = OP_DEADLINE_S,
         call_timeout_s: float = 0.5,
         client_id: str | None = None,
+        read: ReadMode = "log",
     ) -> None:
         self.client = Client(
             servers or cluster.addresses,
             deadline=deadline,
             call_timeout_s=call_timeout_s,
             client_id=client_id,
+            read=read,
         )
         self.history = history
         self.id = self.client.client_id

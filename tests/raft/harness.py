@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.messages import Entry, Message
+from kvraft.raft.read_index import ReadState
 from kvraft.raft.ready import HardState, PersistentState, Ready, Snapshot
 from kvraft.raft.storage import MemoryStorage
 
@@ -76,6 +77,9 @@ class Cluster:
     applied: dict[int, list[Entry]] = field(default_factory=dict)
     isolated: set[int] = field(default_factory=set)
     delivered: int = 0
+    # Read-index reads each node's Readies confirmed, and failed (request ids).
+    reads: dict[int, list[ReadState]] = field(default_factory=dict)
+    failed_reads: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, size: int = 3, **overrides: object) -> Cluster:
@@ -93,6 +97,8 @@ class Cluster:
             if ready.snapshot is not None:
                 self.applied[node] = []
             self.applied[node].extend(ready.committed)
+            self.reads.setdefault(node, []).extend(ready.reads)
+            self.failed_reads.setdefault(node, []).extend(ready.failed_reads)
             core.advance(ready)
 
     def process_all(self) -> None:

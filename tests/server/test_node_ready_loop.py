@@ -8,6 +8,8 @@ import asyncio
 import threading
 from collections.abc import Callable
 
+import pytest
+
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.messages import (
     AppendEntries,
@@ -19,7 +21,7 @@ from kvraft.raft.messages import (
 )
 from kvraft.raft.ready import HardState, Snapshot
 from kvraft.raft.storage import MemoryStorage
-from kvraft.server.node import NodeTiming, RaftNode, StateMachine
+from kvraft.server.node import NodeTiming, RaftNode, ReadFailed, StateMachine
 
 from .node_support import RecordingTransport
 
@@ -196,6 +198,74 @@ def test_leader_heartbeats_leave_on_time_while_its_write_is_held() -> None:
         finally:
             storage.hold.clear()
             storage.release.set()
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def test_a_read_index_resolves_after_its_round_and_fails_when_the_leader_steps_down() -> None:
+    """RaftNode.read_index: None on a follower; on a leader a future that resolves to the
+    commit index once a follower echoes the round, after the Ready's entries were applied;
+    a read pending when the node steps down fails with ReadFailed.
+
+    Reference: Raft thesis §6.4; the Ready order of kvraft.raft.ready
+    """
+
+    async def main() -> None:
+        applied: list[int] = []
+
+        class Recording(NullStateMachine):
+            def apply(self, entry: Entry) -> None:
+                applied.append(entry.index)
+
+        config = RaftConfig(
+            node_id=0, peers=(0, 1, 2), pre_vote=False, check_quorum=False,
+            election_timeout_ticks=1000,
+        )  # fmt: skip
+        transport = RecordingTransport()
+        node = RaftNode(
+            config, MemoryStorage(), transport, Recording(), timing=NodeTiming(tick_interval_s=0.01)
+        )
+        await node.start()
+        try:
+            assert node.read_index() is None  # a follower refuses
+            node.campaign()
+            await wait_for(lambda: any(isinstance(m, RequestVote) for m in transport.sent))
+            node.receive(
+                1, RequestVoteReply(src=1, dst=0, term=1, vote_granted=True, pre_vote=False)
+            )
+            await wait_for(lambda: node.get_state() == (1, True))
+
+            def ack(read_round: int) -> None:
+                node.receive(
+                    1,
+                    AppendEntriesReply(
+                        src=1, dst=0, term=1, success=True, match_index=1,
+                        conflict_index=0, conflict_term=0, read_round=read_round,
+                    ),
+                )  # fmt: skip
+
+            future = node.read_index()
+            assert future is not None and node.pending_reads == 1
+            ack(0)  # commits the no-op; the round starts only now (own-term rule)
+            await wait_for(lambda: node.core.read_rounds_drawn == 1)
+            assert not future.done()
+            ack(1)
+            assert await asyncio.wait_for(future, 5) == 1
+            assert applied == [1] and node.pending_reads == 0
+
+            pending = node.read_index()
+            assert pending is not None
+            # A vote request of a later term deposes it before any round is confirmed.
+            node.receive(
+                2,
+                RequestVote(
+                    src=2, dst=0, term=5, last_log_index=9, last_log_term=4, pre_vote=False
+                ),
+            )
+            with pytest.raises(ReadFailed):
+                await asyncio.wait_for(pending, 5)
+        finally:
             await node.stop()
 
     asyncio.run(main())

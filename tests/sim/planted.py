@@ -93,12 +93,47 @@ class ProposeInTransferCore(RaftCore):
             leader.transfer = transfer
 
 
+class _ReuseReadRoundLeader(Leader):
+    """Gives every read round the same id (breaks read-index rule 4; etcd #20418): an
+    acknowledgement of an old round confirms a new one, so a leader deposed while
+    paused answers from its stale commit index before it learns of the new term."""
+
+    def _start_read_round(self) -> bool:
+        if not self.read_round_due():
+            return False
+        round_id = max(1, self.core.read_rounds_drawn)
+        self.core.read_rounds_drawn = round_id
+        self.reads.last_round = round_id - 1  # let the bookkeeping take the same id again
+        self.reads.start_round(round_id, self.core.commit_index)
+        self.send_to_all(allow_empty=True)
+        return True
+
+
+class ReuseReadRoundCore(RaftCore):
+    def _become_leader(self) -> None:
+        super()._become_leader()
+        assert self.leader is not None
+        self.leader.__class__ = _ReuseReadRoundLeader
+
+
+class EarlyReadCore(RaftCore):
+    """Serves reads before an entry of its term has committed (breaks thesis §6.4 step 1;
+    etcd #7331): a new leader's commit index may trail what its predecessor committed."""
+
+    def _become_leader(self) -> None:
+        super()._become_leader()
+        assert self.leader is not None
+        self.leader.term_committed = True
+
+
 PLANTED: dict[str, type[RaftCore]] = {
     "double-vote": DoubleVoteCore,
     "stale-log-vote": StaleLogVoteCore,
     "keep-suffix": KeepSuffixCore,
     "early-timeout-now": EarlyTimeoutNowCore,
     "propose-in-transfer": ProposeInTransferCore,
+    "reuse-read-round": ReuseReadRoundCore,
+    "early-read": EarlyReadCore,
 }
 
 

@@ -18,8 +18,11 @@ applied by every node within a bounded number of ticks). The :class:`Checker`
 watches from outside the code under test after every step: election safety,
 log matching, leader completeness, state machine safety, and the Ready
 contract (committed entries are persisted, the persisted commit index never
-exceeds the persisted log). A violation raises :class:`Violation` whose message
-ends with the one command that replays the seed.
+exceeds the persisted log). Some seeds ask nodes for read-index reads and
+pause nodes (as SIGSTOP would: no ticks, no steps, messages to them held
+until they resume), leaders mostly; :mod:`tests.sim.read_check` checks every
+read's answer against the commits of the whole cluster. A violation raises
+:class:`Violation` whose message ends with the one command that replays the seed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from kvraft.raft.storage import MemoryStorage
 from kvraft.raft.transfer import TransferRefused
 
 from .planted import PLANTED
+from .read_check import ReadChecker
 from .transfer_check import TransferChecker
 
 CoreFactory = Callable[[RaftConfig, PersistentState], RaftCore]
@@ -213,6 +217,9 @@ class Node:
     written_at: int = 0
     seen_commit: int = 0  # the highest commit index the checker has recorded of this core
     leader_checked_term: int = -1
+    paused_until: int | None = None  # a paused process (SIGSTOP) resumes at this tick
+    was_paused: bool = False  # paused at least once since it last started
+    held_reads: int = 0  # reads its clients asked for while it was paused
 
 
 # ------------------------------------------------------------------ checkers
@@ -375,6 +382,10 @@ class Result:
     transfers: int = 0  # transfers leaders accepted
     transfers_completed: int = 0  # whose target led the next term
     timeouts_now_sent: int = 0
+    reads_served: int = 0
+    reads_failed: int = 0
+    reads_served_after_pause: int = 0
+    pauses: int = 0
 
 
 class Simulation:
@@ -424,6 +435,13 @@ class Simulation:
             self.profile, transfer=self._transfer_rng.choice([0.0, 0.02, 0.05, 0.1])
         )
         self.transfers = TransferChecker(self._fail, self.profile.election_timeout_ticks)
+        # Read-index reads and process pauses: a stream of their own, so seeds
+        # that do neither run as before (reads add heartbeats, which do not).
+        self._read_rng = random.Random(f"kvraft-sim-reads/{seed}/{nodes}")
+        self._read_rate = self._read_rng.choice([0.0, 0.3, 0.6, 1.0])
+        self._pause_rate = self._read_rng.choice([0.0, 0.0, 0.01, 0.03])
+        self.pauses = 0
+        self.reads = ReadChecker(self._fail, lambda: max(self.checker.committed, default=0))
 
     # ----------------------------------------------------------------- failing
 
@@ -444,6 +462,9 @@ class Simulation:
         node.core = self.core_factory(self._config(node.id), state)
         node.seen_commit = node.core.commit_index
         node.leader_checked_term = -1
+        node.paused_until = None
+        node.was_paused = False
+        node.held_reads = 0
         node.app = App()
         if state.snapshot is not None:
             self.checker.restored(node, state.snapshot)
@@ -459,6 +480,8 @@ class Simulation:
 
     def _crash(self, node: Node, where: str) -> None:
         logger.info("sim: n%d crashed %s", node.id, where)
+        self.reads.crashed(node.id)
+        node.paused_until = None
         node.core = None
         node.writing = None  # lost with the process
         self.crashes += 1
@@ -474,7 +497,7 @@ class Simulation:
         while True:
             # Look before every Ready is performed too: a crash may cut it short.
             self.checker.observe(node)
-            if node.writing is not None or not core.has_ready():
+            if node.writing is not None or node.paused_until is not None or not core.has_ready():
                 return
             ready = core.ready()
             if ready.entries:
@@ -519,6 +542,7 @@ class Simulation:
             self.checker.restored(node, ready.snapshot)
         for entry in ready.committed:
             self.checker.applied(node, entry)
+        self.reads.performed(node.id, ready, node.app.index, node.was_paused)
         if where == 3:
             return self._crash(node, "after applying, before advancing")
         core.advance(ready)
@@ -527,7 +551,7 @@ class Simulation:
     def _finish_writes(self) -> None:
         for node in self.nodes.values():
             ready = node.writing
-            if ready is not None and node.written_at <= self.now:
+            if ready is not None and node.written_at <= self.now and node.paused_until is None:
                 node.writing = None
                 self._perform(node, ready)
                 if node.core is not None:
@@ -594,6 +618,11 @@ class Simulation:
                 continue
             if self._group[msg.src] != self._group[msg.dst]:
                 continue
+            if node.paused_until is not None:
+                # Held in the socket's buffer until the process runs again.
+                self._seq += 1
+                heapq.heappush(self._network, (node.paused_until, self._seq, msg))
+                continue
             self.steps += 1
             node.core.step(msg)
             self._drive(node)
@@ -635,6 +664,54 @@ class Simulation:
             self._propose(rng.randint(1, 3))
         if rng.random() < profile.compact:
             self._compact(rng.choice(list(self.nodes.values())))
+        self._reads_and_pauses()
+
+    def _reads_and_pauses(self) -> None:
+        """Now and then pause a node, leaders mostly; ask reads, of leaders mostly."""
+        rng = self._read_rng
+        up = [node for node in self.nodes.values() if node.core is not None]
+        if not up:
+            return
+        leaders = [node for node in up if node.core is not None and node.core.leader]
+        if rng.random() < self._pause_rate:
+            node = rng.choice(leaders if leaders and rng.random() < 0.7 else up)
+            # Not during a transfer: its checker counts the leader's ticks in real time.
+            if (
+                node.paused_until is None
+                and node.core is not None
+                and (node.core.transfer_target is None)
+            ):
+                ticks = rng.randint(2, 6) * self.profile.election_timeout_ticks
+                node.paused_until = self.now + ticks
+                node.was_paused = True
+                self.pauses += 1
+                logger.info("sim: n%d paused for %d ticks", node.id, ticks)
+        if rng.random() < self._read_rate:
+            node = rng.choice(leaders if leaders and rng.random() < 0.8 else up)
+            if node.paused_until is not None:
+                node.held_reads += 1  # its client's request waits in the socket
+            else:
+                self._ask_read(node)
+
+    def _ask_read(self, node: Node) -> None:
+        core = node.core
+        assert core is not None
+        self.reads.ask(node.id, core, self.now)
+        self._drive(node)
+
+    def _resume_paused(self) -> None:
+        for node in self.nodes.values():
+            if node.paused_until is not None and node.paused_until <= self.now:
+                node.paused_until = None
+                logger.info("sim: n%d resumed", node.id)
+                # The requests that arrived meanwhile are read first, then the messages.
+                held, node.held_reads = node.held_reads, 0
+                for _ in range(held):
+                    if node.core is None:  # crashed in the middle of a Ready
+                        break
+                    self._ask_read(node)
+                if node.core is not None:
+                    self._drive(node)
 
     def _transfer(self) -> None:
         """Ask a leader with no transfer running to hand over; now and then, to itself or
@@ -646,6 +723,7 @@ class Simulation:
             if node.core is not None
             and node.core.role is Role.LEADER
             and node.core.transfer_target is None
+            and node.paused_until is None
         ]
         if not leaders:
             return
@@ -679,7 +757,11 @@ class Simulation:
         logger.info("sim: partition %s", self._group)
 
     def _propose(self, count: int) -> None:
-        up = [node for node in self.nodes.values() if node.core is not None]
+        up = [
+            node
+            for node in self.nodes.values()
+            if node.core is not None and node.paused_until is None
+        ]
         if not up:
             return
         leaders = [node for node in up if node.core is not None and node.core.role is Role.LEADER]
@@ -699,6 +781,8 @@ class Simulation:
         core = node.core
         if core is None or node.app.index - core.log.snapshot_index < self.rng.randint(1, 8):
             return
+        if node.paused_until is not None:
+            return
         index = node.app.index
         term = core.term(index)
         assert term is not None and index <= core.applying_index, (index, core.status())
@@ -712,12 +796,13 @@ class Simulation:
 
     def _tick(self) -> None:
         self.now += 1
+        self._resume_paused()
         self._finish_writes()
         self._deliver_due()
         order = list(self.nodes.values())
         self.rng.shuffle(order)
         for node in order:
-            if node.core is not None:
+            if node.core is not None and node.paused_until is None:
                 node.core.tick()
                 self._drive(node)
 
@@ -744,6 +829,10 @@ class Simulation:
             transfers=self.transfers.transfers,
             transfers_completed=self.transfers.completed(self.checker.leader_of_term),
             timeouts_now_sent=self.transfers.timeouts_sent,
+            reads_served=self.reads.served,
+            reads_failed=self.reads.failed,
+            reads_served_after_pause=self.reads.served_after_pause,
+            pauses=self.pauses,
         )
 
     def _liveness(self) -> int:

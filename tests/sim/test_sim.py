@@ -39,6 +39,12 @@ def test_raft_is_safe_under_faults_and_live_once_healed(nodes: int, start: int) 
     assert sum(r.transfers for r in results) > CHUNK
     assert sum(r.transfers_completed for r in results) > CHUNK // 2
     assert sum(r.timeouts_now_sent for r in results) > CHUNK
+    # Read-index reads were answered (each checked against the cluster's commits),
+    # some by leaders after a pause, and some failed by leaders that stepped down.
+    assert sum(r.reads_served for r in results) > 10 * CHUNK
+    assert sum(r.reads_served_after_pause for r in results) > CHUNK // 10
+    assert sum(r.reads_failed for r in results) > CHUNK // 2
+    assert sum(r.pauses for r in results) > CHUNK // 2
 
 
 @pytest.mark.stress
@@ -71,13 +77,15 @@ def test_a_seed_replays_exactly() -> None:
         ("keep-suffix", "log matching"),
         ("early-timeout-now", "transfer: "),  # TimeoutNow before the target caught up
         ("propose-in-transfer", "transfer: "),  # proposals taken during a transfer
+        ("reuse-read-round", "read index: stale read"),  # etcd #20418
+        ("early-read", "read index: stale read"),  # before the own-term commit (etcd #7331)
     ],
 )
 def test_simulator_catches_a_planted_bug(planted: str, property_broken: str) -> None:
     """A core that breaks one rule of the paper is caught within a few dozen seeds.
 
     Reference: Raft §5.2 (one vote per term), §5.4.1 (election restriction), §5.3,
-    thesis §3.10 (leadership transfer)
+    thesis §3.10 (leadership transfer), thesis §6.4 (read-index reads)
     """
     assert planted in PLANTED
     for seed in range(50):
@@ -122,3 +130,19 @@ def test_replay_command_reports_a_violation() -> None:
 
     assert completed.returncode == 1
     assert "VIOLATION: election safety" in completed.stdout
+
+
+def test_simulator_catches_reused_read_rounds_at_a_leader_deposed_while_paused() -> None:
+    """Rounds that reuse an id let a paused leader, deposed meanwhile, answer a read from
+    its stale commit index as soon as it resumes: the read checker sees it.
+
+    Reference: Raft thesis §6.4; etcd issue 20418 (stale reads under process pauses)
+    """
+    for seed in range(50):
+        try:
+            Simulation(seed, 3, planted="reuse-read-round").run()
+        except Violation as violation:
+            if "stale read after a pause" in str(violation):
+                break
+    else:
+        pytest.fail("no stale read after a pause found with reuse-read-round in 50 seeds")

@@ -42,6 +42,13 @@ session cannot vouch that an earlier attempt did not apply.
 then raise :class:`~kvraft.errors.ClientClosed` (so do calls begun after it),
 and closes the connections. A put ended that way may have applied.
 
+Reads (``docs/reads.md``): ``get`` and ``range`` go through the log by
+default (``read="log"``, the specification's rule). ``read="index"``, per
+client or per call, sends ``get.index``/``range.index`` instead: the leader
+confirms it still leads with one heartbeat round and answers from its
+store, with no log entry and no fsync, and just as linearizable. Same
+retries, deadline and errors; nothing is kept in the session.
+
 Watch (``docs/data-model.md``): :meth:`AsyncClient.watch` long-polls
 ``watch.poll`` through the same ``_attempts`` (so the same server choice,
 retries and deadline per poll), keeping the cursor itself: after a lost
@@ -63,7 +70,7 @@ import ssl as ssl_module
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from kvraft.addresses import split_address
 from kvraft.client.session import ClientSession
@@ -126,6 +133,10 @@ from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
 from kvraft.rpc.tokens import check_token
 
+# How a get or range reads (docs/reads.md): through the log, or read-index.
+ReadMode = Literal["log", "index"]
+READ_MODES: tuple[ReadMode, ...] = ("log", "index")
+
 DEFAULT_CALL_TIMEOUT_S = 1.0
 BACKOFF_S = 0.02
 MAX_BACKOFF_S = 0.2
@@ -156,6 +167,15 @@ def _bounds(prefix: str | None, start: str | None, end: str | None) -> tuple[str
     return start, "" if end is None else end
 
 
+def check_read_mode(read: object) -> ReadMode:
+    """``read`` if it is a read mode; InvalidArgument (nothing sent) if not."""
+    if read == "log":
+        return "log"
+    if read == "index":
+        return "index"
+    raise InvalidArgument(f"read must be one of {', '.join(map(repr, READ_MODES))}, not {read!r}")
+
+
 def may_have_applied(failure: Exception) -> bool:
     """Whether a failed attempt may have applied: False only if it surely did not.
 
@@ -179,13 +199,17 @@ class AsyncClient:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        read: ReadMode = "log",
     ) -> None:
         """``token``: presented to servers started with ``--auth-token-file``
         (a request its role does not allow raises :class:`~kvraft.Unauthorized`).
         ``ssl``: connect with TLS, e.g. ``kvraft.client_tls_context(cacert=...)``,
-        to servers started with ``--cert-file``."""
+        to servers started with ``--cert-file``. ``read``: how ``get`` and
+        ``range`` read unless a call says otherwise, ``"log"`` or ``"index"``
+        (module docstring; InvalidArgument for anything else)."""
         if not servers:
             raise ValueError("a client needs at least one server address")
+        self.read: ReadMode = check_read_mode(read)
         for address in servers:
             split_address(address)
         self.servers = list(servers)
@@ -211,13 +235,22 @@ class AsyncClient:
         self._calls: set[asyncio.Task[Any]] = set()
         self._cancelled_by_close: set[asyncio.Task[Any]] = set()
 
-    async def get(self, key: str) -> tuple[str, int]:
-        """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
+    def _read_method(self, method: str, read: ReadMode | None) -> str:
+        """The method that reads as ``read`` says (None: the client's mode)."""
+        mode = self.read if read is None else check_read_mode(read)
+        return method if mode == "log" else f"{method}.index"
+
+    async def get(self, key: str, *, read: ReadMode | None = None) -> tuple[str, int]:
+        """``(value, version)`` of ``key``; raises NoKey if it does not exist.
+
+        ``read``: ``"log"`` or ``"index"`` for this call (None: the client's).
+        """
+        method = self._read_method("get", read)
 
         def build(session: str, request_id: int, acked_below: int) -> Op:
             return GetOp(key=key, client_id=session, request_id=request_id, acked_below=acked_below)
 
-        value, version = result_of(await self._in_session("get", build))
+        value, version = result_of(await self._in_session(method, build))
         assert value is not None
         return value, version
 
@@ -311,20 +344,23 @@ class AsyncClient:
         end: str | None = None,
         limit: int = 0,
         keys_only: bool = False,
+        read: ReadMode | None = None,
     ) -> RangeResult:
         """The keys with ``prefix``, or in ``[start, end)``, in order, with their metadata.
 
-        Linearizable (through the log, like get). ``limit`` 0 is no limit;
+        Linearizable (through the log, like get, or read-index with ``read``
+        ``"index"``). ``limit`` 0 is no limit;
         a reply holds at most ``MAX_RANGE_REPLY_BYTES`` (always one key at
         least), and ``more`` says whether keys remain: continue with
         ``start=last.key + "\\0"`` (and the same end) for the next page.
         """
+        method = self._read_method("range", read)
         first, last = _bounds(prefix, start, end)
 
         def build(session: str, request_id: int, acked_below: int) -> Op:
             return RangeOp(first, last, limit, keys_only, session, request_id, acked_below)
 
-        result = await self._in_session("range", build)
+        result = await self._in_session(method, build)
         if not isinstance(result, RangeResult):
             raise ProtocolError(f"not a range result: {type(result).__name__}")
         return result

@@ -26,7 +26,12 @@ from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, WATCH_POLL_WAIT_S, AsyncClient
+from kvraft.client.async_client import (
+    DEFAULT_CALL_TIMEOUT_S,
+    WATCH_POLL_WAIT_S,
+    AsyncClient,
+    ReadMode,
+)
 from kvraft.errors import ClientClosed
 from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -57,8 +62,10 @@ class Client:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        read: ReadMode = "log",
     ) -> None:
-        """The arguments are :class:`~kvraft.AsyncClient`'s, ``token`` and ``ssl`` included."""
+        """The arguments are :class:`~kvraft.AsyncClient`'s, ``token``, ``ssl`` and ``read``
+        included."""
         self._async = AsyncClient(
             servers,
             deadline=deadline,
@@ -67,6 +74,7 @@ class Client:
             max_value_bytes=max_value_bytes,
             token=token,
             ssl=ssl,
+            read=read,
         )
         self._loop = EventLoopThread(name=f"kvraft-client-{self.client_id[:8]}")
         # Guards _closed and _in_flight: a call is started only while not closed.
@@ -91,9 +99,12 @@ class Client:
             with self._mutex:
                 self._in_flight.discard(future)
 
-    def get(self, key: str) -> tuple[str, int]:
-        """``(value, version)`` of ``key``; raises NoKey if it does not exist."""
-        return self._run(self._async.get(key))
+    def get(self, key: str, *, read: ReadMode | None = None) -> tuple[str, int]:
+        """``(value, version)`` of ``key``; raises NoKey if it does not exist.
+
+        ``read``: ``"log"`` or ``"index"`` for this call (None: the client's).
+        """
+        return self._run(self._async.get(key, read=read))
 
     def put(self, key: str, value: str, version: int) -> int:
         """Store ``value`` if ``key`` is at ``version``; returns the new version."""
@@ -121,10 +132,18 @@ class Client:
         end: str | None = None,
         limit: int = 0,
         keys_only: bool = False,
+        read: ReadMode | None = None,
     ) -> RangeResult:
         """The keys with ``prefix``, or in ``[start, end)``, in order (AsyncClient.range)."""
         return self._run(
-            self._async.range(prefix=prefix, start=start, end=end, limit=limit, keys_only=keys_only)
+            self._async.range(
+                prefix=prefix,
+                start=start,
+                end=end,
+                limit=limit,
+                keys_only=keys_only,
+                read=read,
+            )
         )
 
     def txn(

@@ -30,13 +30,17 @@ Layering, bottom up:
   replies);
 - ``transfer``: the rules of a leadership transfer (thesis §3.10) and its
   state while one runs;
+- ``read_index``: the rules of read-index reads (thesis §6.4) and a
+  leader's bookkeeping of its reads and their heartbeat rounds;
 - ``leader``: the leader's side of replication (batching, heartbeats, fast
-  backtracking, the commit index, check-quorum, a transfer in progress);
+  backtracking, the commit index, check-quorum, a transfer in progress,
+  the rounds that confirm read-index reads);
 - ``core``: terms and roles (when to campaign, follow, lead or step down, with
   pre-vote and leader leases), granting votes, and the Ready handshake.
 
 Extensions beyond the paper's Figure 2, as real clusters need them: pre-vote
 (thesis §9.6), check-quorum with leader leases (§6.2, §4.2.3), fast log
 backtracking with conflict hints, batching and pipelining (§10.2), snapshots
-sent in chunks (Figure 13), leadership transfer (§3.10).
+sent in chunks (Figure 13), leadership transfer (§3.10), read-index reads
+without a log entry (§6.4; no lease reads).
 """

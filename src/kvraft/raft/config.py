@@ -45,8 +45,8 @@ class RaftConfig:
     check_quorum: bool = DEFAULT_CHECK_QUORUM
     # That while: 0 means CHECK_QUORUM_ELECTION_TIMEOUTS election timeouts. Longer
     # than the followers' lease (one election timeout) so that heavy message loss
-    # does not depose a healthy leader; reads go through the log, so no safety
-    # rests on it.
+    # does not depose a healthy leader; reads go through the log or confirm with
+    # a read-index round (never a lease), so no safety rests on it.
     check_quorum_ticks: int = 0
     max_entries_per_message: int = 512
     max_bytes_per_message: int = 1024 * 1024

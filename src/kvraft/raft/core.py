@@ -5,7 +5,8 @@ term it is in, whom it votes for (with the lease check-quorum gives a live
 leader), and what goes into each Ready. What a node does in each role lives
 beside it: :mod:`~kvraft.raft.election` (the election timer, a candidate's
 round of votes), :mod:`~kvraft.raft.follower` (the follower's side of
-replication), :mod:`~kvraft.raft.leader` (the leader's side). See the package
+replication), :mod:`~kvraft.raft.leader` (the leader's side, read-index
+rounds included; their rules are :mod:`~kvraft.raft.read_index`'s). See the package
 docstring (:mod:`kvraft.raft`) for the theory of operation and the layering.
 """
 
@@ -32,6 +33,7 @@ from kvraft.raft.messages import (
     RequestVoteReply,
     TimeoutNow,
 )
+from kvraft.raft.read_index import ReadState
 from kvraft.raft.ready import HardState, PersistentState, Ready, Snapshot
 from kvraft.raft.transfer import TransferRefused, check_target
 from kvraft.raft.validate import well_formed
@@ -104,6 +106,11 @@ class RaftCore:
         self.leader: Leader | None = None  # while role is LEADER
         self._election: Election | None = None  # while role is PRE_CANDIDATE or CANDIDATE
         self._timer = ElectionTimer(config.election_timeout_ticks, config.rng)
+        # Read-index reads (kvraft.raft.read_index). The last round id drawn: one
+        # counter for the core's whole life, across its terms of leadership (rule 4).
+        self.read_rounds_drawn = 0
+        self._read_states: list[ReadState] = []  # confirmed, not yet handed out
+        self._failed_reads: list[int] = []  # failed by a step-down, not yet handed out
 
     # ------------------------------------------------------------------ reading
 
@@ -191,6 +198,30 @@ class RaftCore:
         self.leader.send_to_all(allow_empty=False)
         return entry.index, entry.term
 
+    def read_index(self, request_id: int) -> bool:
+        """Ask for a linearizable read without a log entry; False (nothing held) if not leader.
+
+        Raft thesis §6.4 (see :mod:`kvraft.raft.read_index` for the rules): a
+        later Ready hands out ``ReadState(request_id, index)`` once a majority
+        confirmed this node still led after the request; the driver answers
+        from its state machine once it has applied ``index``. If the node
+        stops leading first, a Ready lists ``request_id`` in ``failed_reads``.
+        ``request_id`` is the driver's, unique among its pending reads.
+        """
+        if self.leader is None:
+            return False
+        self.leader.reads.ask(request_id, own_term_committed=self.leader.term_committed)
+        return True
+
+    @property
+    def pending_reads(self) -> int:
+        """Read-index reads this leader holds and has not yet handed out (0 if not leader)."""
+        return len(self.leader.reads) if self.leader is not None else 0
+
+    def confirmed_reads(self, reads: list[ReadState]) -> None:
+        """The leader's: ``reads`` were confirmed; the next Ready hands them out."""
+        self._read_states.extend(reads)
+
     def transfer_leadership(self, target: int) -> None:
         """As leader, hand leadership to peer ``target`` (Raft thesis §3.10).
 
@@ -251,7 +282,12 @@ class RaftCore:
         hard = self._hard_state
         return bool(
             self._messages
-            or (self.leader is not None and self.leader.has_pending_sends())
+            or (
+                self.leader is not None
+                and (self.leader.has_pending_sends() or self.leader.read_round_due())
+            )
+            or self._read_states
+            or self._failed_reads
             or self._pending_snapshot is not None
             or self.log.unstable <= self.log.last_index
             or self.commit_index > self.applying_index
@@ -295,6 +331,8 @@ class RaftCore:
             ready.entries = self.log.unstable_entries()
         self.log.mark_handed_out()
         ready.messages, self._messages = self._messages, []
+        ready.reads, self._read_states = self._read_states, []
+        ready.failed_reads, self._failed_reads = self._failed_reads, []
         if self.commit_index > self.applying_index:
             # Persisted earlier or by this very Ready (it holds every unstable entry).
             ready.committed = self.log.between(self.applying_index + 1, self.commit_index)
@@ -444,7 +482,7 @@ class RaftCore:
             self._become_follower(self.current_term, None)  # leave any candidacy
             return
         self._timer.start()
-        self.leader = None
+        self._drop_leader()
         self.leader_id = None
         if pre_vote:
             # Thesis §9.6: ask first whether we could win, without bumping the
@@ -523,7 +561,7 @@ class RaftCore:
             self.voted_for = None
         was = self.role
         self.role = Role.FOLLOWER
-        self.leader = None
+        self._drop_leader()
         self._election = None
         self._timer.start()
         self.leader_id = None
@@ -531,6 +569,19 @@ class RaftCore:
             self._set_leader(leader)
         elif was is not Role.FOLLOWER:
             self._log(logging.INFO, "became follower")
+
+    def _drop_leader(self) -> None:
+        """No longer leading: the reads held fail (read_index rule 5), confirmed ones stand.
+
+        A read already confirmed was confirmed while this node led, at an
+        index it had committed: its answer is still linearizable.
+        """
+        if self.leader is not None:
+            failed = self.leader.reads.take_all()
+            if failed:
+                self._failed_reads.extend(failed)
+                self._log(logging.DEBUG, "failed %d pending reads on stepping down", len(failed))
+            self.leader = None
 
     def _set_leader(self, leader: int) -> None:
         if self.leader_id != leader:

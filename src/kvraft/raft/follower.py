@@ -62,13 +62,19 @@ class Follower:
         )
         if not result.success:
             self._reply_append(
-                msg.src, False, msg.prev_log_index, result.conflict_index, result.conflict_term
+                msg.src,
+                False,
+                msg.prev_log_index,
+                result.conflict_index,
+                result.conflict_term,
+                read_round=msg.read_round,
             )
             return
         # Figure 2, AppendEntries rule 5: commitIndex = min(leaderCommit, last new entry).
         if msg.leader_commit > core.commit_index:
             core.commit_index = max(core.commit_index, min(msg.leader_commit, result.match_index))
-        self._reply_append(msg.src, True, result.match_index)
+        # The read round is echoed (kvraft.raft.read_index): we follow this leader now.
+        self._reply_append(msg.src, True, result.match_index, read_round=msg.read_round)
 
     def handle_install_snapshot(self, msg: InstallSnapshot) -> None:
         """A chunk of the snapshot of the leader we follow, in our term."""
@@ -129,6 +135,8 @@ class Follower:
         match_index: int,
         conflict_index: int = 0,
         conflict_term: int = NO_TERM,
+        *,
+        read_round: int = 0,
     ) -> None:
         # On a refusal, match_index carries the refused prev_log_index, so the
         # leader can tell a stale refusal from a current one.
@@ -141,6 +149,7 @@ class Follower:
                 match_index=match_index,
                 conflict_index=conflict_index,
                 conflict_term=conflict_term,
+                read_round=read_round,
             )
         )
 

@@ -4,10 +4,11 @@ Seam: :class:`~kvraft.raft.core.RaftCore` decides *when* a node leads (elections
 terms, stepping down); a :class:`Leader` decides *what to send to whom* while it
 does: AppendEntries batched and pipelined per follower (paced by
 :mod:`~kvraft.raft.progress`), heartbeats, snapshot chunks, fast backtracking on
-refusals, the commit index, check-quorum, and a leadership transfer in
-progress (the rules are :mod:`~kvraft.raft.transfer`'s). It reads the core's log and
-snapshot and advances the core's ``commit_index``; messages go out through the
-core's outbox.
+refusals, the commit index, check-quorum, a leadership transfer in
+progress (the rules are :mod:`~kvraft.raft.transfer`'s), and the heartbeat
+rounds that confirm read-index reads (the rules are
+:mod:`~kvraft.raft.read_index`'s). It reads the core's log and snapshot and
+advances the core's ``commit_index``; messages go out through the core's outbox.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kvraft.raft.messages import (
     TimeoutNow,
 )
 from kvraft.raft.progress import Progress, ProgressState
+from kvraft.raft.read_index import ReadIndex
 from kvraft.raft.ready import Snapshot
 from kvraft.raft.transfer import Transfer
 
@@ -73,6 +75,10 @@ class Leader:
         self._checksummed: tuple[Snapshot, int] | None = None
         # A leadership transfer in progress; while set, the core takes no proposal.
         self.transfer: Transfer | None = None
+        # Read-index reads and their rounds; round ids come from the core's counter.
+        self.reads = ReadIndex(last_round=core.read_rounds_drawn)
+        # Thesis §6.4: whether an entry of our term has committed (reads wait for it).
+        self.term_committed = False
 
     # ------------------------------------------------------------------ timing
 
@@ -119,11 +125,67 @@ class Leader:
             self._to_send[peer] = allow_empty or self._to_send.get(peer, False)
 
     def flush(self) -> None:
-        """Send what was queued since the last Ready: all proposals in few messages."""
+        """Send what was queued since the last Ready: all proposals in few messages.
+
+        Starts a read round first if reads are queued for one, so that this
+        flush's messages carry its id, and every follower hears it now.
+        """
+        started = self._start_read_round()
         if self._to_send:
             to_send, self._to_send = self._to_send, {}
             for peer, allow_empty in to_send.items():
                 self._send_append(peer, allow_empty=allow_empty)
+        if started:
+            for peer in self.progress:
+                self._send_read_round(peer)
+            self._confirm_reads()  # a cluster of one confirms at once
+
+    def read_round_due(self) -> bool:
+        """Whether :meth:`flush` would start a read round; changes nothing."""
+        return bool(self.reads.queued) and self.term_committed
+
+    def _start_read_round(self) -> bool:
+        """Give the queued reads a new round at the current commit index; whether one began."""
+        if not self.read_round_due():
+            return False
+        self.core.read_rounds_drawn += 1
+        started = self.reads.start_round(self.core.read_rounds_drawn, self.core.commit_index)
+        assert started
+        self.send_to_all(allow_empty=True)
+        return True
+
+    def _send_read_round(self, peer: int) -> None:
+        """Make sure ``peer`` was sent the latest round id, if the flush sent it nothing.
+
+        A follower whose pipeline is full got no message from the flush: an
+        empty AppendEntries right after what was sent (a heartbeat) carries
+        the id without touching the pacing. A follower receiving a snapshot
+        gets none; the others make the majority, or its next heartbeat does.
+        """
+        progress = self.progress[peer]
+        if progress.read_sent >= self.reads.last_round or progress.state is ProgressState.SNAPSHOT:
+            return
+        prev = progress.next_index - 1
+        prev_term = self.log.term(prev)
+        if prev_term is not None:
+            self._send_entries(peer, prev, prev_term, ())
+
+    def _confirm_reads(self) -> None:
+        """Hand the core the reads of every round a majority of voters acknowledged."""
+        if not self.reads.in_flight:
+            return
+        confirmed = self._quorum_reached(self.reads.last_round, lambda p: p.read_acked)
+        self.core.confirmed_reads(self.reads.confirm(confirmed))
+
+    def _quorum_reached(self, own: int, of_follower: Callable[[Progress], int]) -> int:
+        """The largest value that a majority of voters reached, ours being ``own``.
+
+        The one place that counts voters toward a quorum: the commit index
+        (match indexes) and read rounds (acknowledged round ids) both ask here.
+        """
+        values = [own]
+        values.extend(of_follower(progress) for progress in self.progress.values())
+        return quorum.commit_index(values)
 
     def has_pending_sends(self) -> bool:
         """Whether :meth:`flush` would send anything now; changes nothing.
@@ -226,9 +288,12 @@ class Leader:
                 prev_log_term=prev_term,
                 entries=entries,
                 leader_commit=commit,
+                read_round=self.reads.last_round,
             )
         )
-        self.progress[peer].commit_sent = commit
+        progress = self.progress[peer]
+        progress.commit_sent = commit
+        progress.read_sent = self.reads.last_round
 
     def _send_snapshot(self, peer: int) -> None:
         """Send ``peer`` the current chunk of our snapshot (Raft Figure 13, in chunks)."""
@@ -276,6 +341,10 @@ class Leader:
     def _handle_append_reply(self, msg: AppendEntriesReply) -> None:
         progress = self.progress[msg.src]
         progress.recent_active = True
+        if progress.read_acked < msg.read_round <= self.reads.last_round:
+            # Success or refusal, a reply in our term says it still follows us.
+            progress.read_acked = msg.read_round
+            self._confirm_reads()
         if msg.success:
             if msg.match_index > self.log.last_index:
                 return  # acknowledges entries we never had: nonsense
@@ -407,9 +476,7 @@ class Leader:
     def maybe_commit(self) -> None:
         """Advance the core's commit index to what a majority holds, if of this term."""
         # The leader's own vote counts only the entries it has persisted.
-        matches = [self.log.persisted]
-        matches.extend(progress.match_index for progress in self.progress.values())
-        index = quorum.commit_index(matches)
+        index = self._quorum_reached(self.log.persisted, lambda p: p.match_index)
         # Raft §5.4.2: only an entry of the current term is committed by counting
         # replicas; earlier ones are committed indirectly, by the Log Matching property.
         if index > self.core.commit_index and self.log.term(index) == self.term:
@@ -419,3 +486,6 @@ class Leader:
             # Clients wait only for the leader's apply, and a broadcast per commit
             # would double the messages to followers that are not waiting for any.
             self.core.commit_index = index
+            if not self.term_committed:
+                self.term_committed = True
+                self.reads.own_term_committed()

@@ -69,11 +69,17 @@ class AppendEntries:
     prev_log_term: int
     entries: tuple[Entry, ...]
     leader_commit: int
+    # The latest read-index round the leader started (kvraft.raft.read_index);
+    # 0 before its first. Echoed in the reply.
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class AppendEntriesReply:
     """On success ``match_index`` is the last index known to match the leader.
+
+    Success or not, a reply in the leader's term confirms that the follower
+    still follows it: ``read_round`` counts toward a read-index round either way.
 
     On failure ``conflict_index``/``conflict_term`` drive fast backtracking
     (the follower's first index of the conflicting term, or its log length).
@@ -86,6 +92,8 @@ class AppendEntriesReply:
     match_index: int
     conflict_index: int
     conflict_term: int
+    # The read_round of the AppendEntries this answers (kvraft.raft.read_index).
+    read_round: int = 0
 
 
 @dataclass(frozen=True, slots=True)

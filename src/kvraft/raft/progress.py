@@ -47,6 +47,10 @@ class Progress:
     stalled_heartbeats: int = 0
     # The highest commit index sent in an AppendEntries, to tell a new one promptly.
     commit_sent: int = 0
+    # Read-index rounds (kvraft.raft.read_index): the latest round id sent to this
+    # follower, and the highest it echoed in our term (an ack of every round up to it).
+    read_sent: int = 0
+    read_acked: int = 0
     # SNAPSHOT: the index of the snapshot being sent and the next byte to send.
     snapshot_index: int = 0
     snapshot_offset: int = 0

@@ -9,7 +9,8 @@ by the driver's one loop for every Ready, in this order:
 2. send ``messages`` — or, if ``send_before_persist``, send them first and
    persist meanwhile (a leader's messages; Raft thesis §10.2.1, see below);
 3. restore the state machine from ``snapshot`` (if any), then apply
-   ``committed`` entries in index order;
+   ``committed`` entries in index order; then answer ``reads`` (each once the
+   state machine has applied its index) and fail ``failed_reads``;
 4. call ``core.advance(ready)``.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvraft.raft.messages import Entry, Message
+from kvraft.raft.read_index import ReadState
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,12 @@ class Ready:
       never sent early. This takes the leader's fsync off the commit path.
     - ``committed``: newly committed entries, to apply in order after
       persisting (and after restoring ``snapshot``).
+    - ``reads``: read-index reads a majority confirmed (``core.read_index``):
+      answer each from the state machine once it has applied ``index`` —
+      after this Ready's ``committed``, which reach it unless a snapshot
+      is still being restored.
+    - ``failed_reads``: request ids of reads the node can no longer confirm
+      (it stopped leading): answer them as from a node that is not leader.
     """
 
     hard_state: HardState | None = None
@@ -84,3 +92,5 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     send_before_persist: bool = False
+    reads: list[ReadState] = field(default_factory=list)
+    failed_reads: list[int] = field(default_factory=list)

@@ -2,7 +2,7 @@
 
 Seam: the codec guarantees every field has the right *type*; this module checks
 the *values* a correct peer could send (addressed to us by a known peer, no
-negative indexes, every term, index, commit index and offset at most
+negative indexes, every term, index, commit index, offset and read round at most
 ``MAX_RAFT_INT``, AppendEntries entries contiguous with terms that never
 decrease and never exceed the sender's term). The core ignores anything else,
 so ``step`` never raises on network input.
@@ -36,7 +36,7 @@ def well_formed(msg: Message, node_id: int, peers: tuple[int, ...]) -> bool:
         case AppendEntries():
             return _entries_well_formed(msg)
         case AppendEntriesReply():
-            return _in_range(msg.match_index, msg.conflict_index, msg.conflict_term)
+            return _in_range(msg.match_index, msg.conflict_index, msg.conflict_term, msg.read_round)
         case InstallSnapshot():
             return (
                 _in_range(msg.last_included_index, msg.offset)
@@ -55,7 +55,7 @@ def _in_range(*values: int) -> bool:
 
 
 def _entries_well_formed(msg: AppendEntries) -> bool:
-    if not _in_range(msg.prev_log_index, msg.prev_log_term, msg.leader_commit):
+    if not _in_range(msg.prev_log_index, msg.prev_log_term, msg.leader_commit, msg.read_round):
         return False
     # Index 0 is the sentinel of term 0; every real entry has a term >= 1.
     if msg.prev_log_term > msg.term or (msg.prev_log_index == 0) != (msg.prev_log_term == 0):

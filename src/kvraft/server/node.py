@@ -14,8 +14,9 @@ virtual time, a seeded faulty network and a disk that can die mid-write, so
 its seeds exercise this very loop.
 
 The RSM API is the classic one: :meth:`submit`, :meth:`get_committed`,
-:meth:`get_state`; plus :meth:`status` for operators and
-:meth:`transfer_leadership` (the core's transfer, waited for).
+:meth:`get_state`; plus :meth:`status` for operators,
+:meth:`transfer_leadership` (the core's transfer, waited for) and
+:meth:`read_index` (a read confirmed without a log entry, Raft thesis §6.4).
 
 For metrics (:mod:`kvraft.server.metrics`) the node keeps plain counters and
 timestamps (leader changes, when it last applied) and calls optional hooks
@@ -55,6 +56,10 @@ class TransferFailed(Exception):
     slow, or lost the election), another node took over, or the caller's
     timeout passed first. The node leads again, or follows whoever won.
     """
+
+
+class ReadFailed(Exception):
+    """A read-index read could not be confirmed: the node stopped leading first."""
 
 
 # A save slower than this is worth an operator's warning line.
@@ -161,6 +166,11 @@ class RaftNode:
         self.on_append_sent: Callable[[AppendEntries], None] | None = None
         self.on_append_reply: Callable[[AppendEntriesReply], None] | None = None
         self.on_snapshot_s: Callable[[float, float, float, float], None] | None = None
+        # Read-index reads handed to the core and not yet answered by a Ready:
+        # request id -> its future. Ids come from one counter and are never
+        # reused (etcd #20418: a retry that reused an id took an old answer).
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._last_read_id = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -257,6 +267,30 @@ class RaftNode:
         if entry is None:
             return None
         return entry.command if entry.command is not None else b""
+
+    def read_index(self) -> asyncio.Future[int] | None:
+        """As leader, ask for a read index (Raft thesis §6.4); None if not leader.
+
+        The future resolves to the index once a majority confirmed this node
+        still led after the call, in the Ready whose committed entries the
+        state machine applied just before (so it has applied the index unless
+        a snapshot restore intervened); it fails with :class:`ReadFailed` if
+        the node stops leading first. Cancelling it is fine: the core still
+        answers the id, which is then dropped.
+        """
+        self._last_read_id += 1
+        request_id = self._last_read_id
+        if not self.core.read_index(request_id):
+            return None
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[request_id] = future
+        self._wakeup.set()
+        return future
+
+    @property
+    def pending_reads(self) -> int:
+        """Read-index reads asked for and not yet answered by the core (cancelled included)."""
+        return len(self._reads)
 
     def campaign(self) -> None:
         """Start an election now (operators' and tests' hook; Raft would in time)."""
@@ -492,8 +526,24 @@ class RaftNode:
             self.state_machine.apply(entry)
         if ready.committed or ready.snapshot is not None:
             self.applied_at_s = self.clock.now_s()  # one clock read per Ready, for /health
+        #    Then the reads this Ready confirmed, after the entries up to their index.
+        if ready.reads or ready.failed_reads:
+            self._answer_reads(ready)
         # 4. Advance.
         self.core.advance(ready)
+
+    def _answer_reads(self, ready: Ready) -> None:
+        reads = self._reads
+        for read in ready.reads:
+            future = reads.pop(read.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(read.index)
+        for request_id in ready.failed_reads:
+            future = reads.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(
+                    ReadFailed(f"n{self.id} stopped leading at term {self.core.current_term}")
+                )
 
     def _notify_role_change(self) -> None:
         leader = self.core.leader_id

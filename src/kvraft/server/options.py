@@ -31,6 +31,12 @@ DEFAULT_SNAPSHOT_THRESHOLD_BYTES = 64 * 1024 * 1024
 # clients at once while bounding the log and memory that overload can pile up.
 DEFAULT_MAX_INFLIGHT_PROPOSALS = 4096
 DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+# Read-index reads (read="index") a leader holds at once, waiting for their
+# heartbeat round or their apply. Each costs a future and a few ints, and one
+# round serves them all, so the bound is there for memory under a flood (a
+# leader that can confirm nothing, e.g. cut off without check-quorum, would
+# otherwise pile them up): over it the leader answers Busy.
+DEFAULT_MAX_PENDING_READS = 4096
 # The watch history (server/watch_history.py): revisions kept, and a byte bound
 # on their events (keys, values and previous values), so memory stays bounded
 # however large the values: 10,000 revisions of small writes are a few MiB.
@@ -139,6 +145,7 @@ class ServerOptions:
     op_timeout_s: float = 2.0
     max_inflight_proposals: int = DEFAULT_MAX_INFLIGHT_PROPOSALS
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    max_pending_reads: int = DEFAULT_MAX_PENDING_READS
     history_revisions: int = DEFAULT_HISTORY_REVISIONS
     history_bytes: int = DEFAULT_HISTORY_BYTES
     peer_secret: bytes | None = field(default=None, repr=False)
@@ -195,6 +202,8 @@ class ServerOptions:
             )
         if self.max_inflight_proposals < 1:
             raise ValueError("--max-inflight-proposals must be at least 1")
+        if self.max_pending_reads < 1:
+            raise ValueError("max_pending_reads must be at least 1")
         if self.max_inflight_bytes < self.max_value_bytes + 4096:
             # Else the largest put allowed could never be admitted.
             raise ValueError("--max-inflight-bytes must hold the largest put (--max-value-bytes)")

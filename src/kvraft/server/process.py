@@ -101,6 +101,7 @@ class Server:
             op_timeout_s=options.op_timeout_s,
             max_inflight_proposals=options.max_inflight_proposals,
             max_inflight_bytes=options.max_inflight_bytes,
+            max_pending_reads=options.max_pending_reads,
             history_revisions=options.history_revisions,
             history_bytes=options.history_bytes,
         )

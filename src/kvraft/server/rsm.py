@@ -24,6 +24,13 @@ yet applied are counted, in number and in command bytes. Over
 submitting: the log and the memory of every replica stay bounded under
 overload, and the client backs off instead of piling on copies.
 
+Read-index reads (``read="index"``, :meth:`RSM.read`): a get or range that
+skips the log. The node confirms with one heartbeat round that it still
+leads (:mod:`kvraft.raft.read_index`) and names a read index; once the store
+has applied it (:mod:`kvraft.server.applied`) the read is answered from the
+store, with the result a logged read would have had. Bounded by
+``max_pending_reads``: over it the leader answers Busy.
+
 Watch: the apply loop journals what each command changed in the store and
 records the events of each new revision in :attr:`RSM.history`
 (:mod:`kvraft.server.watch_history`); a ``compact`` command drops history
@@ -42,18 +49,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvraft.errors import Busy, NotLeader, WrongLeader
-from kvraft.kv_protocol import CompactOk, CompactOp, Op
+from kvraft.kv_protocol import CompactOk, CompactOp, GetOp, Op, RangeOp
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
 from kvraft.server import state_snapshot
-from kvraft.server.commands import BadCommand, decode_command, encode_command
+from kvraft.server.applied import AppliedIndex
+from kvraft.server.commands import BadCommand, apply_command, decode_command, encode_command
 from kvraft.server.kvstore import KVStore
-from kvraft.server.node import RaftNode, StateMachine
+from kvraft.server.node import RaftNode, ReadFailed, StateMachine
 from kvraft.server.options import (
     DEFAULT_HISTORY_BYTES,
     DEFAULT_HISTORY_REVISIONS,
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_INFLIGHT_PROPOSALS,
+    DEFAULT_MAX_PENDING_READS,
 )
 from kvraft.server.sessions import SessionLimits, Sessions
 from kvraft.server.watch_history import WatchHistory
@@ -81,6 +90,7 @@ class RSM(StateMachine):
         session_limits: SessionLimits | None = None,
         max_inflight_proposals: int = DEFAULT_MAX_INFLIGHT_PROPOSALS,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        max_pending_reads: int = DEFAULT_MAX_PENDING_READS,
         history_revisions: int = DEFAULT_HISTORY_REVISIONS,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
@@ -90,6 +100,9 @@ class RSM(StateMachine):
         self.op_timeout_s = op_timeout_s
         self.max_inflight_proposals = max_inflight_proposals
         self.max_inflight_bytes = max_inflight_bytes
+        self.max_pending_reads = max_pending_reads
+        self.applied = AppliedIndex()
+        self.index_reads = 0  # read-index reads answered
         self._node: RaftNode | None = None
         # index -> the RPC waiting for the entry it submitted at that index
         self._waiters: dict[int, _Waiter] = {}
@@ -151,6 +164,39 @@ class RSM(StateMachine):
             if self._waiters.get(index) is waiter:
                 del self._waiters[index]
 
+    async def read(self, op: GetOp | RangeOp) -> Any:
+        """Answer a get or range without a log entry (read-index, Raft thesis §6.4).
+
+        Same results as :meth:`execute` would give the op, minus the session
+        bookkeeping a read does not need. NotLeader (not leader) and Busy
+        (``max_pending_reads`` held) mean nothing is held; WrongLeader means
+        leadership was lost, or the read was not confirmed and applied within
+        the op timeout: the client asks again, elsewhere if need be.
+        """
+        node = self._node
+        assert node is not None, "RSM not attached to a node"
+        if node.pending_reads >= self.max_pending_reads:
+            self.busy_refusals += 1
+            raise Busy(
+                f"n{self.node_id}: {node.pending_reads} reads pending "
+                f"(limit {self.max_pending_reads})"
+            )
+        confirmed = node.read_index()
+        if confirmed is None:
+            raise NotLeader(f"n{self.node_id} is not the leader")
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                index = await confirmed
+                await self.applied.wait(index)
+        except ReadFailed as exc:
+            raise WrongLeader(str(exc)) from None
+        except TimeoutError:
+            raise WrongLeader(
+                f"n{self.node_id}: read not confirmed and applied within {self.op_timeout_s}s"
+            ) from None
+        self.index_reads += 1
+        return apply_command(self.store, op)
+
     # ---------------------------------------------------- StateMachine (apply loop)
 
     def apply(self, entry: Entry) -> None:
@@ -182,6 +228,7 @@ class RSM(StateMachine):
                 elif isinstance(op, CompactOp) and isinstance(result, CompactOk):
                     self.history.compact(result.first_revision)
                     self._wake_watchers()
+        self.applied.reached(entry.index)
         waiter = self._waiters.pop(entry.index, None)
         if waiter is None or waiter.future.done():
             return
@@ -220,6 +267,7 @@ class RSM(StateMachine):
         # The events between the old store and the snapshot are unknown here.
         self.history.reset(self.store.revision + 1)
         self._wake_watchers()
+        self.applied.reached(snapshot.index)
         for index in [i for i in self._inflight if i <= snapshot.index]:
             self._settle(index)
         for index in [i for i in self._waiters if i <= snapshot.index]:

@@ -1,5 +1,9 @@
 """Dispatch of incoming RPCs: KV commands to the RSM, Raft messages to the node, the rest refused.
 
+``get.index`` and ``range.index`` take the same arguments as ``get`` and
+``range`` and answer alike, without a log entry: read-index reads
+(:meth:`~kvraft.server.rsm.RSM.read`).
+
 ``leader.transfer`` (an admin's: ``kvraft leader transfer --to ID``) hands this
 leader's leadership to a peer and answers once the peer leads.
 
@@ -52,6 +56,8 @@ METHOD_ROLES = {
     "status": Role.ADMIN,
     "leader.transfer": Role.ADMIN,
     "range": Role.READ,
+    "get.index": Role.READ,
+    "range.index": Role.READ,
     "set": Role.READWRITE,
     "delete": Role.READWRITE,
     "delete_range": Role.READWRITE,
@@ -75,6 +81,9 @@ KV_METHODS: dict[str, type[Any]] = {
     "txn": TxnOp,
     "compact": CompactOp,
 }
+
+# The read-index twins of the read methods (same argument class): no log entry.
+INDEX_READ_METHODS: dict[str, type[Any]] = {"get.index": GetOp, "range.index": RangeOp}
 
 # How long leader.transfer waits for the target to lead, in election timeouts: the
 # core abandons the transfer after one; the second is slack for a loaded machine.
@@ -104,12 +113,18 @@ class Service:
 
     async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
         op_type = KV_METHODS.get(method)
+        index_read = op_type is None and method in INDEX_READ_METHODS
+        if index_read:
+            op_type = INDEX_READ_METHODS[method]
         if op_type is not None:
             # Validate before anything else, so a bad operation changes nothing anywhere.
             check(args, op_type, method)
             check_op(args, self.options.max_value_bytes)
             try:
-                result = await self.rsm.execute(args)
+                if index_read:
+                    result = await self.rsm.read(args)
+                else:
+                    result = await self.rsm.execute(args)
             except NotLeader:
                 self.requests[method, "NotLeader"] += 1
                 # During a transfer, point the client at the leader-to-be.

@@ -20,6 +20,10 @@ its own in ``BASE/peer-secret`` (``insecure_peers=True`` passes
 Data dirs (``base_dir/nI``), ports and logs (``base_dir/nI.log``, appended
 across restarts, with a header line per start and kill) stay the same for the
 life of the cluster, so ``restart(i)`` is a crash-recovery of the same node.
+``pause(i)``/``resume(i)`` stop and continue a server with SIGSTOP/SIGCONT:
+a process that is alive, holds its connections and its role, but runs no
+code (what a long GC pause, a swapped-out VM or a stalled disk does to a
+leader, and what breaks lease-based reads).
 :meth:`close` kills everything; so does garbage collection, interpreter exit,
 and (through ``processes.py``) the death of the test process itself.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 import datetime
 import logging
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -147,6 +152,7 @@ class Cluster:
         self.name = self.base_dir.name
         self._lock = threading.RLock()
         self._starts = [0] * n
+        self._paused: set[int] = set()
         #: (server id, pid, start time) of every process ever started, for
         #: checks that none outlives the cluster.
         self.spawned: list[tuple[int, int, int | None]] = []
@@ -301,15 +307,42 @@ class Cluster:
             if proc is None or proc.returncode is not None:
                 return
             alive = proc.poll() is None
+            self._paused.discard(i)  # SIGKILL ends a stopped process too
             status = processes.kill(proc)
             self._log_event(
                 i, f"pid {proc.pid} killed with SIGKILL" if alive else f"pid {proc.pid} exited"
             )
             log.debug("%s: n%d killed (status %s)", self.name, i, status)
 
+    def pause(self, i: int) -> None:
+        """SIGSTOP server ``i``: it keeps its sockets and state but runs nothing until resume."""
+        with self._lock:
+            proc = self._res.procs.get(self._check(i))
+            if proc is None or proc.poll() is not None:
+                raise RuntimeError(f"n{i} is not running: nothing to pause")
+            proc.send_signal(signal.SIGSTOP)
+            self._paused.add(i)
+            self._log_event(i, f"pid {proc.pid} paused with SIGSTOP")
+
+    def resume(self, i: int) -> None:
+        """SIGCONT server ``i`` after :meth:`pause`; a no-op if it is not paused."""
+        with self._lock:
+            self._check(i)
+            if i not in self._paused:
+                return
+            self._paused.discard(i)
+            proc = self._res.procs.get(i)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                self._log_event(i, f"pid {proc.pid} resumed with SIGCONT")
+
+    def is_paused(self, i: int) -> bool:
+        return self._check(i) in self._paused
+
     def terminate(self, i: int, timeout_s: float = 10.0) -> int | None:
         """SIGTERM server ``i`` (a clean stop) and reap it; exit status or None if not running."""
         with self._lock:
+            self.resume(i)  # a stopped process would not see SIGTERM until continued
             proc = self._res.procs.get(self._check(i))
             if proc is None or proc.returncode is not None:
                 return None
