@@ -106,6 +106,14 @@ deadline_option = click.option(
     show_default=True,
     help="Seconds to keep trying before reporting the cluster unavailable (exit 3).",
 )
+read_option = click.option(
+    "--read",
+    type=click.Choice(["log", "index"]),
+    default="log",
+    show_default=True,
+    help="How gets read: log (through the Raft log) or index (read-index, no log entry;"
+    " docs/reads.md).",
+)
 
 
 def _run_op(fn: Callable[[], T]) -> T:
@@ -147,13 +155,7 @@ def _with_client(
     help="With --prefix: at most N keys (0: all).",
 )
 @click.option("--keys-only", is_flag=True, help="With --prefix: keys and versions, no values.")
-@click.option(
-    "--read",
-    type=click.Choice(["log", "index"]),
-    default="log",
-    show_default=True,
-    help="log: through the Raft log; index: read-index, no log entry (docs/reads.md).",
-)
+@read_option
 @servers_option
 @deadline_option
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
@@ -476,13 +478,7 @@ def status(servers: str | None, timeout: float, as_json: bool) -> None:
     show_default=True,
     help="put: versioned puts; get: gets of preloaded keys; mixed: half and half.",
 )
-@click.option(
-    "--read",
-    type=click.Choice(["log", "index"]),
-    default="log",
-    show_default=True,
-    help="How the gets read: through the log, or read-index (docs/reads.md).",
-)
+@read_option
 @click.option(
     "--value-size", type=click.IntRange(min=0), default=100, show_default=True, help="Bytes."
 )

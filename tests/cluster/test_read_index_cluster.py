@@ -17,6 +17,7 @@ import time
 import pytest
 
 from kvraft.errors import NoKey, Unavailable, WrongLeader
+from kvraft.rpc.codec import client_sender
 from kvraft.testing.cluster import Cluster
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
@@ -158,9 +159,20 @@ def test_a_paused_deposed_leader_answers_no_stale_index_read(make_cluster) -> No
                 except (Unavailable, WrongLeader) as exc:
                     outcome.append(exc)
 
+            def index_reads_delivered() -> int:
+                sender = client_sender(stale_reader.id)
+                stats = cluster.stats(old)
+                return stats.total("request", method="get.index", sender=sender).delivered
+
+            delivered_before = index_reads_delivered()
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            time.sleep(0.2)  # the request is in the paused leader's socket
+            # The read must reach the paused leader's socket before it wakes up.
+            wait_until(
+                lambda: index_reads_delivered() > delivered_before,
+                10,
+                message=f"the index read delivered to the paused n{old}",
+            )
         finally:
             cluster.resume(old)
         reader.join(10)

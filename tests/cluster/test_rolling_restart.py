@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
-import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -29,6 +27,7 @@ from kvraft.client.async_client import AsyncClient
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until
+from tests.support.rolling import put_own_key, terminate_reporting_handover
 
 from .kv_support import find_leader, statuses
 
@@ -59,31 +58,26 @@ class Load:
         ]
         try:
             await asyncio.gather(
-                *(self._putter(clients[i % CLIENTS], f"k{i}") for i in range(IN_FLIGHT))
+                *(
+                    put_own_key(
+                        clients[i % CLIENTS],
+                        f"k{i}",
+                        self.history,
+                        self.stop,
+                        self.failures,
+                        self._record,
+                    )
+                    for i in range(IN_FLIGHT)
+                )
             )
         finally:
             for client in clients:
                 await client.close()
 
-    async def _putter(self, client: AsyncClient, key: str) -> None:
-        version = 0
-        while not self.stop.is_set():
-            value = f"{key}-{version + 1}"
-            started = time.monotonic()
-            try:
-                version = await self.history.arecord_put(
-                    client.client_id,
-                    key,
-                    value,
-                    version,
-                    lambda v=value, n=version: client.put(key, v, n),  # type: ignore[misc]
-                )
-            except Exception as exc:  # every error that reaches us is a failed put
-                self.failures.append(f"{key} v{version}: {type(exc).__name__}: {exc}")
-                return  # its version is unknown now: this putter stops
-            self.latencies.append(time.monotonic() - started)
-            if len(self.latencies) >= IN_FLIGHT:
-                self.ready.set()
+    def _record(self, latency_s: float) -> None:
+        self.latencies.append(latency_s)
+        if len(self.latencies) >= IN_FLIGHT:
+            self.ready.set()
 
 
 def applied(cluster, node: int) -> int:  # type: ignore[no-untyped-def]
@@ -99,15 +93,11 @@ def rolling_restart(cluster, rounds: int) -> list[dict[str, object]]:  # type: i
         order = [i for i in range(cluster.n) if i != leader] + [leader]
         for node in order:
             was_leader = find_leader(cluster, NODE_DEADLINE_S) == node
-            before = len(cluster.log_path(node).read_text().splitlines())
-            started = time.monotonic()
-            status = cluster.terminate(node, timeout_s=NODE_DEADLINE_S)
-            stopped_s = time.monotonic() - started
-            assert status == 0, f"n{node} exited with {status}"
-            new_lines = "\n".join(cluster.log_path(node).read_text().splitlines()[before:])
-            handed = re.search(r"handed leadership to n(\d+) in (\d+) ms", new_lines)
+            stopped = terminate_reporting_handover(cluster, node, NODE_DEADLINE_S)
             if was_leader:
-                assert handed is not None, f"n{node} stopped as leader without a hand-over"
+                assert stopped.handed_to is not None, (
+                    f"n{node} stopped as leader without a hand-over"
+                )
             cluster.restart(node)
             target = max(applied(cluster, i) for i in range(cluster.n) if i != node)
             wait_until(
@@ -119,9 +109,9 @@ def rolling_restart(cluster, rounds: int) -> list[dict[str, object]]:  # type: i
                 {
                     "node": node,
                     "was_leader": was_leader,
-                    "stop_s": round(stopped_s, 3),
-                    "handed_to": int(handed.group(1)) if handed else None,
-                    "transfer_ms": int(handed.group(2)) if handed else None,
+                    "stop_s": stopped.stop_s,
+                    "handed_to": stopped.handed_to,
+                    "transfer_ms": stopped.transfer_ms,
                 }
             )
     return events

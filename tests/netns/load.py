@@ -17,12 +17,12 @@ import asyncio
 import concurrent.futures
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 
 from kvraft.client.async_client import AsyncClient
 from kvraft.errors import NoKey
 from kvraft.testing.history import History
+from tests.support.rolling import put_own_key
 
 from .network import NamespaceLoop
 
@@ -62,31 +62,26 @@ class Load:
         ]
         try:
             await asyncio.gather(
-                *(self._putter(clients[i % CLIENTS], f"k{i}") for i in range(self.putters)),
+                *(
+                    put_own_key(
+                        clients[i % CLIENTS],
+                        f"k{i}",
+                        self.history,
+                        self._stop,
+                        self.failures,
+                        self._record_put,
+                    )
+                    for i in range(self.putters)
+                ),
                 *(self._reader(clients[i % CLIENTS], i) for i in range(self.readers)),
             )
         finally:
             for client in clients:
                 await client.close()
 
-    async def _putter(self, client: AsyncClient, key: str) -> None:
-        version = 0
-        while not self._stop.is_set():
-            value = f"{key}-{version + 1}"
-            started = time.monotonic()
-            try:
-                version = await self.history.arecord_put(
-                    client.client_id,
-                    key,
-                    value,
-                    version,
-                    lambda v=value, n=version: client.put(key, v, n),  # type: ignore[misc]
-                )
-            except Exception as exc:  # every error that reaches us is a failed put
-                self.failures.append(f"put {key} v{version}: {type(exc).__name__}: {exc}")
-                return  # its version is unknown now: this putter stops
-            self.put_latencies.append(time.monotonic() - started)
-            self.completed += 1
+    def _record_put(self, latency_s: float) -> None:
+        self.put_latencies.append(latency_s)
+        self.completed += 1
 
     async def _reader(self, client: AsyncClient, seed: int) -> None:
         rng = random.Random(seed)

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kvraft.testing.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -254,16 +256,6 @@ def _delete_namespaces(names: list[str]) -> None:
         log.error("cannot delete network namespaces: %s", "; ".join(failures))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale() -> list[str]:
     """Delete the namespaces of runs whose process is gone; the names deleted.
 
@@ -274,7 +266,7 @@ def sweep_stale() -> list[str]:
     stale = [
         name
         for name in list_namespaces()
-        if (m := _RUN_NAME.match(name)) and not _pid_alive(int(m.group(1)))
+        if (m := _RUN_NAME.match(name)) and not pid_alive(int(m.group(1)))
     ]
     if stale:
         log.warning("deleting network namespaces of dead runs: %s", ", ".join(stale))

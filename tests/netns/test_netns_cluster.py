@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import time
 from collections.abc import Callable
 
 import pytest
@@ -23,6 +21,7 @@ from kvraft.errors import Unavailable
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until
+from tests.support.rolling import terminate_reporting_handover
 
 from .harness import NetnsCluster
 from .load import Load
@@ -212,23 +211,17 @@ def test_partition_old_leader_with_a_client_serves_no_stale_read(
 def restart_one(cluster: NetnsCluster, load: Load, node: int) -> dict[str, object]:
     """SIGTERM ``node``, check a leader handed over, start it again, wait until it caught up."""
     was_leader = cluster.find_leader(NODE_DEADLINE_S) == node
-    before = len(cluster.log_path(node).read_text().splitlines())
-    started = time.monotonic()
-    status = cluster.terminate(node, timeout_s=NODE_DEADLINE_S)
-    stop_s = time.monotonic() - started
-    assert status == 0, f"n{node} exited with {status}"
-    lines = "\n".join(cluster.log_path(node).read_text().splitlines()[before:])
-    handed = re.search(r"handed leadership to n(\d+) in (\d+) ms", lines)
+    stopped = terminate_reporting_handover(cluster, node, NODE_DEADLINE_S)
     if was_leader:
-        assert handed is not None, f"n{node} stopped as leader without a hand-over"
+        assert stopped.handed_to is not None, f"n{node} stopped as leader without a hand-over"
     wait_for_progress(load, 50, f"with n{node} stopped")
     cluster.restart(node)
     wait_caught_up(cluster, node)
     return {
         "node": node,
         "was_leader": was_leader,
-        "stop_s": round(stop_s, 3),
-        "transfer_ms": int(handed.group(2)) if handed else None,
+        "stop_s": stopped.stop_s,
+        "transfer_ms": stopped.transfer_ms,
     }
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from kvraft.raft.messages import Message
 
 
@@ -18,3 +21,14 @@ class RecordingTransport:
 
     def close(self) -> None:
         self.closed = True
+
+
+def single_node_options(data_dir: Path) -> dict[str, Any]:
+    """The fewest ServerOptions arguments that make a valid one-node server, to vary in tests."""
+    return dict(
+        node_id=0,
+        listen="127.0.0.1:1",
+        peers={0: "127.0.0.1:1"},
+        data_dir=data_dir,
+        peer_secret=b"s" * 32,
+    )

@@ -21,6 +21,8 @@ from kvraft.server.node import RaftNode
 from kvraft.server.options import ServerOptions
 from kvraft.server.rsm import RSM
 
+from .node_support import single_node_options
+
 
 class LeaderStandIn:
     """What the RSM uses of a RaftNode: submit() appends to a log it keeps."""
@@ -130,13 +132,7 @@ def test_a_resend_is_answered_with_the_first_result_through_the_rsm() -> None:
 def test_the_byte_budget_must_hold_the_largest_put(tmp_path: Path) -> None:
     """At the bound (the largest value plus the frame's reserve) the options are accepted;
     one byte less and the largest put allowed could never be admitted."""
-    common: dict[str, Any] = dict(
-        node_id=0,
-        listen="127.0.0.1:1",
-        peers={0: "127.0.0.1:1"},
-        data_dir=tmp_path,
-        peer_secret=b"s" * 32,
-    )
+    common = single_node_options(tmp_path)
     ServerOptions(**common, max_value_bytes=1000, max_inflight_bytes=1000 + 4096)
     with pytest.raises(ValueError, match="--max-inflight-bytes"):
         ServerOptions(**common, max_value_bytes=1000, max_inflight_bytes=1000 + 4095)

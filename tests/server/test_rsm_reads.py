@@ -21,6 +21,8 @@ from kvraft.server.node import RaftNode, ReadFailed
 from kvraft.server.options import DEFAULT_MAX_PENDING_READS, ServerOptions
 from kvraft.server.rsm import RSM
 
+from .node_support import single_node_options
+
 
 class ReadingLeader:
     """What RSM.read uses of a RaftNode: read_index() futures the test settles."""
@@ -157,13 +159,7 @@ def test_a_read_never_confirmed_times_out_as_wrong_leader() -> None:
 
 
 def test_the_pending_read_bound_is_at_least_one(tmp_path: Path) -> None:
-    common: dict[str, Any] = dict(
-        node_id=0,
-        listen="127.0.0.1:1",
-        peers={0: "127.0.0.1:1"},
-        data_dir=tmp_path,
-        peer_secret=b"s" * 32,
-    )
+    common = single_node_options(tmp_path)
     assert ServerOptions(**common).max_pending_reads == DEFAULT_MAX_PENDING_READS
     ServerOptions(**common, max_pending_reads=1)
     with pytest.raises(ValueError, match="max_pending_reads"):

@@ -49,6 +49,8 @@ from kvraft.server.rsm import RSM
 from kvraft.server.watch import WatchPolls
 from kvraft.server.watch_history import MAX_SCAN_REVISIONS, Change, WatchHistory, change_bytes
 
+from .node_support import single_node_options
+
 
 def put_event(key: str, value: str, revision: int) -> WatchEvent:
     return WatchEvent("put", KeyValue(key, value, 1, revision, revision, 0), None, revision)
@@ -394,13 +396,7 @@ def test_a_cancelled_poll_frees_its_slot() -> None:
 
 
 def test_the_history_options_take_one_and_refuse_zero(tmp_path: Path) -> None:
-    common: dict[str, Any] = dict(
-        node_id=0,
-        listen="127.0.0.1:1",
-        peers={0: "127.0.0.1:1"},
-        data_dir=tmp_path,
-        peer_secret=b"s" * 32,
-    )
+    common = single_node_options(tmp_path)
     ServerOptions(**common, history_revisions=1, history_bytes=1)
     for bad in ({"history_revisions": 0}, {"history_bytes": 0}):
         with pytest.raises(ValueError, match="--history-revisions and --history-bytes"):

@@ -40,8 +40,3 @@ class AppliedIndex:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (index, next(self._order), future))
         await future
-
-    @property
-    def waiting(self) -> int:
-        """Futures waiting (a cancelled one stays until its index is reached)."""
-        return len(self._waiting)

@@ -112,19 +112,14 @@ class Service:
         )
 
     async def handle_call(self, method: str, sender: str, args: Any, *, peer_id: int | None) -> Any:
-        op_type = KV_METHODS.get(method)
-        index_read = op_type is None and method in INDEX_READ_METHODS
-        if index_read:
-            op_type = INDEX_READ_METHODS[method]
+        op_type = KV_METHODS.get(method) or INDEX_READ_METHODS.get(method)
         if op_type is not None:
             # Validate before anything else, so a bad operation changes nothing anywhere.
             check(args, op_type, method)
             check_op(args, self.options.max_value_bytes)
             try:
-                if index_read:
-                    result = await self.rsm.read(args)
-                else:
-                    result = await self.rsm.execute(args)
+                run = self.rsm.read if method in INDEX_READ_METHODS else self.rsm.execute
+                result = await run(args)
             except NotLeader:
                 self.requests[method, "NotLeader"] += 1
                 # During a transfer, point the client at the leader-to-be.

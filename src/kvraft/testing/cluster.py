@@ -336,9 +336,6 @@ class Cluster:
                 proc.send_signal(signal.SIGCONT)
                 self._log_event(i, f"pid {proc.pid} resumed with SIGCONT")
 
-    def is_paused(self, i: int) -> bool:
-        return self._check(i) in self._paused
-
     def terminate(self, i: int, timeout_s: float = 10.0) -> int | None:
         """SIGTERM server ``i`` (a clean stop) and reap it; exit status or None if not running."""
         with self._lock:
