@@ -164,16 +164,17 @@ class ObservedRSM(RSM):
         )
         self._sim = sim
         self._sim_node = sim_node
-        self.applied = 0  # the last index this RSM applied or restored
 
     def apply(self, entry: Entry) -> None:
         sim, sim_node = self._sim, self._sim_node
         if not sim_node.storage.holds(entry):
             sim.fail(f"n{self.node_id} applied {entry} before it was on its disk")
-        if entry.index != self.applied + 1:
-            sim.fail(f"n{self.node_id} applied index {entry.index} after index {self.applied}")
+        # RSM.applied: the last index this RSM applied or restored.
+        if entry.index != self.applied.index + 1:
+            sim.fail(
+                f"n{self.node_id} applied index {entry.index} after index {self.applied.index}"
+            )
         super().apply(entry)
-        self.applied = entry.index
         sim.checker.state_reached(
             self.node_id, entry.index, kv_digest(self.store, self.sessions), "applying"
         )
@@ -182,7 +183,6 @@ class ObservedRSM(RSM):
 
     def restore(self, snapshot: Snapshot) -> None:
         super().restore(snapshot)
-        self.applied = snapshot.index
         checker = self._sim.checker
         if snapshot.index not in checker.states:
             self._sim.fail(

@@ -561,7 +561,9 @@ def test_control_is_safe_to_switch_from_other_threads(net: ProxyNetwork, backend
             thread.start()
 
     try:
-        asyncio.run(burst(address, "echo", list(range(1000)), timeout_s=0.3, then=start_flipping))
+        answers = asyncio.run(
+            burst(address, "echo", list(range(1000)), timeout_s=0.3, then=start_flipping)
+        )
     finally:
         stop.set()
         for thread in threads:
@@ -571,4 +573,8 @@ def test_control_is_safe_to_switch_from_other_threads(net: ProxyNetwork, backend
     assert net.control.state == FaultState(profile=RELIABLE)
     wait_until(lambda: net.stats().total().in_flight == 0, 5.0, message="quiet network")
     total = net.stats().total()
-    assert total.seen >= 1001 and total.seen == total.dropped + total.delivered
+    # The opening echo and every answered call went through the proxy. A call
+    # that timed out may not have: the burst's close aborts frames still unsent.
+    answered = sum(1 for answer in answers if answer.ok)
+    assert total.seen >= 1 + answered and total.seen == total.dropped + total.delivered
+    assert total.delivered >= 1 + answered, total
