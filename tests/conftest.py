@@ -9,10 +9,13 @@ real server processes without depending on the real server.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from kvraft.testing.processes import PORT_RANGE_ENV, port_range_share
 
 pytest_plugins = ("tests.support.cluster_fixtures", "tests.support.certs")
 
@@ -23,3 +26,14 @@ STANDIN = Path(__file__).resolve().parent / "support" / "standin.py"
 def standin_command() -> list[str]:
     """The command that runs the stand-in instead of ``python -m kvraft``."""
     return [sys.executable, str(STANDIN)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers), give each worker ports of
+    its own: ``reserve_port`` remembers reservations per process only."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and PORT_RANGE_ENV not in os.environ:
+        share = port_range_share(int(worker[2:]), count)
+        if share is not None:
+            os.environ[PORT_RANGE_ENV] = share

@@ -203,6 +203,42 @@ def pid_alive(pid: int, start_time: int | None = None) -> bool:
 _reserved_ports: set[int] = set()
 _ports_lock = threading.Lock()
 
+#: ``LOW-HIGH`` (inclusive): the only ports :func:`reserve_port` picks from, for
+#: test runs split over several processes (pytest-xdist workers). The ports a
+#: process reserves are remembered only by that process, so two processes picking
+#: from one range could hand out the same port while one of its servers is down
+#: between a kill and a restart; disjoint ranges make that impossible.
+PORT_RANGE_ENV = "KVRAFT_TEST_PORTS"
+
+
+def port_range_share(index: int, count: int) -> str | None:
+    """Share ``index`` of ``count`` equal shares of the default range, as a value for
+    ``$KVRAFT_TEST_PORTS``; None when the kernel's ephemeral range leaves no room."""
+    span = _port_range(_ephemeral_low(), from_env=False)
+    if span is None or not 0 <= index < count:
+        return None
+    width = (span[1] - span[0] + 1) // count
+    low = span[0] + index * width
+    return f"{low}-{low + width - 1}"
+
+
+def _port_range(low_ephemeral: int, from_env: bool = True) -> tuple[int, int] | None:
+    """The ports to pick from: ``$KVRAFT_TEST_PORTS``, else 10000 up to the kernel's
+    ephemeral range (None when that leaves no room: ``bind(0)`` is the fallback)."""
+    spec = os.environ.get(PORT_RANGE_ENV) if from_env else None
+    if spec:
+        try:
+            low_text, high_text = spec.split("-")
+            low, high = int(low_text), int(high_text)
+        except ValueError:
+            raise ValueError(f"{PORT_RANGE_ENV}={spec!r}: expected LOW-HIGH") from None
+        if not 1024 <= low < high <= 65535:
+            raise ValueError(f"{PORT_RANGE_ENV}={spec!r}: expected 1024 <= LOW < HIGH <= 65535")
+        return low, high
+    if low_ephemeral > 12000:
+        return 10000, low_ephemeral - 1
+    return None
+
 
 def _ephemeral_low() -> int:
     try:
@@ -219,15 +255,19 @@ def reserve_port(host: str = "127.0.0.1") -> int:
     out by ``bind(0)`` is one the kernel may give any outgoing connection while
     the server is down between a kill and a restart, and the restart would then
     fail with "address in use". Ports are remembered until :func:`release_ports`.
+    ``$KVRAFT_TEST_PORTS`` (``LOW-HIGH``) narrows the choice to a range of this
+    process's own; with it set, no free port there raises RuntimeError.
     """
-    low = _ephemeral_low()
+    span = _port_range(_ephemeral_low())
     with _ports_lock:
-        if low > 12000:
+        if span is not None:
             for _ in range(200):
-                port = random.randrange(10000, low)
+                port = random.randint(*span)
                 if port not in _reserved_ports and _bindable(host, port):
                     _reserved_ports.add(port)
                     return port
+            if os.environ.get(PORT_RANGE_ENV):
+                raise RuntimeError(f"no free port in {PORT_RANGE_ENV}={span[0]}-{span[1]}")
         while True:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.bind((host, 0))
