@@ -221,3 +221,64 @@ def fetch_snapshot(
     ssl: ssl_module.SSLContext | None = None,
 ) -> FetchedSnapshot:
     return asyncio.run(fetch_snapshot_async(servers, timeout, token=token, ssl=ssl))
+
+
+# ---------------------------------------------------------------- membership
+
+
+async def _leader_row(
+    servers: Sequence[str], timeout: float, token: str | None, ssl: ssl_module.SSLContext | None
+) -> dict[str, Any]:
+    """The status row of the leader of the highest term among ``servers``."""
+    rows = await fetch_statuses_async(servers, timeout, token=token, ssl=ssl)
+    reachable = [row for row in rows if row.get("reachable")]
+    refused = [row for row in rows if str(row.get("error", "")).startswith("Unauthorized")]
+    if not reachable and refused:
+        raise Unauthorized(str(refused[0]["error"]).removeprefix("Unauthorized: "))
+    if not reachable:
+        raise Unavailable(f"no node of {', '.join(servers)} answered within {timeout:g}s")
+    leaders = sorted(
+        (row for row in reachable if row.get("role") == "leader"),
+        key=lambda row: int(row.get("term", 0)),
+        reverse=True,
+    )
+    if not leaders:
+        raise Unavailable(f"no leader among the {len(reachable)} nodes that answered")
+    return leaders[0]
+
+
+async def member_call_async(
+    servers: Sequence[str],
+    method: str,
+    args: Any,
+    timeout: float,
+    *,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> dict[str, Any]:
+    """Call ``member.*`` ``method`` at the leader (found by ``status``); its reply.
+
+    Raises Unavailable when no node answers or none leads; Unauthorized
+    without an ``admin`` token; RemoteError ``member_refused`` (a change that
+    may not be made now, and why: another in flight, a learner too far
+    behind, not a member) or ``member_failed`` (not committed in time).
+    """
+    leader = await _leader_row(servers, timeout, token, ssl)
+    sender = client_sender("admin-" + uuid.uuid4().hex[:8])
+    rpc = RpcClient(str(leader["address"]), sender, connect_timeout_s=timeout, ssl=ssl, token=token)
+    try:
+        return dict(await rpc.call(method, args, timeout))
+    finally:
+        rpc.close()
+
+
+def member_call(
+    servers: Sequence[str],
+    method: str,
+    args: Any,
+    timeout: float,
+    *,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> dict[str, Any]:
+    return asyncio.run(member_call_async(servers, method, args, timeout, token=token, ssl=ssl))

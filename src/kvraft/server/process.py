@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from kvraft.addresses import split_address
 from kvraft.errors import StorageError, one_line
 from kvraft.raft.config import RaftConfig
+from kvraft.raft.membership import Membership as RaftMembership
 from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.event_loop import install_event_loop_policy
 from kvraft.rpc.peer_auth import Membership, PeerKey
@@ -60,6 +62,25 @@ def snapshot_decodes(data: bytes) -> bool:
     return True
 
 
+def _follow_members(
+    options: ServerOptions, transport: RpcPeerTransport, auth: Membership | None
+) -> Callable[[RaftMembership], None]:
+    """What a node does when its configuration changes: dial the members, admit them.
+
+    Peer authentication admits the members of the configuration and every
+    ``--peers`` entry: a new member proves the cluster's secret (or its
+    certificate) like any peer; a removed one that is still dialed is ignored
+    by the core (kvraft.raft.core, ``_from_member``).
+    """
+
+    def changed(config: RaftMembership) -> None:
+        transport.set_members(config)
+        if auth is not None:
+            auth.peer_ids = frozenset(config.members | options.peers.keys()) - {options.node_id}
+
+    return changed
+
+
 class Server:
     """A running node: build with :meth:`open`, then :meth:`start` and :meth:`stop`."""
 
@@ -87,7 +108,12 @@ class Server:
         limits = raft_message_limits(options.max_frame_bytes)
         config = RaftConfig(
             node_id=options.node_id,
-            peers=tuple(sorted(options.peers)),
+            # The seed of a new cluster; a joining node has none (it learns the
+            # configuration from the leader), and a configuration in the log
+            # overrides it either way (kvraft.raft.membership).
+            peers=() if options.join_existing else tuple(sorted(options.peers)),
+            seed_addresses=tuple(sorted(options.peers.items())),
+            max_promotion_lag_entries=options.max_promotion_lag_entries,
             election_timeout_ticks=options.election_timeout_ticks,
             heartbeat_interval_ticks=options.heartbeat_interval_ticks,
             max_entries_per_message=limits.max_entries_per_message,
@@ -148,6 +174,7 @@ class Server:
             if key is not None
             else None
         )
+        node.on_members_changed = _follow_members(options, transport, membership)
         rpc = RpcServer(
             service,
             max_frame_bytes=options.max_frame_bytes,

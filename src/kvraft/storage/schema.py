@@ -34,7 +34,10 @@ from kvraft.storage.records import SINGLE_ROW_ID, hard_state_crc
 # 4: the data API (revisions, set/delete/range/txn): PutOk carries a revision
 # and snapshots a new layout, so a format-3 log or snapshot would not apply the
 # same. Format 3 was never released: no upgrade path.
-FORMAT_VERSION: Final = 4
+# 5: the snapshot row holds the cluster configuration as of its index
+# (membership changes, kvraft.raft.membership), and log entries may be
+# configurations; a format-4 store has neither, and no upgrade path.
+FORMAT_VERSION: Final = 5
 # Written to the SQLite header: tells a kvraft store from any other SQLite file.
 APPLICATION_ID: Final = 0x6B767266  # "kvrf"
 DB_FILENAME: Final = "raft.db"
@@ -59,9 +62,11 @@ _DDL: Final = (
     " current_term INTEGER NOT NULL, voted_for INTEGER, commit_index INTEGER NOT NULL,"
     " crc INTEGER NOT NULL)",
     # At most one row; the data is in the file it names (in the data dir), of this size and CRC.
+    # config: the configuration as of idx (membership.encode), with its CRC32; NULL: none
+    # (the log never held one: the seed from --peers is in force).
     "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
     " idx INTEGER NOT NULL, term INTEGER NOT NULL, crc INTEGER NOT NULL,"
-    " size INTEGER NOT NULL, file TEXT NOT NULL)",
+    " size INTEGER NOT NULL, file TEXT NOT NULL, config BLOB, config_crc INTEGER)",
     # idx is the rowid: appends, suffix truncation and prefix deletion are b-tree range ops.
     # command NULL: the no-op a new leader appends.
     "CREATE TABLE log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, command BLOB,"

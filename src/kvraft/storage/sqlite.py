@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Final
 
 from kvraft.errors import StorageError, one_line
+from kvraft.raft import membership
 from kvraft.raft.messages import MAX_RAFT_INT, Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
 from kvraft.storage import schema, snapshot_files
@@ -62,6 +63,7 @@ from kvraft.storage.records import (
     SINGLE_ROW_ID,
     CorruptRow,
     LoadedState,
+    config_crc,
     entry_crc,
     entry_size,
     hard_state_crc,
@@ -449,10 +451,20 @@ def _write_hard_state(conn: sqlite3.Connection, hard_state: HardState) -> None:
 
 def _write_snapshot_row(conn: sqlite3.Connection, snapshot: Snapshot, file: SnapshotFile) -> None:
     """Replace the snapshot row with one naming ``file``: the commit point of a snapshot."""
+    encoded = membership.encode(snapshot.config) if snapshot.config is not None else None
     conn.execute(
-        "INSERT OR REPLACE INTO snapshot (id, idx, term, crc, size, file)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (SINGLE_ROW_ID, snapshot.index, snapshot.term, file.crc, file.size, file.name),
+        "INSERT OR REPLACE INTO snapshot (id, idx, term, crc, size, file, config, config_crc)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            SINGLE_ROW_ID,
+            snapshot.index,
+            snapshot.term,
+            file.crc,
+            file.size,
+            file.name,
+            encoded,
+            config_crc(encoded) if encoded is not None else None,
+        ),
     )
 
 
