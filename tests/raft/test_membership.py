@@ -388,3 +388,25 @@ def test_a_new_member_far_behind_gets_the_configuration_with_the_snapshot() -> N
 
 def membership_entry(config: Membership, *, index: int, term: int) -> Entry:
     return Entry(term=term, index=index, command=membership.encode(config))
+
+
+def test_a_learners_acknowledgement_does_not_confirm_a_read_round() -> None:
+    """A read round needs a majority of the voters; learners' echoes of it do not count.
+
+    Reference: Raft thesis §4.2.1 (learners are not counted), §6.4 (read index)
+    """
+    cluster = elected()
+    for learner in (4, 5):
+        cluster.add_node(learner)
+        change(cluster, add_learner(learner))
+    leader = cluster.cores[1]
+    cluster.isolated = {2, 3}  # only the two learners can answer the round
+
+    assert leader.read_index(1)
+    cluster.tick(3, nodes=[1, 4, 5])
+    assert cluster.reads[1] == []  # leader + 2 learners is no majority of 3 voters
+    assert leader.leader is not None and leader.leader.progress[4].read_acked > 0
+
+    cluster.isolated = {3}
+    cluster.tick(2, nodes=[1, 2])
+    assert [r.request_id for r in cluster.reads[1]] == [1]
