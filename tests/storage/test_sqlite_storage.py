@@ -444,3 +444,32 @@ def test_a_damaged_configuration_in_the_snapshot_row_is_refused(tmp_path: Path) 
 
     with pytest.raises(StorageError, match="config checksum mismatch"):
         open_store(tmp_path / "n0")
+
+
+def test_the_seed_is_written_once_at_creation_and_kept_by_every_later_open(tmp_path: Path) -> None:
+    """A restart's --peers cannot change who the members are: the store's seed stays.
+
+    Reference: Raft thesis §4.1 (the log, not a flag, decides the configuration)
+    """
+    seed = Membership.of_voters([0, 1, 2], {0: "h0:1", 1: "h1:1", 2: "h2:1"})
+    SqliteStorage.open(tmp_path, cluster_id=CLUSTER, node_id=0, seed=seed).close()
+
+    other = Membership.of_voters([0, 1, 2, 3, 4])
+    store = SqliteStorage.open(tmp_path, cluster_id=CLUSTER, node_id=0, seed=other)
+    try:
+        assert store.seed.same_as(seed)
+    finally:
+        store.close()
+
+
+def test_a_store_created_without_a_seed_has_no_members(tmp_path: Path) -> None:
+    """The store of a node that joins a running cluster: nobody, until a leader says."""
+    SqliteStorage.open(tmp_path, cluster_id=CLUSTER, node_id=3).close()
+
+    store = SqliteStorage.open(
+        tmp_path, cluster_id=CLUSTER, node_id=3, seed=Membership.of_voters([0, 1, 2, 3])
+    )
+    try:
+        assert store.seed.members == frozenset()
+    finally:
+        store.close()

@@ -35,13 +35,15 @@ class RaftConfig:
     """
 
     node_id: int
-    # The voters a new cluster starts with (``--peers``), node_id included; ()
-    # for a node that joins a running cluster, whose configuration it learns
-    # from the leader. Only a seed: once a leader has written the
-    # configuration into the log, the log is the authority (kvraft.raft.membership).
+    # The voters a new cluster starts with, node_id included; () for a node
+    # that joins a running cluster, whose configuration it learns from the
+    # leader. A server passes the seed its data dir was created with (the
+    # bootstrap's ``--peers``), never a restart's. Only a seed: once a leader has
+    # written a configuration into the log, the log is the authority
+    # (kvraft.raft.membership).
     peers: tuple[int, ...]
-    # The addresses the seed members advertise (``--peers``), for the
-    # configuration entry a first leader writes.
+    # The addresses the seed members advertise (the bootstrap's ``--peers``),
+    # for the configuration entry a first change writes.
     seed_addresses: tuple[tuple[int, str], ...] = ()
     # A follower campaigns after a random timeout in [election_timeout_ticks, 2x).
     election_timeout_ticks: int = DEFAULT_ELECTION_TIMEOUT_TICKS

@@ -18,9 +18,11 @@ and where each is enforced:
 4. A snapshot carries the configuration as of its index (``Snapshot.config``),
    so compaction never loses it.
 
-``--peers`` seeds the configuration (``RaftConfig.peers``): it is in force
-only until the log (or a snapshot) holds a configuration, which is then the
-authority whatever a restart's ``--peers`` says.
+The seed (``RaftConfig.peers``) is in force only until the log (or a
+snapshot) holds a configuration, which is then the authority. A server takes
+it from its data dir, where it was written once at creation (the voters
+``--peers`` named at bootstrap, nobody for a node made to join): a restart's
+``--peers`` only says how to reach members, never who they are.
 
 A configuration entry's command starts with the byte 0xC1, which msgpack never
 uses, so it can never be mistaken for (or forged as) a state machine command,

@@ -81,6 +81,19 @@ def _follow_members(
     return changed
 
 
+def _seed(options: ServerOptions) -> RaftMembership:
+    """The configuration a data dir created now starts from.
+
+    Bootstrap: the voters ``--peers`` names, at the addresses it gives. A node
+    that joins a running cluster (``--join`` / ``--initial-cluster-state
+    existing``): nobody, so it never campaigns, and learns the configuration
+    from the leader that added it.
+    """
+    if options.join_existing:
+        return RaftMembership(frozenset())
+    return RaftMembership.of_voters(sorted(options.peers), options.peers)
+
+
 class Server:
     """A running node: build with :meth:`open`, then :meth:`start` and :meth:`stop`."""
 
@@ -103,16 +116,20 @@ class Server:
     def open(cls, options: ServerOptions) -> Server:
         """Open the data dir and build the node; StorageError if the dir is not ours."""
         storage = SqliteStorage.open(
-            options.data_dir, cluster_id=options.cluster_id, node_id=options.node_id
+            options.data_dir,
+            cluster_id=options.cluster_id,
+            node_id=options.node_id,
+            seed=_seed(options),
         )
+        # The seed is the one the data dir was created with, never today's
+        # --peers (which only says how to reach members); a configuration in
+        # the log or the snapshot overrides it (kvraft.raft.membership).
+        seed = storage.seed
         limits = raft_message_limits(options.max_frame_bytes)
         config = RaftConfig(
             node_id=options.node_id,
-            # The seed of a new cluster; a joining node has none (it learns the
-            # configuration from the leader), and a configuration in the log
-            # overrides it either way (kvraft.raft.membership).
-            peers=() if options.join_existing else tuple(sorted(options.peers)),
-            seed_addresses=tuple(sorted(options.peers.items())),
+            peers=tuple(sorted(seed.voters)),
+            seed_addresses=tuple(sorted(seed.addresses.items())),
             max_promotion_lag_entries=options.max_promotion_lag_entries,
             election_timeout_ticks=options.election_timeout_ticks,
             heartbeat_interval_ticks=options.heartbeat_interval_ticks,

@@ -86,6 +86,9 @@ class LoadedState:
     sizes: array[int]
     snapshot_file: str | None  # the file holding state.snapshot's data
     lowest_row: int | None  # the lowest log row's idx, dead rows included; None: no rows
+    # The configuration the store was created with (meta.seed_config): in force
+    # until the log or the snapshot holds one.
+    seed: Membership
 
 
 def _int(value: object, what: str, *, minimum: int = 0, maximum: int | None = None) -> int:
@@ -138,6 +141,24 @@ def config_crc(encoded: bytes) -> int:
     return zlib.crc32(encoded)
 
 
+def read_seed(conn: sqlite3.Connection) -> Membership:
+    """The seed configuration written into meta when the store was created, checked."""
+    meta = dict(
+        conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('seed_config', 'seed_config_crc')"
+        ).fetchall()
+    )
+    encoded, crc = meta.get("seed_config"), meta.get("seed_config_crc")
+    if type(encoded) is not bytes:
+        raise CorruptRow(f"meta.seed_config is {type(encoded).__name__}, expected a blob")
+    if _int(crc, "meta.seed_config_crc") != config_crc(encoded):
+        raise CorruptRow("meta.seed_config checksum mismatch")
+    try:
+        return membership.decode(encoded)
+    except ValueError as exc:
+        raise CorruptRow(f"meta.seed_config: {exc}") from None
+
+
 def read_snapshot_row(conn: sqlite3.Connection) -> SnapshotRow | None:
     """The snapshot row, type-checked, or None if no snapshot was ever stored."""
     rows = conn.execute(
@@ -179,6 +200,7 @@ def read_state(
     describes (it lives outside the database: see :mod:`kvraft.storage.snapshot_files`).
     """
     hard_state = _read_hard_state(conn)
+    seed = read_seed(conn)
     snapshot_row = read_snapshot_row(conn)
     snapshot = None
     if snapshot_row is not None:
@@ -231,4 +253,5 @@ def read_state(
         sizes,
         snapshot_row.file if snapshot_row is not None else None,
         lowest_row,
+        seed,
     )
