@@ -40,9 +40,24 @@ SMALL_SNAPSHOTS = ("--snapshot-threshold", "1024")
 # ------------------------------------------------------------------ helpers
 
 
-def listing(cluster: Cluster) -> dict[str, Any]:
-    """``kvraft member list``'s answer: the configuration as the leader sees it."""
-    return member_call(cluster.addresses, "member.list", None, 5.0)
+def listing(cluster: Cluster, timeout_s: float = 20.0) -> dict[str, Any]:
+    """``kvraft member list``'s answer: the configuration as the leader sees it.
+
+    Right after a fault there may be no leader to ask for a while (an election
+    takes a few hundred ms, a partitioned leader keeps its role until its
+    check-quorum ends it): wait for one to answer, up to ``timeout_s``.
+    """
+    answers: list[dict[str, Any]] = []
+
+    def answered() -> bool:
+        try:
+            answers.append(member_call(cluster.addresses, "member.list", None, 2.0))
+        except (Unavailable, RpcError, RemoteError):
+            return False
+        return True
+
+    wait_until(answered, timeout_s, interval_s=0.1, message="a leader answering member.list")
+    return answers[-1]
 
 
 def voters_and_learners(cluster: Cluster) -> tuple[set[int], set[int]]:
@@ -76,11 +91,6 @@ def change_until(
             last = str(exc)
             time.sleep(0.2)
     raise AssertionError(f"{method} {args!r} not done within {timeout_s}s (last error: {last})")
-
-
-def match_index(cluster: Cluster, node: int) -> int:
-    rows = {int(r["id"]): r for r in listing(cluster)["members"]}
-    return int(rows[node].get("match_index", 0)) if node in rows else 0
 
 
 def caught_up(cluster: Cluster, node: int) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvraft.errors import RpcError, Unauthorized, Unavailable
+from kvraft.errors import RemoteError, RpcError, Unauthorized, Unavailable
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
 
@@ -242,9 +242,37 @@ async def _leader_row(
         key=lambda row: int(row.get("term", 0)),
         reverse=True,
     )
-    if not leaders:
-        raise Unavailable(f"no leader among the {len(reachable)} nodes that answered")
-    return leaders[0]
+    if leaders:
+        return leaders[0]
+    # None of ``servers`` leads (say --join was given one follower): ask one that
+    # knows a leader where that leader advertises itself (its configuration).
+    for row in sorted(reachable, key=lambda r: int(r.get("term", 0)), reverse=True):
+        found = await _advertised_leader(row, timeout, token, ssl)
+        if found is not None:
+            return found
+    raise Unavailable(f"no leader among the {len(reachable)} nodes that answered")
+
+
+async def _advertised_leader(
+    row: dict[str, Any], timeout: float, token: str | None, ssl: ssl_module.SSLContext | None
+) -> dict[str, Any] | None:
+    """The status row of the leader that follower ``row`` names, at its advertised address."""
+    leader_id = row.get("leader_id")
+    if leader_id is None:
+        return None
+    sender = client_sender("admin-" + uuid.uuid4().hex[:8])
+    rpc = RpcClient(str(row["address"]), sender, connect_timeout_s=timeout, ssl=ssl, token=token)
+    try:
+        listing = dict(await rpc.call("member.list", None, timeout))
+    except (RpcError, RemoteError, Unauthorized):
+        return None
+    finally:
+        rpc.close()
+    address = next((m["address"] for m in listing["members"] if m["id"] == leader_id), "")
+    if not address:
+        return None
+    (found,) = await fetch_statuses_async([str(address)], timeout, token=token, ssl=ssl)
+    return found if found.get("reachable") and found.get("role") == "leader" else None
 
 
 async def member_call_async(
