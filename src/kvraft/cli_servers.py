@@ -126,7 +126,8 @@ def _members_of(node_id: int, join: str, cluster_id: str) -> dict[int, str]:
     default=None,
     metavar="HOST:PORT,...",
     help="Join a running cluster (after `kvraft member add`): ask these members who the members"
-    " are. Implies --initial-cluster-state existing; --peers is then optional.",
+    " are. Implies --initial-cluster-state existing; --peers is then optional. Only an empty"
+    " data dir asks; once it exists, its configuration is used.",
 )
 @click.option(
     "--initial-cluster-state",
@@ -364,8 +365,14 @@ def server(
         threshold: int | None = (
             DEFAULT_SNAPSHOT_THRESHOLD_BYTES if snapshot_threshold is None else snapshot_threshold
         )
+        from kvraft.storage.schema import DB_FILENAME
+
         reach = parse_peers(peers) if peers is not None else {}
-        if join is not None:
+        if join is not None and (data_dir / DB_FILENAME).exists():
+            # Joined before: the data dir knows the configuration, so a restart
+            # must not depend on the members it once asked being up.
+            log.info("n%d: data dir %s exists: --join not consulted", node_id, data_dir)
+        elif join is not None:
             reach = _members_of(node_id, join, cluster_id) | reach
         elif peers is None:
             raise click.UsageError("--peers is required (or --join to join a running cluster)")
