@@ -265,6 +265,7 @@ def test_three_to_five_to_three_under_load_with_a_leader_killed(make_cluster) ->
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(900)  # ~100 s a round on the reordering network, 2 cores shared
 def test_three_to_five_to_three_repeatedly_under_kills_and_partitions(make_cluster) -> None:  # type: ignore[no-untyped-def]
     """As above, three times over, with the leader partitioned away between changes too."""
     cluster = make_cluster(5, members=[0, 1, 2], network="reordering")
