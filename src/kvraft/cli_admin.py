@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from kvraft.addresses import split_address
 from kvraft.cli_clients import parse_servers, servers_option
 from kvraft.cli_common import EXIT_OP_ERROR, EXIT_UNAVAILABLE, credentials, fail
 from kvraft.errors import RemoteError, RpcError, Unauthorized, Unavailable
@@ -159,6 +160,10 @@ def list_members(servers: str | None, timeout: float, as_json: bool) -> None:
 @_timeout_option
 def add(node_id: int, address: str, learner: bool, servers: str | None, timeout: float) -> None:
     """Add node ID, reachable at ADDRESS (HOST:PORT); then start it with --join."""
+    try:
+        split_address(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="ADDRESS") from None
     args = {"id": node_id, "address": address, "learner": learner}
     _done(
         f"added n{node_id}" + (" as a learner" if learner else ""),

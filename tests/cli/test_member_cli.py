@@ -102,6 +102,11 @@ def test_usage_errors_exit_2() -> None:
     assert_one_line_error(run_cli("member", "add", "3"), EXIT_USAGE, "Missing argument 'ADDRESS'")
     assert_one_line_error(run_cli("member", "promote", "abc"), EXIT_USAGE, "'ID'")
     assert_one_line_error(run_cli("member", "frobnicate"), EXIT_USAGE, "No such command")
+    assert_one_line_error(
+        run_cli("member", "add", "3", "nohostport"),
+        EXIT_USAGE,
+        "Invalid value for ADDRESS: not a host:port address: 'nohostport'",
+    )
 
 
 def test_an_unreachable_cluster_exits_3() -> None:

@@ -410,3 +410,34 @@ def test_a_learners_acknowledgement_does_not_confirm_a_read_round() -> None:
     cluster.isolated = {3}
     cluster.tick(2, nodes=[1, 2])
     assert [r.request_id for r in cluster.reads[1]] == [1]
+
+
+@pytest.mark.parametrize(("behind", "refused"), [(5, False), (6, True)])
+def test_a_learner_is_promoted_at_the_lag_bound_and_refused_one_past_it(
+    behind: int, refused: bool
+) -> None:
+    """``max_promotion_lag_entries`` (5 here): exactly 5 entries behind is promoted, 6 is not.
+
+    Reference: Raft thesis §4.2.1
+    """
+    cluster = Cluster.of(3, max_promotion_lag_entries=5)
+    cluster.elect(1)
+    cluster.tick(2)
+    cluster.add_node(4, max_promotion_lag_entries=5)
+    change(cluster, add_learner(4))
+    leader = cluster.cores[1]
+    assert leader.leader is not None
+    assert leader.leader.progress[4].match_index == leader.last_index
+    cluster.isolated = {4}
+    for n in range(behind):
+        leader.propose(f"w{n}".encode())
+    cluster.tick(1, nodes=[1, 2, 3])
+    assert leader.last_index - leader.leader.progress[4].match_index == behind
+
+    if refused:
+        with pytest.raises(ChangeRefused, match=rf"n4 is {behind} entries behind"):
+            leader.propose_change(promote(4))
+        assert leader.membership.learners == {4}
+    else:
+        leader.propose_change(promote(4))
+        assert leader.membership.voters == {1, 2, 3, 4}
