@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,10 +133,13 @@ class RaftNode:
         self.core = core_factory(config, persisted)
         if persisted.snapshot is not None:
             state_machine.restore(persisted.snapshot)
-        # The configuration last handed to on_members_changed (the transport and
-        # peer authentication follow it: kvraft.raft.membership).
+        # The configuration last logged, and the nodes last handed to
+        # on_members_changed (id -> advertised address; the transport and peer
+        # authentication follow them: see _check_members).
         self._members: Membership | None = None
-        self.on_members_changed: Callable[[Membership], None] | None = None
+        self._reach: dict[int, str] | None = None
+        self._reach_from: tuple[Membership, Membership] | None = None  # (committed, latest)
+        self.on_members_changed: Callable[[Mapping[int, str]], None] | None = None
         # The term and vote on disk (as of the last completed save), and whether a
         # save is in progress now: a leader sends heartbeats through a slow save
         # only if its current term and vote are these (see _send_while_saving).
@@ -258,28 +261,42 @@ class RaftNode:
         return tuple(p for p in self.core.peers if p != self.id)
 
     def _check_members(self) -> None:
-        """Tell on_members_changed of a new configuration, before its messages leave.
+        """Log a new configuration, and tell on_members_changed whom to talk to now.
 
         The core changes its configuration when it appends (or truncates) a
         configuration entry (thesis §4.1), inside propose_change or step:
         checked before each Ready is performed, so a new member has a
-        connection before the first message to it is sent.
+        connection before the first message to it is sent. The nodes to talk
+        to are the members of the latest configuration *and* of the latest
+        committed one: a leader that is removing itself (§4.2.2) is no member
+        of the configuration its followers appended, but it still replicates
+        that entry, and their acknowledgements must reach it, until it commits.
         """
-        config = self.core.membership
-        if config is self._members:
+        core = self.core
+        config = core.membership
+        if config is not self._members:
+            previous, self._members = self._members, config
+            if previous is None or not previous.same_as(config):
+                log.info(
+                    "n%d [term %d] configuration: %s at index %d",
+                    self.id,
+                    core.current_term,
+                    config.describe(),
+                    core.config_log.latest_index,
+                )
+        committed = core.config_at(core.commit_index)
+        if self._reach_from is not None and (
+            self._reach_from[0] is committed and self._reach_from[1] is config
+        ):
+            return  # the common case, checked before every Ready: nothing to build
+        self._reach_from = (committed, config)
+        reach = {m: committed.address(m) for m in committed.members}
+        reach.update((m, config.address(m)) for m in config.members)
+        if reach == self._reach:
             return
-        previous, self._members = self._members, config
-        if previous is not None and previous.same_as(config):
-            return
-        log.info(
-            "n%d [term %d] configuration: %s at index %d",
-            self.id,
-            self.core.current_term,
-            config.describe(),
-            self.core.config_log.latest_index,
-        )
+        self._reach = reach
         if self.on_members_changed is not None:
-            self.on_members_changed(config)
+            self.on_members_changed(reach)
 
     def propose_change(self, change: Change) -> tuple[int, int]:
         """As leader, propose a membership change: ``(index, term)``; ChangeRefused says why."""

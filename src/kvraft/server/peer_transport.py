@@ -17,7 +17,6 @@ import logging
 import ssl
 from collections.abc import Mapping
 
-from kvraft.raft.membership import Membership
 from kvraft.raft.messages import AppendEntries, InstallSnapshot, Message
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import peer_sender
@@ -73,8 +72,9 @@ class RpcPeerTransport:
             pid: client(pid, address) for pid, address in self._overrides.items()
         }
 
-    def set_members(self, config: Membership) -> None:
-        """Connect to every member of ``config``; stop dialing those no longer members.
+    def set_members(self, members: Mapping[int, str]) -> None:
+        """Connect to every node of ``members`` (id -> the address it advertises, maybe "");
+        stop dialing those no longer in it.
 
         A member is dialed at this node's own address for it (``--peers``: an
         override, e.g. through a proxy), else at the address the configuration
@@ -82,14 +82,14 @@ class RpcPeerTransport:
         whatever the configuration says (they may be members we have not
         learned of yet); those made from advertised addresses go with the member.
         """
-        for pid in sorted(config.members - {self.node_id}):
-            address = self._overrides.get(pid) or config.address(pid)
+        for pid in sorted(members.keys() - {self.node_id}):
+            address = self._overrides.get(pid) or members[pid]
             client = self._peers.get(pid)
             if client is None and address:
                 self._peers[pid] = self._client(pid, address)
                 log.info("n%d dialing new member n%d at %s", self.node_id, pid, address)
         for pid in list(self._peers):
-            if pid not in config.members and pid not in self._overrides:
+            if pid not in members and pid not in self._overrides:
                 self._peers.pop(pid).close()
                 log.info("n%d stopped dialing n%d: no longer a member", self.node_id, pid)
 

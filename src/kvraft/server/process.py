@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from kvraft.addresses import split_address
 from kvraft.errors import StorageError, one_line
@@ -64,19 +64,20 @@ def snapshot_decodes(data: bytes) -> bool:
 
 def _follow_members(
     options: ServerOptions, transport: RpcPeerTransport, auth: Membership | None
-) -> Callable[[RaftMembership], None]:
-    """What a node does when its configuration changes: dial the members, admit them.
+) -> Callable[[Mapping[int, str]], None]:
+    """What a node does when the nodes it talks to change: dial them, admit them.
 
-    Peer authentication admits the members of the configuration and every
+    Those are the members of the latest and the latest committed configuration
+    (``RaftNode._check_members``). Peer authentication admits them and every
     ``--peers`` entry: a new member proves the cluster's secret (or its
     certificate) like any peer; a removed one that is still dialed is ignored
     by the core (kvraft.raft.core, ``_from_member``).
     """
 
-    def changed(config: RaftMembership) -> None:
-        transport.set_members(config)
+    def changed(members: Mapping[int, str]) -> None:
+        transport.set_members(members)
         if auth is not None:
-            auth.peer_ids = frozenset(config.members | options.peers.keys()) - {options.node_id}
+            auth.peer_ids = frozenset(members.keys() | options.peers.keys()) - {options.node_id}
 
     return changed
 
