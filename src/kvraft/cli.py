@@ -20,7 +20,7 @@ each command turns the errors it expects into :func:`fail`.
 
 The subcommands live with their kind: :mod:`kvraft.cli_servers` (``server``,
 ``cluster``), :mod:`kvraft.cli_clients` (``get``, ``put``, ``status``,
-``bench``), :mod:`kvraft.cli_admin` (``leader transfer``) and
+``bench``), :mod:`kvraft.cli_admin` (``leader transfer``, ``member``) and
 :mod:`kvraft.cli_backup` (``snapshot save|status|restore``); exit codes and
 :func:`fail` are :mod:`kvraft.cli_common`. Their public names are re-exported
 here, so ``from kvraft.cli import ...`` still finds them.
@@ -36,7 +36,7 @@ from typing import NoReturn
 import click
 
 from kvraft import __version__
-from kvraft.cli_admin import leader
+from kvraft.cli_admin import leader, member
 from kvraft.cli_backup import snapshot
 from kvraft.cli_clients import (
     bench,
@@ -144,6 +144,7 @@ def cli(
       kvraft status
       kvraft bench --clients 64 --duration 10
       kvraft leader transfer --to 2
+      kvraft member list
       kvraft snapshot save ./backup.kvb
 
     Secured clusters (docs/security.md): kvraft --cacert ca.pem --token T get KEY.
@@ -157,7 +158,7 @@ def cli(
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
 
 
-for _command in (server, cluster, get, put, status, bench, leader):
+for _command in (server, cluster, get, put, status, bench, leader, member):
     cli.add_command(_command)
 cli.add_command(set_command)  # the data API's commands (docs/data-model.md)
 cli.add_command(delete_command)

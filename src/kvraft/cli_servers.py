@@ -8,6 +8,7 @@ imported only when a server starts.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from kvraft.cli_common import EXIT_OK, EXIT_OP_ERROR, fail
-from kvraft.errors import StorageError
+from kvraft.errors import RpcError, StorageError, Unauthorized, Unavailable
 from kvraft.local_cluster import (
     DEFAULT_BASE_PORT,
     NodeProcesses,
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from kvraft.rpc.tokens import TokenTable
 
 _FILE = click.Path(path_type=Path, dir_okay=False)
+
+
+log = logging.getLogger("kvraft.cli")
 
 
 def _read_secret(path: Path) -> bytes:
@@ -80,14 +84,64 @@ def _log_level(ctx: click.Context) -> str:
     return str(chosen or "info").lower()
 
 
+def _members_of(node_id: int, join: str, cluster_id: str) -> dict[int, str]:
+    """--join: the members (id -> advertised address) that the running cluster names.
+
+    Refuses (one line, exit 1) when no member answers, or when this node is
+    not a member yet: `kvraft member add` comes first, so that a node never
+    runs as a stray that no leader replicates to.
+    """
+    from kvraft.cli_clients import parse_servers
+    from kvraft.client.admin import member_call
+
+    servers = parse_servers(join)
+    try:
+        listing = member_call(servers, "member.list", None, 5.0)
+    except (Unavailable, Unauthorized, RpcError) as exc:
+        fail(f"n{node_id}: --join {join}: cannot list the members: {exc}", EXIT_OP_ERROR)
+    members = {int(row["id"]): str(row["address"]) for row in listing["members"]}
+    if node_id not in members:
+        known = ",".join(f"n{m}" for m in sorted(members))
+        fail(
+            f"n{node_id}: not a member of the cluster at {join} ({known}): run"
+            f" `kvraft member add {node_id} ADDRESS --learner` first",
+            EXIT_OP_ERROR,
+        )
+    log.info("n%d joining cluster %s: members %s", node_id, cluster_id, members)
+    return {m: a for m, a in members.items() if a}
+
+
 @click.command()
 @click.option("--id", "node_id", type=click.IntRange(min=0), required=True, help="This node's id.")
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Where to listen.")
 @click.option(
     "--peers",
-    required=True,
+    default=None,
     metavar="ID=HOST:PORT,...",
-    help="Every member, itself included, each at an address that reaches it.",
+    help="Every member, itself included, each at an address that reaches it. It seeds a new"
+    " cluster's configuration; after that (and with --join) it only says how to reach members.",
+)
+@click.option(
+    "--join",
+    default=None,
+    metavar="HOST:PORT,...",
+    help="Join a running cluster (after `kvraft member add`): ask these members who the members"
+    " are. Implies --initial-cluster-state existing; --peers is then optional. Only an empty"
+    " data dir asks; once it exists, its configuration is used.",
+)
+@click.option(
+    "--initial-cluster-state",
+    type=click.Choice(["new", "existing"]),
+    default="new",
+    show_default=True,
+    help="existing: this node joins a running cluster and never seeds one of its own.",
+)
+@click.option(
+    "--max-promotion-lag",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="As leader, promote a learner only within this many entries of the log's end.",
 )
 @click.option(
     "--data-dir",
@@ -235,7 +289,10 @@ def _log_level(ctx: click.Context) -> str:
 def server(
     node_id: int,
     listen: str,
-    peers: str,
+    peers: str | None,
+    join: str | None,
+    initial_cluster_state: str,
+    max_promotion_lag: int,
     data_dir: Path,
     cluster_id: str,
     test_hooks: bool,
@@ -308,10 +365,23 @@ def server(
         threshold: int | None = (
             DEFAULT_SNAPSHOT_THRESHOLD_BYTES if snapshot_threshold is None else snapshot_threshold
         )
+        from kvraft.storage.schema import DB_FILENAME
+
+        reach = parse_peers(peers) if peers is not None else {}
+        if join is not None and (data_dir / DB_FILENAME).exists():
+            # Joined before: the data dir knows the configuration, so a restart
+            # must not depend on the members it once asked being up.
+            log.info("n%d: data dir %s exists: --join not consulted", node_id, data_dir)
+        elif join is not None:
+            reach = _members_of(node_id, join, cluster_id) | reach
+        elif peers is None:
+            raise click.UsageError("--peers is required (or --join to join a running cluster)")
         options = ServerOptions(
             node_id=node_id,
             listen=listen,
-            peers=parse_peers(peers),
+            peers=reach,
+            join_existing=join is not None or initial_cluster_state == "existing",
+            max_promotion_lag_entries=max_promotion_lag,
             data_dir=data_dir,
             cluster_id=cluster_id,
             test_hooks=test_hooks,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kvraft.backup_file import BackupHeader, BadBackup
 from kvraft.backup_file import read as read_backup
+from kvraft.raft.membership import Membership
 from kvraft.raft.ready import HardState, Snapshot
 from kvraft.server import state_snapshot
 from kvraft.server.kvstore import BadSnapshot
@@ -84,7 +85,10 @@ def restore(
     data_dir = Path(data_dir)
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise RestoreRefused(f"{data_dir}: not an empty directory; restore only seeds a fresh one")
-    storage = SqliteStorage.open(data_dir, cluster_id=cluster_id, node_id=node_id)
+    # The new cluster's members are --peers: the seed, since the backup's
+    # snapshot carries no configuration of its own.
+    seed = Membership.of_voters(sorted(peers), peers)
+    storage = SqliteStorage.open(data_dir, cluster_id=cluster_id, node_id=node_id, seed=seed)
     try:
         storage.save(
             HardState(current_term=header.term, voted_for=None, commit_index=header.index),

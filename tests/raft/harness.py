@@ -87,6 +87,14 @@ class Cluster:
         cores = {i: RaftCore(make_config(i, ids, **overrides), PersistentState()) for i in ids}
         return cls(cores, {i: MemoryStorage() for i in ids}, applied={i: [] for i in ids})
 
+    def add_node(self, node: int, **overrides: object) -> RaftCore:
+        """A new empty node that joins (``peers=()``); it learns its configuration from a leader."""
+        core = RaftCore(make_config(node, (), **overrides), PersistentState())
+        self.cores[node] = core
+        self.storages[node] = MemoryStorage()
+        self.applied[node] = []
+        return core
+
     def process(self, node: int) -> None:
         """Perform every pending Ready of ``node`` in the durability order."""
         core = self.cores[node]
@@ -106,7 +114,8 @@ class Cluster:
             self.process(node)
 
     def can_talk(self, src: int, dst: int) -> bool:
-        return src not in self.isolated and dst not in self.isolated
+        # A node not (yet) built is unreachable.
+        return src not in self.isolated and dst not in self.isolated and dst in self.cores
 
     def deliver(self, keep: Callable[[Message], bool] = lambda msg: True) -> int:
         """Deliver the queued messages that ``keep`` accepts (others are dropped)."""

@@ -256,8 +256,8 @@ def test_read_round_is_bounded_on_the_wire() -> None:
             read_round=read_round,
         )
 
-    assert well_formed(reply(MAX_RAFT_INT), 1, (1, 2, 3))
-    assert not well_formed(reply(MAX_RAFT_INT + 1), 1, (1, 2, 3))
-    assert not well_formed(reply(-1), 1, (1, 2, 3))
-    assert well_formed(append(MAX_RAFT_INT), 1, (1, 2, 3))
-    assert not well_formed(append(MAX_RAFT_INT + 1), 1, (1, 2, 3))
+    assert well_formed(reply(MAX_RAFT_INT), 1)
+    assert not well_formed(reply(MAX_RAFT_INT + 1), 1)
+    assert not well_formed(reply(-1), 1)
+    assert well_formed(append(MAX_RAFT_INT), 1)
+    assert not well_formed(append(MAX_RAFT_INT + 1), 1)

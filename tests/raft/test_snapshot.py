@@ -8,6 +8,7 @@ import pytest
 
 from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.leader import STALLED_HEARTBEATS
+from kvraft.raft.membership import frame_snapshot
 from kvraft.raft.messages import (
     AppendEntriesReply,
     InstallSnapshot,
@@ -73,13 +74,14 @@ def test_leader_sends_compacted_prefix_as_snapshot_chunks() -> None:
         for reply in sent(follower):
             leader.step(reply)
 
+    # The chunks carry the data framed with the configuration at index 20.
+    config = leader.config_at(20)
+    size = len(frame_snapshot(config, DATA))
     assert [(c.offset, len(c.data), c.done) for c in chunks] == [
-        (0, 16, False),
-        (16, 16, False),
-        (32, 16, False),
-        (48, 2, True),
+        (offset, min(16, size - offset), offset + 16 >= size) for offset in range(0, size, 16)
     ]
-    assert follower.snapshot == Snapshot(20, 1, DATA)
+    assert follower.snapshot == Snapshot(20, 1, DATA, config)
+    assert follower.membership == config
     assert leader.leader.progress[2].match_index == 20
     assert leader.leader.progress[2].state is ProgressState.PROBE
 

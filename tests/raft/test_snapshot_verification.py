@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 
 from kvraft.raft.core import RaftCore
+from kvraft.raft.membership import frame_snapshot
 from kvraft.raft.messages import AppendEntriesReply, InstallSnapshot, InstallSnapshotReply
 from kvraft.raft.ready import Snapshot
 
@@ -56,7 +57,8 @@ def test_leader_puts_the_whole_snapshots_crc32_in_every_chunk() -> None:
     )
     [first] = chunks_of(sent(leader))
 
-    assert first.checksum == zlib.crc32(DATA)
+    # The whole transfer: the data framed with its configuration.
+    assert first.checksum == zlib.crc32(frame_snapshot(leader.config_at(20), DATA))
     assert len(first.data) == 16
 
 
@@ -138,4 +140,7 @@ def test_after_a_refusal_the_leader_restarts_the_transfer_from_offset_0() -> Non
             break
 
     assert follower.snapshot == Snapshot(20, 1, DATA)
-    assert offsets[:5] == [0, 16, 32, 48, 0], offsets
+    # Every chunk of the framed transfer, then from offset 0 again.
+    size = len(frame_snapshot(leader.config_at(20), DATA))
+    whole = list(range(0, size, 16))
+    assert offsets[: len(whole) + 1] == [*whole, 0], offsets

@@ -111,14 +111,14 @@ def test_every_term_and_index_is_accepted_at_2_62_and_refused_one_past(
     what: str, at_bound: Message, past_bound: Message
 ) -> None:
     """Reference: issue 11 item 3; MAX_RAFT_INT keeps every sum inside signed 64 bits."""
-    assert well_formed(at_bound, 1, PEERS), what
-    assert not well_formed(past_bound, 1, PEERS), what
+    assert well_formed(at_bound, 1), what
+    assert not well_formed(past_bound, 1), what
 
 
 @pytest.mark.parametrize("value", [-1, -(2**63)])
 def test_negative_terms_and_indexes_are_refused(value: int) -> None:
     for msg in (vote(term=value), append(leader_commit=value), chunk_reply(next_offset=value)):
-        assert not well_formed(msg, 1, PEERS)
+        assert not well_formed(msg, 1)
 
 
 def test_a_node_adopts_a_term_at_the_bound() -> None:

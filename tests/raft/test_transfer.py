@@ -29,7 +29,7 @@ def test_transfer_is_refused_to_itself_an_unknown_peer_or_by_a_follower() -> Non
 
     with pytest.raises(TransferRefused, match="to itself"):
         leader.transfer_leadership(1)
-    with pytest.raises(TransferRefused, match=r"n7 is not a peer \(peers: n2, n3\)"):
+    with pytest.raises(TransferRefused, match=r"n7 is not a voter \(voters: n2, n3\)"):
         leader.transfer_leadership(7)
     with pytest.raises(TransferRefused, match="is a peer id, not True"):
         leader.transfer_leadership(True)

@@ -351,7 +351,7 @@ def check_invariants(core: RaftCore) -> None:
 def check_step(start: str, messages: list[Message]) -> None:
     core = CORES[start]()
     for msg in messages:
-        ok = well_formed(msg, core.id, core.peers)
+        ok = well_formed(msg, core.id)
         assert isinstance(ok, bool)
         term = core.current_term
         core.step(msg)

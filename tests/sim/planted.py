@@ -7,13 +7,16 @@ driver. The simulator must report the property it breaks within a few seeds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from kvraft.raft import quorum
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.core import RaftCore
+from kvraft.raft.election import Election
 from kvraft.raft.leader import Leader
 from kvraft.raft.log import RaftLog
-from kvraft.raft.messages import Entry, RequestVote, TimeoutNow
+from kvraft.raft.membership import Change, ChangeRefused
+from kvraft.raft.messages import Entry, Message, RequestVote, TimeoutNow
 from kvraft.raft.ready import PersistentState, Ready
 from kvraft.server.node import RaftNode
 
@@ -126,6 +129,42 @@ class EarlyReadCore(RaftCore):
         self.leader.term_committed = True
 
 
+class TwoChangesInFlightCore(RaftCore):
+    """Proposes a change while an earlier one is uncommitted (breaks thesis §4.1)."""
+
+    def propose_change(self, change: Change) -> tuple[int, int]:
+        if self.leader is None:
+            raise ChangeRefused(f"n{self.id} is not the leader")
+        if self.log.term(self.commit_index) != self.current_term:
+            raise ChangeRefused(f"n{self.id} has not committed an entry of its term")
+        return self._append_config(self.membership.apply(change)), self.current_term
+
+
+class _LearnerCountingElection(Election):
+    """Asks learners too and counts their grants toward a majority of the voters."""
+
+    def __init__(self, core: RaftCore, send: Callable[[Message], None], *, pre_vote: bool) -> None:
+        super().__init__(core, send, pre_vote=pre_vote)
+        self._size = len(self._voters)
+        self._voters = core.membership.members
+        self._others = tuple(sorted(self._voters - {core.id}))
+
+    def result(self) -> quorum.VoteResult:
+        return quorum.vote_result(self.votes, self._size)
+
+
+class LearnerVotesCore(RaftCore):
+    """Counts the votes of learners (breaks thesis §4.2.1: they are no voters)."""
+
+    def _start_election(self, *, pre_vote: bool) -> None:
+        super()._start_election(pre_vote=pre_vote)
+        if self._election is not None and self.membership.learners:
+            votes = self._election.votes
+            self._election = _LearnerCountingElection(self, self._send, pre_vote=pre_vote)
+            self._election.votes = votes
+            self._election.request_votes()
+
+
 PLANTED: dict[str, type[RaftCore]] = {
     "double-vote": DoubleVoteCore,
     "stale-log-vote": StaleLogVoteCore,
@@ -134,6 +173,8 @@ PLANTED: dict[str, type[RaftCore]] = {
     "propose-in-transfer": ProposeInTransferCore,
     "reuse-read-round": ReuseReadRoundCore,
     "early-read": EarlyReadCore,
+    "two-changes-in-flight": TwoChangesInFlightCore,
+    "learner-votes": LearnerVotesCore,
 }
 
 

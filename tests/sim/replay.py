@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted([*PLANTED, *PLANTED_DRIVERS]),
         help="a core (or, with --driver node, a driver) with a planted bug",
     )
+    parser.add_argument(
+        "--members", action="store_true", help="with membership changes (membership_sim.py)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no Raft log lines")
     parser.add_argument("--debug", action="store_true", help="debug log lines too")
     args = parser.parse_args(argv)
@@ -42,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.planted in PLANTED_DRIVERS:
             parser.error(f"--planted {args.planted} needs --driver node")
-        core_sim = Simulation(args.seed, args.nodes, planted=args.planted, **kwargs)
+        core_sim = Simulation(
+            args.seed, args.nodes, planted=args.planted, members=args.members, **kwargs
+        )
         simulation, now = core_sim, lambda: core_sim.now
     level = logging.WARNING if args.quiet else logging.DEBUG if args.debug else logging.INFO
     handler = logging.StreamHandler(sys.stdout)

@@ -41,6 +41,7 @@ from kvraft.raft.ready import PersistentState, Ready, Snapshot
 from kvraft.raft.storage import MemoryStorage
 from kvraft.raft.transfer import TransferRefused
 
+from .membership_sim import SPARES, MembershipChecker, MembershipEvents
 from .planted import PLANTED
 from .read_check import ReadChecker
 from .transfer_check import TransferChecker
@@ -56,8 +57,10 @@ class Violation(AssertionError):
     """A Raft property failed; the message says which, where, and how to replay."""
 
 
-def replay_command(seed: int, nodes: int, planted: str | None = None) -> str:
+def replay_command(seed: int, nodes: int, planted: str | None = None, members: bool = False) -> str:
     command = REPLAY_COMMAND.format(seed=seed, nodes=nodes)
+    if members:
+        command += " --members"
     return command if planted is None else f"{command} --planted {planted}"
 
 
@@ -399,6 +402,7 @@ class Simulation:
         safety_ticks: int = 200,
         liveness_ticks: int | None = None,
         planted: str | None = None,
+        members: bool = False,
     ) -> None:
         self.seed = seed
         self.size = nodes
@@ -410,9 +414,14 @@ class Simulation:
         # A core with a planted bug (see planted.py), to test the checkers.
         self.planted = planted
         self.core_factory: CoreFactory = RaftCore if planted is None else PLANTED[planted]
-        self.ids = tuple(range(nodes))
+        # With members, two spare nodes that join by membership changes
+        # (membership_sim.py); their events draw from a random stream of their own.
+        self.ids = tuple(range(nodes + (SPARES if members else 0)))
         self.nodes = {i: Node(i) for i in self.ids}
         self.checker = Checker(self._fail)
+        self.members = MembershipEvents(self) if members else None
+        self.member_checker = MembershipChecker(self._fail)
+        self.wiped: set[int] = set()  # nodes given an empty disk to join again
         self.now = 0
         self.steps = 0
         self.crashes = 0
@@ -446,16 +455,21 @@ class Simulation:
     # ----------------------------------------------------------------- failing
 
     def _fail(self, what: str) -> None:
+        replay = replay_command(self.seed, self.size, self.planted, self.members is not None)
         raise Violation(
             f"{what}\n  at tick {self.now} (seed {self.seed}, {self.size} nodes, "
-            f"{self.profile})\n  replay: {replay_command(self.seed, self.size, self.planted)}"
+            f"{self.profile})\n  replay: {replay}"
         )
 
     # ------------------------------------------------------------------- nodes
 
     def _config(self, node: int) -> RaftConfig:
-        config = self.profile.raft_config(node, self.ids, random.Random(self.rng.getrandbits(64)))
-        return replace(config, snapshot_validator=snapshot_decodes)
+        peers = self.ids if self.members is None else self.members.seed_of(node)
+        config = self.profile.raft_config(node, peers, random.Random(self.rng.getrandbits(64)))
+        config = replace(config, snapshot_validator=snapshot_decodes)
+        if self.members is not None:
+            config = replace(config, max_promotion_lag_entries=self.members.promotion_lag)
+        return config
 
     def _start(self, node: Node) -> None:
         state = node.storage.load()
@@ -478,6 +492,15 @@ class Simulation:
         )
         self._drive(node)
 
+    def start(self, node: Node) -> None:
+        self._start(node)
+
+    def crash(self, node: Node, where: str) -> None:
+        self._crash(node, where)
+
+    def drive(self, node: Node) -> None:
+        self._drive(node)
+
     def _crash(self, node: Node, where: str) -> None:
         logger.info("sim: n%d crashed %s", node.id, where)
         self.reads.crashed(node.id)
@@ -497,6 +520,8 @@ class Simulation:
         while True:
             # Look before every Ready is performed too: a crash may cut it short.
             self.checker.observe(node)
+            if core.role is Role.LEADER:
+                self.member_checker.observe_leader(core)
             if node.writing is not None or node.paused_until is not None or not core.has_ready():
                 return
             ready = core.ready()
@@ -665,6 +690,8 @@ class Simulation:
         if rng.random() < profile.compact:
             self._compact(rng.choice(list(self.nodes.values())))
         self._reads_and_pauses()
+        if self.members is not None:
+            self.members.maybe_change()
 
     def _reads_and_pauses(self) -> None:
         """Now and then pause a node, leaders mostly; ask reads, of leaders mostly."""
@@ -741,7 +768,10 @@ class Simulation:
             if core.transfer_target is not None:
                 self._fail(f"transfer: n{core.id} refused n{bad} but started a transfer")
             return
-        target = rng.choice([peer for peer in self.ids if peer != core.id])
+        voters = sorted(core.membership.voters - {core.id})
+        if not voters:
+            return
+        target = rng.choice(voters)
         core.transfer_leadership(target)
         self.transfers.asked(core, target, self.now)
         logger.info("sim: n%d asked to transfer leadership to n%d", core.id, target)
@@ -786,8 +816,13 @@ class Simulation:
         index = node.app.index
         term = core.term(index)
         assert term is not None and index <= core.applying_index, (index, core.status())
+        # The configuration as of the index goes with it (thesis §4.1), as the
+        # real driver stores it: a restart must not fall back to the seed.
         snapshot = Snapshot(
-            index, term, snapshot_data(index, node.app.digest, self.rng.randrange(48))
+            index,
+            term,
+            snapshot_data(index, node.app.digest, self.rng.randrange(48)),
+            core.config_at(index),
         )
         node.storage.compact(snapshot)
         core.compact(snapshot)
@@ -858,7 +893,9 @@ class Simulation:
                     core.propose(command)
                     self._drive(node)
             index = self._applied_index_of(command)
-            if index is not None and all(n.app.index >= index for n in self.nodes.values()):
+            if index is not None and all(
+                n.app.index >= index for n in self.nodes.values() if self._must_apply(n)
+            ):
                 return self.now - start
         roles = {i: n.core.status() for i, n in self.nodes.items() if n.core is not None}
         self._fail(
@@ -866,6 +903,13 @@ class Simulation:
             f"healing the network (proposed in terms {sorted(proposed_in)}); nodes: {roles}"
         )
         raise AssertionError("unreachable")
+
+    def _must_apply(self, node: Node) -> bool:
+        """Every node must apply the liveness command, but those no member any more."""
+        if self.members is None:
+            return True
+        leaders = [n.core for n in self.nodes.values() if n.core and n.core.role is Role.LEADER]
+        return not leaders or leaders[0].membership.is_member(node.id)
 
     def _liveness_bound(self) -> int:
         longest = max(node.core.last_index for node in self.nodes.values() if node.core)

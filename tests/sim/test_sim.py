@@ -146,3 +146,76 @@ def test_simulator_catches_reused_read_rounds_at_a_leader_deposed_while_paused()
                 break
     else:
         pytest.fail("no stale read after a pause found with reuse-read-round in 50 seeds")
+
+
+# ------------------------------------------------------------ membership changes
+
+# Seeds with membership changes (membership_sim.py): 3 -> 5 -> 3 and back, the
+# leader removed now and then, under every fault of the runs above.
+MEMBER_RUNS = [(3, 0), (5, 0)]
+MEMBER_CHUNK = 60
+MEMBER_STRESS_RUNS = stress_runs(3000, 2000)
+
+
+def run_member_seeds(nodes: int, seeds: range) -> list[Simulation]:
+    def run(seed: int, size: int) -> Simulation:
+        simulation = Simulation(seed, size, members=True)
+        simulation.run()
+        return simulation
+
+    return run_seeds(run, nodes, seeds)
+
+
+@pytest.mark.parametrize(("nodes", "start"), MEMBER_RUNS, ids=run_ids(MEMBER_RUNS))
+def test_membership_changes_are_safe_under_faults_and_live_once_healed(
+    nodes: int, start: int
+) -> None:
+    """Every safety property, and §4.1's rules for changes, hold after every step of
+    seeded runs that add learners, promote them and remove members (the leader too).
+
+    Reference: Raft thesis §4.1, §4.2.1, §4.2.2
+    """
+    runs = run_member_seeds(nodes, range(start, start + MEMBER_CHUNK))
+
+    events = [run.members for run in runs if run.members is not None]
+    assert sum(e.proposed for e in events) > 3 * MEMBER_CHUNK
+    assert sum(e.refused for e in events) > MEMBER_CHUNK  # refusals were exercised too
+    assert sum(e.max_voters > nodes for e in events) > MEMBER_CHUNK // 4  # grew past the seed
+    assert sum(e.leaders_removed for e in events) > 0
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize(("nodes", "start"), MEMBER_STRESS_RUNS, ids=run_ids(MEMBER_STRESS_RUNS))
+def test_membership_changes_are_safe_stress(nodes: int, start: int) -> None:
+    """As above, over 5,000 more seeds.
+
+    Reference: Raft thesis §4.1
+    """
+    run_member_seeds(nodes, range(start, start + STRESS_CHUNK))
+
+
+@pytest.mark.parametrize(
+    ("planted", "property_broken"),
+    [
+        ("two-changes-in-flight", "membership: "),
+        ("learner-votes", ""),  # two leaders of a term, or a leader missing commits
+    ],
+)
+def test_simulator_catches_a_planted_membership_bug(planted: str, property_broken: str) -> None:
+    """A core that breaks one rule of membership changes is caught within a few dozen seeds.
+
+    Reference: Raft thesis §4.1 (one change at a time), §4.2.1 (learners do not vote)
+    """
+    for seed in range(60):
+        try:
+            Simulation(seed, 3, planted=planted, members=True).run()
+        except Violation as violation:
+            message = str(violation)
+            break
+    else:
+        pytest.fail(f"no violation found with {planted} in 60 seeds")
+
+    assert message.startswith(property_broken)
+    assert f"--seed {seed} --nodes 3 --members --planted {planted}" in message
+    if planted == "learner-votes":
+        assert message.startswith(("election safety", "leader completeness", "state machine"))

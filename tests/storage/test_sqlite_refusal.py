@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from kvraft.errors import StorageError
+from kvraft.raft import membership
+from kvraft.raft.membership import Membership
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import HardState, Snapshot
 from kvraft.storage.records import entry_crc, hard_state_crc
@@ -93,13 +95,14 @@ def test_refuses_the_data_dir_of_another_cluster(data_dir: Path) -> None:
 
 
 def test_refuses_a_newer_format_version(data_dir: Path) -> None:
-    edit(data_dir, ("UPDATE meta SET value = 5 WHERE key = 'format_version'", ()))
+    edit(data_dir, ("UPDATE meta SET value = 6 WHERE key = 'format_version'", ()))
     message = refusal(data_dir)
-    assert "format version 5 is newer than this kvraft supports (4)" in message
+    assert "format version 6 is newer than this kvraft supports (5)" in message
 
 
-# 3: before the data API's revisions (never released, like 1 and 2).
-@pytest.mark.parametrize("old", [1, 2, 3])
+# 3: before the data API's revisions (never released, like 1 and 2); 4: before
+# membership changes (no configuration in the snapshot row).
+@pytest.mark.parametrize("old", [1, 2, 3, 4])
 def test_refuses_the_pre_release_format(data_dir: Path, old: int) -> None:
     edit(data_dir, ("UPDATE meta SET value = ? WHERE key = 'format_version'", (old,)))
     message = refusal(data_dir)
@@ -328,3 +331,16 @@ def test_refuses_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
     path.write_text("x")
     with pytest.raises(StorageError, match="cannot create a store"):
         open_store(path)
+
+
+def test_refuses_a_missing_seed_configuration(data_dir: Path) -> None:
+    """Without its seed a store cannot say who the members were; it is not guessed from --peers."""
+    edit(data_dir, ("DELETE FROM meta WHERE key = 'seed_config'", ()))
+    assert "meta.seed_config is NoneType, expected a blob" in refusal(data_dir)
+
+
+def test_refuses_an_edited_seed_configuration(data_dir: Path) -> None:
+    """A seed rewritten behind the store's back (another member list) fails its checksum."""
+    other = membership.encode(Membership.of_voters([1, 2, 3, 4]))
+    edit(data_dir, ("UPDATE meta SET value = ? WHERE key = 'seed_config'", (other,)))
+    assert "meta.seed_config checksum mismatch" in refusal(data_dir)

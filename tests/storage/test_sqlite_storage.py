@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from kvraft.errors import StorageError
+from kvraft.raft import membership
+from kvraft.raft.membership import Membership
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
 from kvraft.storage.snapshot_files import WriteAborted
@@ -405,3 +407,69 @@ def test_a_large_snapshot_is_written_and_read_without_extra_copies(tmp_path: Pat
     assert write_mib < 16, f"writing a 64 MiB snapshot raised the peak RSS by {write_mib} MiB"
     # open() reads the snapshot once (the bytes handed to load), dropping the old copy first.
     assert read_mib < 16, f"reading a 64 MiB snapshot raised the peak RSS by {read_mib} MiB"
+
+
+def test_a_snapshot_keeps_its_configuration_across_a_reopen(tmp_path: Path) -> None:
+    """The configuration as of a snapshot's index is stored with it (membership changes).
+
+    Reference: Raft thesis §4.1 (compaction keeps the configuration)
+    """
+    config = Membership(frozenset({0, 1, 2}), frozenset({5}), {5: "h5:7005"})
+    s = open_store(tmp_path / "n0")
+    s.save(HardState(1, None, 3), entries(1, 3, 1), None)
+    s.compact(Snapshot(2, 1, b"state", config))
+    s.save(None, (), Snapshot(3, 1, b"installed", config))
+    s.close()
+
+    s = open_store(tmp_path / "n0")
+    try:
+        snapshot = s.load().snapshot
+        assert snapshot is not None and snapshot.config is not None
+        assert snapshot.config.same_as(config)
+    finally:
+        s.close()
+
+
+def test_a_damaged_configuration_in_the_snapshot_row_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    s = open_store(tmp_path / "n0")
+    s.save(HardState(1, None, 2), entries(1, 2, 1), None)
+    s.compact(Snapshot(2, 1, b"state", Membership.of_voters([0, 1, 2])))
+    s.close()
+    conn = sqlite3.connect(tmp_path / "n0" / "raft.db")
+    conn.execute("UPDATE snapshot SET config = ?", (membership.encode(Membership.of_voters([0])),))
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(StorageError, match="config checksum mismatch"):
+        open_store(tmp_path / "n0")
+
+
+def test_the_seed_is_written_once_at_creation_and_kept_by_every_later_open(tmp_path: Path) -> None:
+    """A restart's --peers cannot change who the members are: the store's seed stays.
+
+    Reference: Raft thesis §4.1 (the log, not a flag, decides the configuration)
+    """
+    seed = Membership.of_voters([0, 1, 2], {0: "h0:1", 1: "h1:1", 2: "h2:1"})
+    SqliteStorage.open(tmp_path, cluster_id=CLUSTER, node_id=0, seed=seed).close()
+
+    other = Membership.of_voters([0, 1, 2, 3, 4])
+    store = SqliteStorage.open(tmp_path, cluster_id=CLUSTER, node_id=0, seed=other)
+    try:
+        assert store.seed.same_as(seed)
+    finally:
+        store.close()
+
+
+def test_a_store_created_without_a_seed_has_no_members(tmp_path: Path) -> None:
+    """The store of a node that joins a running cluster: nobody, until a leader says."""
+    SqliteStorage.open(tmp_path, cluster_id=CLUSTER, node_id=3).close()
+
+    store = SqliteStorage.open(
+        tmp_path, cluster_id=CLUSTER, node_id=3, seed=Membership.of_voters([0, 1, 2, 3])
+    )
+    try:
+        assert store.seed.members == frozenset()
+    finally:
+        store.close()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvraft.errors import RpcError, Unauthorized, Unavailable
+from kvraft.errors import RemoteError, RpcError, Unauthorized, Unavailable
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
 
@@ -221,3 +221,92 @@ def fetch_snapshot(
     ssl: ssl_module.SSLContext | None = None,
 ) -> FetchedSnapshot:
     return asyncio.run(fetch_snapshot_async(servers, timeout, token=token, ssl=ssl))
+
+
+# ---------------------------------------------------------------- membership
+
+
+async def _leader_row(
+    servers: Sequence[str], timeout: float, token: str | None, ssl: ssl_module.SSLContext | None
+) -> dict[str, Any]:
+    """The status row of the leader of the highest term among ``servers``."""
+    rows = await fetch_statuses_async(servers, timeout, token=token, ssl=ssl)
+    reachable = [row for row in rows if row.get("reachable")]
+    refused = [row for row in rows if str(row.get("error", "")).startswith("Unauthorized")]
+    if not reachable and refused:
+        raise Unauthorized(str(refused[0]["error"]).removeprefix("Unauthorized: "))
+    if not reachable:
+        raise Unavailable(f"no node of {', '.join(servers)} answered within {timeout:g}s")
+    leaders = sorted(
+        (row for row in reachable if row.get("role") == "leader"),
+        key=lambda row: int(row.get("term", 0)),
+        reverse=True,
+    )
+    if leaders:
+        return leaders[0]
+    # None of ``servers`` leads (say --join was given one follower): ask one that
+    # knows a leader where that leader advertises itself (its configuration).
+    for row in sorted(reachable, key=lambda r: int(r.get("term", 0)), reverse=True):
+        found = await _advertised_leader(row, timeout, token, ssl)
+        if found is not None:
+            return found
+    raise Unavailable(f"no leader among the {len(reachable)} nodes that answered")
+
+
+async def _advertised_leader(
+    row: dict[str, Any], timeout: float, token: str | None, ssl: ssl_module.SSLContext | None
+) -> dict[str, Any] | None:
+    """The status row of the leader that follower ``row`` names, at its advertised address."""
+    leader_id = row.get("leader_id")
+    if leader_id is None:
+        return None
+    sender = client_sender("admin-" + uuid.uuid4().hex[:8])
+    rpc = RpcClient(str(row["address"]), sender, connect_timeout_s=timeout, ssl=ssl, token=token)
+    try:
+        listing = dict(await rpc.call("member.list", None, timeout))
+    except (RpcError, RemoteError, Unauthorized):
+        return None
+    finally:
+        rpc.close()
+    address = next((m["address"] for m in listing["members"] if m["id"] == leader_id), "")
+    if not address:
+        return None
+    (found,) = await fetch_statuses_async([str(address)], timeout, token=token, ssl=ssl)
+    return found if found.get("reachable") and found.get("role") == "leader" else None
+
+
+async def member_call_async(
+    servers: Sequence[str],
+    method: str,
+    args: Any,
+    timeout: float,
+    *,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> dict[str, Any]:
+    """Call ``member.*`` ``method`` at the leader (found by ``status``); its reply.
+
+    Raises Unavailable when no node answers or none leads; Unauthorized
+    without an ``admin`` token; RemoteError ``member_refused`` (a change that
+    may not be made now, and why: another in flight, a learner too far
+    behind, not a member) or ``member_failed`` (not committed in time).
+    """
+    leader = await _leader_row(servers, timeout, token, ssl)
+    sender = client_sender("admin-" + uuid.uuid4().hex[:8])
+    rpc = RpcClient(str(leader["address"]), sender, connect_timeout_s=timeout, ssl=ssl, token=token)
+    try:
+        return dict(await rpc.call(method, args, timeout))
+    finally:
+        rpc.close()
+
+
+def member_call(
+    servers: Sequence[str],
+    method: str,
+    args: Any,
+    timeout: float,
+    *,
+    token: str | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> dict[str, Any]:
+    return asyncio.run(member_call_async(servers, method, args, timeout, token=token, ssl=ssl))

@@ -35,7 +35,16 @@ class RaftConfig:
     """
 
     node_id: int
-    peers: tuple[int, ...]  # every member, node_id included
+    # The voters a new cluster starts with, node_id included; () for a node
+    # that joins a running cluster, whose configuration it learns from the
+    # leader. A server passes the seed its data dir was created with (the
+    # bootstrap's ``--peers``), never a restart's. Only a seed: once a leader has
+    # written a configuration into the log, the log is the authority
+    # (kvraft.raft.membership).
+    peers: tuple[int, ...]
+    # The addresses the seed members advertise (the bootstrap's ``--peers``),
+    # for the configuration entry a first change writes.
+    seed_addresses: tuple[tuple[int, str], ...] = ()
     # A follower campaigns after a random timeout in [election_timeout_ticks, 2x).
     election_timeout_ticks: int = DEFAULT_ELECTION_TIMEOUT_TICKS
     heartbeat_interval_ticks: int = DEFAULT_HEARTBEAT_INTERVAL_TICKS
@@ -61,6 +70,10 @@ class RaftConfig:
     # synchronous (the core stays sans-I/O); None accepts everything.
     snapshot_validator: Callable[[bytes], bool] | None = field(default=None, compare=False)
     rng: random.Random = field(default_factory=random.Random, compare=False)
+    # A learner is promoted only within this many entries of the leader's
+    # last index (thesis §4.2.1: a voter that cannot keep up would stall
+    # commits); a promotion of a learner further behind is refused.
+    max_promotion_lag_entries: int = 1000
 
     @property
     def check_quorum_timeout_ticks(self) -> int:
@@ -70,7 +83,7 @@ class RaftConfig:
         )
 
     def __post_init__(self) -> None:
-        if self.node_id not in self.peers:
+        if self.peers and self.node_id not in self.peers:
             raise ValueError(f"node {self.node_id} is not in peers {self.peers}")
         if len(set(self.peers)) != len(self.peers):
             raise ValueError(f"duplicate peer ids in {self.peers}")

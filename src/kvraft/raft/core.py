@@ -12,15 +12,24 @@ docstring (:mod:`kvraft.raft`) for the theory of operation and the layering.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 
-from kvraft.raft import quorum
+from kvraft.raft import membership, quorum
 from kvraft.raft.config import RaftConfig
 from kvraft.raft.election import Election, ElectionTimer
 from kvraft.raft.follower import Follower
 from kvraft.raft.leader import Leader
 from kvraft.raft.log import RaftLog
+from kvraft.raft.membership import (
+    MAX_MEMBER_ID,
+    Change,
+    ChangeKind,
+    ChangeRefused,
+    ConfigLog,
+    Membership,
+)
 from kvraft.raft.messages import (
     MAX_RAFT_INT,
     AppendEntries,
@@ -60,14 +69,21 @@ class RaftCore:
     def __init__(self, config: RaftConfig, state: PersistentState) -> None:
         self.config = config
         self.id = config.node_id
-        self.peers = config.peers
         hard = state.hard_state
-        if hard.voted_for is not None and hard.voted_for not in self.peers:
-            raise ValueError(f"n{self.id}: persisted vote for n{hard.voted_for}, not a peer")
+        if hard.voted_for is not None and not 0 <= hard.voted_for <= MAX_MEMBER_ID:
+            raise ValueError(f"n{self.id}: persisted vote for n{hard.voted_for}, not a node id")
         snapshot = state.snapshot
         self.log = RaftLog(
             snapshot.index if snapshot is not None else 0,
             snapshot.term if snapshot is not None else 0,
+            state.entries,
+        )
+        # The configurations in the log over the one at the snapshot (or the
+        # seed from --peers, while no leader has written one): thesis §4.1.
+        seed = Membership.of_voters(config.peers, dict(config.seed_addresses))
+        self.config_log = ConfigLog(
+            snapshot.config if snapshot is not None and snapshot.config is not None else seed,
+            self.log.snapshot_index,
             state.entries,
         )
         # The latest snapshot: as loaded, taken by compact(), or installed from a leader.
@@ -115,6 +131,24 @@ class RaftCore:
     # ------------------------------------------------------------------ reading
 
     @property
+    def membership(self) -> Membership:
+        """The configuration in force: the latest in the log, committed or not (thesis §4.1)."""
+        return self.config_log.latest
+
+    @property
+    def peers(self) -> tuple[int, ...]:
+        """Every member of the latest configuration, voters and learners, this node included."""
+        return tuple(sorted(self.config_log.latest.members))
+
+    def config_at(self, index: int) -> Membership:
+        """The configuration as of log ``index`` (what a snapshot taken there must carry)."""
+        return self.config_log.at(index)
+
+    @property
+    def is_voter(self) -> bool:
+        return self.config_log.latest.is_voter(self.id)
+
+    @property
     def first_index(self) -> int:
         return self.log.first_index
 
@@ -148,6 +182,8 @@ class RaftCore:
             "first_index": self.log.first_index,
             "last_index": self.log.last_index,
             "snapshot_index": self.log.snapshot_index,
+            "voters": sorted(self.membership.voters),
+            "learners": sorted(self.membership.learners),
         }
 
     # ------------------------------------------------------------ local inputs
@@ -165,7 +201,12 @@ class RaftCore:
                 self._become_follower(self.current_term, None)
             return
         if self._timer.tick():
-            self._start_election(pre_vote=self.config.pre_vote)
+            if self.is_voter:
+                self._start_election(pre_vote=self.config.pre_vote)
+            else:
+                # A learner, a node still joining, or one removed: never campaigns
+                # (thesis §4.2.1, §4.2.3). It waits for a leader, or for nothing.
+                self._timer.start()
         elif (
             self._election is not None
             and self._timer.elapsed % self.config.heartbeat_interval_ticks == 0
@@ -193,6 +234,8 @@ class RaftCore:
             # Indexes past the bound are refused by every peer and by storage.
             self._log(logging.ERROR, "refusing a proposal: index %d at the bound", MAX_RAFT_INT)
             return None
+        if membership.is_config_command(command):
+            raise ValueError("a configuration is proposed with propose_change, not as a command")
         entry = Entry(term=self.current_term, index=self.log.last_index + 1, command=command)
         self.log.append(entry)
         self.leader.send_to_all(allow_empty=False)
@@ -222,6 +265,69 @@ class RaftCore:
         """The leader's: ``reads`` were confirmed; the next Ready hands them out."""
         self._read_states.extend(reads)
 
+    def propose_change(self, change: Change) -> tuple[int, int]:
+        """As leader, append the configuration ``change`` makes: ``(index, term)``.
+
+        Thesis §4.1's rules: only once an entry of this leader's term has
+        committed (so no change of a previous leader is still in flight), only
+        when no earlier change is uncommitted, one server at a time; and a
+        learner is promoted only within ``max_promotion_lag_entries`` of our
+        last index. The new configuration is in force at once, on this node
+        when appended and on each follower when it appends it. Raises
+        :class:`~kvraft.raft.membership.ChangeRefused` saying why, changing
+        nothing.
+        """
+        leader = self.leader
+        if leader is None:
+            known = f" (n{self.leader_id} is)" if self.leader_id is not None else ""
+            raise ChangeRefused(f"n{self.id} is not the leader{known}")
+        if leader.transfer is not None:
+            raise ChangeRefused(
+                f"n{self.id} is transferring leadership to n{leader.transfer.target}"
+            )
+        if self.log.term(self.commit_index) != self.current_term:
+            raise ChangeRefused(
+                f"n{self.id} has not committed an entry of its term {self.current_term} yet"
+            )
+        if self.config_log.latest_index > self.commit_index:
+            raise ChangeRefused(
+                f"the change at index {self.config_log.latest_index} is not committed yet"
+                f" (commit index {self.commit_index}): one change at a time"
+            )
+        if change.kind is ChangeKind.PROMOTE and change.node_id in leader.progress:
+            lag = self.log.last_index - leader.progress[change.node_id].match_index
+            bound = self.config.max_promotion_lag_entries
+            if lag > bound:
+                raise ChangeRefused(
+                    f"n{change.node_id} is {lag} entries behind the leader"
+                    f" (a learner is promoted within {bound}); let it catch up"
+                )
+        if self.log.last_index >= MAX_RAFT_INT:
+            raise ChangeRefused(f"index {MAX_RAFT_INT} reached")
+        new = self.membership.apply(change)
+        index = self._append_config(new)
+        self._log(
+            logging.INFO,
+            "proposed configuration %s at index %d (%s n%d)",
+            new.describe(),
+            index,
+            change.kind.value,
+            change.node_id,
+        )
+        return index, self.current_term
+
+    def _append_config(self, config: Membership) -> int:
+        """As leader: append ``config`` as an entry; it is in force from now on."""
+        assert self.leader is not None
+        entry = Entry(
+            term=self.current_term, index=self.log.last_index + 1, command=membership.encode(config)
+        )
+        self.log.append(entry)
+        self.config_log.add((entry,))
+        self.leader.sync_members()
+        self.leader.send_to_all(allow_empty=False)
+        return entry.index
+
     def transfer_leadership(self, target: int) -> None:
         """As leader, hand leadership to peer ``target`` (Raft thesis §3.10).
 
@@ -235,7 +341,7 @@ class RaftCore:
         if self.leader is None:
             leader = f" (n{self.leader_id} is)" if self.leader_id is not None else ""
             raise TransferRefused(f"n{self.id} is not the leader{leader}")
-        self.leader.start_transfer(check_target(self.id, self.peers, target))
+        self.leader.start_transfer(check_target(self.id, self.membership.voters, target))
 
     @property
     def transfer_target(self) -> int | None:
@@ -245,8 +351,11 @@ class RaftCore:
         return self.leader.transfer.target
 
     def campaign(self) -> None:
-        """Start an election now (with a pre-vote first if configured); no-op for a leader."""
-        if self.role is not Role.LEADER:
+        """Start an election now (with a pre-vote first if configured); no-op for a leader.
+
+        A no-op too for a node that is not a voter of its latest configuration.
+        """
+        if self.role is not Role.LEADER and self.is_voter:
             self._start_election(pre_vote=self.config.pre_vote)
 
     def compact(self, snapshot: Snapshot) -> None:
@@ -266,7 +375,16 @@ class RaftCore:
                 f"n{self.id}: snapshot term {snapshot.term} at {snapshot.index} "
                 f"disagrees with the log's {self.log.term(snapshot.index)}"
             )
+        config = self.config_log.at(snapshot.index)
+        if snapshot.config is None:
+            snapshot = dataclasses.replace(snapshot, config=config)
+        elif not snapshot.config.same_as(config):
+            raise ValueError(
+                f"n{self.id}: snapshot at {snapshot.index} carries {snapshot.config.describe()},"
+                f" the log's is {config.describe()}"
+            )
         self.log.compact(snapshot.index, snapshot.term)
+        self.config_log.compact(snapshot.index)
         self.snapshot = snapshot
         self._log(logging.DEBUG, "compacted log up to index %d", snapshot.index)
 
@@ -362,13 +480,38 @@ class RaftCore:
         if self.leader is not None:
             # The leader's own vote toward commit counts only persisted entries.
             self.leader.maybe_commit()
+            self._maybe_leave_leadership()
+
+    def _maybe_leave_leadership(self) -> None:
+        """Thesis §4.2.2: a leader removed from the configuration steps down once that commits.
+
+        Until then it leads (and replicates) a configuration it is no part of,
+        not counting itself; after, it never campaigns again (not a voter).
+        """
+        if (
+            self.leader is not None
+            and not self.is_voter
+            and self.commit_index >= self.config_log.latest_index
+        ):
+            self._log(
+                logging.INFO,
+                "stepping down: removed from the configuration (%s) committed at index %d",
+                self.membership.describe(),
+                self.config_log.latest_index,
+            )
+            self._become_follower(self.current_term, None)
 
     # ----------------------------------------------------------------- messages
 
     def step(self, msg: Message) -> None:
         """React to one message from the network; never raises on its contents."""
-        if not well_formed(msg, self.id, self.peers):
+        if not well_formed(msg, self.id):
             logger.debug("n%d ignored a malformed or misaddressed %r", self.id, msg)
+            return
+        if not self._from_member(msg):
+            logger.debug(
+                "n%d ignored %s from n%d, not a member", self.id, type(msg).__name__, msg.src
+            )
             return
         if msg.term > self.current_term:
             if not self._step_higher_term(msg):
@@ -393,6 +536,33 @@ class RaftCore:
                     self.leader.handle_snapshot_reply(msg)
             case TimeoutNow():
                 self._handle_timeout_now(msg)
+        if self.leader is not None:
+            self._maybe_leave_leadership()
+
+    def _from_member(self, msg: Message) -> bool:
+        """Whether to hear ``msg`` at all: a removed node must not disturb the cluster.
+
+        A leader's messages (AppendEntries, InstallSnapshot, TimeoutNow) are
+        heard from anyone: a leader of a configuration we have not caught up
+        with yet may be one we do not know of (thesis §4.1: servers accept
+        AppendEntries from leaders outside their configuration), and it was
+        elected by a majority. Everything else only from members of our latest
+        configuration: vote requests of a removed node (which never learned of
+        its removal and campaigns) are ignored before their term is looked at,
+        so it cannot depose the leader or bump anyone's term.
+        """
+        if isinstance(msg, AppendEntries | InstallSnapshot | TimeoutNow):
+            return True
+        config = self.membership
+        if not config.is_member(self.id):
+            # Joining (we know no configuration yet) or removed: a vote we grant
+            # may be what a configuration we have not seen needs to elect a
+            # leader (thesis §4.1: votes are granted without consulting the
+            # configuration), and we disturb no one by answering.
+            return True
+        if isinstance(msg, RequestVote):
+            return config.is_voter(msg.src)
+        return config.is_member(msg.src)
 
     def _step_higher_term(self, msg: Message) -> bool:
         """A message from a later term; False if it must be ignored altogether."""
@@ -481,6 +651,8 @@ class RaftCore:
             )
             self._become_follower(self.current_term, None)  # leave any candidacy
             return
+        if not self.is_voter:
+            return  # learners, joining and removed nodes never campaign (thesis §4.2.1)
         self._timer.start()
         self._drop_leader()
         self.leader_id = None
@@ -542,10 +714,10 @@ class RaftCore:
         elif result is quorum.VoteResult.LOST:
             self._log(
                 logging.INFO,
-                "lost %s: %d of %d peers refused",
+                "lost %s: %d of %d voters refused",
                 "pre-vote" if msg.pre_vote else "election",
                 election.refusals(),
-                len(self.peers),
+                len(self.membership.voters),
             )
             self._become_follower(self.current_term, None)
 
@@ -614,7 +786,7 @@ class RaftCore:
         Only on our own leader's word: anyone else could depose a healthy leader.
         No pre-vote: the leader asked, so the election is wanted.
         """
-        if self.role is Role.FOLLOWER and msg.src == self.leader_id:
+        if self.role is Role.FOLLOWER and msg.src == self.leader_id and self.is_voter:
             self._log(logging.INFO, "asked by leader n%d to campaign now", msg.src)
             self._start_election(pre_vote=False)
 
@@ -648,6 +820,11 @@ class RaftCore:
     def _install_snapshot(self, snapshot: Snapshot, leader: int) -> None:
         """Raft §7: the snapshot replaces the log up to its index (keep a matching suffix)."""
         kept = self.log.install(snapshot.index, snapshot.term)
+        self.config_log.reset(
+            snapshot.config if snapshot.config is not None else self.config_log.at(snapshot.index),
+            snapshot.index,
+            self.log.all_entries(),
+        )
         self.snapshot = snapshot
         self._pending_snapshot = snapshot
         # The snapshot is of committed state, newer than ours (checked by the caller).

@@ -65,13 +65,14 @@ class Election:
         # The term the votes are asked for. A pre-vote asks about the next term
         # without taking it (thesis §9.6); a candidate has already taken it.
         self.term = core.current_term + 1 if pre_vote else core.current_term
-        self._others = tuple(peer for peer in core.peers if peer != core.id)
-        self._size = len(core.peers)
+        # Only voters are asked and counted (learners never vote, thesis §4.2.1).
+        self._voters = core.membership.voters
+        self._others = tuple(sorted(peer for peer in self._voters if peer != core.id))
         self._send = send
         self.votes: dict[int, bool] = {core.id: True}  # peer -> granted; ours is ours
 
     def result(self) -> quorum.VoteResult:
-        return quorum.vote_result(self.votes, self._size)
+        return quorum.vote_result(self.votes, len(self._voters))
 
     def refusals(self) -> int:
         return sum(1 for granted in self.votes.values() if not granted)
@@ -97,7 +98,7 @@ class Election:
         The core passes only replies of its current term, or pre-vote grants of
         a later term: a grant's term says which pre-vote round it answers.
         """
-        if msg.pre_vote != self.pre_vote:
+        if msg.pre_vote != self.pre_vote or msg.src not in self._voters:
             return None
         if msg.pre_vote and msg.vote_granted and msg.term != self.term:
             return None  # a grant from an older pre-vote round

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from kvraft.raft import membership
 from kvraft.raft.log import NO_TERM
 from kvraft.raft.messages import (
     AppendEntries,
@@ -70,6 +71,9 @@ class Follower:
                 read_round=msg.read_round,
             )
             return
+        # Thesis §4.1: a configuration is in force once appended; one that a
+        # repair truncated away is no longer (the previous one is again).
+        core.config_log.sync(self.log.term, msg.entries)
         # Figure 2, AppendEntries rule 5: commitIndex = min(leaderCommit, last new entry).
         if msg.leader_commit > core.commit_index:
             core.commit_index = max(core.commit_index, min(msg.leader_commit, result.match_index))
@@ -83,10 +87,11 @@ class Follower:
             self._receiver.reset()
             self._reply_snapshot(msg, msg.offset + len(msg.data), done=True)
             return
-        next_offset, snapshot = self._receiver.receive(msg)
-        if snapshot is not None:
-            problem = self._refusal(snapshot, msg.checksum)
-            if problem is not None:
+        next_offset, framed = self._receiver.receive(msg)
+        snapshot = None
+        if framed is not None:
+            snapshot, problem = self._unframe(framed, msg.checksum)
+            if snapshot is None:
                 # Nothing was installed or handed to the driver, so nothing bad
                 # is persisted; next offset 0 makes the leader start over.
                 logger.warning(
@@ -94,31 +99,37 @@ class Follower:
                     " asking for it again",
                     self.id,
                     self.core.current_term,
-                    snapshot.index,
+                    framed.index,
                     msg.src,
                     problem,
                 )
                 self._reply_snapshot(msg, 0, done=False)
                 return
+            assert snapshot is not None
             self._install(snapshot, msg.src)
         self._reply_snapshot(msg, next_offset, done=snapshot is not None)
 
-    def _refusal(self, snapshot: Snapshot, checksum: int) -> str | None:
-        """Why an assembled snapshot must not be installed, or None if it may be.
+    def _unframe(self, framed: Snapshot, checksum: int) -> tuple[Snapshot | None, str]:
+        """The snapshot to install from the assembled bytes, or None and why it must not be.
 
         Verified before the core installs it (and so before the driver
-        persists it): the checksum the leader computed over the whole data,
-        then whether the state machine can decode it (the config's validator).
+        persists it): the checksum the leader computed over the whole
+        transfer, its configuration frame (:func:`membership.frame_snapshot`),
+        then whether the state machine can decode its data (the config's validator).
         """
-        actual = zlib.crc32(snapshot.data)
+        actual = zlib.crc32(framed.data)
         if actual != checksum:
-            return (
-                f"checksum {actual:#010x} of {len(snapshot.data)} bytes, expected {checksum:#010x}"
+            return None, (
+                f"checksum {actual:#010x} of {len(framed.data)} bytes, expected {checksum:#010x}"
             )
+        try:
+            config, data = membership.unframe_snapshot(framed.data)
+        except ValueError as exc:
+            return None, f"its configuration: {exc}"
         validator = self.core.config.snapshot_validator
-        if validator is not None and not validator(snapshot.data):
-            return f"the state machine cannot decode its {len(snapshot.data)} bytes"
-        return None
+        if validator is not None and not validator(data):
+            return None, f"the state machine cannot decode its {len(data)} bytes"
+        return Snapshot(framed.index, framed.term, data, config), ""
 
     def refuse_append(self, msg: AppendEntries) -> None:
         """An AppendEntries of an earlier term: the deposed leader learns ours and steps down."""

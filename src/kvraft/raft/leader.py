@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kvraft.raft import quorum
+from kvraft.raft import membership, quorum
 from kvraft.raft.log import NO_TERM
 from kvraft.raft.messages import (
     AppendEntries,
@@ -57,28 +57,28 @@ class Leader:
         self.config = core.config
         self.log = core.log
         self._send = send
-        last = core.log.last_index
         inflight = max(1, core.config.max_inflight_messages)
         # Raft Figure 2: nextIndex starts just after the leader's last entry, matchIndex at 0.
-        self.progress = {
-            peer: Progress(match_index=0, next_index=last + 1, max_inflight=inflight)
-            for peer in core.peers
-            if peer != core.id
-        }
+        self._inflight = inflight
+        # One per member of the latest configuration but us, learners included
+        # (they get entries and snapshots); see sync_members.
+        self.progress: dict[int, Progress] = {}
         # Peers to send to at the next Ready (True: even with no new entries,
         # e.g. to carry a new commit index). Sending lazily batches proposals.
         self._to_send: dict[int, bool] = {}
         self._heartbeat_elapsed = 0
         self._quorum_elapsed = 0  # ticks into the current check-quorum period
-        # The snapshot last sent and the CRC32 of its data: computed once per
-        # snapshot (a large one takes tens of ms), not once per chunk.
-        self._checksummed: tuple[Snapshot, int] | None = None
+        # The snapshot last sent, framed with its configuration, and the CRC32
+        # of that: computed once per snapshot (a large one takes tens of ms),
+        # not once per chunk.
+        self._checksummed: tuple[Snapshot, bytes, int] | None = None
         # A leadership transfer in progress; while set, the core takes no proposal.
         self.transfer: Transfer | None = None
         # Read-index reads and their rounds; round ids come from the core's counter.
         self.reads = ReadIndex(last_round=core.read_rounds_drawn)
         # Thesis §6.4: whether an entry of our term has committed (reads wait for it).
         self.term_committed = False
+        self.sync_members()
 
     # ------------------------------------------------------------------ timing
 
@@ -109,13 +109,30 @@ class Leader:
         return True
 
     def _quorum_active(self) -> bool:
-        """Whether a majority (us included) answered in the last period; resets for the next."""
-        active = 1
-        for progress in self.progress.values():
+        """Whether a majority of voters (us too, if we vote) answered lately; resets."""
+        active = {self.id}
+        for peer, progress in self.progress.items():
             if progress.recent_active:
-                active += 1
+                active.add(peer)
             progress.recent_active = False
-        return active >= quorum.majority(len(self.progress) + 1)
+        return quorum.is_quorum(self.core.membership.voters, active)
+
+    def sync_members(self) -> None:
+        """Track the members of the core's latest configuration: a progress for each new one.
+
+        A new member starts probing just after our last entry (Figure 2); a
+        removed one is forgotten, and is sent nothing more.
+        """
+        members = self.core.membership.members - {self.id}
+        for peer in members - self.progress.keys():
+            # Raft Figure 2: nextIndex just after the leader's last entry, matchIndex 0.
+            self.progress[peer] = Progress(
+                match_index=0, next_index=self.log.last_index + 1, max_inflight=self._inflight
+            )
+            self._to_send[peer] = True
+        for peer in self.progress.keys() - members:
+            del self.progress[peer]
+            self._to_send.pop(peer, None)
 
     # ----------------------------------------------------------------- sending
 
@@ -180,12 +197,16 @@ class Leader:
     def _quorum_reached(self, own: int, of_follower: Callable[[Progress], int]) -> int:
         """The largest value that a majority of voters reached, ours being ``own``.
 
-        The one place that counts voters toward a quorum: the commit index
+        The one place that counts toward a quorum here: the commit index
         (match indexes) and read rounds (acknowledged round ids) both ask here.
+        Only the voters of the latest configuration count (thesis §4.2.1): a
+        learner's value is ignored, and so is ``own`` while this leader is not
+        a voter (a leader removing itself, §4.2.2, neither commits nor confirms
+        a read round by its own vote).
         """
-        values = [own]
-        values.extend(of_follower(progress) for progress in self.progress.values())
-        return quorum.commit_index(values)
+        values = {peer: of_follower(progress) for peer, progress in self.progress.items()}
+        values[self.id] = own
+        return quorum.voters_commit_index(self.core.membership.voters, values)
 
     def has_pending_sends(self) -> bool:
         """Whether :meth:`flush` would send anything now; changes nothing.
@@ -308,7 +329,8 @@ class Leader:
             self._log(logging.INFO, "sending snapshot at index %d to n%d", snapshot.index, peer)
         offset = progress.snapshot_offset
         progress.snapshot_heartbeats = 0
-        chunk = snapshot.data[offset : offset + max(1, self.config.snapshot_chunk_bytes)]
+        framed, checksum = self._framed(snapshot)
+        chunk = framed[offset : offset + max(1, self.config.snapshot_chunk_bytes)]
         self._send(
             InstallSnapshot(
                 src=self.id,
@@ -318,17 +340,20 @@ class Leader:
                 last_included_term=snapshot.term,
                 offset=offset,
                 data=chunk,
-                done=offset + len(chunk) >= len(snapshot.data),
-                checksum=self._checksum(snapshot),
+                done=offset + len(chunk) >= len(framed),
+                checksum=checksum,
             )
         )
 
-    def _checksum(self, snapshot: Snapshot) -> int:
-        """CRC32 of ``snapshot.data``, which every chunk carries (see InstallSnapshot)."""
+    def _framed(self, snapshot: Snapshot) -> tuple[bytes, int]:
+        """``snapshot`` as sent (framed with its configuration) and its CRC32."""
         cached = self._checksummed
         if cached is None or cached[0] is not snapshot:
-            cached = self._checksummed = (snapshot, zlib.crc32(snapshot.data))
-        return cached[1]
+            # A snapshot taken before any configuration entry: the seed's.
+            config = snapshot.config or self.core.config_log.at(snapshot.index)
+            framed = membership.frame_snapshot(config, snapshot.data)
+            cached = self._checksummed = (snapshot, framed, zlib.crc32(framed))
+        return cached[1], cached[2]
 
     # ----------------------------------------------------------------- replies
 
@@ -339,7 +364,9 @@ class Leader:
             self.maybe_send_timeout_now()
 
     def _handle_append_reply(self, msg: AppendEntriesReply) -> None:
-        progress = self.progress[msg.src]
+        progress = self.progress.get(msg.src)
+        if progress is None:
+            return  # not (or no longer) a member: we sent it nothing to answer
         progress.recent_active = True
         if progress.read_acked < msg.read_round <= self.reads.last_round:
             # Success or refusal, a reply in our term says it still follows us.
@@ -391,7 +418,9 @@ class Leader:
         return min(msg.conflict_index, self.log.last_index + 1)
 
     def handle_snapshot_reply(self, msg: InstallSnapshotReply) -> None:
-        progress = self.progress[msg.src]
+        progress = self.progress.get(msg.src)
+        if progress is None:
+            return  # not (or no longer) a member
         progress.recent_active = True
         if msg.done:
             if msg.last_included_index > self.log.last_index:
@@ -419,7 +448,7 @@ class Leader:
             # Stale, or a duplicate of an answer already acted on; a heartbeat
             # retransmits the current chunk if it stays unanswered (lost).
             return
-        progress.snapshot_offset = min(msg.next_offset, len(snapshot.data))
+        progress.snapshot_offset = min(msg.next_offset, len(self._framed(snapshot)[0]))
         self._send_snapshot(msg.src)
 
     # ---------------------------------------------------------------- transfer
@@ -454,7 +483,10 @@ class Leader:
         proposal meanwhile), so a caught-up target stays caught up.
         """
         transfer = self.transfer
-        if transfer is None or self.progress[transfer.target].match_index != self.log.last_index:
+        if transfer is None:
+            return False
+        target = self.progress.get(transfer.target)
+        if target is None or target.match_index != self.log.last_index:
             return False
         self._send(TimeoutNow(src=self.id, dst=transfer.target, term=self.term))
         transfer.timeout_now_sent += 1
@@ -475,7 +507,8 @@ class Leader:
 
     def maybe_commit(self) -> None:
         """Advance the core's commit index to what a majority holds, if of this term."""
-        # The leader's own vote counts only the entries it has persisted.
+        # The leader's own vote counts only the entries it has persisted (and
+        # only while it is a voter: see _quorum_reached).
         index = self._quorum_reached(self.log.persisted, lambda p: p.match_index)
         # Raft §5.4.2: only an entry of the current term is committed by counting
         # replicas; earlier ones are committed indirectly, by the Log Matching property.

@@ -42,3 +42,24 @@ def vote_result(votes: Mapping[int, bool], voters: int) -> VoteResult:
     if voters - rejected < need:
         return VoteResult.LOST
     return VoteResult.PENDING
+
+
+def is_quorum(voters: Collection[int], acked: Collection[int]) -> bool:
+    """Whether the members in ``acked`` include a majority of ``voters``: THE quorum test.
+
+    Every decision that needs "a majority of the configuration" goes through
+    here or :func:`voters_commit_index`: check-quorum, and a read index's
+    round of heartbeat acknowledgements. Only voters count (learners and
+    non-members in ``acked`` are ignored), and the caller includes itself in
+    ``acked`` only if it counts (a leader that is removing itself does not).
+    """
+    voting = set(voters)
+    return len(voting.intersection(acked)) >= majority(len(voting))
+
+
+def voters_commit_index(voters: Collection[int], match_index: Mapping[int, int]) -> int:
+    """The largest index a majority of ``voters`` holds (a voter not in ``match_index``: 0).
+
+    Learners' match indexes may be in ``match_index``: they do not count.
+    """
+    return commit_index([match_index.get(voter, 0) for voter in voters])

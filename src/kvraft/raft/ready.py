@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvraft.raft.membership import Membership
 from kvraft.raft.messages import Entry, Message
 from kvraft.raft.read_index import ReadState
 
@@ -43,6 +44,11 @@ class Snapshot:
     index: int
     term: int
     data: bytes
+    # The configuration as of ``index`` (thesis §4.1: compaction keeps it).
+    # None only for a snapshot of a cluster whose log never held one (its seed
+    # from ``--peers`` is still in force) or one built by a test.
+    # Not part of equality: the state is the same whichever way it was labelled.
+    config: Membership | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

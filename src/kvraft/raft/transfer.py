@@ -31,6 +31,7 @@ reaches the leader's last index. This module holds the state and the rules:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -56,13 +57,16 @@ class Transfer:
         return self.elapsed_ticks < self.timeout_ticks
 
 
-def check_target(node_id: int, peers: tuple[int, ...], target: object) -> int:
-    """``target`` if a transfer to it may start, else :class:`TransferRefused` saying why."""
+def check_target(node_id: int, voters: Collection[int], target: object) -> int:
+    """``target`` if a transfer to it may start, else :class:`TransferRefused` saying why.
+
+    Only a voter may lead: a transfer to a learner (or a non-member) is refused.
+    """
     if not isinstance(target, int) or isinstance(target, bool):
         raise TransferRefused(f"n{node_id}: a transfer target is a peer id, not {target!r}")
     if target == node_id:
         raise TransferRefused(f"n{node_id}: cannot transfer leadership to itself")
-    if target not in peers:
-        known = ", ".join(f"n{peer}" for peer in peers if peer != node_id)
-        raise TransferRefused(f"n{node_id}: n{target} is not a peer (peers: {known})")
+    if target not in voters:
+        known = ", ".join(f"n{peer}" for peer in sorted(voters) if peer != node_id)
+        raise TransferRefused(f"n{node_id}: n{target} is not a voter (voters: {known})")
     return target

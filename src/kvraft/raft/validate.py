@@ -1,7 +1,7 @@
 """Which network messages make sense at all, before any Raft rule looks at them.
 
 Seam: the codec guarantees every field has the right *type*; this module checks
-the *values* a correct peer could send (addressed to us by a known peer, no
+the *values* a correct peer could send (addressed to us by another node with a valid id, no
 negative indexes, every term, index, commit index, offset and read round at most
 ``MAX_RAFT_INT``, AppendEntries entries contiguous with terms that never
 decrease and never exceed the sender's term). The core ignores anything else,
@@ -10,6 +10,7 @@ so ``step`` never raises on network input.
 
 from __future__ import annotations
 
+from kvraft.raft.membership import MAX_MEMBER_ID
 from kvraft.raft.messages import (
     MAX_RAFT_INT,
     MESSAGE_TYPES,
@@ -22,11 +23,15 @@ from kvraft.raft.messages import (
 )
 
 
-def well_formed(msg: Message, node_id: int, peers: tuple[int, ...]) -> bool:
-    """Whether ``msg`` is addressed to ``node_id`` by one of ``peers`` and its values make sense."""
+def well_formed(msg: Message, node_id: int) -> bool:
+    """Whether ``msg`` is addressed to ``node_id`` by another node and its values make sense.
+
+    Whether the sender is a member is the core's question (the configuration
+    changes; see ``RaftCore._from_member``), not this one.
+    """
     if not isinstance(msg, MESSAGE_TYPES):
         return False
-    if msg.dst != node_id or msg.src == node_id or msg.src not in peers:
+    if msg.dst != node_id or msg.src == node_id or not 0 <= msg.src <= MAX_MEMBER_ID:
         return False
     if not _in_range(msg.term):
         return False

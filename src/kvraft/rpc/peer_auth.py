@@ -239,9 +239,14 @@ class Responder:
         return self.claimed
 
 
-@dataclass(frozen=True)
+@dataclass
 class Membership:
-    """A node's side of peer authentication: its key, its id, and who may connect as a peer."""
+    """A node's side of peer authentication: its key, its id, and who may connect as a peer.
+
+    ``peer_ids`` follows the cluster's configuration (the server replaces it
+    as members are added and removed), so a new member authenticates like
+    any peer; a connection already made keeps the identity it proved.
+    """
 
     key: PeerKey
     node_id: int

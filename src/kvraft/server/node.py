@@ -29,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kvraft.raft.config import DEFAULT_TICK_INTERVAL_S, RaftConfig
 from kvraft.raft.core import RaftCore, Role
+from kvraft.raft.membership import Change, Membership
 from kvraft.raft.messages import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -132,7 +133,13 @@ class RaftNode:
         self.core = core_factory(config, persisted)
         if persisted.snapshot is not None:
             state_machine.restore(persisted.snapshot)
-        self.peers: tuple[int, ...] = tuple(p for p in config.peers if p != self.id)
+        # The configuration last logged, and the nodes last handed to
+        # on_members_changed (id -> advertised address; the transport and peer
+        # authentication follow them: see _check_members).
+        self._members: Membership | None = None
+        self._reach: dict[int, str] | None = None
+        self._reach_from: tuple[Membership, Membership] | None = None  # (committed, latest)
+        self.on_members_changed: Callable[[Mapping[int, str]], None] | None = None
         # The term and vote on disk (as of the last completed save), and whether a
         # save is in progress now: a leader sends heartbeats through a slow save
         # only if its current term and vote are these (see _send_while_saving).
@@ -176,6 +183,7 @@ class RaftNode:
 
     async def start(self) -> None:
         """Start ticking and the Ready loop."""
+        self._check_members()  # connect to the members the log names, not only --peers'
         self._running = True
         self._started = self.clock.now_s()
         self.applied_at_s = self._started
@@ -246,6 +254,56 @@ class RaftNode:
         for task in tasks:
             task.cancel()
         return tasks
+
+    @property
+    def peers(self) -> tuple[int, ...]:
+        """The other members of the latest configuration, voters and learners."""
+        return tuple(p for p in self.core.peers if p != self.id)
+
+    def _check_members(self) -> None:
+        """Log a new configuration, and tell on_members_changed whom to talk to now.
+
+        The core changes its configuration when it appends (or truncates) a
+        configuration entry (thesis §4.1), inside propose_change or step:
+        checked before each Ready is performed, so a new member has a
+        connection before the first message to it is sent. The nodes to talk
+        to are the members of the latest configuration *and* of the latest
+        committed one: a leader that is removing itself (§4.2.2) is no member
+        of the configuration its followers appended, but it still replicates
+        that entry, and their acknowledgements must reach it, until it commits.
+        """
+        core = self.core
+        config = core.membership
+        if config is not self._members:
+            previous, self._members = self._members, config
+            if previous is None or not previous.same_as(config):
+                log.info(
+                    "n%d [term %d] configuration: %s at index %d",
+                    self.id,
+                    core.current_term,
+                    config.describe(),
+                    core.config_log.latest_index,
+                )
+        committed = core.config_at(core.commit_index)
+        if self._reach_from is not None and (
+            self._reach_from[0] is committed and self._reach_from[1] is config
+        ):
+            return  # the common case, checked before every Ready: nothing to build
+        self._reach_from = (committed, config)
+        reach = {m: committed.address(m) for m in committed.members}
+        reach.update((m, config.address(m)) for m in config.members)
+        if reach == self._reach:
+            return
+        self._reach = reach
+        if self.on_members_changed is not None:
+            self.on_members_changed(reach)
+
+    def propose_change(self, change: Change) -> tuple[int, int]:
+        """As leader, propose a membership change: ``(index, term)``; ChangeRefused says why."""
+        result = self.core.propose_change(change)
+        self._check_members()
+        self._wakeup.set()
+        return result
 
     # ------------------------------------------------------------------- RSM API
 
@@ -480,7 +538,9 @@ class RaftNode:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self.core.has_ready():
-                await self._perform(self.core.ready())
+                ready = self.core.ready()
+                self._check_members()
+                await self._perform(ready)
                 self._notify_role_change()
                 # Here too, not only once the loop drains: a steady load faster than
                 # fsync keeps it from draining, and the log would grow unbounded.
@@ -587,10 +647,12 @@ class RaftNode:
             return
         started = self.clock.now_s()
         encode = self.state_machine.capture_snapshot()
+        # The configuration as of the index goes with the snapshot (thesis §4.1).
+        config = self.core.config_at(index)
         copy_s = self.clock.now_s() - started
         self._snapshotting = True
         self._snapshot_task = asyncio.get_running_loop().create_task(
-            self._take_snapshot(index, entry.term, encode, copy_s)
+            self._take_snapshot(index, entry.term, encode, copy_s, config)
         )
         self._snapshot_task.add_done_callback(self._on_task_done)
 
@@ -604,14 +666,19 @@ class RaftNode:
         return index >= self.core.first_index and self.core.term(index) == term
 
     async def _take_snapshot(
-        self, index: int, term: int, encode: Callable[[], bytes], copy_s: float
+        self,
+        index: int,
+        term: int,
+        encode: Callable[[], bytes],
+        copy_s: float,
+        config: Membership | None = None,
     ) -> None:
         clock, workers = self.clock, self.workers
         try:
             started = clock.now_s()
             data = await workers.encode(encode)
             encoded = clock.now_s()
-            snapshot = Snapshot(index, term, data)
+            snapshot = Snapshot(index, term, data, config)
             if not self._matches_log(index, term):
                 log.info("n%d skipped its snapshot at index %d: log replaced", self.id, index)
                 return

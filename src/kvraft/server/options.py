@@ -157,6 +157,12 @@ class ServerOptions:
     tokens: TokenTable | None = None
     # --metrics-listen HOST:PORT: /metrics and /health over HTTP (None: off).
     metrics_listen: str | None = None
+    # --initial-cluster-state existing: join a running cluster (after `kvraft
+    # member add`) instead of seeding a new one from --peers, which then only
+    # says how to reach members (docs/membership.md).
+    join_existing: bool = False
+    # A learner is promoted only within this many entries of the leader.
+    max_promotion_lag_entries: int = 1000
 
     @property
     def limits(self) -> ConnectionLimits:
@@ -174,7 +180,7 @@ class ServerOptions:
         _ = self.limits  # a bad bound is a ValueError now, not when serving
         self.server_tls()  # unreadable certificates: a ValueError now, not at the first client
         self.peer_dial()
-        if self.node_id not in self.peers:
+        if self.node_id not in self.peers and not self.join_existing:
             ids = ",".join(str(i) for i in sorted(self.peers))
             raise ValueError(f"--id {self.node_id} is not one of the ids in --peers ({ids})")
         try:

@@ -54,8 +54,10 @@ class RpcPeerTransport:
         # The last message dropped per peer (type, index): Raft resends it every
         # heartbeat, so only the first drop of each is an ERROR line, the rest DEBUG.
         self._last_dropped: dict[int, tuple[str, int | None]] = {}
-        self._peers: dict[int, RpcClient] = {
-            pid: RpcClient(
+        self._overrides = {pid: a for pid, a in peer_addresses.items() if pid != node_id}
+
+        def client(pid: int, address: str) -> RpcClient:
+            return RpcClient(
                 address,
                 peer_sender(node_id),
                 max_frame_bytes=max_frame_bytes,
@@ -64,9 +66,32 @@ class RpcPeerTransport:
                 ssl=context,
                 server_hostname=server_name,
             )
-            for pid, address in peer_addresses.items()
-            if pid != node_id
+
+        self._client = client
+        self._peers: dict[int, RpcClient] = {
+            pid: client(pid, address) for pid, address in self._overrides.items()
         }
+
+    def set_members(self, members: Mapping[int, str]) -> None:
+        """Connect to every node of ``members`` (id -> the address it advertises, maybe "");
+        stop dialing those no longer in it.
+
+        A member is dialed at this node's own address for it (``--peers``: an
+        override, e.g. through a proxy), else at the address the configuration
+        says it advertises. Connections to ``--peers`` entries are kept
+        whatever the configuration says (they may be members we have not
+        learned of yet); those made from advertised addresses go with the member.
+        """
+        for pid in sorted(members.keys() - {self.node_id}):
+            address = self._overrides.get(pid) or members[pid]
+            client = self._peers.get(pid)
+            if client is None and address:
+                self._peers[pid] = self._client(pid, address)
+                log.info("n%d dialing new member n%d at %s", self.node_id, pid, address)
+        for pid in list(self._peers):
+            if pid not in members and pid not in self._overrides:
+                self._peers.pop(pid).close()
+                log.info("n%d stopped dialing n%d: no longer a member", self.node_id, pid)
 
     def send(self, message: Message) -> bool:
         """Send ``message`` if its peer is connected; False if dropped. Never raises.

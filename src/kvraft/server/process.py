@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Mapping
 
 from kvraft.addresses import split_address
 from kvraft.errors import StorageError, one_line
 from kvraft.raft.config import RaftConfig
+from kvraft.raft.membership import Membership as RaftMembership
 from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.event_loop import install_event_loop_policy
 from kvraft.rpc.peer_auth import Membership, PeerKey
@@ -60,6 +62,39 @@ def snapshot_decodes(data: bytes) -> bool:
     return True
 
 
+def _follow_members(
+    options: ServerOptions, transport: RpcPeerTransport, auth: Membership | None
+) -> Callable[[Mapping[int, str]], None]:
+    """What a node does when the nodes it talks to change: dial them, admit them.
+
+    Those are the members of the latest and the latest committed configuration
+    (``RaftNode._check_members``). Peer authentication admits them and every
+    ``--peers`` entry: a new member proves the cluster's secret (or its
+    certificate) like any peer; a removed one that is still dialed is ignored
+    by the core (kvraft.raft.core, ``_from_member``).
+    """
+
+    def changed(members: Mapping[int, str]) -> None:
+        transport.set_members(members)
+        if auth is not None:
+            auth.peer_ids = frozenset(members.keys() | options.peers.keys()) - {options.node_id}
+
+    return changed
+
+
+def _seed(options: ServerOptions) -> RaftMembership:
+    """The configuration a data dir created now starts from.
+
+    Bootstrap: the voters ``--peers`` names, at the addresses it gives. A node
+    that joins a running cluster (``--join`` / ``--initial-cluster-state
+    existing``): nobody, so it never campaigns, and learns the configuration
+    from the leader that added it.
+    """
+    if options.join_existing:
+        return RaftMembership(frozenset())
+    return RaftMembership.of_voters(sorted(options.peers), options.peers)
+
+
 class Server:
     """A running node: build with :meth:`open`, then :meth:`start` and :meth:`stop`."""
 
@@ -82,12 +117,21 @@ class Server:
     def open(cls, options: ServerOptions) -> Server:
         """Open the data dir and build the node; StorageError if the dir is not ours."""
         storage = SqliteStorage.open(
-            options.data_dir, cluster_id=options.cluster_id, node_id=options.node_id
+            options.data_dir,
+            cluster_id=options.cluster_id,
+            node_id=options.node_id,
+            seed=_seed(options),
         )
+        # The seed is the one the data dir was created with, never today's
+        # --peers (which only says how to reach members); a configuration in
+        # the log or the snapshot overrides it (kvraft.raft.membership).
+        seed = storage.seed
         limits = raft_message_limits(options.max_frame_bytes)
         config = RaftConfig(
             node_id=options.node_id,
-            peers=tuple(sorted(options.peers)),
+            peers=tuple(sorted(seed.voters)),
+            seed_addresses=tuple(sorted(seed.addresses.items())),
+            max_promotion_lag_entries=options.max_promotion_lag_entries,
             election_timeout_ticks=options.election_timeout_ticks,
             heartbeat_interval_ticks=options.heartbeat_interval_ticks,
             max_entries_per_message=limits.max_entries_per_message,
@@ -148,6 +192,7 @@ class Server:
             if key is not None
             else None
         )
+        node.on_members_changed = _follow_members(options, transport, membership)
         rpc = RpcServer(
             service,
             max_frame_bytes=options.max_frame_bytes,

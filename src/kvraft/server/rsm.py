@@ -50,6 +50,7 @@ from typing import Any
 
 from kvraft.errors import Busy, NotLeader, WrongLeader
 from kvraft.kv_protocol import CompactOk, CompactOp, GetOp, Op, RangeOp
+from kvraft.raft.membership import is_config_command
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
 from kvraft.server import state_snapshot
@@ -204,7 +205,8 @@ class RSM(StateMachine):
         result: Any = None
         self._settle(entry.index)
         self.sessions.advance(entry.index)
-        if entry.command is not None:
+        if entry.command is not None and not is_config_command(entry.command):
+            # (A configuration entry is the core's; to the state machine a no-op.)
             try:
                 op = decode_command(entry.command)
             except BadCommand as exc:

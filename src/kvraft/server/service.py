@@ -38,7 +38,7 @@ from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.codec import check
 from kvraft.rpc.tokens import Role
 from kvraft.rpc.wire_errors import UnknownMethod
-from kvraft.server import backup
+from kvraft.server import backup, members_rpc
 from kvraft.server.driver_io import StallingWorkers
 from kvraft.server.node import RaftNode, TransferFailed
 from kvraft.server.options import ServerOptions
@@ -68,6 +68,8 @@ METHOD_ROLES = {
     # A watch poll reads this replica's history; compact drops history for everyone.
     "watch.poll": Role.READ,
     "compact": Role.READWRITE,
+    # The configuration and its changes (kvraft member ...): admin.
+    **{method: Role.ADMIN for method in members_rpc.METHODS},
 }
 
 # Each key-value method and the command class its argument must be.
@@ -107,6 +109,7 @@ class Service:
         # (method, the result's or error's class name) -> key-value requests answered
         # so: one dict increment per request, turned into metrics at scrape time.
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.members = members_rpc.MemberService(node)
         self.snapshots = backup.SnapshotServer(
             node, rsm, cluster_id=options.cluster_id, max_frame_bytes=options.max_frame_bytes
         )
@@ -154,6 +157,8 @@ class Service:
             return await self._transfer_leadership(args)
         if method in backup.METHODS:
             return await self.snapshots.handle(method, args)
+        if method in members_rpc.METHODS:
+            return await self.members.handle(method, args)
         if method in TEST_HOOKS:
             if not self.options.test_hooks:
                 raise UnknownMethod(f"{method} needs a server started with --test-hooks")

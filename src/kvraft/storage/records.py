@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from kvraft.raft import membership
+from kvraft.raft.membership import Membership
 from kvraft.raft.messages import MAX_RAFT_INT, Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
 
@@ -84,6 +86,9 @@ class LoadedState:
     sizes: array[int]
     snapshot_file: str | None  # the file holding state.snapshot's data
     lowest_row: int | None  # the lowest log row's idx, dead rows included; None: no rows
+    # The configuration the store was created with (meta.seed_config): in force
+    # until the log or the snapshot holds one.
+    seed: Membership
 
 
 def _int(value: object, what: str, *, minimum: int = 0, maximum: int | None = None) -> int:
@@ -128,24 +133,61 @@ class SnapshotRow:
     crc: int
     size: int
     file: str
+    config: Membership | None = None
+
+
+def config_crc(encoded: bytes) -> int:
+    """CRC32 of a snapshot row's encoded configuration."""
+    return zlib.crc32(encoded)
+
+
+def read_seed(conn: sqlite3.Connection) -> Membership:
+    """The seed configuration written into meta when the store was created, checked."""
+    meta = dict(
+        conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('seed_config', 'seed_config_crc')"
+        ).fetchall()
+    )
+    encoded, crc = meta.get("seed_config"), meta.get("seed_config_crc")
+    if type(encoded) is not bytes:
+        raise CorruptRow(f"meta.seed_config is {type(encoded).__name__}, expected a blob")
+    if _int(crc, "meta.seed_config_crc") != config_crc(encoded):
+        raise CorruptRow("meta.seed_config checksum mismatch")
+    try:
+        return membership.decode(encoded)
+    except ValueError as exc:
+        raise CorruptRow(f"meta.seed_config: {exc}") from None
 
 
 def read_snapshot_row(conn: sqlite3.Connection) -> SnapshotRow | None:
     """The snapshot row, type-checked, or None if no snapshot was ever stored."""
-    rows = conn.execute("SELECT id, idx, term, crc, size, file FROM snapshot").fetchall()
+    rows = conn.execute(
+        "SELECT id, idx, term, crc, size, file, config, config_crc FROM snapshot"
+    ).fetchall()
     if not rows:
         return None
     if len(rows) != 1 or rows[0][0] != SINGLE_ROW_ID:
         raise CorruptRow(f"expected at most one snapshot row, found {len(rows)}")
-    _, index, term, crc, size, file = rows[0]
+    _, index, term, crc, size, file, encoded, encoded_crc = rows[0]
     if type(file) is not str:
         raise CorruptRow(f"snapshot.file has the wrong type ({type(file).__name__}, expected text)")
+    config = None
+    if encoded is not None:
+        if type(encoded) is not bytes:
+            raise CorruptRow(f"snapshot.config has the wrong type ({type(encoded).__name__})")
+        if _int(encoded_crc, "snapshot.config_crc") != config_crc(encoded):
+            raise CorruptRow("snapshot.config checksum mismatch")
+        try:
+            config = membership.decode(encoded)
+        except ValueError as exc:
+            raise CorruptRow(f"snapshot.config: {exc}") from None
     return SnapshotRow(
         index=_raft_int(index, "snapshot.idx"),
         term=_raft_int(term, "snapshot.term"),
         crc=_int(crc, "snapshot.crc"),
         size=_int(size, "snapshot.size"),
         file=file,
+        config=config,
     )
 
 
@@ -158,11 +200,14 @@ def read_state(
     describes (it lives outside the database: see :mod:`kvraft.storage.snapshot_files`).
     """
     hard_state = _read_hard_state(conn)
+    seed = read_seed(conn)
     snapshot_row = read_snapshot_row(conn)
     snapshot = None
     if snapshot_row is not None:
         data = read_snapshot_data(snapshot_row)
-        snapshot = Snapshot(index=snapshot_row.index, term=snapshot_row.term, data=data)
+        snapshot = Snapshot(
+            index=snapshot_row.index, term=snapshot_row.term, data=data, config=snapshot_row.config
+        )
     expected = snapshot.index + 1 if snapshot is not None else 1
     prev_term = snapshot.term if snapshot is not None else 0
     entries: list[Entry] = []
@@ -208,4 +253,5 @@ def read_state(
         sizes,
         snapshot_row.file if snapshot_row is not None else None,
         lowest_row,
+        seed,
     )

@@ -27,14 +27,20 @@ from typing import Final
 
 from kvraft.errors import StorageError, one_line
 from kvraft.raft.ready import HardState
-from kvraft.storage.records import SINGLE_ROW_ID, hard_state_crc
+from kvraft.storage.records import SINGLE_ROW_ID, config_crc, hard_state_crc
 
 # 3: log entries hold commands with acked_below (client sessions) and snapshots
 # hold the sessions; a format-2 log's commands would no longer decode.
 # 4: the data API (revisions, set/delete/range/txn): PutOk carries a revision
 # and snapshots a new layout, so a format-3 log or snapshot would not apply the
 # same. Format 3 was never released: no upgrade path.
-FORMAT_VERSION: Final = 4
+# 5: the snapshot row holds the cluster configuration as of its index
+# (membership changes, kvraft.raft.membership), and log entries may be
+# configurations; a format-4 store has neither, and no upgrade path. meta holds
+# the seed configuration (seed_config, seed_config_crc), written once when the
+# store is created: the voters --peers named at bootstrap, or none for a node
+# that joins a running cluster (see :func:`create_database`).
+FORMAT_VERSION: Final = 5
 # Written to the SQLite header: tells a kvraft store from any other SQLite file.
 APPLICATION_ID: Final = 0x6B767266  # "kvrf"
 DB_FILENAME: Final = "raft.db"
@@ -59,9 +65,11 @@ _DDL: Final = (
     " current_term INTEGER NOT NULL, voted_for INTEGER, commit_index INTEGER NOT NULL,"
     " crc INTEGER NOT NULL)",
     # At most one row; the data is in the file it names (in the data dir), of this size and CRC.
+    # config: the configuration as of idx (membership.encode), with its CRC32; NULL: none
+    # (the log never held one: the seed from --peers is in force).
     "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
     " idx INTEGER NOT NULL, term INTEGER NOT NULL, crc INTEGER NOT NULL,"
-    " size INTEGER NOT NULL, file TEXT NOT NULL)",
+    " size INTEGER NOT NULL, file TEXT NOT NULL, config BLOB, config_crc INTEGER)",
     # idx is the rowid: appends, suffix truncation and prefix deletion are b-tree range ops.
     # command NULL: the no-op a new leader appends.
     "CREATE TABLE log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, command BLOB,"
@@ -94,8 +102,14 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
 
 
-def create_database(db_path: Path, *, cluster_id: str, node_id: int) -> None:
-    """Build a new, empty store at ``db_path`` (which must not exist), crash-safely."""
+def create_database(db_path: Path, *, cluster_id: str, node_id: int, seed: bytes) -> None:
+    """Build a new, empty store at ``db_path`` (which must not exist), crash-safely.
+
+    ``seed`` is the encoded configuration (``membership.encode``) this node
+    starts from until its log or a snapshot holds one: written here, once, and
+    never again, so that a restart cannot re-seed a stale member list from
+    whatever ``--peers`` says that day (thesis §4.1: the log decides).
+    """
     tmp = db_path.with_name(db_path.name + ".new")
     for suffix in ("", "-wal", "-shm", "-journal"):  # leftovers of a crash during creation
         Path(f"{tmp}{suffix}").unlink(missing_ok=True)
@@ -108,7 +122,13 @@ def create_database(db_path: Path, *, cluster_id: str, node_id: int) -> None:
             conn.execute(statement)
         conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
-            [("format_version", FORMAT_VERSION), ("cluster_id", cluster_id), ("node_id", node_id)],
+            [
+                ("format_version", FORMAT_VERSION),
+                ("cluster_id", cluster_id),
+                ("node_id", node_id),
+                ("seed_config", seed),
+                ("seed_config_crc", config_crc(seed)),
+            ],
         )
         empty = HardState()
         conn.execute(

@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Final
 
 from kvraft.errors import StorageError, one_line
+from kvraft.raft import membership
+from kvraft.raft.membership import Membership
 from kvraft.raft.messages import MAX_RAFT_INT, Entry
 from kvraft.raft.ready import HardState, PersistentState, Snapshot
 from kvraft.storage import schema, snapshot_files
@@ -62,6 +64,7 @@ from kvraft.storage.records import (
     SINGLE_ROW_ID,
     CorruptRow,
     LoadedState,
+    config_crc,
     entry_crc,
     entry_size,
     hard_state_crc,
@@ -75,6 +78,10 @@ _LogRow = tuple[int, int, bytes | None, int]  # idx, term, command, crc
 # 1 KB per command, 1,000 rows cost a save ~3 ms; a 100,000-entry prefix is
 # gone after 100 saves.
 DEAD_ROWS_PER_SAVE: Final = 1000
+
+# The seed of a store made for a node that joins a running cluster: no member,
+# so it never campaigns before a leader has sent it the configuration.
+_NO_SEED: Final = Membership(frozenset())
 
 
 class SqliteStorage:
@@ -95,6 +102,7 @@ class SqliteStorage:
         # The file the snapshot row names (None: no snapshot stored).
         self._snapshot_file = loaded.snapshot_file
         self._failed: str | None = None  # why the store is unusable after a failed write
+        self._seed = loaded.seed
         state = loaded.state
         self._hard_state = state.hard_state
         self._offset = state.snapshot.index if state.snapshot is not None else 0
@@ -116,8 +124,16 @@ class SqliteStorage:
         self.on_commit_s: Callable[[float], None] | None = None
 
     @classmethod
-    def open(cls, data_dir: Path, *, cluster_id: str, node_id: int) -> SqliteStorage:
+    def open(
+        cls, data_dir: Path, *, cluster_id: str, node_id: int, seed: Membership | None = None
+    ) -> SqliteStorage:
         """Open (creating if new) the store of node ``node_id`` of ``cluster_id`` in ``data_dir``.
+
+        ``seed`` is used only when the store is created: the configuration it
+        starts from (the voters ``--peers`` names at bootstrap; None or an
+        empty one for a node that joins a running cluster). An existing store
+        keeps the seed it was created with, whatever ``seed`` says now: see
+        :attr:`seed`.
 
         Raises StorageError, with a one-line message naming the file, if the
         store belongs to another node or cluster, has a newer format, is in use
@@ -131,7 +147,12 @@ class SqliteStorage:
             if created:  # the new directory's own name must survive a power loss too
                 schema.fsync_path(data_dir.parent)
             if not db_path.exists():
-                schema.create_database(db_path, cluster_id=cluster_id, node_id=node_id)
+                schema.create_database(
+                    db_path,
+                    cluster_id=cluster_id,
+                    node_id=node_id,
+                    seed=membership.encode(seed if seed is not None else _NO_SEED),
+                )
         except (OSError, sqlite3.Error) as e:
             raise StorageError(f"{data_dir}: cannot create a store: {one_line(e)}") from e
         conn = schema.connect(db_path, cluster_id=cluster_id, node_id=node_id)
@@ -154,6 +175,16 @@ class SqliteStorage:
     def path(self) -> Path:
         """The database file."""
         return self._path
+
+    @property
+    def seed(self) -> Membership:
+        """The configuration written when the store was created (no voters: made to join).
+
+        The node's configuration until its log or snapshot holds one; never
+        re-read from ``--peers``, which after creation only says how to reach
+        members (addresses), not who they are.
+        """
+        return self._seed
 
     # -- the Storage protocol ------------------------------------------------
 
@@ -449,10 +480,20 @@ def _write_hard_state(conn: sqlite3.Connection, hard_state: HardState) -> None:
 
 def _write_snapshot_row(conn: sqlite3.Connection, snapshot: Snapshot, file: SnapshotFile) -> None:
     """Replace the snapshot row with one naming ``file``: the commit point of a snapshot."""
+    encoded = membership.encode(snapshot.config) if snapshot.config is not None else None
     conn.execute(
-        "INSERT OR REPLACE INTO snapshot (id, idx, term, crc, size, file)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (SINGLE_ROW_ID, snapshot.index, snapshot.term, file.crc, file.size, file.name),
+        "INSERT OR REPLACE INTO snapshot (id, idx, term, crc, size, file, config, config_crc)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            SINGLE_ROW_ID,
+            snapshot.index,
+            snapshot.term,
+            file.crc,
+            file.size,
+            file.name,
+            encoded,
+            config_crc(encoded) if encoded is not None else None,
+        ),
     )
 
 

@@ -13,6 +13,16 @@ command line is the product's::
         [server_args...]
 
 ``command`` replaces ``python -m kvraft`` (a test's stand-in server, say).
+
+Membership changes: ``Cluster(5, members=[0, 1, 2])`` bootstraps a cluster of
+n0..n2 only; n3 and n4 are spares, with their proxies, ports and data dirs
+ready but not started, until :meth:`join` starts one with
+``--initial-cluster-state existing`` (or ``--join``) after a ``kvraft member
+add``. A bootstrap member's first start names only the bootstrap members in
+``--peers`` (they are the seed its data dir records); every later start, and
+every spare, is given every node's address: ``--peers`` then only says how
+this node reaches each id, never who the members are (the data dir and the
+log decide). :meth:`wipe` empties a stopped node's data dir (a dead disk).
 Peers authenticate as in production: each cluster gets a random secret of
 its own in ``BASE/peer-secret`` (``insecure_peers=True`` passes
 ``--insecure-peers`` instead).
@@ -33,6 +43,7 @@ from __future__ import annotations
 import datetime
 import logging
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,10 +147,18 @@ class Cluster:
         env: Mapping[str, str] | None = None,
         start: bool = True,
         insecure_peers: bool = False,
+        members: Iterable[int] | None = None,
     ) -> None:
         if n < 1:
             raise ValueError(f"a cluster needs at least one server, not {n}")
         self.n = n
+        #: The ids that bootstrap the cluster (all by default); the others are spares.
+        self.members: tuple[int, ...] = tuple(sorted(range(n) if members is None else members))
+        if not self.members or not set(self.members) <= set(range(n)):
+            raise ValueError(f"members {self.members} must be some of 0..{n - 1}")
+        # Spares started by join(), and how: the --join addresses (None: --initial-cluster-state
+        # existing with every node's address in --peers).
+        self._joined: dict[int, tuple[str, ...] | None] = {}
         self.base_dir = Path(base_dir)
         self.host = host
         self.command: tuple[str, ...] = tuple(command) if command is not None else DEFAULT_COMMAND
@@ -208,14 +227,22 @@ class Cluster:
         return self.base_dir / f"n{self._check(i)}.log"
 
     def server_command(self, i: int) -> list[str]:
-        """The command line that starts server ``i``."""
+        """The command line that starts server ``i`` (see the module docstring for ``--peers``)."""
         self._check(i)
-        peers = ",".join(f"{j}={address}" for j, address in enumerate(self.addresses))
+        bootstrap = i in self.members and not (self.data_dir(i) / "raft.db").exists()
+        reach = self.members if bootstrap else range(self.n)
+        peers = ",".join(f"{j}={self.addresses[j]}" for j in reach)
         argv = list(self.command)
         if self.log_level is not None:
             argv += ["--log-level", self.log_level]
         argv += ["server", "--id", str(i), "--listen", self.private_addresses[i]]
         argv += ["--peers", peers, "--data-dir", str(self.data_dir(i))]
+        if i in self._joined:
+            join = self._joined[i]
+            if join is None:
+                argv += ["--initial-cluster-state", "existing"]
+            else:
+                argv += ["--join", ",".join(join)]
         argv += ["--cluster-id", self.cluster_id]
         if self.peer_secret_file is not None:
             argv += ["--peer-secret-file", str(self.peer_secret_file)]
@@ -234,13 +261,45 @@ class Cluster:
 
     # -------------------------------------------------------------- processes
 
+    @property
+    def started_ids(self) -> list[int]:
+        """The bootstrap members and the spares :meth:`join` started (running or not)."""
+        return sorted(set(self.members) | self._joined.keys())
+
     def start(self) -> None:
-        """Start every server that is not running and wait until all are ready."""
+        """Start every member (not the spares) that is not running; wait until all are ready."""
         with self._lock:
-            for i in range(self.n):
+            ids = self.started_ids
+            for i in ids:
                 if not self.is_alive(i):
                     self._spawn(i)
-            self.wait_ready()
+            self.wait_ready(ids)
+
+    def join(self, i: int, *, via: Iterable[int] | None = None, wait: bool = True) -> None:
+        """Start spare ``i`` to join the running cluster (after ``kvraft member add``).
+
+        ``via``: the ids whose addresses it is given with ``--join`` (it asks
+        them who the members are); None: ``--initial-cluster-state existing``
+        with every node's address in ``--peers``. Later restarts use the same.
+        """
+        with self._lock:
+            self._check(i)
+            self._joined[i] = (
+                None if via is None else tuple(self.addresses[self._check(j)] for j in via)
+            )
+            self.kill(i)
+            self._spawn(i)
+            if wait:
+                self.wait_ready([i])
+
+    def wipe(self, i: int) -> None:
+        """Empty the data dir of stopped server ``i``: its disk died (the log is kept)."""
+        with self._lock:
+            if self.is_alive(i):
+                raise RuntimeError(f"n{i} is running: stop it before wiping its data dir")
+            shutil.rmtree(self.data_dir(i))
+            self.data_dir(i).mkdir()
+            self._log_event(i, "data dir wiped")
 
     def _spawn(self, i: int) -> None:
         if self._finalizer.alive is False:
@@ -262,7 +321,7 @@ class Cluster:
         Raises ServerStartError, with the tail of the server's log, as soon as
         one of them has exited or when the deadline passes.
         """
-        pending = [self._check(i) for i in (range(self.n) if ids is None else ids)]
+        pending = [self._check(i) for i in (self.started_ids if ids is None else ids)]
         timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while pending:
@@ -361,13 +420,14 @@ class Cluster:
                 self.kill(i)
 
     def restart_all(self, *, wait: bool = True) -> None:
-        """Kill every server, then start them all (a whole-cluster crash and recovery)."""
+        """Kill every server, then start every member again (a whole-cluster crash and recovery)."""
         with self._lock:
             self.kill_all()
-            for i in range(self.n):
+            ids = self.started_ids
+            for i in ids:
                 self._spawn(i)
             if wait:
-                self.wait_ready()
+                self.wait_ready(ids)
 
     # ----------------------------------------------------------------- faults
 
