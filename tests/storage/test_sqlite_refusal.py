@@ -93,13 +93,13 @@ def test_refuses_the_data_dir_of_another_cluster(data_dir: Path) -> None:
 
 
 def test_refuses_a_newer_format_version(data_dir: Path) -> None:
-    edit(data_dir, ("UPDATE meta SET value = 5 WHERE key = 'format_version'", ()))
+    edit(data_dir, ("UPDATE meta SET value = 6 WHERE key = 'format_version'", ()))
     message = refusal(data_dir)
-    assert "format version 5 is newer than this kvraft supports (4)" in message
+    assert "format version 6 is newer than this kvraft supports (5)" in message
 
 
-# 3: before the data API's revisions (never released, like 1 and 2).
-@pytest.mark.parametrize("old", [1, 2, 3])
+# 3: before the data API's revisions; 4: before leases (never released, like 1 and 2).
+@pytest.mark.parametrize("old", [1, 2, 3, 4])
 def test_refuses_the_pre_release_format(data_dir: Path, old: int) -> None:
     edit(data_dir, ("UPDATE meta SET value = ? WHERE key = 'format_version'", (old,)))
     message = refusal(data_dir)

@@ -174,6 +174,11 @@ class RaftNode:
 
     # ----------------------------------------------------------------- lifecycle
 
+    @property
+    def running(self) -> bool:
+        """Between start() and stop()/halt(): tasks of the state machine stop when it is not."""
+        return self._running
+
     async def start(self) -> None:
         """Start ticking and the Ready loop."""
         self._running = True

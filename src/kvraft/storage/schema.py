@@ -34,7 +34,10 @@ from kvraft.storage.records import SINGLE_ROW_ID, hard_state_crc
 # 4: the data API (revisions, set/delete/range/txn): PutOk carries a revision
 # and snapshots a new layout, so a format-3 log or snapshot would not apply the
 # same. Format 3 was never released: no upgrade path.
-FORMAT_VERSION: Final = 4
+# 5: leases: PutOp/SetOp/TxnPut/TxnSet carry a lease id (another field on the
+# wire, so a format-4 log's commands would not decode) and snapshots hold the
+# lease table. Format 4 was never released: no upgrade path.
+FORMAT_VERSION: Final = 5
 # Written to the SQLite header: tells a kvraft store from any other SQLite file.
 APPLICATION_ID: Final = 0x6B767266  # "kvrf"
 DB_FILENAME: Final = "raft.db"
