@@ -14,6 +14,10 @@ Every node's clock is the one virtual clock, so the claim of
 
 A start is the virtual time the client first sent the call (its retries keep
 their first start, as the real client counts).
+
+``planted=`` names a lease keeper with a planted bug (``tests/sim/planted.py``,
+``PLANTED_KEEPERS``) that every node runs instead of the real one; a failure's
+replay command is ``python -m tests.sim.replay --driver lease ...``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kvraft.errors import Busy, NotLeader, WrongLeader
@@ -34,7 +39,10 @@ from kvraft.lease_protocol import (
 )
 
 from .node_sim import TICK_S, NodeResult, NodeSimulation
-from .node_world import SimNode
+from .node_world import ObservedRSM, SimNode
+from .planted import PLANTED_KEEPERS
+
+REPLAY_COMMAND = ".venv/bin/python -m tests.sim.replay --driver lease --seed {seed} --nodes {nodes}"
 
 LEASE_TTL_S = 2
 # Lease clients at once, and the chance per tick that one more starts.
@@ -46,11 +54,25 @@ CALM_TTLS = 3
 EXPIRY_BOUND_S = 1.0
 
 
+@dataclass(frozen=True)
+class LeaseResult:
+    """A lease run's summary: the node run's, and what the lease clients and keepers did."""
+
+    node: NodeResult
+    granted: int  # leases granted
+    renewals: int  # successful keepalives
+    expired: int  # leases revoked by an expiry
+
+
 class LeaseSimulation(NodeSimulation):
     """A node simulation with lease clients and the lease-safety check (module docstring)."""
 
-    def __init__(self, seed: int, nodes: int = 3, *, safety_ticks: int = 300) -> None:
+    def __init__(
+        self, seed: int, nodes: int = 3, *, safety_ticks: int = 300, planted: str | None = None
+    ) -> None:
         super().__init__(seed, nodes, safety_ticks=safety_ticks)
+        self.planted_keeper = planted
+        self.keeper_class = None if planted is None else PLANTED_KEEPERS[planted]
         self.lease_rng = random.Random(f"kvraft-lease-sim/{seed}/{nodes}")
         # lease id -> the start times of its successful grant and keepalives
         self.renewed: dict[int, list[float]] = {}
@@ -61,6 +83,18 @@ class LeaseSimulation(NodeSimulation):
         # Lease clients run through the safety phase and the calm after liveness.
         self._leasing = True
         self.leases_at_end = 0
+
+    def replay_command(self) -> str:
+        command = REPLAY_COMMAND.format(seed=self.seed, nodes=self.size)
+        return (
+            command if self.planted_keeper is None else f"{command} --planted {self.planted_keeper}"
+        )
+
+    def _new_rsm(self, sim_node: SimNode) -> ObservedRSM:
+        rsm = super()._new_rsm(sim_node)
+        if self.keeper_class is not None:
+            rsm.leases.__class__ = self.keeper_class
+        return rsm
 
     async def _start(self, sim_node: SimNode) -> None:
         await super()._start(sim_node)
@@ -172,7 +206,7 @@ class LeaseSimulation(NodeSimulation):
     def _live_leases(self) -> int:
         return max((len(n.rsm.store.leases) for n in self._up() if n.rsm is not None), default=0)
 
-    def run(self) -> NodeResult:
+    def run(self) -> LeaseResult:  # type: ignore[override]
         result = super().run()
         for lease, expired in self.expired_at.items():
             for started in self.renewed.get(lease, []):
@@ -182,4 +216,9 @@ class LeaseSimulation(NodeSimulation):
                         f"renewal that started at {started:.4f} s ran out "
                         f"({started + LEASE_TTL_S:.4f} s)"
                     )
-        return result
+        return LeaseResult(
+            node=result,
+            granted=len(self.renewed),
+            renewals=sum(len(starts) - 1 for starts in self.renewed.values()),
+            expired=len(self.expired_at),
+        )

@@ -48,7 +48,8 @@ when the answer came.
 
 Bounds: the leader keeps one float per live lease (at most MAX_LEASES) and
 proposes expiries in batches of :data:`EXPIRE_BATCH`, one batch at a time;
-it looks at the clock at least every :data:`CHECK_INTERVAL_S`.
+it looks at the clock at least every :data:`CHECK_INTERVAL_S` and waits at
+least :data:`MIN_WAIT_S` between looks.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ CHECK_INTERVAL_S = 0.1
 EXPIRE_BATCH = 32
 # After a failed proposal (not leader, busy), wait this long before trying again.
 RETRY_S = 0.05
+# The shortest wait for the next deadline. The event loop runs a timer due within its
+# clock's resolution without waiting, so a wait of less than that can end a hair
+# before the deadline it waited for, again and again; with a clock that only moves
+# when the loop sleeps (the simulator's), that spun forever. An expiry is late by at
+# most this, never early.
+MIN_WAIT_S = 0.001
 
 
 class LeaseKeeper:
@@ -213,7 +220,7 @@ class LeaseKeeper:
             # Bounded even with no deadline: the task must see the node stop (a halt
             # tells it nothing), and a timer keeps a waiting task referenced.
             soonest = min(self._deadlines.values(), default=now + CHECK_INTERVAL_S)
-            wait_s = min(max(soonest - now, 0.0), CHECK_INTERVAL_S)
+            wait_s = min(max(soonest - now, MIN_WAIT_S), CHECK_INTERVAL_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), wait_s)
 
