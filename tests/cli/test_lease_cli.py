@@ -1,4 +1,4 @@
-"""``kvraft lease grant|keepalive|revoke|ttl``, ``set --lease`` and ``kvraft lock`` from the shell."""
+"""`kvraft lease grant|keepalive|revoke|ttl`, `set --lease` and `kvraft lock` from a shell."""
 
 from __future__ import annotations
 
