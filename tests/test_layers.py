@@ -127,6 +127,7 @@ def test_the_table_puts_the_boundaries_where_the_design_does() -> None:
         "cli_admin",
         "cli_backup",
         "cli_common",
+        "cli_leases",
         "__main__",
     }
     shipped = set(RANK) - {"testing"} - command_line

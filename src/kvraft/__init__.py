@@ -10,7 +10,8 @@ every import of every module (in functions and ``TYPE_CHECKING`` blocks too);
 
 1. ``errors``, ``addresses``: errors by whose fault; ``host:port`` parsing. Pure.
 2. ``raft``: the consensus core, sans-I/O down to its import closure.
-3. ``kv_protocol``: the key-value commands and results both ends share. Pure.
+3. ``kv_protocol``, ``lease_protocol``: the key-value and lease commands and results both
+   ends share. Pure.
 4. ``rpc``: frames, the one codec and its table of wire types, the TCP ends.
 5. ``loop_thread``: an asyncio loop on a thread of its own, for blocking callers.
 6. ``client``: ``AsyncClient``, ``Client``, ``Lock``, operators' status queries.
@@ -22,7 +23,7 @@ every import of every module (in functions and ``TYPE_CHECKING`` blocks too);
 11. ``testing``: fault proxy, process cluster, linearizability checker; for
     tests, so no shipped module imports it but the command line's.
 12. ``cli``, ``cli_servers``, ``cli_clients``, ``cli_admin``, ``cli_backup``, ``cli_common``,
-    ``__main__``:
+    ``cli_leases``, ``__main__``:
     the ``kvraft`` command.
 
 Only the client API, the errors and ``__version__`` are public here::
@@ -56,6 +57,8 @@ from kvraft.errors import (
     Compacted,
     InvalidArgument,
     KVError,
+    LeaseLimit,
+    LeaseNotFound,
     LockStateUnknown,
     Maybe,
     NoKey,
@@ -68,6 +71,8 @@ from kvraft.errors import (
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from kvraft.client.async_client import AsyncClient
     from kvraft.client.client import Client
+    from kvraft.client.election import Election
+    from kvraft.client.leases import KeptLease, Lease
     from kvraft.client.lock import Lock
     from kvraft.kv_protocol import (
         Compare,
@@ -86,6 +91,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         WatchEvent,
         prefix_end,
     )
+    from kvraft.lease_protocol import LeaseTtlResult
     from kvraft.rpc.tls import client_tls_context
 
 # The one source of the version: pyproject.toml reads it from here
@@ -98,6 +104,10 @@ _LAZY = {
     "AsyncClient": "kvraft.client.async_client",
     "Client": "kvraft.client.client",
     "Lock": "kvraft.client.lock",
+    "Election": "kvraft.client.election",
+    "Lease": "kvraft.client.leases",
+    "KeptLease": "kvraft.client.leases",
+    "LeaseTtlResult": "kvraft.lease_protocol",
     "client_tls_context": "kvraft.rpc.tls",
     **{
         name: "kvraft.kv_protocol"
@@ -129,9 +139,15 @@ __all__ = [
     "Compacted",
     "Compare",
     "DeleteOk",
+    "Election",
     "InvalidArgument",
     "KVError",
+    "KeptLease",
     "KeyValue",
+    "Lease",
+    "LeaseLimit",
+    "LeaseNotFound",
+    "LeaseTtlResult",
     "Lock",
     "LockStateUnknown",
     "Maybe",

@@ -61,6 +61,7 @@ from kvraft.cli_common import (
     EXIT_USAGE,
     fail,
 )
+from kvraft.cli_leases import lease_group, lock_command
 from kvraft.cli_servers import cluster, server
 from kvraft.errors import one_line
 
@@ -166,6 +167,8 @@ cli.add_command(txn)
 cli.add_command(snapshot)  # backups (kvraft snapshot save|status|restore)
 cli.add_command(watch_command)  # watch and compaction (docs/data-model.md, "Watch")
 cli.add_command(compact_command)
+cli.add_command(lease_group)  # leases and the lock command (docs/locks.md)
+cli.add_command(lock_command)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

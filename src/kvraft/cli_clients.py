@@ -4,7 +4,7 @@ The data commands, etcdctl-like (``docs/data-model.md``)::
 
     kvraft get KEY [--json]                        # value and version (unchanged)
     kvraft get --prefix P [--limit N] [--keys-only] [--json]
-    kvraft set KEY VALUE [--json]                  # unconditional; prints the new version
+    kvraft set KEY VALUE [--json] [--lease ID]     # unconditional; prints the new version
     kvraft del KEY [--version N] | --prefix P      # prints how many keys it deleted
     kvraft txn < txn.json                          # compares and two branches, as JSON
     kvraft watch KEY | --prefix P [--rev R] [--prev-kv] [--json]   # until Ctrl-C
@@ -90,6 +90,20 @@ def parse_version(ctx: click.Context, param: click.Parameter, value: Any) -> int
         raise click.BadParameter(f"{value!r} is not an integer") from None
     if not 0 <= number <= MAX_VERSION:
         raise click.BadParameter(f"{number} is not in 0..{MAX_VERSION}")
+    return number
+
+
+def _lease(value: Any) -> int:
+    """``--lease ID``: a lease id (decimal), 0 for none."""
+    from kvraft.lease_protocol import lease_id_error
+
+    try:
+        number = int(str(value).strip(), 10)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a lease id", param_hint="--lease") from None
+    why = lease_id_error(number, allow_none=True)
+    if why is not None:
+        raise click.BadParameter(why, param_hint="--lease")
     return number
 
 
@@ -231,8 +245,15 @@ def _read_prefix(client: Any, prefix: str, limit: int, keys_only: bool) -> Any:
 @servers_option
 @deadline_option
 @click.option("--json", "as_json", is_flag=True, help="Print {key, version} as JSON.")
+@click.option("--lease", "lease", default="0", metavar="ID", callback=lambda c, p, v: _lease(v))
 def put(
-    key: str, value: str, version: int, servers: str | None, deadline: float, as_json: bool
+    key: str,
+    value: str,
+    version: int,
+    servers: str | None,
+    deadline: float,
+    as_json: bool,
+    lease: int,
 ) -> None:
     """Set KEY to VALUE if KEY is at --version; print the new version.
 
@@ -240,10 +261,11 @@ def put(
     after "--" (kvraft put KEY -- -5). Exit 1 with VersionMismatch if the
     key is at another version, NoKey if --version > 0 and there is no such
     key, Maybe if a retried put cannot tell whether its first attempt applied.
+    --lease ID attaches the key to lease ID (kvraft lease grant).
     """
     if value == "-":
         value = sys.stdin.read()
-    new_version = _with_client(servers, deadline, lambda c: c.put(key, value, version))
+    new_version = _with_client(servers, deadline, lambda c: c.put(key, value, version, lease=lease))
     if as_json:
         click.echo(json.dumps({"key": key, "version": new_version}))
     else:
@@ -256,14 +278,18 @@ def put(
 @servers_option
 @deadline_option
 @click.option("--json", "as_json", is_flag=True, help="Print {key, version} as JSON.")
-def set_command(key: str, value: str, servers: str | None, deadline: float, as_json: bool) -> None:
+@click.option("--lease", "lease", default="0", metavar="ID", callback=lambda c, p, v: _lease(v))
+def set_command(
+    key: str, value: str, servers: str | None, deadline: float, as_json: bool, lease: int
+) -> None:
     """Set KEY to VALUE whatever its version; print the new version.
 
-    VALUE "-" reads the value from stdin, as for put.
+    VALUE "-" reads the value from stdin, as for put. --lease ID attaches the
+    key to lease ID: it is deleted when the lease expires or is revoked.
     """
     if value == "-":
         value = sys.stdin.read()
-    new_version = _with_client(servers, deadline, lambda c: c.set(key, value))
+    new_version = _with_client(servers, deadline, lambda c: c.set(key, value, lease=lease))
     if as_json:
         click.echo(json.dumps({"key": key, "version": new_version}))
     else:

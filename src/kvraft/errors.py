@@ -97,6 +97,22 @@ class Compacted(KVError):
         self.first_revision = first_revision
 
 
+class LeaseNotFound(KVError):
+    """No live lease has id ``lease_id``: never granted, revoked, or expired; nothing applied.
+
+    Raised by ``lease_keepalive``/``lease_revoke``/``lease_ttl`` and by a
+    put, set or txn that attaches a key to the lease.
+    """
+
+    def __init__(self, message: str, *, lease_id: int) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+
+
+class LeaseLimit(KVError):
+    """A lease bound would be passed (live leases, keys per lease); nothing applied."""
+
+
 class InvalidArgument(KVError):
     """The caller passed a bad key, value or version; nothing was sent or applied."""
 

@@ -78,6 +78,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvraft.errors import InvalidArgument, NoKey, ProtocolError, VersionMismatch
+from kvraft.lease_protocol import (
+    LEASE_WRITE_OPS,
+    LeaseGrantOk,
+    LeaseKeepaliveOk,
+    LeaseLimitResult,
+    LeaseNotFoundResult,
+    LeaseOp,
+    LeaseTtlOp,
+    LeaseTtlResult,
+    lease_id_error,
+    lease_op_error,
+)
 
 # Key bytes are small so a key plus the frame envelope fit in the 4096 bytes
 # ServerOptions reserves beside the largest value in a frame.
@@ -155,6 +167,10 @@ class PutOp:
     client_id: str
     request_id: int
     acked_below: int
+    # The lease the key is attached to from now on (0: none; a write detaches
+    # the key from any lease it had, as etcd's put does). An unknown lease is
+    # LeaseNotFoundResult and nothing changes (kvraft.lease_protocol).
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +182,7 @@ class SetOp:
     client_id: str
     request_id: int
     acked_below: int
+    lease: int = 0  # as PutOp's
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +252,7 @@ class TxnPut:
     key: str
     value: str
     version: int
+    lease: int = 0  # as PutOp's; an unknown lease fails the whole txn
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +261,7 @@ class TxnSet:
 
     key: str
     value: str
+    lease: int = 0  # as PutOp's
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,10 +335,20 @@ class CompactOp:
     acked_below: int
 
 
-Op = GetOp | PutOp | SetOp | DeleteOp | DeleteRangeOp | RangeOp | TxnOp | CompactOp
+Op = GetOp | PutOp | SetOp | DeleteOp | DeleteRangeOp | RangeOp | TxnOp | CompactOp | LeaseOp
 # The commands that may write: their results are kept in the client's session.
-WRITE_OPS: tuple[type[Any], ...] = (PutOp, SetOp, DeleteOp, DeleteRangeOp, TxnOp, CompactOp)
-COMMAND_TYPES: tuple[type[Any], ...] = (GetOp, RangeOp, *WRITE_OPS)
+WRITE_OPS: tuple[type[Any], ...] = (
+    PutOp,
+    SetOp,
+    DeleteOp,
+    DeleteRangeOp,
+    TxnOp,
+    CompactOp,
+    *LEASE_WRITE_OPS,
+)
+# The commands that only read: applied again when repeated, nothing kept.
+READ_OPS: tuple[type[Any], ...] = (GetOp, RangeOp, LeaseTtlOp)
+COMMAND_TYPES: tuple[type[Any], ...] = (*READ_OPS, *WRITE_OPS)
 
 
 # ----------------------------------------------------------------------- results
@@ -365,7 +394,7 @@ class DeleteOk:
 class KeyValue:
     """One key of a range, with its metadata (``value`` is "" for ``keys_only``).
 
-    ``lease`` is 0: leases are not implemented yet, the field is kept for them.
+    ``lease`` is the id of the lease the key is attached to, 0 for none.
     """
 
     key: str
@@ -565,6 +594,11 @@ Result = (
     | StaleRequestResult
     | SessionExpiredResult
     | CompactOk
+    | LeaseGrantOk
+    | LeaseKeepaliveOk
+    | LeaseTtlResult
+    | LeaseNotFoundResult
+    | LeaseLimitResult
 )
 
 
@@ -642,6 +676,10 @@ def check_op(
             raise InvalidArgument(
                 f"revision must be an int in 0..{MAX_REVISION}, not {op.revision!r}"
             )
+    elif isinstance(op, LeaseOp):
+        why = lease_op_error(op)
+        if why is not None:
+            raise InvalidArgument(why)
     elif kind is RangeOp or kind is DeleteRangeOp:
         assert isinstance(op, RangeOp | DeleteRangeOp)
         _check_bounds(op.start, op.end, bound_bytes)
@@ -656,6 +694,10 @@ def check_op(
             _check_str("value", op.value, max_value_bytes)
         if isinstance(op, PutOp | DeleteOp):
             check_version(op.version)
+        if isinstance(op, PutOp | SetOp):
+            why = lease_id_error(op.lease, allow_none=True)
+            if why is not None:
+                raise InvalidArgument(why)
     check_client_id(op.client_id)
     if type(op.request_id) is not int or not 0 <= op.request_id <= MAX_REQUEST_ID:
         raise InvalidArgument(
@@ -758,6 +800,10 @@ def _branch_error(branch: tuple[object, ...]) -> str | None:
                 return f"[{i}]: key must be str, not {type(item.key).__name__}"
             if isinstance(item, TxnPut | TxnSet) and type(item.value) is not str:
                 return f"[{i}]: value must be str, not {type(item.value).__name__}"
+            if isinstance(item, TxnPut | TxnSet):
+                why = lease_id_error(item.lease, allow_none=True)
+                if why is not None:
+                    return f"[{i}]: {why}"
             unversioned = isinstance(item, TxnDelete) and item.version is None
             if isinstance(item, TxnPut | TxnDelete) and not unversioned:
                 version = item.version

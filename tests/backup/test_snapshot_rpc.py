@@ -24,6 +24,7 @@ from kvraft.server.backup import (
     SNAPSHOT_IDLE_TIMEOUT_S,
 )
 from kvraft.server.commands import decode_command
+from kvraft.server.driver_io import LoopClock
 from kvraft.server.kvstore import KVStore
 from kvraft.server.rsm import RSM
 
@@ -223,7 +224,8 @@ def test_the_barrier_is_a_read_through_the_log_that_opens_no_session() -> None:
         submitted.append(command)
         return 10, 4
 
-    server.rsm.attach(SimpleNamespace(submit=submit))  # type: ignore[arg-type]
+    fake_node = SimpleNamespace(submit=submit, clock=LoopClock(), running=True)
+    server.rsm.attach(fake_node)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         task = asyncio.create_task(server._read_through_the_log())

@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-from kvraft import kv_protocol
+from kvraft import kv_protocol, lease_protocol
 from kvraft.raft.messages import MESSAGE_TYPES, Entry
 from kvraft.rpc import codec
 from kvraft.rpc.wire_types import WIRE_TYPES
@@ -50,6 +50,22 @@ DATA_TYPES = (
     kv_protocol.WatchBatch,
     kv_protocol.WatchCompactedResult,
 )
+# Leases (kvraft.lease_protocol): requests and the grant's answer in 48..53, the rest
+# of the answers in 75..78 (54..59 were taken by watch first).
+LEASE_TYPES = (
+    lease_protocol.LeaseGrantOp,
+    lease_protocol.LeaseRevokeOp,
+    lease_protocol.LeaseKeepaliveOp,
+    lease_protocol.LeaseTtlOp,
+    lease_protocol.LeaseExpireOp,
+    lease_protocol.LeaseGrantOk,
+)
+LEASE_ANSWER_TYPES = (
+    lease_protocol.LeaseKeepaliveOk,
+    lease_protocol.LeaseTtlResult,
+    lease_protocol.LeaseNotFoundResult,
+    lease_protocol.LeaseLimitResult,
+)
 
 
 def test_every_raft_and_kv_message_has_one_tag_in_its_range() -> None:
@@ -62,7 +78,16 @@ def test_every_raft_and_kv_message_has_one_tag_in_its_range() -> None:
     }
     assert all(20 <= by_class[cls] <= 29 for cls in KV_TYPES)
     assert all(30 <= by_class[cls] <= 59 for cls in DATA_TYPES)
-    assert set(classes) == {Entry, *MESSAGE_TYPES, *KV_TYPES, *DATA_TYPES}
+    assert all(48 <= by_class[cls] <= 53 for cls in LEASE_TYPES)
+    assert all(75 <= by_class[cls] <= 78 for cls in LEASE_ANSWER_TYPES)
+    assert set(classes) == {
+        Entry,
+        *MESSAGE_TYPES,
+        *KV_TYPES,
+        *DATA_TYPES,
+        *LEASE_TYPES,
+        *LEASE_ANSWER_TYPES,
+    }
 
 
 def test_importing_the_codec_registers_the_whole_table() -> None:

@@ -96,15 +96,16 @@ def test_commands_are_also_wire_messages_for_rpc_arguments() -> None:
         (ext(20, ["k", "c", 1, -1]), "acked_below must be an int >= 0"),
         (ext(20, ["k", "c", 1, 2]), "acked_below 2 is above request_id 1"),
         (ext(20, ["k", "c", 64, 0]), "at most 64 requests in flight"),
-        (ext(21, ["k", "v", 0, "c", 100, 36]), "at most 64 requests in flight"),
+        (ext(21, ["k", "v", 0, "c", 100, 36, 0]), "at most 64 requests in flight"),
         (ext(21, ["k", "v", 0, "c", 1]), "fields"),  # the layout before sessions
-        (ext(21, ["k", 1, 0, "c", 1, 1]), "value"),
-        (ext(21, ["k", "v", True, "c", 1, 1]), "version"),
-        (ext(21, ["k", "v", 1.0, "c", 1, 1]), "version"),
-        (ext(21, ["k", "v", None, "c", 1, 1]), "version"),
-        (ext(21, ["k", "v", -1, "c", 1, 1]), "version -1 out of range"),
-        (ext(21, ["k", "v", 2**64 - 1, "c", 1, 1]), "out of range"),
-        (ext(21, ["k", "v", 0, 5, 1, 1]), "client_id"),
+        (ext(21, ["k", "v", 0, "c", 1, 1]), "fields"),  # the layout before leases
+        (ext(21, ["k", 1, 0, "c", 1, 1, 0]), "value"),
+        (ext(21, ["k", "v", True, "c", 1, 1, 0]), "version"),
+        (ext(21, ["k", "v", 1.0, "c", 1, 1, 0]), "version"),
+        (ext(21, ["k", "v", None, "c", 1, 1, 0]), "version"),
+        (ext(21, ["k", "v", -1, "c", 1, 1, 0]), "version -1 out of range"),
+        (ext(21, ["k", "v", 2**64 - 1, "c", 1, 1, 0]), "out of range"),
+        (ext(21, ["k", "v", 0, 5, 1, 1, 0]), "client_id"),
     ],
 )
 def test_decode_refuses_anything_but_one_well_formed_command(data: bytes, why: str) -> None:

@@ -121,7 +121,8 @@ def _snapshot_of(items: list[object], fmt: object = SNAPSHOT_FORMAT, revision: o
 
 
 def _raw(items: list[object], fmt: object = SNAPSHOT_FORMAT, revision: object = 9) -> bytes:
-    return msgpack.packb([fmt, revision, items], use_bin_type=True)  # type: ignore[no-any-return]
+    # An empty lease table (next id 1, no leases) after the items.
+    return msgpack.packb([fmt, revision, items, [1, []]], use_bin_type=True)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(
@@ -130,8 +131,8 @@ def _raw(items: list[object], fmt: object = SNAPSHOT_FORMAT, revision: object = 
         (b"", "truncated"),
         (b"\xc1", "not a msgpack array"),
         (msgpack.packb({"a": 1}), "snapshot is not a msgpack array"),
-        (msgpack.packb([1, 2]), "triple"),
-        (msgpack.packb([SNAPSHOT_FORMAT, 0, {}]), "item array is not a msgpack array"),
+        (msgpack.packb([1, 2]), "leases\\] array"),
+        (msgpack.packb([SNAPSHOT_FORMAT, 0, {}, [1, []]]), "item array is not a msgpack array"),
         (_snapshot_of([], fmt=1), "format"),
         (_snapshot_of([], fmt=True), "format"),
         (_snapshot_of([], revision=-1), "revision"),
@@ -151,8 +152,8 @@ def _raw(items: list[object], fmt: object = SNAPSHOT_FORMAT, revision: object = 
         (_snapshot_of(["a", "v", 1, "a", "w", 2]), "order"),
         (_snapshot_of(["a", "v", 1]) + b"\x00", "unexpected bytes"),
         (_snapshot_of(["a", "v", 1])[:-1], "truncated"),
-        (b"\x93\x02\x00\x96\xa1a\xa1v\x01", "truncated"),
-        (b"\x93\x02\x00\x96\xa1\xff\xa1v\x01\x01\x01\x00", "undecodable"),
+        (b"\x94\x03\x00\x96\xa1a\xa1v\x01", "truncated"),
+        (b"\x94\x03\x00\x96\xa1\xff\xa1v\x01\x01\x01\x00", "undecodable"),
     ],
 )
 def test_restore_refuses_corrupt_snapshots_with_a_clear_error(data: bytes, why: str) -> None:

@@ -16,6 +16,7 @@ from kvraft.errors import Busy, NotLeader
 from kvraft.kv_protocol import PutOk, PutOp
 from kvraft.raft.messages import Entry
 from kvraft.server.commands import encode_command
+from kvraft.server.driver_io import LoopClock
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import RaftNode
 from kvraft.server.options import ServerOptions
@@ -25,11 +26,14 @@ from .node_support import single_node_options
 
 
 class LeaderStandIn:
-    """What the RSM uses of a RaftNode: submit() appends to a log it keeps."""
+    """What the RSM uses of a RaftNode: submit() appends to a log it keeps; its clock
+    and ``running`` are what the lease keeper reads."""
 
     def __init__(self) -> None:
         self.log: list[bytes] = []
         self.leading = True
+        self.clock = LoopClock()
+        self.running = True
 
     def submit(self, command: bytes) -> tuple[int, int] | None:
         if not self.leading:

@@ -16,6 +16,7 @@ from kvraft.errors import Busy, NotLeader, WrongLeader
 from kvraft.kv_protocol import GetOk, GetOp, NoKeyResult, PutOp, RangeOp, RangeResult
 from kvraft.raft.messages import Entry
 from kvraft.server.commands import encode_command
+from kvraft.server.driver_io import LoopClock
 from kvraft.server.kvstore import KVStore
 from kvraft.server.node import RaftNode, ReadFailed
 from kvraft.server.options import DEFAULT_MAX_PENDING_READS, ServerOptions
@@ -25,11 +26,14 @@ from .node_support import single_node_options
 
 
 class ReadingLeader:
-    """What RSM.read uses of a RaftNode: read_index() futures the test settles."""
+    """What RSM.read uses of a RaftNode: read_index() futures the test settles; its
+    clock and ``running`` are what the lease keeper reads."""
 
     def __init__(self) -> None:
         self.leading = True
         self.reads: list[asyncio.Future[int]] = []
+        self.clock = LoopClock()
+        self.running = True
 
     @property
     def pending_reads(self) -> int:

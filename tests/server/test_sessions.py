@@ -193,7 +193,7 @@ def test_sessions_survive_a_snapshot_in_their_use_order() -> None:
     assert "y" not in m.sessions
 
 
-def _state(sessions: list[object], store: object = (2, 0, []), fmt: object = 3) -> bytes:
+def _state(sessions: list[object], store: object = (3, 0, [], [1, []]), fmt: object = 3) -> bytes:
     return msgpack.packb([fmt, sessions, list(store)])  # type: ignore[call-overload, no-any-return]
 
 
@@ -203,7 +203,7 @@ OK = pack(PutOk(1, 1))
 @pytest.mark.parametrize(
     ("data", "why"),
     [
-        (KVStore().snapshot(), "unknown state snapshot format 2"),  # a bare store
+        (KVStore().snapshot(), "triple"),  # a bare store
         (_state([], fmt=2), "unknown state snapshot format 2"),  # before revisions
         (_state([], fmt=4), "unknown state snapshot format 4"),
         (_state(["c", 1, 1]), "4-item sessions"),
@@ -226,7 +226,7 @@ OK = pack(PutOk(1, 1))
         (_state(["c", 1, 1, [2, b"\xd4\x17\x01"]]), "undecodable|expected"),
         (_state([b"c", 1, 1, []]), "bad session"),
         (_state(["c", 1, 1, [1, OK] * 65]), "result array"),
-        (_state([], store=(2, 0, ["k"])), "6-item"),
+        (_state([], store=(3, 0, ["k"], [1, []])), "6-item"),
         (_state([]) + b"\x00", "unexpected bytes"),
         (_state([])[:-1], "truncated"),
         (b"\x01", "not a msgpack array"),

@@ -14,7 +14,7 @@ def quiet_raft_log() -> Iterator[None]:
 
     The replay command prints them for the one seed that matters.
     """
-    loggers = [logging.getLogger("kvraft.raft"), logging.getLogger("kvraft.sim")]
+    loggers = [logging.getLogger(name) for name in ("kvraft.raft", "kvraft.sim", "kvraft.leases")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.WARNING)

@@ -195,12 +195,16 @@ class NodeSimulation:
 
     # ----------------------------------------------------------------- failing
 
+    def replay_command(self) -> str:
+        """The command that replays this run (a subclass names its own driver)."""
+        return replay_command(self.seed, self.size, self.planted)
+
     def fail(self, what: str) -> None:
         violation = Violation(
             f"{what}\n  at {self.now_s():.4f} s (seed {self.seed}, {self.size} nodes, "
             f"snapshot threshold {self.snapshot_threshold_bytes}, {self.session_limits}, "
             f"{self.profile})\n"
-            f"  replay: {replay_command(self.seed, self.size, self.planted)}"
+            f"  replay: {self.replay_command()}"
         )
         # Raised here, and kept: a check inside a node's task would only end that task.
         if self._failure is None:
@@ -273,7 +277,7 @@ class NodeSimulation:
 
     async def _start(self, sim_node: SimNode) -> None:
         assert sim_node.node is None
-        rsm = ObservedRSM(self, sim_node)
+        rsm = self._new_rsm(sim_node)
         disk = SimDisk(self)
         extra = {} if self.core_factory is None else {"core_factory": self.core_factory}
         config = self.profile.raft_config(
@@ -304,6 +308,10 @@ class NodeSimulation:
             node.core.commit_index,
         )
         await node.start()
+
+    def _new_rsm(self, sim_node: SimNode) -> ObservedRSM:
+        """The state machine of a node starting (a subclass may plant a part of it)."""
+        return ObservedRSM(self, sim_node)
 
     def _crash(self, sim_node: SimNode, where: str) -> None:
         node = sim_node.node

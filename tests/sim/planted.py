@@ -2,7 +2,9 @@
 
 Each is a one-rule violation that an unlucky implementation could make: of
 the paper, in a core; of the durability order (Raft thesis §3.8), in the
-driver. The simulator must report the property it breaks within a few seeds.
+driver; of the lease keeper's rules (``kvraft.server.lease_keeper``), in the
+leader's lease clock. The simulator must report the property it breaks
+within a few seeds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kvraft.raft.log import RaftLog
 from kvraft.raft.membership import Change, ChangeRefused
 from kvraft.raft.messages import Entry, Message, RequestVote, TimeoutNow
 from kvraft.raft.ready import PersistentState, Ready
+from kvraft.server.lease_keeper import LeaseKeeper
 from kvraft.server.node import RaftNode
 
 
@@ -206,4 +209,29 @@ class ApplyFirstNode(RaftNode):
 PLANTED_DRIVERS: dict[str, type[RaftNode]] = {
     "early-ack": EarlyAckNode,
     "apply-first": ApplyFirstNode,
+}
+
+
+# ---------------------------------------------------------------- lease keepers
+
+
+class NoFailoverExtensionKeeper(LeaseKeeper):
+    """A new leader gives the leases it inherits only what it guesses is left of their
+    TTL, half of it, instead of a full TTL from the start of its term (breaks the
+    keeper's rule 1, etcd's rule): a lease renewed just before a failover expires
+    before its TTL from that renewal has run out."""
+
+    def reset(self) -> None:
+        super().reset()
+        if self._now is None:
+            return
+        now, table = self._now(), self._table()
+        for lease_id in self._deadlines:
+            lease = table.get(lease_id)
+            assert lease is not None
+            self._deadlines[lease_id] = now + lease.ttl / 2
+
+
+PLANTED_KEEPERS: dict[str, type[LeaseKeeper]] = {
+    "no-failover-extension": NoFailoverExtensionKeeper,
 }

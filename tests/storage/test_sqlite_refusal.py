@@ -100,8 +100,8 @@ def test_refuses_a_newer_format_version(data_dir: Path) -> None:
     assert "format version 6 is newer than this kvraft supports (5)" in message
 
 
-# 3: before the data API's revisions (never released, like 1 and 2); 4: before
-# membership changes (no configuration in the snapshot row).
+# 3: before the data API's revisions; 4: before leases and membership changes (never
+# released, like 1 and 2).
 @pytest.mark.parametrize("old", [1, 2, 3, 4])
 def test_refuses_the_pre_release_format(data_dir: Path, old: int) -> None:
     edit(data_dir, ("UPDATE meta SET value = ? WHERE key = 'format_version'", (old,)))

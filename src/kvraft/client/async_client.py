@@ -73,6 +73,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from kvraft.addresses import split_address
+from kvraft.client.leases import LeaseCalls, raise_for_lease_result
 from kvraft.client.session import ClientSession
 from kvraft.errors import (
     Busy,
@@ -186,7 +187,7 @@ def may_have_applied(failure: Exception) -> bool:
     return not isinstance(failure, NotLeader | NotSent)
 
 
-class AsyncClient:
+class AsyncClient(LeaseCalls):
     """Asyncio client of a kvraft cluster; see the module docstring for the contract."""
 
     def __init__(
@@ -254,13 +255,15 @@ class AsyncClient:
         assert value is not None
         return value, version
 
-    async def put(self, key: str, value: str, version: int) -> int:
+    async def put(self, key: str, value: str, version: int, *, lease: int = 0) -> int:
         """Store ``value`` if ``key`` is at ``version``; returns the new version.
 
         Raises NoKey (version > 0 on a missing key), VersionMismatch, or Maybe
         (resent after an attempt with an unknown outcome, it met
         VersionMismatch: it may have applied). Unavailable and ClientClosed
-        leave it unknown whether the put applied.
+        leave it unknown whether the put applied. ``lease``: attach the key
+        to that lease (0: to none, detaching it); LeaseNotFound if the lease
+        is not live, and then nothing changed.
         """
 
         def build(session: str, request_id: int, acked_below: int) -> Op:
@@ -271,24 +274,31 @@ class AsyncClient:
                 client_id=session,
                 request_id=request_id,
                 acked_below=acked_below,
+                lease=lease,
             )
 
         outcomes: list[bool] = []
         try:
-            _, new_version = result_of(await self._in_session("put", build, outcomes))
+            result = await self._in_session("put", build, outcomes)
+            raise_for_lease_result(result)
+            _, new_version = result_of(result)
         except VersionMismatch as exc:
             if any(outcomes):
                 raise Maybe(f"put of {key!r} at version {version} was resent: {exc}") from None
             raise
         return new_version
 
-    async def set(self, key: str, value: str) -> int:
-        """Store ``value`` at ``key`` whatever its version; returns the new version."""
+    async def set(self, key: str, value: str, *, lease: int = 0) -> int:
+        """Store ``value`` at ``key`` whatever its version; returns the new version.
+
+        ``lease`` as for :meth:`put`.
+        """
 
         def build(session: str, request_id: int, acked_below: int) -> Op:
-            return SetOp(key, value, session, request_id, acked_below)
+            return SetOp(key, value, session, request_id, acked_below, lease)
 
         result = await self._in_session("set", build)
+        raise_for_lease_result(result)
         if not isinstance(result, SetOk):
             raise ProtocolError(f"not a set result: {type(result).__name__}")
         return result.version
@@ -386,6 +396,7 @@ class AsyncClient:
 
         outcomes: list[bool] = []
         result = await self._in_session("txn", build, outcomes)
+        raise_for_lease_result(result)
         if isinstance(result, TxnOpFailedResult):
             branch = "success" if result.succeeded else "failure"
             where = f"txn {branch}[{result.index}]"

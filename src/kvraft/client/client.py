@@ -32,6 +32,7 @@ from kvraft.client.async_client import (
     AsyncClient,
     ReadMode,
 )
+from kvraft.client.leases import KeptLease, Lease
 from kvraft.errors import ClientClosed
 from kvraft.kv_protocol import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -41,6 +42,7 @@ from kvraft.kv_protocol import (
     TxnResult,
     WatchEvent,
 )
+from kvraft.lease_protocol import LeaseTtlResult
 from kvraft.loop_thread import EventLoopThread
 
 T = TypeVar("T")
@@ -106,13 +108,38 @@ class Client:
         """
         return self._run(self._async.get(key, read=read))
 
-    def put(self, key: str, value: str, version: int) -> int:
-        """Store ``value`` if ``key`` is at ``version``; returns the new version."""
-        return self._run(self._async.put(key, value, version))
+    def put(self, key: str, value: str, version: int, *, lease: int = 0) -> int:
+        """Store ``value`` if ``key`` is at ``version``; returns the new version.
 
-    def set(self, key: str, value: str) -> int:
+        ``lease``: attach the key to that lease (AsyncClient.put).
+        """
+        return self._run(self._async.put(key, value, version, lease=lease))
+
+    def set(self, key: str, value: str, *, lease: int = 0) -> int:
         """Store ``value`` at ``key`` whatever its version; returns the new version."""
-        return self._run(self._async.set(key, value))
+        return self._run(self._async.set(key, value, lease=lease))
+
+    def lease_grant(self, ttl: int) -> Lease:
+        """Grant a lease of ``ttl`` seconds (AsyncClient.lease_grant)."""
+        return self._run(self._async.lease_grant(ttl))
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """Renew the lease; its TTL (AsyncClient.lease_keepalive)."""
+        return self._run(self._async.lease_keepalive(lease_id))
+
+    def lease_revoke(self, lease_id: int) -> int:
+        """Revoke the lease, deleting its keys; how many (AsyncClient.lease_revoke)."""
+        return self._run(self._async.lease_revoke(lease_id))
+
+    def lease_ttl(self, lease_id: int, keys: bool = False) -> LeaseTtlResult:
+        """The lease's TTLs and keys (AsyncClient.lease_ttl)."""
+        return self._run(self._async.lease_ttl(lease_id, keys))
+
+    def lease(self, ttl: int) -> SyncKeptLease:
+        """``with client.lease(ttl) as lease:`` a lease renewed in the background (on the
+        client's loop thread) until the block ends, then revoked; ``lease.lost`` says if
+        it was lost meanwhile."""
+        return SyncKeptLease(self, self._async.lease(ttl))
 
     def delete(self, key: str, version: int) -> int:
         """Delete ``key`` if it is at ``version``; returns the revision the delete made."""
@@ -211,6 +238,20 @@ class Client:
             with contextlib.suppress(ClientClosed):  # closed: the loop took it along
                 self._run(close())
 
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of :attr:`async_client` on the client's loop thread; its result.
+
+        For the recipes (Lock with a ttl, Election) that are written once,
+        on the AsyncClient, and wrapped here.
+        """
+        return self._run(coro)
+
+    @property
+    def async_client(self) -> AsyncClient:
+        """The AsyncClient this wraps (use it only through :meth:`run`: it lives on the
+        client's loop thread)."""
+        return self._async
+
     def close(self) -> None:
         """End every call in flight, in every thread, with ClientClosed; stop the thread.
 
@@ -241,3 +282,52 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class SyncKeptLease:
+    """The blocking face of :class:`~kvraft.client.leases.KeptLease` (``Client.lease``).
+
+    The renewals run on the client's loop thread, so they go on while the
+    caller's thread blocks or computes; ``lost`` can be read from any thread.
+    """
+
+    def __init__(self, client: Client, kept: KeptLease) -> None:
+        self._client = client
+        self._kept = kept
+
+    @property
+    def id(self) -> int:
+        return self._kept.id
+
+    @property
+    def ttl(self) -> int:
+        return self._kept.ttl
+
+    @property
+    def lost(self) -> bool:
+        return self._kept.lost
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._kept.lost_reason
+
+    def remaining_s(self) -> float:
+        """Seconds the lease is surely live still, by this client's count."""
+
+        async def remaining() -> float:
+            return self._kept.remaining_s()
+
+        return self._client.run(remaining())
+
+    def __enter__(self) -> SyncKeptLease:
+        self._client.run(self._kept.start())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(ClientClosed):
+            self._client.run(self._kept.stop())

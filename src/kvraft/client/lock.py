@@ -25,10 +25,18 @@ put. Every acquisition and release bumps the version, so tokens grow with
 every acquisition; a resource guarded by the lock can refuse requests that
 carry a token older than the newest it has seen.
 
-Limits, honestly: there is no lease. A holder that dies (or is partitioned away
-for good) holds the lock until someone calls :meth:`Lock.force_release` or
-releases it with the same identity. A holder that is paused (GC, swap) keeps
-believing it holds the lock; fencing tokens are the defence against that.
+Limits, honestly: without a ``ttl`` there is no lease. A holder that dies (or
+is partitioned away for good) holds the lock until someone calls
+:meth:`Lock.force_release` or releases it with the same identity. A holder
+that is paused (GC, swap) keeps believing it holds the lock; fencing tokens
+are the defence against that.
+
+With ``ttl=N`` (seconds) the lock is another mechanism altogether
+(:mod:`kvraft.client.leased_lock`): the holder's key lives on a lease kept
+alive in the background, a dead or cut-off holder loses the lock within the
+TTL, waiting is a watch, and the token is the key's create revision. The two
+kinds do not exclude each other: use one name with a ttl or without, never
+both. ``docs/locks.md`` says what either can and cannot promise.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import uuid
 from types import TracebackType
 
 from kvraft.client.client import Client
+from kvraft.client.leased_lock import AsyncLeasedLock
 from kvraft.errors import ClientClosed, LockStateUnknown, Maybe, NoKey, Unavailable, VersionMismatch
 
 FREE = ""
@@ -52,7 +61,15 @@ class LockNotHeld(RuntimeError):
 class Lock:
     """A named lock in a kvraft cluster. Not reentrant; one Lock object = one holder."""
 
-    def __init__(self, client: Client, name: str, *, holder_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        *,
+        holder_id: str | None = None,
+        ttl: int | None = None,
+    ) -> None:
+        """``ttl``: hold the lock on a lease of that many seconds (module docstring)."""
         self.client = client
         self.key = f"__lock__/{name}"
         self.holder_id = holder_id or f"{client.client_id}/{uuid.uuid4().hex}"
@@ -60,6 +77,20 @@ class Lock:
         # The version of an acquiring put of ours that may still apply; None when
         # settled. Set only when acquire raised LockStateUnknown.
         self.unsettled_version: int | None = None
+        self.ttl = ttl
+        self._leased = (
+            AsyncLeasedLock(client.async_client, name, ttl, self.holder_id)
+            if ttl is not None
+            else None
+        )
+
+    @property
+    def lost(self) -> bool:
+        """With a ttl: whether the lease of the held lock was lost (stop acting as holder).
+
+        Always False without a ttl (such a lock is never lost, only stolen by
+        force_release)."""
+        return self._leased is not None and self._leased.lost
 
     @classmethod
     def recover(cls, client: Client, error: LockStateUnknown) -> Lock:
@@ -81,6 +112,9 @@ class Lock:
 
     def try_acquire(self) -> int | None:
         """One attempt: the fencing token if acquired now, None if someone else holds it."""
+        if self._leased is not None:
+            self.token = self.client.run(self._leased.try_acquire())
+            return self.token
         holder, version = self._read()
         if self.unsettled_version is not None and (
             holder == self.holder_id or version > self.unsettled_version
@@ -131,6 +165,9 @@ class Lock:
 
         Raises TimeoutError if ``timeout`` seconds pass first.
         """
+        if self._leased is not None:
+            self.token = self.client.run(self._leased.acquire(timeout))
+            return self.token
         give_up = None if timeout is None else time.monotonic() + timeout
         poll = POLL_S
         while True:
@@ -149,7 +186,12 @@ class Lock:
         acquisition instead: it frees the lock if we hold it and returns
         quietly if we do not, having first made sure (a put of the free value
         at the put's version) that the acquiring put can no longer apply.
+        With a ttl: revokes the lease (deleting the key), whether or not it was lost.
         """
+        if self._leased is not None:
+            self.client.run(self._leased.release())
+            self.token = None
+            return
         maybe_released = False
         while True:
             holder, version = self._read()
@@ -183,7 +225,12 @@ class Lock:
             return False  # the key moved (perhaps by this very put): read again
 
     def force_release(self) -> None:
-        """Free the lock whoever holds it (operator recovery from a dead holder)."""
+        """Free the lock whoever holds it (operator recovery from a dead holder).
+
+        Without a ttl only; a leased lock frees itself.
+        """
+        if self._leased is not None:
+            raise RuntimeError("a lock with a ttl frees itself: its holder's lease expires")
         while True:
             holder, version = self._read()
             if holder == FREE:

@@ -12,7 +12,8 @@ every tag, with no import to remember.
 
 Tag ranges: 1..19 Raft, 20..29 and 30..59 the key-value service (30..59:
 the data API's commands, transaction parts and results, 54..59 watch and
-compaction; 48..53 are still free), 100..127 free for tests.
+compaction; 48..53 and 75..89 leases: :mod:`kvraft.lease_protocol`), 100..127
+free for tests.
 A tag is forever: log entries are stored as their command's wire encoding,
 so renumbering a command would change what a data dir's log means.
 """
@@ -55,6 +56,18 @@ from kvraft.kv_protocol import (
     WatchCompactedResult,
     WatchEvent,
     WatchPoll,
+)
+from kvraft.lease_protocol import (
+    LeaseExpireOp,
+    LeaseGrantOk,
+    LeaseGrantOp,
+    LeaseKeepaliveOk,
+    LeaseKeepaliveOp,
+    LeaseLimitResult,
+    LeaseNotFoundResult,
+    LeaseRevokeOp,
+    LeaseTtlOp,
+    LeaseTtlResult,
 )
 from kvraft.raft.messages import (
     AppendEntries,
@@ -106,11 +119,23 @@ WIRE_TYPES: tuple[tuple[int, type[Any]], ...] = (
     (45, DeleteOk),
     (46, TxnResult),
     (47, TxnOpFailedResult),
-    # Watch and compaction (kvraft.kv_protocol; 54..59, leaving 48..53 free)
+    # Leases (kvraft.lease_protocol): 48..53, then 75..89
+    (48, LeaseGrantOp),
+    (49, LeaseRevokeOp),
+    (50, LeaseKeepaliveOp),
+    (51, LeaseTtlOp),
+    (52, LeaseExpireOp),
+    (53, LeaseGrantOk),
+    # Watch and compaction (kvraft.kv_protocol; 54..59)
     (54, CompactOp),
     (55, CompactOk),
     (56, WatchEvent),
     (57, WatchPoll),
     (58, WatchBatch),
     (59, WatchCompactedResult),
+    # Leases, continued
+    (75, LeaseKeepaliveOk),
+    (76, LeaseTtlResult),
+    (77, LeaseNotFoundResult),
+    (78, LeaseLimitResult),
 )

@@ -23,6 +23,13 @@ txn reports the txn's final revision. Reads in a txn share
 :data:`~kvraft.kv_protocol.MAX_TXN_READ_BYTES`, because the result is kept in
 the client's session.
 
+Leases (:mod:`kvraft.lease_protocol`): a grant takes the table's next id;
+a keepalive counts a renewal; a revoke, or an expiry at the renewal count
+its proposer saw, deletes the lease's keys (sorted) at one new revision (none
+if it had no keys) and drops the lease. A put or set (in a txn too) naming a
+lease that is not live is LeaseNotFoundResult, one that would pass
+MAX_KEYS_PER_LEASE is LeaseLimitResult: nothing of the command applies.
+
 Whose fault: :func:`decode_command` raises :class:`BadCommand` for bytes that
 are not exactly one well-formed command; in a log entry that is a bug or a
 raw test-hook submit, never user input (user input was checked with
@@ -73,6 +80,21 @@ from kvraft.kv_protocol import (
     acked_below_error,
     txn_error,
     utf8_len,
+)
+from kvraft.lease_protocol import (
+    MAX_KEYS_PER_LEASE,
+    MAX_LEASES,
+    LeaseExpireOp,
+    LeaseGrantOk,
+    LeaseGrantOp,
+    LeaseKeepaliveOk,
+    LeaseKeepaliveOp,
+    LeaseLimitResult,
+    LeaseNotFoundResult,
+    LeaseRevokeOp,
+    LeaseTtlOp,
+    LeaseTtlResult,
+    lease_op_error,
 )
 from kvraft.rpc.codec import pack, unpack
 from kvraft.server.kvstore import KVStore
@@ -132,6 +154,14 @@ def decode_command(data: bytes) -> Op:
         why = txn_error(op)
         if why is not None:
             raise BadCommand(why)
+    elif isinstance(
+        op, LeaseGrantOp | LeaseRevokeOp | LeaseKeepaliveOp | LeaseTtlOp | LeaseExpireOp
+    ):
+        why = lease_op_error(op)
+        if why is not None:
+            raise BadCommand(why)
+    if isinstance(op, PutOp | SetOp) and op.lease < 0:
+        raise BadCommand(f"negative lease id {op.lease}")
     return op  # type: ignore[no-any-return]
 
 
@@ -150,19 +180,25 @@ def apply_command(store: KVStore, op: Op) -> Result:
             if entry is None:
                 return NoKeyResult()
             return GetOk(entry[0], entry[1])
-        case PutOp(key=key, value=value, version=version):
+        case PutOp(key=key, value=value, version=version, lease=lease):
+            refused = _lease_refusal(store, {lease: [key]} if lease else {})
+            if refused is not None:
+                return refused
             current = store.version(key)
             if version != current:
                 if current == 0:
                     return NoKeyResult()
                 return VersionMismatchResult(current)
             revision = store.revision + 1
-            new_version = store.write(key, value, revision)
+            new_version = store.write(key, value, revision, lease)
             store.set_revision(revision)
             return PutOk(new_version, revision)
-        case SetOp(key=key, value=value):
+        case SetOp(key=key, value=value, lease=lease):
+            refused = _lease_refusal(store, {lease: [key]} if lease else {})
+            if refused is not None:
+                return refused
             revision = store.revision + 1
-            new_version = store.write(key, value, revision)
+            new_version = store.write(key, value, revision, lease)
             store.set_revision(revision)
             return SetOk(new_version, revision)
         case DeleteOp(key=key, version=version):
@@ -184,8 +220,69 @@ def apply_command(store: KVStore, op: Op) -> Result:
         case CompactOp(revision=revision):
             # The store is unchanged; the RSM drops the watch history below this.
             return CompactOk(min(revision, store.revision + 1))
+        case LeaseGrantOp(ttl=ttl):
+            if store.leases.full():
+                return LeaseLimitResult(f"{MAX_LEASES} leases are live: revoke some first")
+            return LeaseGrantOk(store.leases.grant(ttl), ttl)
+        case LeaseKeepaliveOp(lease_id=lease_id):
+            held = store.leases.get(lease_id)
+            if held is None:
+                return LeaseNotFoundResult(lease_id)
+            held.renewals += 1
+            return LeaseKeepaliveOk(lease_id, held.ttl)
+        case LeaseRevokeOp(lease_id=lease_id):
+            if lease_id not in store.leases:
+                return LeaseNotFoundResult(lease_id)
+            return revoke_lease(store, lease_id)
+        case LeaseExpireOp(lease_id=lease_id, renewals=renewals):
+            held = store.leases.get(lease_id)
+            if held is None:
+                return LeaseNotFoundResult(lease_id)
+            if held.renewals != renewals:
+                # Renewed after the leader decided it had expired: it lives on.
+                return LeaseKeepaliveOk(lease_id, held.ttl)
+            return revoke_lease(store, lease_id)
+        case LeaseTtlOp(lease_id=lease_id, keys=keys):
+            held = store.leases.get(lease_id)
+            if held is None:
+                return LeaseNotFoundResult(lease_id)
+            listed = tuple(sorted(held.keys)) if keys else ()
+            return LeaseTtlResult(lease_id, held.ttl, -1.0, listed)
         case _:
             assert_never(op)
+
+
+def revoke_lease(store: KVStore, lease_id: int) -> DeleteOk:
+    """Delete a live lease's keys at one new revision (none if it has none), then the lease."""
+    lease = store.leases.get(lease_id)
+    assert lease is not None, lease_id
+    keys = sorted(lease.keys)
+    for key in keys:
+        store.remove(key)
+    if keys:
+        store.set_revision(store.revision + 1)
+    store.leases.pop(lease_id)
+    return DeleteOk(len(keys), store.revision)
+
+
+def _lease_refusal(
+    store: KVStore, attaching: dict[int, list[str]]
+) -> LeaseNotFoundResult | LeaseLimitResult | None:
+    """Why writes attaching these keys to these leases must not apply, or None.
+
+    ``attaching`` maps a lease id to the keys a command writes with it; a
+    key already on that lease takes no room.
+    """
+    for lease_id in sorted(attaching):
+        lease = store.leases.get(lease_id)
+        if lease is None:
+            return LeaseNotFoundResult(lease_id)
+        new = sum(1 for key in set(attaching[lease_id]) if key not in lease.keys)
+        if len(lease.keys) + new > MAX_KEYS_PER_LEASE:
+            return LeaseLimitResult(
+                f"lease {lease_id} has {len(lease.keys)} keys: at most {MAX_KEYS_PER_LEASE}"
+            )
+    return None
 
 
 def _delete_range(store: KVStore, start: str, end: str, revision: int) -> DeleteOk:
@@ -244,9 +341,18 @@ def _version_failure(store: KVStore, branch: tuple[TxnRequest, ...]) -> tuple[in
     return None
 
 
-def _apply_txn(store: KVStore, op: TxnOp) -> TxnResult | TxnOpFailedResult:
+def _apply_txn(
+    store: KVStore, op: TxnOp
+) -> TxnResult | TxnOpFailedResult | LeaseNotFoundResult | LeaseLimitResult:
     succeeded = all(compare_holds(store, cmp) for cmp in op.compare)
     branch = op.success if succeeded else op.failure
+    attaching: dict[int, list[str]] = {}
+    for item in branch:
+        if isinstance(item, TxnPut | TxnSet) and item.lease:
+            attaching.setdefault(item.lease, []).append(item.key)
+    refused = _lease_refusal(store, attaching)
+    if refused is not None:
+        return refused
     failed = _version_failure(store, branch)
     if failed is not None:
         return TxnOpFailedResult(succeeded, failed[0], failed[1])
@@ -256,8 +362,11 @@ def _apply_txn(store: KVStore, op: TxnOp) -> TxnResult | TxnOpFailedResult:
     responses: list[PutOk | SetOk | DeleteOk | RangeResult] = []
     for item in branch:
         match item:
-            case TxnPut(key=key, value=value) | TxnSet(key=key, value=value):
-                new_version = store.write(key, value, revision)
+            case (
+                TxnPut(key=key, value=value, lease=lease)
+                | TxnSet(key=key, value=value, lease=lease)
+            ):
+                new_version = store.write(key, value, revision, lease)
                 changed = True
                 if isinstance(item, TxnPut):
                     responses.append(PutOk(new_version, revision))

@@ -19,9 +19,12 @@ transaction's writes all share one new revision (:meth:`write` takes the
 revision, :meth:`set_revision` commits it; ``kvraft.server.commands`` decides
 what a command does). Per key the store keeps ``(value, version,
 create_revision, mod_revision, lease)``: the revision that created the key
-(since it last did not exist) and the one that last wrote it. ``lease`` is
-always 0 for now; it is stored, snapshotted and checked so that leases can be
-added without another layout.
+(since it last did not exist) and the one that last wrote it.
+
+Leases: ``lease`` is the id of the lease the key is attached to (0: none);
+:attr:`KVStore.leases` is the replicated :class:`~kvraft.server.leases.LeaseTable`,
+whose per-lease key sets :meth:`write` and :meth:`remove` keep exact, so a
+revoke finds a lease's keys without a scan.
 
 Memory: one dict entry per key holding that 5-tuple (no per-key objects),
 plus the key once more in a ``SortedList`` for ranges in key order
@@ -45,12 +48,15 @@ from sortedcontainers import SortedList
 
 from kvraft.errors import NoKey, VersionMismatch
 from kvraft.kv_protocol import RANGE_KEY_OVERHEAD_BYTES, KeyValue, utf8_len
+from kvraft.lease_protocol import MAX_KEYS_PER_LEASE
+from kvraft.server.leases import BadLeaseTable, LeaseTable
 
 T = TypeVar("T")
 
 # Bumped when the snapshot layout changes; restore refuses any other value.
 # 2: the store revision, and per key create/mod revision and lease.
-SNAPSHOT_FORMAT = 2
+# 3: the lease table after the items.
+SNAPSHOT_FORMAT = 3
 # Keys sorted per run when a copy without its key order is encoded (about 2 ms
 # of GIL per run).
 _SORT_RUN_KEYS = 8192
@@ -96,7 +102,7 @@ def decode_whole(data: object, read: Callable[[Any], T]) -> T:
 class KVStore:
     """Keys to ``(value, version, create_revision, mod_revision, lease)``: see the module."""
 
-    __slots__ = ("_data", "_data_bytes", "_journal", "_keys_or_none", "_revision")
+    __slots__ = ("_data", "_data_bytes", "_journal", "_keys_or_none", "_revision", "leases")
 
     def __init__(self) -> None:
         # Invariant: every stored version is >= 1 (a missing key is version 0),
@@ -108,6 +114,9 @@ class KVStore:
         # Invariant: _data_bytes == sum(utf8_len(k) + utf8_len(v) for k, (v, ...) in _data).
         self._data_bytes = 0
         self._revision = 0
+        # Invariant: a key's lease is 0 or a live lease of this table, whose key
+        # set holds the key.
+        self.leases = LeaseTable()
         # While not None, every write and remove appends (key, entry before,
         # entry after; None for a missing key): the watch history's source
         # (see take_changes). Never copied or snapshotted.
@@ -209,7 +218,11 @@ class KVStore:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, KVStore):
             return NotImplemented
-        return self._revision == other._revision and self._data == other._data
+        return (
+            self._revision == other._revision
+            and self._data == other._data
+            and self.leases == other.leases
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
 
@@ -236,24 +249,33 @@ class KVStore:
         self._revision += 1
         return new_version
 
-    def write(self, key: str, value: str, revision: int) -> int:
+    def write(self, key: str, value: str, revision: int, lease: int = 0) -> int:
         """Store ``value`` at ``key`` as written by ``revision``, unconditionally; the new version.
 
-        A primitive for the command layer: the caller checks versions and
-        commits ``revision`` with :meth:`set_revision` once the command is done.
+        A primitive for the command layer: the caller checks versions (and
+        that ``lease``, if not 0, is live with room for the key) and commits
+        ``revision`` with :meth:`set_revision` once the command is done. The
+        key is attached to ``lease`` from now on, detached from any other.
         """
         entry = self._data.get(key)
         if entry is None:
             keys = self._keys  # built (in a copy) before the new key is in _data
-            new: Entry = (value, 1, revision, revision, 0)
+            new: Entry = (value, 1, revision, revision, lease)
             self._data[key] = new
             keys.add(key)
             self._data_bytes += utf8_len(key) + utf8_len(value)
+            if lease:
+                self.leases.attach(key, lease)
         else:
-            old_value, current, create, _, lease = entry
+            old_value, current, create, _, old_lease = entry
             new = (value, current + 1, create, revision, lease)
             self._data[key] = new
             self._data_bytes += utf8_len(value) - utf8_len(old_value)
+            if old_lease != lease:
+                if old_lease:
+                    self.leases.detach(key, old_lease)
+                if lease:
+                    self.leases.attach(key, lease)
         if self._journal is not None:
             self._journal.append((key, entry, new))
         return new[1]
@@ -266,6 +288,8 @@ class KVStore:
             return False
         keys.remove(key)
         self._data_bytes -= utf8_len(key) + utf8_len(entry[0])
+        if entry[4]:
+            self.leases.detach(key, entry[4])
         if self._journal is not None:
             self._journal.append((key, entry, None))
         return True
@@ -301,15 +325,17 @@ class KVStore:
         clone._keys_or_none = None
         clone._data_bytes = self._data_bytes
         clone._revision = self._revision
+        clone.leases = self.leases.copy()
         return clone
 
     def snapshot(self) -> bytes:
         """The whole store as canonical msgpack bytes: :meth:`snapshot_chunks`, joined.
 
         Layout: ``[SNAPSHOT_FORMAT, revision, [key1, value1, version1,
-        create_revision1, mod_revision1, lease1, key2, ...]]`` with keys in
-        ascending order. The flat array saves one header byte per key over
-        nested tuples; sorting makes the bytes a function of the contents only.
+        create_revision1, mod_revision1, lease1, key2, ...], leases]`` with keys in
+        ascending order and ``leases`` the lease table (:meth:`LeaseTable.pack_into`).
+        The flat array saves one header byte per key over nested tuples;
+        sorting makes the bytes a function of the contents only.
         """
         return b"".join(self.snapshot_chunks())
 
@@ -334,7 +360,7 @@ class KVStore:
             ]
             ordered = heapq.merge(*runs)
         packer = msgpack.Packer(use_bin_type=True, autoreset=False)
-        packer.pack_array_header(3)
+        packer.pack_array_header(4)
         packer.pack(SNAPSHOT_FORMAT)
         packer.pack(self._revision)
         packer.pack_array_header(6 * len(data))
@@ -353,6 +379,7 @@ class KVStore:
                 yield packer.bytes()
                 packer.reset()
                 in_chunk = 0
+        self.leases.pack_into(packer)
         yield packer.bytes()
 
     @classmethod
@@ -380,8 +407,8 @@ class KVStore:
 
     @classmethod
     def _read(cls, unpacker: Any) -> KVStore:
-        if _array_header(unpacker, "snapshot") != 3:
-            raise BadSnapshot("snapshot is not a [format, revision, items] triple")
+        if _array_header(unpacker, "snapshot") != 4:
+            raise BadSnapshot("snapshot is not a [format, revision, items, leases] array")
         fmt = unpacker.unpack()
         if type(fmt) is not int or fmt != SNAPSHOT_FORMAT:
             raise BadSnapshot(f"unknown snapshot format {fmt!r} (expected {SNAPSHOT_FORMAT})")
@@ -396,6 +423,7 @@ class KVStore:
         keys: list[str] = []
         total = 0
         previous: str | None = None
+        leased: list[tuple[str, int]] = []
         for _ in range(count // 6):
             key, value, version, create, mod, lease = (unpacker.unpack() for _ in range(6))
             if type(key) is not str or type(value) is not str:
@@ -416,9 +444,21 @@ class KVStore:
             if previous is not None and key <= previous:
                 raise BadSnapshot(f"keys out of order or repeated: {previous!r} then {key!r}")
             previous = key
+            if lease:
+                leased.append((key, lease))
             data[key] = (value, version, create, mod, lease)
             keys.append(key)
             total += utf8_len(key) + utf8_len(value)
+        try:
+            store.leases = LeaseTable.read(unpacker)
+        except BadLeaseTable as exc:
+            raise BadSnapshot(str(exc)) from None
+        for key, lease in leased:
+            if lease not in store.leases:
+                raise BadSnapshot(f"key {key!r} is attached to lease {lease}, which is not live")
+            if not store.leases.room_for(lease, 1):
+                raise BadSnapshot(f"lease {lease} has over {MAX_KEYS_PER_LEASE} keys")
+            store.leases.attach(key, lease)
         store._keys_or_none = SortedList(keys)
         store._data_bytes = total
         store._revision = revision

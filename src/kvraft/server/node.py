@@ -181,6 +181,11 @@ class RaftNode:
 
     # ----------------------------------------------------------------- lifecycle
 
+    @property
+    def running(self) -> bool:
+        """Between start() and stop()/halt(): tasks of the state machine stop when it is not."""
+        return self._running
+
     async def start(self) -> None:
         """Start ticking and the Ready loop."""
         self._check_members()  # connect to the members the log names, not only --peers'

@@ -37,12 +37,17 @@ records the events of each new revision in :attr:`RSM.history`
 below its revision; a snapshot restore resets it to start after the
 snapshot's revision. :meth:`RSM.wait_for_change` is how a waiting watch
 poll learns of a new revision without polling.
+
+Leases: the RSM owns the node's :class:`~kvraft.server.lease_keeper.LeaseKeeper`,
+tells it of every applied command, of restores and of role changes, and fills
+the leader's remaining TTL into a ``lease_ttl`` result (not replicated state).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +55,7 @@ from typing import Any
 
 from kvraft.errors import Busy, NotLeader, WrongLeader
 from kvraft.kv_protocol import CompactOk, CompactOp, GetOp, Op, RangeOp
+from kvraft.lease_protocol import LeaseTtlResult
 from kvraft.raft.membership import is_config_command
 from kvraft.raft.messages import Entry
 from kvraft.raft.ready import Snapshot
@@ -57,6 +63,7 @@ from kvraft.server import state_snapshot
 from kvraft.server.applied import AppliedIndex
 from kvraft.server.commands import BadCommand, apply_command, decode_command, encode_command
 from kvraft.server.kvstore import KVStore
+from kvraft.server.lease_keeper import LeaseKeeper
 from kvraft.server.node import RaftNode, ReadFailed, StateMachine
 from kvraft.server.options import (
     DEFAULT_HISTORY_BYTES,
@@ -117,6 +124,7 @@ class RSM(StateMachine):
         self.history = WatchHistory(history_revisions, history_bytes, store.revision + 1)
         # Resolved (and replaced) whenever the history changes: waiting watch polls.
         self._changed: asyncio.Future[None] | None = None
+        self.leases = LeaseKeeper(node_id, lambda: self.store.leases, self.execute)
 
     @property
     def inflight_proposals(self) -> int:
@@ -125,6 +133,7 @@ class RSM(StateMachine):
 
     def attach(self, node: RaftNode) -> None:
         self._node = node
+        self.leases.attach(node.clock.now_s, lambda: node.running)
 
     async def execute(self, op: Op) -> Any:
         """Run ``op`` through the log; its result, or WrongLeader.
@@ -224,6 +233,11 @@ class RSM(StateMachine):
                 self.store.record_changes()
                 result = self.sessions.apply(self.store, op, entry.index)
                 changes = self.store.take_changes()
+                self.leases.applied(op, result)
+                if isinstance(result, LeaseTtlResult):
+                    result = dataclasses.replace(
+                        result, remaining_s=self.leases.remaining_s(result.lease_id)
+                    )
                 if self.store.revision != before:
                     self.history.record(self.store.revision, changes)
                     self._wake_watchers()
@@ -269,6 +283,7 @@ class RSM(StateMachine):
         # The events between the old store and the snapshot are unknown here.
         self.history.reset(self.store.revision + 1)
         self._wake_watchers()
+        self.leases.reset()
         self.applied.reached(snapshot.index)
         for index in [i for i in self._inflight if i <= snapshot.index]:
             self._settle(index)
@@ -281,6 +296,7 @@ class RSM(StateMachine):
         return state_snapshot.encoder(self.sessions.copy(), self.store.copy())
 
     def on_role_change(self, term: int, is_leader: bool) -> None:
+        self.leases.on_role_change(term, is_leader)
         if not is_leader:
             # The budget is a leader's; what it submitted may never be applied now.
             self._inflight.clear()

@@ -34,6 +34,7 @@ from kvraft.kv_protocol import (
     check_op,
     check_watch_poll,
 )
+from kvraft.lease_protocol import LeaseGrantOp, LeaseKeepaliveOp, LeaseRevokeOp, LeaseTtlOp
 from kvraft.raft.transfer import TransferRefused
 from kvraft.rpc.codec import check
 from kvraft.rpc.tokens import Role
@@ -68,6 +69,11 @@ METHOD_ROLES = {
     # A watch poll reads this replica's history; compact drops history for everyone.
     "watch.poll": Role.READ,
     "compact": Role.READWRITE,
+    # Leases: granting, renewing and revoking write (a revoke deletes keys).
+    "lease_grant": Role.READWRITE,
+    "lease_keepalive": Role.READWRITE,
+    "lease_revoke": Role.READWRITE,
+    "lease_ttl": Role.READ,
     # The configuration and its changes (kvraft member ...): admin.
     **{method: Role.ADMIN for method in members_rpc.METHODS},
 }
@@ -82,6 +88,11 @@ KV_METHODS: dict[str, type[Any]] = {
     "delete_range": DeleteRangeOp,
     "txn": TxnOp,
     "compact": CompactOp,
+    # The leader's own LeaseExpireOp has no method: no client can propose an expiry.
+    "lease_grant": LeaseGrantOp,
+    "lease_keepalive": LeaseKeepaliveOp,
+    "lease_revoke": LeaseRevokeOp,
+    "lease_ttl": LeaseTtlOp,
 }
 
 # The read-index twins of the read methods (same argument class): no log entry.
@@ -151,6 +162,7 @@ class Service:
             status["connections"] = self.open_connections()
             status["watch_polls_waiting"] = self.watch.waiting
             status["history_first_revision"] = self.rsm.history.first_revision
+            status["leases"] = len(self.rsm.store.leases)
             return status
         if method == "leader.transfer":
             check(args, int, method)

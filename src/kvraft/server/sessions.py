@@ -14,8 +14,8 @@ So the state machine remembers, per ``client_id``, what it applied:
   ``(client_id, request_id)`` already applied is not applied again: it gets the
   first application's result. A command with ``request_id < acked_below`` is
   refused (StaleRequestResult), never applied.
-- **Reads** (gets and ranges) store no result: they change nothing, so a repeated read is simply
-  executed again, at its own place in the log (still inside the caller's
+- **Reads** (gets, ranges, lease_ttl) store no result: they change nothing, so a
+  repeated read is simply executed again, at its own place in the log (still inside the caller's
   call..return interval, so still linearizable). They take part in the
   session otherwise (they raise ``acked_below``, touch the session and are
   refused when stale), so a client's order is one order for all its requests.
@@ -55,13 +55,12 @@ from kvraft.errors import ProtocolError
 from kvraft.kv_protocol import (
     FIRST_REQUEST_ID,
     MAX_IN_FLIGHT_PER_CLIENT,
+    READ_OPS,
     CompactOk,
     DeleteOk,
-    GetOp,
     NoKeyResult,
     Op,
     PutOk,
-    RangeOp,
     RangeResult,
     Result,
     SessionExpiredResult,
@@ -70,6 +69,12 @@ from kvraft.kv_protocol import (
     TxnOpFailedResult,
     TxnResult,
     VersionMismatchResult,
+)
+from kvraft.lease_protocol import (
+    LeaseGrantOk,
+    LeaseKeepaliveOk,
+    LeaseLimitResult,
+    LeaseNotFoundResult,
 )
 from kvraft.rpc.codec import pack, unpack
 from kvraft.server.commands import apply_command
@@ -85,6 +90,10 @@ _STORED_RESULTS: tuple[type[Any], ...] = (
     CompactOk,
     NoKeyResult,
     VersionMismatchResult,
+    LeaseGrantOk,
+    LeaseKeepaliveOk,
+    LeaseNotFoundResult,
+    LeaseLimitResult,
 )
 
 
@@ -177,7 +186,7 @@ class Sessions:
         if session is None:
             if op.acked_below > FIRST_REQUEST_ID:
                 # Forgotten: whether this request applied before is unknown.
-                if type(op) is GetOp or type(op) is RangeOp:
+                if type(op) in READ_OPS:
                     return apply_command(store, op)
                 return SessionExpiredResult()
             session = self._open(op.client_id, op.acked_below, index)
@@ -191,7 +200,7 @@ class Sessions:
                 del results[old]
         if request_id < session.acked_below:
             return StaleRequestResult()
-        if type(op) is GetOp or type(op) is RangeOp:
+        if type(op) in READ_OPS:
             return apply_command(store, op)
         cached = session.results.get(request_id)
         if cached is not None:

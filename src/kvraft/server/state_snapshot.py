@@ -2,7 +2,7 @@
 
 Layout (msgpack): ``[STATE_SNAPSHOT_FORMAT, sessions, store]``, where
 ``sessions`` is :meth:`Sessions.pack_into`'s array and ``store`` is the
-:class:`KVStore` snapshot value (``[SNAPSHOT_FORMAT, items]``) as it stands.
+:class:`KVStore` snapshot value (``[SNAPSHOT_FORMAT, revision, items, leases]``) as it stands.
 Both parts are canonical (sessions in use order, keys sorted), so replicas
 with the same state write the same bytes. The decoder refuses anything else:
 another format number (format 2, before revisions and the data API, and the

@@ -34,12 +34,15 @@ from kvraft.storage.records import SINGLE_ROW_ID, config_crc, hard_state_crc
 # 4: the data API (revisions, set/delete/range/txn): PutOk carries a revision
 # and snapshots a new layout, so a format-3 log or snapshot would not apply the
 # same. Format 3 was never released: no upgrade path.
-# 5: the snapshot row holds the cluster configuration as of its index
-# (membership changes, kvraft.raft.membership), and log entries may be
-# configurations; a format-4 store has neither, and no upgrade path. meta holds
-# the seed configuration (seed_config, seed_config_crc), written once when the
-# store is created: the voters --peers named at bootstrap, or none for a node
-# that joins a running cluster (see :func:`create_database`).
+# 5: two changes of this release, one format. Leases: PutOp/SetOp/TxnPut/TxnSet
+# carry a lease id (another field on the wire, so a format-4 log's commands
+# would not decode) and snapshots hold the lease table. Membership: the snapshot
+# row holds the cluster configuration as of its index (kvraft.raft.membership),
+# and log entries may be configurations; meta holds the seed configuration
+# (seed_config, seed_config_crc), written once when the store is created: the
+# voters --peers named at bootstrap, or none for a node that joins a running
+# cluster (see :func:`create_database`). Format 4 was never released: no
+# upgrade path.
 FORMAT_VERSION: Final = 5
 # Written to the SQLite header: tells a kvraft store from any other SQLite file.
 APPLICATION_ID: Final = 0x6B767266  # "kvrf"
