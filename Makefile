@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: test lint run stress bench clean
+.PHONY: test lint run stress bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/run.py $(ARGS)
+
+# The regression guard: ~2 minutes side by side with etcd (../shared/bench-vs-etcd), the
+# ratio table printed and kept in benchmarks/results/bench-quick.md; skipped (with a line
+# saying so) where the kit is absent.
+bench-quick: $(STAMP)
+	benchmarks/bench_quick.sh
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

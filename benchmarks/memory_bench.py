@@ -1,17 +1,27 @@
-"""Memory and disk bounds: a million puts over 1,000 keys.
+"""Memory per key and the hiccups of big state: a bulk load of a million distinct keys.
 
-    .venv/bin/python benchmarks/memory_bench.py                     # 1M puts, default threshold
-    .venv/bin/python benchmarks/memory_bench.py --thresholds 0,4194304 --puts 1000000
+    .venv/bin/python benchmarks/memory_bench.py                       # 1M keys, ~8 minutes
+    .venv/bin/python benchmarks/memory_bench.py --keys 100000         # a quick look
+    .venv/bin/python benchmarks/memory_bench.py --keys 1000 --puts 1000000 --thresholds 0,4194304
+                                                                      # the log-bound check
 
 For each snapshot threshold (``0`` is the server's default, 64 MiB), a fresh
-local 3-node cluster (real ``kvraft server`` processes, fsync on) takes
-``--puts`` versioned puts spread evenly over ``--keys`` keys, ``--in-flight``
-at a time. At the end it reports, per node: the disk use of its data dir
-(``du``), its resident memory (``VmRSS`` and the peak ``VmHWM`` from
-``/proc/PID/status``) and its Raft state (``storage_bytes``, snapshot, log
-length) from ``kvraft status``; against the data size, the sum over keys of
-key plus value bytes. Results go to ``--out``: ``memory.md`` and
-``memory.json``.
+local 3-node cluster (real ``kvraft server`` processes, default settings, peer
+secret on, fsync on; ``--server-args`` adds flags) takes ``--puts`` versioned
+puts (default: one per key) spread evenly over ``--keys`` keys of
+``--value-size`` bytes, ``--in-flight`` at a time, through clients with the
+default call timeout (a put that outlives it is resent, and may end in
+``Maybe``, as a real client's would).
+
+Reported for the load: puts/s, the median, p99 and longest put (and the
+longest over the median: issue 14 asks < 10), the ``Maybe``s, and the leader
+changes (``became leader`` lines after the first election). Per node: the
+disk use of its data dir (``du``), its resident memory (``VmRSS`` and the peak
+``VmHWM`` from ``/proc/PID/status``) and RSS per key, its Raft state
+(``storage_bytes``, snapshot, log length) from ``kvraft status``, and its
+snapshots (count, longest, and that one's phases from the node's log line).
+Against the data size, the sum over keys of key plus value bytes. Results go
+to ``--out``: ``memory.md`` and ``memory.json``.
 
 The helpers here (a cluster with extra server flags, puts that resolve
 ``Maybe``, /proc and du readers) are shared with ``snapshot_bench.py``.
@@ -25,6 +35,8 @@ import datetime
 import json
 import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,15 +46,22 @@ from pathlib import Path
 from typing import Any
 
 from kvraft.client.admin import fetch_statuses_async
-from kvraft.client.async_client import AsyncClient
+from kvraft.client.async_client import DEFAULT_CALL_TIMEOUT_S, AsyncClient
 from kvraft.errors import Maybe, VersionMismatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import LocalCluster  # benchmarks/ is not a package
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# Long enough that a snapshot stall is waited out rather than turned into resends.
+# Long enough that a snapshot stall is waited out rather than turned into resends
+# (snapshot_bench's choice; this bench's own load uses the client's default).
 CALL_TIMEOUT_S = 30.0
+SNAPSHOT_LINE = re.compile(
+    r"snapshot at index (?P<index>\d+) \((?P<bytes>\d+) bytes\) in (?P<ms>\d+) ms"
+    r" \(copy (?P<copy>[\d.]+) ms on the loop, encode (?P<encode>\d+) ms,"
+    r" write (?P<write>\d+) ms, record (?P<record>\d+) ms\)"
+)
+BECAME_LEADER = "became leader at index"
 
 
 class ServerCluster(LocalCluster):
@@ -96,14 +115,31 @@ def du_bytes(path: Path) -> int:
     return int(out.stdout.split()[0])
 
 
+class LoadStats:
+    """What a load saw: each put's latency and the Maybes (counted, then resolved by a read)."""
+
+    def __init__(self) -> None:
+        self.latencies_s: list[float] = []
+        self.maybes = 0
+
+
 async def put_resolving(
-    client: AsyncClient, key: str, value: str, versions: dict[str, int]
+    client: AsyncClient,
+    key: str,
+    value: str,
+    versions: dict[str, int],
+    stats: LoadStats | None = None,
 ) -> None:
     """Put at the version we know; on Maybe or a mismatch, re-read the key's version."""
+    started = time.perf_counter()
     try:
         versions[key] = await client.put(key, value, versions.get(key, 0))
-    except (Maybe, VersionMismatch):
+    except (Maybe, VersionMismatch) as exc:
+        if stats is not None and isinstance(exc, Maybe):
+            stats.maybes += 1
         versions[key] = (await client.get(key))[1]
+    if stats is not None:
+        stats.latencies_s.append(time.perf_counter() - started)
 
 
 async def put_workload(
@@ -118,6 +154,8 @@ async def put_workload(
     completions: list[float] | None = None,
     clients: int = 8,
     progress: Any = None,
+    stats: LoadStats | None = None,
+    call_timeout_s: float = CALL_TIMEOUT_S,
 ) -> dict[str, int]:
     """``puts`` puts (or puts until ``time.time() >= until``), ``in_flight`` at a time.
 
@@ -129,7 +167,7 @@ async def put_workload(
     versions = {} if versions is None else versions
     issued = 0
     done = 0
-    conns = [AsyncClient(list(servers), call_timeout_s=CALL_TIMEOUT_S) for _ in range(clients)]
+    conns = [AsyncClient(list(servers), call_timeout_s=call_timeout_s) for _ in range(clients)]
 
     async def worker(w: int) -> None:
         nonlocal issued, done
@@ -143,7 +181,7 @@ async def put_workload(
                 return
             n = issued
             issued += 1
-            await put_resolving(client, mine[i % len(mine)], value_of(n), versions)
+            await put_resolving(client, mine[i % len(mine)], value_of(n), versions, stats)
             i += 1
             done += 1
             if completions is not None:
@@ -159,32 +197,66 @@ async def put_workload(
     return versions
 
 
+def node_log_figures(path: Path) -> dict[str, Any]:
+    """Elections won and snapshots taken, from one node's log."""
+    text = path.read_text(errors="replace").splitlines()
+    snapshots = [m for m in (SNAPSHOT_LINE.search(line) for line in text) if m]
+    longest = max(snapshots, key=lambda m: int(m["ms"]), default=None)
+    return {
+        "elections_won": sum(BECAME_LEADER in line for line in text),
+        "snapshots_taken": len(snapshots),
+        "longest_snapshot": None
+        if longest is None
+        else {
+            "bytes": int(longest["bytes"]),
+            "ms": int(longest["ms"]),
+            "copy_ms": float(longest["copy"]),
+            "encode_ms": int(longest["encode"]),
+            "write_ms": int(longest["write"]),
+            "record_ms": int(longest["record"]),
+        },
+    }
+
+
 def one_run(args: argparse.Namespace, threshold: int, base: Path) -> dict[str, Any]:
     server_args = ["--snapshot-threshold", str(threshold)] if threshold else []
+    server_args += args.server_args.split()
     cluster = ServerCluster(base, server_args, log_level="info")
     cluster.start()
     try:
         cluster.wait_for_leader()
-        keys = [f"mem/{k:04d}" for k in range(args.keys)]
-        filler = "x" * max(0, args.value_size - 8)
+        time.sleep(1.0)  # the first election's lines are in the logs
+        elections_before = sum(
+            node_log_figures(cluster.log_path(i))["elections_won"]
+            for i in range(len(cluster.addresses))
+        )
+        keys = [f"key/{k:07d}" for k in range(args.keys)]
+        value_size: int = args.value_size
+        filler = "x" * max(0, value_size - 8)
+        puts = args.puts or args.keys
 
         def value_of(n: int) -> str:
-            return f"{n:08x}"[-8:] + filler if args.value_size >= 8 else "v" * args.value_size
+            return f"{n:08x}"[-8:] + filler if value_size >= 8 else "v" * value_size
 
         started = time.time()
 
         def progress(done: int) -> None:
             rate = done / (time.time() - started)
-            print(f"  {done} puts, {rate:.0f}/s", file=sys.stderr, flush=True)
+            rss = [proc_status_kib(cluster.pid(i), "VmRSS") for i in range(3)]
+            print(f"  {done} puts, {rate:.0f}/s, RSS KiB {rss}", file=sys.stderr, flush=True)
 
+        stats = LoadStats()
         asyncio.run(
             put_workload(
                 cluster.addresses,
                 keys,
                 value_of,
                 args.in_flight,
-                puts=args.puts,
+                puts=puts,
                 progress=progress,
+                stats=stats,
+                clients=args.clients,
+                call_timeout_s=args.call_timeout,
             )
         )
         elapsed = time.time() - started
@@ -194,6 +266,7 @@ def one_run(args: argparse.Namespace, threshold: int, base: Path) -> dict[str, A
         nodes = []
         for i in range(len(cluster.addresses)):
             row = next((r for r in statuses if r.get("id") == i), {})
+            rss_kib = proc_status_kib(cluster.pid(i), "VmRSS")
             nodes.append(
                 {
                     "node": i,
@@ -202,28 +275,38 @@ def one_run(args: argparse.Namespace, threshold: int, base: Path) -> dict[str, A
                     "files": {
                         p.name: p.stat().st_size for p in sorted(cluster.data_dir(i).iterdir())
                     },
-                    "rss_kib": proc_status_kib(cluster.pid(i), "VmRSS"),
+                    "rss_kib": rss_kib,
                     "peak_rss_kib": proc_status_kib(cluster.pid(i), "VmHWM"),
+                    "rss_per_key_bytes": (rss_kib or 0) * 1024 / args.keys,
                     "storage_bytes": row.get("storage_bytes"),
                     "snapshot_bytes": row.get("snapshot_bytes"),
                     "snapshot_index": row.get("snapshot_index"),
                     "log_length": row.get("log_length"),
                     "applied": row.get("applied_index", row.get("applied")),
-                    "snapshots_taken": sum(
-                        "snapshot at index" in line
-                        for line in cluster.log_path(i).read_text(errors="replace").splitlines()
-                    ),
+                    **node_log_figures(cluster.log_path(i)),
                 }
             )
+        lat = sorted(stats.latencies_s)
+        median = statistics.median(lat)
         return {
             "threshold_bytes": threshold or 64 * 1024 * 1024,
             "threshold_flag": threshold or None,
-            "puts": args.puts,
+            "server_args": server_args,
+            "puts": puts,
             "keys": args.keys,
             "value_size": args.value_size,
+            "in_flight": args.in_flight,
+            "clients": args.clients,
+            "call_timeout_s": args.call_timeout,
             "data_bytes": data_bytes,
             "seconds": elapsed,
-            "puts_per_s": args.puts / elapsed,
+            "puts_per_s": puts / elapsed,
+            "put_median_ms": median * 1000,
+            "put_p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000,
+            "put_max_ms": lat[-1] * 1000,
+            "max_over_median": lat[-1] / median,
+            "maybes": stats.maybes,
+            "leader_changes": sum(n["elections_won"] for n in nodes) - elections_before,
             "nodes": nodes,
         }
     finally:
@@ -241,33 +324,51 @@ def write_results(results: list[dict[str, Any]], command: str, out: Path) -> Non
     (out / "memory.json").write_text(json.dumps({**meta, "runs": results}, indent=2) + "\n")
     mib = 1024 * 1024
     lines = [
-        "# Memory and disk after a million puts over 1,000 keys",
+        "# Memory per key and the hiccups of a bulk load",
         "",
         f"`{command}`  ",
         f"{meta['date']}, {meta['machine']}, load {meta['load_avg'][0]:.1f}. "
-        "Fresh local 3-node cluster per run, fsync on (SQLite synchronous=FULL).",
+        "Fresh local 3-node cluster per run (default settings, peer secret), fsync on "
+        "(SQLite synchronous=FULL).",
         "",
     ]
     for run in results:
+        extra = " ".join(a for a in run["server_args"] if not a.isdigit())
         lines += [
             f"## Snapshot threshold {run['threshold_bytes'] / mib:g} MiB"
-            f"{' (default)' if run['threshold_flag'] is None else ''}",
+            f"{' (default)' if run['threshold_flag'] is None else ''}"
+            f"{f' ({extra})' if extra else ''}",
             "",
-            f"{run['puts']:,} puts over {run['keys']:,} keys of {run['value_size']} B values "
+            f"{run['puts']:,} puts over {run['keys']:,} keys of {run['value_size']} B values, "
+            f"{run['in_flight']} in flight over {run['clients']} clients "
+            f"(call timeout {run['call_timeout_s']:g} s), "
             f"in {run['seconds']:.0f} s ({run['puts_per_s']:.0f} puts/s); "
-            f"data size (keys + values) {run['data_bytes'] / mib:.2f} MiB.",
+            f"data size (keys + values) {run['data_bytes'] / mib:.1f} MiB.",
             "",
-            "| node | role | disk (du) MiB | RSS MiB | peak RSS MiB | Raft state MiB "
-            "| snapshot KiB | log entries | snapshots taken |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"Puts: median {run['put_median_ms']:.1f} ms, p99 {run['put_p99_ms']:.1f} ms, "
+            f"longest {run['put_max_ms']:.0f} ms ({run['max_over_median']:.1f} x the median); "
+            f"Maybe: {run['maybes']}; leader changes: {run['leader_changes']}.",
+            "",
+            "| node | role | disk (du) MiB | RSS MiB | peak RSS MiB | RSS B/key | Raft state MiB "
+            "| snapshot MiB | log entries | snapshots | longest snapshot ms "
+            "(copy/fork on the loop + encode + write + record) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for n in run["nodes"]:
+            snap = n["longest_snapshot"]
+            phases = (
+                "-"
+                if snap is None
+                else f"{snap['ms']} ({snap['copy_ms']:.0f} + {snap['encode_ms']} "
+                f"+ {snap['write_ms']} + {snap['record_ms']})"
+            )
             lines.append(
                 f"| n{n['node']} | {n['role']} | {n['du_bytes'] / mib:.1f} "
                 f"| {(n['rss_kib'] or 0) / 1024:.1f} | {(n['peak_rss_kib'] or 0) / 1024:.1f} "
+                f"| {n['rss_per_key_bytes']:.0f} "
                 f"| {(n['storage_bytes'] or 0) / mib:.1f} "
-                f"| {(n['snapshot_bytes'] or 0) / 1024:.1f} | {n['log_length']} "
-                f"| {n['snapshots_taken']} |"
+                f"| {(n['snapshot_bytes'] or 0) / mib:.1f} | {n['log_length']} "
+                f"| {n['snapshots_taken']} | {phases} |"
             )
         lines.append("")
     (out / "memory.md").write_text("\n".join(lines))
@@ -275,13 +376,16 @@ def write_results(results: list[dict[str, Any]], command: str, out: Path) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--puts", type=int, default=1_000_000)
-    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--puts", type=int, default=0, help="default: one per key")
     parser.add_argument("--value-size", type=int, default=100)
-    parser.add_argument("--in-flight", type=int, default=128)
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=8, help="connections the puts share")
+    parser.add_argument("--call-timeout", type=float, default=DEFAULT_CALL_TIMEOUT_S)
+    parser.add_argument("--server-args", default="", help="extra kvraft server flags")
     parser.add_argument(
         "--thresholds",
-        default="0,4194304",
+        default="0",
         help="comma-separated snapshot thresholds in bytes; 0 = the server default (64 MiB)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -290,7 +394,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="kvraft-mem-") as tmp:
         for threshold in (int(t) for t in args.thresholds.split(",")):
-            print(f"threshold {threshold or 'default'}: {args.puts} puts", file=sys.stderr)
+            print(f"threshold {threshold or 'default'}: {args.keys} keys", file=sys.stderr)
             results.append(one_run(args, threshold, Path(tmp) / f"t{threshold}"))
             write_results(results, command.strip(), args.out)
     print((args.out / "memory.md").read_text())

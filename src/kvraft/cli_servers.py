@@ -158,6 +158,13 @@ def _members_of(node_id: int, join: str, cluster_id: str) -> dict[int, str]:
     help="Snapshot when the Raft state on disk passes this many bytes (default 64 MiB; 0: never).",
 )
 @click.option(
+    "--snapshot-encoder",
+    type=click.Choice(["fork", "thread"]),
+    default="fork",
+    show_default=True,
+    help="Encode snapshots in a forked child (the event loop keeps the GIL) or a thread.",
+)
+@click.option(
     "--tick-ms",
     type=click.FloatRange(min=1),
     default=DEFAULT_TICK_INTERVAL_S * 1000,
@@ -297,6 +304,7 @@ def server(
     cluster_id: str,
     test_hooks: bool,
     snapshot_threshold: int | None,
+    snapshot_encoder: str,
     tick_ms: float,
     election_ticks: int,
     heartbeat_ticks: int,
@@ -386,6 +394,7 @@ def server(
             cluster_id=cluster_id,
             test_hooks=test_hooks,
             snapshot_threshold_bytes=threshold or None,
+            snapshot_encoder=snapshot_encoder,
             tick_interval_s=tick_ms / 1000,
             election_timeout_ticks=election_ticks,
             heartbeat_interval_ticks=heartbeat_ticks,

@@ -26,11 +26,18 @@ Leases: ``lease`` is the id of the lease the key is attached to (0: none);
 whose per-lease key sets :meth:`write` and :meth:`remove` keep exact, so a
 revoke finds a lease's keys without a scan.
 
-Memory: one dict entry per key holding that 5-tuple (no per-key objects),
-plus the key once more in a ``SortedList`` for ranges in key order
-(sortedcontainers: a list of lists, a pointer per key). :meth:`data_bytes`
-keeps a running total of key and value UTF-8 bytes, exact, so memory tests
-can compare it with the process's size without walking the store.
+Memory: one dict entry per key whose value is one ``bytes`` record, a packed
+header (version, create/mod revision, lease) followed by the value's UTF-8
+(:func:`pack_record`), plus the key once more in a ``SortedList`` for ranges
+in key order (sortedcontainers: a list of lists, a pointer per key). Measured
+at a million keys of 100-byte values (``benchmarks/results/memory.md``): the
+5-tuple of a str value and int objects it replaces took 376 bytes per key,
+the record 264; one object per key instead of three, and none of them a
+container the garbage collector has to look at. The tuple
+(:data:`Entry`) is what every accessor still hands out (:meth:`entry`, the
+change journal), built on demand. :meth:`data_bytes` keeps a running total
+of key and value UTF-8 bytes, exact, so memory tests can compare it with the
+process's size without walking the store.
 
 Arguments are trusted: the store is fed by decoded commands that were checked
 at submission (:func:`kvraft.kv_protocol.check_op`), so it does not
@@ -40,8 +47,9 @@ re-validate types on the apply path.
 from __future__ import annotations
 
 import heapq
+import struct
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgpack
 from sortedcontainers import SortedList
@@ -64,6 +72,39 @@ _SORT_RUN_KEYS = 8192
 Entry = tuple[str, int, int, int, int]
 # msgpack's largest unsigned integer: a snapshot cannot hold a larger version.
 _MAX_WIRE_INT = 2**64 - 1
+
+# A record's header, by its first byte: the common case (no lease, counters
+# under 2**32) in 13 bytes, anything else in 33. 13 + 100 bytes of value fit
+# CPython's 160-byte allocation class where 33 + 100 take 176.
+_SMALL: Final = struct.Struct("<BIII")  # 0, version, create_revision, mod_revision
+_LARGE: Final = struct.Struct("<BQQQQ")  # 1, version, create, mod, lease
+_SMALL_LIMIT: Final = 1 << 32
+
+
+def pack_record(value: str, version: int, create: int, mod: int, lease: int) -> bytes:
+    """One key's stored record: a header (see _SMALL, _LARGE) then ``value`` in UTF-8."""
+    if lease == 0 and version < _SMALL_LIMIT and mod < _SMALL_LIMIT:  # create <= mod
+        return _SMALL.pack(0, version, create, mod) + value.encode()
+    return _LARGE.pack(1, version, create, mod, lease) + value.encode()
+
+
+def unpack_record(record: bytes) -> Entry:
+    """The :data:`Entry` tuple a :func:`pack_record` record holds."""
+    if record[0] == 0:
+        _, version, create, mod = _SMALL.unpack_from(record)
+        return record[_SMALL.size :].decode(), version, create, mod, 0
+    _, version, create, mod, lease = _LARGE.unpack_from(record)
+    return record[_LARGE.size :].decode(), version, create, mod, lease
+
+
+def _record_version(record: bytes) -> int:
+    """The version in a record, without decoding its value."""
+    return int.from_bytes(record[1:5] if record[0] == 0 else record[1:9], "little")
+
+
+def _value_len(record: bytes) -> int:
+    """The UTF-8 length of a record's value."""
+    return len(record) - (_SMALL.size if record[0] == 0 else _LARGE.size)
 
 
 class BadSnapshot(ValueError):
@@ -106,12 +147,13 @@ class KVStore:
 
     def __init__(self) -> None:
         # Invariant: every stored version is >= 1 (a missing key is version 0),
-        # and 1 <= create_revision <= mod_revision <= _revision.
-        self._data: dict[str, Entry] = {}
+        # and 1 <= create_revision <= mod_revision <= _revision; each value is
+        # a pack_record() record (immutable, so a shallow copy is a snapshot).
+        self._data: dict[str, bytes] = {}
         # Invariant: the keys of _data, in ascending order; or None in a copy
         # until it is first needed (see copy()).
         self._keys_or_none: SortedList[str] | None = SortedList()
-        # Invariant: _data_bytes == sum(utf8_len(k) + utf8_len(v) for k, (v, ...) in _data).
+        # Invariant: _data_bytes == sum(utf8_len(k) + utf8_len(value of k) for k in _data).
         self._data_bytes = 0
         self._revision = 0
         # Invariant: a key's lease is 0 or a live lease of this table, whose key
@@ -139,9 +181,10 @@ class KVStore:
 
     def get(self, key: str) -> tuple[str, int]:
         """``(value, version)`` of ``key``; raises NoKey if the key does not exist."""
-        entry = self._data.get(key)
-        if entry is None:
+        record = self._data.get(key)
+        if record is None:
             raise NoKey(key)
+        entry = unpack_record(record)
         return entry[0], entry[1]
 
     def lookup(self, key: str) -> tuple[str, int] | None:
@@ -150,17 +193,21 @@ class KVStore:
         The apply loop answers many gets on missing keys; raising and catching
         for each would cost more than the lookup itself.
         """
-        entry = self._data.get(key)
-        return None if entry is None else (entry[0], entry[1])
+        record = self._data.get(key)
+        if record is None:
+            return None
+        entry = unpack_record(record)
+        return entry[0], entry[1]
 
     def entry(self, key: str) -> Entry | None:
         """The key's whole stored tuple (value, version, create/mod revision, lease), or None."""
-        return self._data.get(key)
+        record = self._data.get(key)
+        return None if record is None else unpack_record(record)
 
     def version(self, key: str) -> int:
         """The key's current version; 0 for a missing key."""
-        entry = self._data.get(key)
-        return 0 if entry is None else entry[1]
+        record = self._data.get(key)
+        return 0 if record is None else _record_version(record)
 
     def keys_in(self, start: str, end: str) -> Iterator[str]:
         """The keys in ``[start, end)`` (``end`` "" for no end), ascending, lazily."""
@@ -190,7 +237,7 @@ class KVStore:
         for key in self.keys_in(start, end):
             if limit and len(kvs) == limit:
                 return kvs, True
-            value, version, create, mod, lease = data[key]
+            value, version, create, mod, lease = unpack_record(data[key])
             if keys_only:
                 value = ""
             size = utf8_len(key) + utf8_len(value) + RANGE_KEY_OVERHEAD_BYTES
@@ -257,20 +304,22 @@ class KVStore:
         ``revision`` with :meth:`set_revision` once the command is done. The
         key is attached to ``lease`` from now on, detached from any other.
         """
-        entry = self._data.get(key)
-        if entry is None:
+        record = self._data.get(key)
+        entry: Entry | None = None
+        if record is None:
             keys = self._keys  # built (in a copy) before the new key is in _data
             new: Entry = (value, 1, revision, revision, lease)
-            self._data[key] = new
+            packed = self._data[key] = pack_record(*new)
             keys.add(key)
-            self._data_bytes += utf8_len(key) + utf8_len(value)
+            self._data_bytes += utf8_len(key) + _value_len(packed)
             if lease:
                 self.leases.attach(key, lease)
         else:
-            old_value, current, create, _, old_lease = entry
+            entry = unpack_record(record)
+            _, current, create, _, old_lease = entry
             new = (value, current + 1, create, revision, lease)
-            self._data[key] = new
-            self._data_bytes += utf8_len(value) - utf8_len(old_value)
+            packed = self._data[key] = pack_record(*new)
+            self._data_bytes += _value_len(packed) - _value_len(record)
             if old_lease != lease:
                 if old_lease:
                     self.leases.detach(key, old_lease)
@@ -283,11 +332,12 @@ class KVStore:
     def remove(self, key: str) -> bool:
         """Delete ``key`` if it exists (a primitive, like :meth:`write`); whether it did."""
         keys = self._keys  # built (in a copy) before the key leaves _data
-        entry = self._data.pop(key, None)
-        if entry is None:
+        record = self._data.pop(key, None)
+        if record is None:
             return False
         keys.remove(key)
-        self._data_bytes -= utf8_len(key) + utf8_len(entry[0])
+        self._data_bytes -= utf8_len(key) + _value_len(record)
+        entry = unpack_record(record)
         if entry[4]:
             self.leases.detach(key, entry[4])
         if self._journal is not None:
@@ -313,7 +363,7 @@ class KVStore:
     def copy(self) -> KVStore:
         """An independent store with the same contents, in O(keys) pointer copies.
 
-        Shallow is enough: values are immutable tuples, so later writes to
+        Shallow is enough: records are immutable bytes, so later writes to
         either store never show in the other. The node takes this copy on the
         event loop and encodes it in another thread, so the copy leaves out
         the key order (copying a SortedList re-sorts it: 3x the dict's copy,
@@ -365,9 +415,15 @@ class KVStore:
         packer.pack(self._revision)
         packer.pack_array_header(6 * len(data))
         pack = packer.pack
+        small, small_size = _SMALL.unpack_from, _SMALL.size
         in_chunk = 0
         for key in ordered:
-            value, version, create, mod, lease = data[key]
+            record = data[key]
+            if record[0] == 0:  # unpack_record, inlined: this loop runs once per key
+                _, version, create, mod = small(record)
+                value, lease = record[small_size:].decode(), 0
+            else:
+                value, version, create, mod, lease = unpack_record(record)
             pack(key)
             pack(value)
             pack(version)
@@ -446,9 +502,9 @@ class KVStore:
             previous = key
             if lease:
                 leased.append((key, lease))
-            data[key] = (value, version, create, mod, lease)
+            record = data[key] = pack_record(value, version, create, mod, lease)
             keys.append(key)
-            total += utf8_len(key) + utf8_len(value)
+            total += utf8_len(key) + _value_len(record)
         try:
             store.leases = LeaseTable.read(unpacker)
         except BadLeaseTable as exc:

@@ -640,11 +640,18 @@ class RaftNode:
         threshold = self.snapshot_threshold_bytes
         if threshold is None or self._snapshotting:
             return
-        # Once the data itself nears the threshold, every batch would pass it again
-        # right after a snapshot: wait until the log has grown as large as the
-        # snapshot, so the storage stays under 2 x max(threshold, data) plus slack.
+        # The log, not the whole storage, is what passes the threshold: counting
+        # the snapshot too, every batch would pass it again right after a snapshot
+        # once the data nears it. Not the snapshot's size either: every entry until
+        # the next snapshot is also held in memory by the core (~300 B per 100-byte
+        # put), so a log as large as the data (the rule before) cost a large store
+        # about as much memory again as the store itself (benchmarks/results/memory.md).
+        # A quarter of the snapshot at least, so a store much larger than the
+        # threshold is not rewritten more than 4 times per its size in log.
+        # The storage stays under data + max(threshold, data / 4) plus slack.
         held = self.core.snapshot
-        if self.storage.size_bytes() < max(threshold, 2 * len(held.data) if held else 0):
+        held_bytes = len(held.data) if held is not None else 0
+        if self.storage.size_bytes() - held_bytes < max(threshold, held_bytes // 4):
             return
         index = self.core.applying_index
         entry = self.core.entry(index)

@@ -137,6 +137,9 @@ class ServerOptions:
     cluster_id: str = "kvraft"
     test_hooks: bool = False
     snapshot_threshold_bytes: int | None = DEFAULT_SNAPSHOT_THRESHOLD_BYTES
+    # "fork": encode snapshots in a forked child (kvraft.server.forked_encoder);
+    # "thread": in a thread beside the event loop (the GIL is shared).
+    snapshot_encoder: str = "fork"
     tick_interval_s: float = DEFAULT_TICK_INTERVAL_S
     election_timeout_ticks: int = DEFAULT_ELECTION_TIMEOUT_TICKS
     heartbeat_interval_ticks: int = DEFAULT_HEARTBEAT_INTERVAL_TICKS

@@ -29,6 +29,7 @@ from kvraft.rpc.peer_auth import Membership, PeerKey
 from kvraft.rpc.server import RpcServer
 from kvraft.server import state_snapshot
 from kvraft.server.driver_io import StallingWorkers, ThreadWorkers
+from kvraft.server.forked_encoder import fork_supported
 from kvraft.server.kvstore import KVStore
 from kvraft.server.metrics import CONTENT_TYPE, NodeMetrics
 from kvraft.server.metrics_http import MetricsHttpServer, MetricsListenError
@@ -148,6 +149,7 @@ class Server:
             max_pending_reads=options.max_pending_reads,
             history_revisions=options.history_revisions,
             history_bytes=options.history_bytes,
+            fork_snapshots=options.snapshot_encoder == "fork" and fork_supported(),
         )
         # A secret proves membership; without one, peer TLS vouches (key.secret None).
         key = (

@@ -62,6 +62,7 @@ from kvraft.raft.ready import Snapshot
 from kvraft.server import state_snapshot
 from kvraft.server.applied import AppliedIndex
 from kvraft.server.commands import BadCommand, apply_command, decode_command, encode_command
+from kvraft.server.forked_encoder import fork_encoder
 from kvraft.server.kvstore import KVStore
 from kvraft.server.lease_keeper import LeaseKeeper
 from kvraft.server.node import RaftNode, ReadFailed, StateMachine
@@ -101,8 +102,12 @@ class RSM(StateMachine):
         max_pending_reads: int = DEFAULT_MAX_PENDING_READS,
         history_revisions: int = DEFAULT_HISTORY_REVISIONS,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
+        fork_snapshots: bool = False,
     ) -> None:
         self.node_id = node_id
+        # Encode snapshots in a forked child (kvraft.server.forked_encoder), not a
+        # thread: what servers do; tests and the simulators keep the thread.
+        self.fork_snapshots = fork_snapshots
         self.store = store
         self.sessions = Sessions(session_limits)
         self.op_timeout_s = op_timeout_s
@@ -291,8 +296,14 @@ class RSM(StateMachine):
             _fail(self._waiters.pop(index), f"index {index} replaced by a snapshot")
 
     def capture_snapshot(self) -> Callable[[], bytes]:
-        # A shallow copy of the store is consistent (its values are immutable
-        # tuples); the sessions are small and copied whole.
+        if self.fork_snapshots:
+            # The child sees the live state as of now, between two applies: no copy.
+            sessions, store = self.sessions, self.store
+            forked = fork_encoder(lambda: state_snapshot.encode_chunks(sessions, store))
+            if forked is not None:
+                return forked
+        # A shallow copy of the store is consistent (its records are immutable
+        # bytes); the sessions are small and copied whole.
         return state_snapshot.encoder(self.sessions.copy(), self.store.copy())
 
     def on_role_change(self, term: int, is_leader: bool) -> None:
