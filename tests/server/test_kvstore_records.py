@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kvraft.lease_protocol import MAX_LEASE_ID, MIN_LEASE_TTL_S
 from kvraft.server.kvstore import SNAPSHOT_FORMAT, KVStore, pack_record, unpack_record
 
 MAX_U32 = 2**32 - 1
@@ -55,7 +56,7 @@ def test_past_the_largest_wire_integer_a_record_refuses_to_pack() -> None:
             st.text(max_size=8),
             st.text(max_size=40),
             st.integers(1, MAX_U64),
-            st.integers(0, MAX_U64),
+            st.integers(0, MAX_LEASE_ID),
         ),
         max_size=20,
     )
@@ -68,7 +69,11 @@ def test_entries_of_any_size_survive_a_snapshot_and_restore(
     revision = MAX_U64
     for key, value, version, lease in sorted({r[0]: r for r in rows}.values()):
         items += [key, value, version, 1, revision, lease]
-    data = msgpack.packb([SNAPSHOT_FORMAT, revision, items], use_bin_type=True)
+    # Every lease a key names is live in the table that follows the keys.
+    lease_ids = sorted({r[3] for r in rows} - {0})
+    leases = [field for lease_id in lease_ids for field in (lease_id, MIN_LEASE_TTL_S, 0)]
+    table = [MAX_LEASE_ID + 1, leases]
+    data = msgpack.packb([SNAPSHOT_FORMAT, revision, items, table], use_bin_type=True)
     store = KVStore.restore(data)
     for key, value, version, lease in {r[0]: r for r in rows}.values():
         assert store.entry(key) == (value, version, 1, revision, lease)
