@@ -69,7 +69,7 @@ def test_leader_transfer_moves_leadership_and_the_old_leader_follows(make_cluste
 
 
 def test_leader_transfer_refusals_and_exit_codes(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    """A target that is not a peer is refused by the leader (exit 1, its reason); a bad
+    """A target that is not a voter is refused by the leader (exit 1, its reason); a bad
     flag is a usage error (exit 2); no node answering is exit 3. Leadership stays put.
 
     Reference: Raft thesis §3.10
@@ -87,7 +87,7 @@ def test_leader_transfer_refusals_and_exit_codes(make_cluster) -> None:  # type:
 
     assert stranger.returncode == 1
     assert stranger.stderr.startswith("kvraft: transfer to n9 refused: ")
-    assert "n9 is not a peer" in stranger.stderr and "Traceback" not in stranger.stderr
+    assert "n9 is not a voter" in stranger.stderr and "Traceback" not in stranger.stderr
     assert (usage.returncode, missing.returncode) == (2, 2)
     assert nobody.returncode == 3 and nobody.stderr.startswith("kvraft: cluster unavailable")
     assert find_leader(cluster) == leader
