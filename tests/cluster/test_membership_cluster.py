@@ -229,7 +229,8 @@ def grow_and_shrink(cluster: Cluster, faults: list[str], rounds: int) -> None:
                     lambda v, learners, n=node: n in v or n in learners,
                 )
                 if not cluster.is_alive(node):
-                    cluster.wipe(node)  # a removed node comes back as a new, empty one
+                    # On its own data dir (empty the first time): an id that voted
+                    # never comes back on a new disk (docs/membership.md).
                     cluster.join(node)
                 wait_until(lambda n=node: caught_up(cluster, n), 30.0, message=f"n{node} caught up")
                 change_until(cluster, "member.promote", node, lambda v, _l, n=node: n in v)

@@ -111,6 +111,13 @@ class MembershipEvents:
         # the liveness of voters that start empty.
         self.promotion_lag = self.rng.choice([0, 4, 16, 1000])
         self.seed_voters = frozenset(range(sim.size))
+        # Every id that was ever a voter (the seed, every promotion): such an id
+        # is never re-added on an empty disk (docs/membership.md: never reuse a
+        # removed node's id with a new data dir). A node whose log is far behind
+        # may still hold a configuration where that id votes, and an empty node
+        # answers its vote request as if it had never voted or logged anything:
+        # seed 10692 (3 nodes) elected such a stale node without a committed entry.
+        self.ever_voters: set[int] = set(self.seed_voters)
         self.proposed = 0
         self.refused = 0
         self.max_voters = len(self.seed_voters)
@@ -146,11 +153,14 @@ class MembershipEvents:
             if core.last_index != before:
                 self.sim.checker.fail(f"membership: n{core.id} refused {change} but appended")
             return
-        if change.kind is ChangeKind.ADD_LEARNER:
+        if change.kind is ChangeKind.ADD_LEARNER and change.node_id not in self.ever_voters:
             # Accepted, so the configuration that removed it (if any) is committed:
             # only now may its old disk go (a voter's disk lost earlier could
             # forget what it acknowledged). Nothing of the change was sent yet.
+            # An id that ever voted comes back on its own disk (see ever_voters).
             self._wipe(self.sim.nodes[change.node_id])
+        if change.kind in (ChangeKind.PROMOTE, ChangeKind.ADD_VOTER):
+            self.ever_voters.add(change.node_id)
         self.proposed += 1
         self.max_voters = max(self.max_voters, len(core.membership.voters))
         if change.kind is ChangeKind.REMOVE and change.node_id == core.id:
