@@ -12,8 +12,11 @@ bytes written by transactions of ``--batch`` sets, key ``n`` on lease
 it loads, ``--watchers`` watches poll the cluster, watcher ``w`` on the
 prefix ``k/`` + its two-digit number (so every write is delivered to one
 watcher). At the end, per node: VmRSS and VmHWM (/proc/PID/status), the
-snapshot's size and the Raft state from ``kvraft status``, and the data dir's
-disk use. Results go to ``--out``: ``lease_memory.md`` and ``lease_memory.json``.
+snapshot's size and the Raft state from ``kvraft status`` (a snapshot taken
+during the load holds part of the keys), and the data dir's disk use; and the
+size of the whole final state, as ``kvraft snapshot save`` writes it (the
+same state-snapshot encoding, plus the backup file's header). Results go to
+``--out``: ``lease_memory.md`` and ``lease_memory.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,9 +130,11 @@ def write_results(result: dict[str, Any], out: Path) -> str:
         "",
         f"{result['keys']:,} keys of {result['value_size']} B values on {result['leases']:,} "
         f"leases, {result['watchers']} watchers ({result['events_delivered']:,} events "
-        f"delivered); loaded in {result['seconds']:.0f} s by txns of {result['batch']} sets.",
+        f"delivered); loaded in {result['seconds']:.0f} s by txns of {result['batch']} sets. "
+        f"The whole final state (`kvraft snapshot save`): "
+        f"{result['final_state_bytes'] / mib:.1f} MiB.",
         "",
-        "| node | role | keys | leases | RSS MiB | peak RSS MiB | snapshot MiB "
+        "| node | role | keys | leases | RSS MiB | peak RSS MiB | last snapshot MiB (index) "
         "| Raft state MiB | disk (du) MiB |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -136,7 +142,8 @@ def write_results(result: dict[str, Any], out: Path) -> str:
         lines.append(
             f"| n{n['node']} | {n['role']} | {n['keys']} | {n['leases']} "
             f"| {(n['rss_kib'] or 0) / 1024:.1f} | {(n['peak_rss_kib'] or 0) / 1024:.1f} "
-            f"| {(n['snapshot_bytes'] or 0) / mib:.1f} | {(n['storage_bytes'] or 0) / mib:.1f} "
+            f"| {(n['snapshot_bytes'] or 0) / mib:.1f} ({n['snapshot_index']}) "
+            f"| {(n['storage_bytes'] or 0) / mib:.1f} "
             f"| {n['du_bytes'] / mib:.1f} |"
         )
     text = "\n".join(lines) + "\n"
@@ -164,6 +171,11 @@ def main() -> None:
             counts = asyncio.run(load(args, cluster.addresses))
             time.sleep(3.0)  # followers apply; any snapshot in progress finishes
             statuses = asyncio.run(fetch_statuses_async(cluster.addresses, 5.0))
+            nodes = node_rows(cluster, statuses)  # before the backup's encoding
+            backup = Path(tmp) / "final.snapshot"
+            save = [sys.executable, "-m", "kvraft", "snapshot", "save", str(backup)]
+            save += ["--servers", ",".join(cluster.addresses), "--timeout", "120"]
+            subprocess.run(save, check=True)
             result = {
                 "command": "python benchmarks/lease_memory_bench.py " + " ".join(sys.argv[1:]),
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -175,8 +187,9 @@ def main() -> None:
                 "value_size": args.value_size,
                 "batch": args.batch,
                 "snapshot_threshold": args.snapshot_threshold,
+                "final_state_bytes": backup.stat().st_size,
                 **counts,
-                "nodes": node_rows(cluster, statuses),
+                "nodes": nodes,
             }
         finally:
             cluster.stop()
