@@ -92,6 +92,15 @@ class Lock:
         force_release)."""
         return self._leased is not None and self._leased.lost
 
+    @property
+    def fence_key(self) -> str | None:
+        """With a ttl, while held: this holder's key, whose create revision is the token, so
+        ``Compare(lock.fence_key, "create_revision", "==", token)`` in a txn makes a write
+        apply only while this holder still holds the lock (docs/locks.md). None otherwise."""
+        if self._leased is None or self.token is None:
+            return None
+        return self._leased.key
+
     @classmethod
     def recover(cls, client: Client, error: LockStateUnknown) -> Lock:
         """The Lock that ``error`` left unsettled, on ``client``: call ``release()`` on it.
