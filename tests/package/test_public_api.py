@@ -29,8 +29,8 @@ PUBLIC = ["Client", "AsyncClient", "Lock", "KVError", "NoKey", "VersionMismatch"
           "LockStateUnknown", "Unauthorized", "client_tls_context",
           "Compare", "DeleteOk", "KeyValue", "PutOk", "RangeResult", "SetOk", "TxnDelete",
           "TxnDeleteRange", "TxnGet", "TxnPut", "TxnRange", "TxnResult", "TxnSet",
-          "prefix_end", "Compacted", "WatchEvent",
-          "Election", "Lease", "KeptLease", "LeaseTtlResult", "LeaseLimit", "LeaseNotFound"]  # fmt: skip
+          "prefix_end", "Compacted", "WatchEvent", "Election", "Lease", "KeptLease",
+          "LeaseTtlResult", "LeaseLimit", "LeaseNotFound"]  # fmt: skip
 
 
 def run_python(code: str) -> str:
