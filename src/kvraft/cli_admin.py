@@ -27,8 +27,10 @@ import click
 
 from kvraft.addresses import split_address
 from kvraft.cli_clients import parse_servers, servers_option
-from kvraft.cli_common import EXIT_OP_ERROR, EXIT_UNAVAILABLE, credentials, fail
-from kvraft.errors import RemoteError, RpcError, Unauthorized, Unavailable
+from kvraft.cli_common import (
+    credentials,
+    leader_call_failures,
+)
 
 
 @click.group()
@@ -58,18 +60,12 @@ def transfer(target: int, servers: str | None, timeout: float, as_json: bool) ->
     from kvraft.client.admin import transfer_leadership
 
     creds = credentials()
-    try:
+    with leader_call_failures(
+        lambda exc: f"transfer to n{target} {_verb(exc.code)}: {exc.message}"
+    ):
         outcome = transfer_leadership(
             parse_servers(servers), target, timeout, token=creds.token, ssl=creds.ssl
         )
-    except Unavailable as exc:
-        fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
-    except Unauthorized as exc:
-        fail(f"Unauthorized: {exc}", EXIT_OP_ERROR)
-    except RemoteError as exc:
-        fail(f"transfer to n{target} {_verb(exc.code)}: {exc.message}", EXIT_OP_ERROR)
-    except RpcError as exc:
-        fail(f"cluster unavailable: the leader did not answer: {exc}", EXIT_UNAVAILABLE)
     elapsed_ms = round(outcome.elapsed_s * 1000)
     if as_json:
         document = {"from": outcome.old_leader, "to": outcome.new_leader, "elapsed_ms": elapsed_ms}
@@ -106,19 +102,13 @@ def _call(servers: str | None, method: str, args: Any, timeout: float) -> dict[s
     from kvraft.client.admin import member_call
 
     creds = credentials()
-    try:
+    verbs = {"member_refused": "refused", "member_failed": "failed"}
+    with leader_call_failures(
+        lambda exc: f"{method} {verbs.get(exc.code, exc.code)}: {exc.message}"
+    ):
         return member_call(
             parse_servers(servers), method, args, timeout, token=creds.token, ssl=creds.ssl
         )
-    except Unavailable as exc:
-        fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
-    except Unauthorized as exc:
-        fail(f"Unauthorized: {exc}", EXIT_OP_ERROR)
-    except RemoteError as exc:
-        verb = {"member_refused": "refused", "member_failed": "failed"}.get(exc.code, exc.code)
-        fail(f"{method} {verb}: {exc.message}", EXIT_OP_ERROR)
-    except RpcError as exc:
-        fail(f"cluster unavailable: the leader did not answer: {exc}", EXIT_UNAVAILABLE)
     raise AssertionError("unreachable")  # fail() exits
 
 

@@ -21,8 +21,13 @@ from pathlib import Path
 import click
 
 from kvraft.cli_clients import parse_servers, servers_option
-from kvraft.cli_common import EXIT_OP_ERROR, EXIT_UNAVAILABLE, credentials, fail
-from kvraft.errors import RemoteError, RpcError, StorageError, Unauthorized, Unavailable, one_line
+from kvraft.cli_common import (
+    EXIT_OP_ERROR,
+    credentials,
+    fail,
+    leader_call_failures,
+)
+from kvraft.errors import StorageError, one_line
 
 
 @click.group()
@@ -47,15 +52,10 @@ def save(file: Path, servers: str | None, timeout: float) -> None:
 
     creds = credentials()
     try:
-        fetched = fetch_snapshot(parse_servers(servers), timeout, token=creds.token, ssl=creds.ssl)
-    except Unavailable as exc:
-        fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
-    except Unauthorized as exc:
-        fail(f"Unauthorized: {exc}", EXIT_OP_ERROR)
-    except RemoteError as exc:
-        fail(f"snapshot refused ({exc.code}): {exc.message}", EXIT_OP_ERROR)
-    except RpcError as exc:
-        fail(f"cluster unavailable: the leader did not answer: {exc}", EXIT_UNAVAILABLE)
+        with leader_call_failures(lambda exc: f"snapshot refused ({exc.code}): {exc.message}"):
+            fetched = fetch_snapshot(
+                parse_servers(servers), timeout, token=creds.token, ssl=creds.ssl
+            )
     except ValueError as exc:
         fail(f"snapshot damaged in transfer: {exc}", EXIT_OP_ERROR)
     header = backup_file.header_for(

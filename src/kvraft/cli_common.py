@@ -7,14 +7,16 @@ share them without importing each other.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
 import click
 
-from kvraft.errors import one_line
+from kvraft.errors import RemoteError, RpcError, Unauthorized, Unavailable, one_line
 
 EXIT_OK, EXIT_OP_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -24,6 +26,23 @@ def fail(message: str, code: int) -> NoReturn:
     """Print ``kvraft: message`` on stderr and exit with ``code``."""
     click.echo(f"kvraft: {one_line(message)}", err=True)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def leader_call_failures(refused: Callable[[RemoteError], str]) -> Iterator[None]:
+    """An operator's call to the leader, its failures as the one-line exits: no node or
+    no leader answering (3), a token without the role (1), the leader's refusal
+    (1, ``refused(error)`` says it), the leader going silent mid-call (3)."""
+    try:
+        yield
+    except Unavailable as exc:
+        fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
+    except Unauthorized as exc:
+        fail(f"Unauthorized: {exc}", EXIT_OP_ERROR)
+    except RemoteError as exc:
+        fail(refused(exc), EXIT_OP_ERROR)
+    except RpcError as exc:
+        fail(f"cluster unavailable: the leader did not answer: {exc}", EXIT_UNAVAILABLE)
 
 
 @dataclass(frozen=True)
