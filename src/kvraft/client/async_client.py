@@ -600,6 +600,10 @@ class AsyncClient(LeaseCalls):
         backoff = BACKOFF_S
         busy_backoff = BUSY_BACKOFF_S
         last_failure: Exception | None = None
+        # The latest connection a server closed or refused (not a timeout): a TLS
+        # handshake that failed says why no server will ever answer, and must not
+        # be hidden by the timeouts of later attempts on a slow machine.
+        refusal: Exception | None = None
         while True:
             if self._closed:
                 raise self._closed_error()
@@ -607,11 +611,12 @@ class AsyncClient(LeaseCalls):
             if give_up is not None:
                 remaining = give_up - loop.time()
                 if remaining <= 0:
-                    last = (
-                        f" (last: {type(last_failure).__name__}: {one_line(last_failure)})"
-                        if last_failure is not None
-                        else ""
-                    )
+                    last = ""
+                    if last_failure is not None:
+                        last = f" (last: {type(last_failure).__name__}: {one_line(last_failure)}"
+                        if refusal is not None and refusal is not last_failure:
+                            last += f"; before: {type(refusal).__name__}: {one_line(refusal)}"
+                        last += ")"
                     raise Unavailable(
                         f"no answer from {', '.join(self.servers)} within {self.deadline}s{last}"
                     )
@@ -634,6 +639,8 @@ class AsyncClient(LeaseCalls):
                 continue
             except (WrongLeader, CallTimeout, ConnectionLost) as exc:
                 last_failure = exc
+                if isinstance(exc, ConnectionLost) and not isinstance(exc, CallTimeout):
+                    refusal = exc
                 if uncertain is not None:
                     uncertain.append(may_have_applied(exc))
                 hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None
