@@ -369,9 +369,14 @@ def test_member_replaced_and_cluster_grown_across_hosts(netns_cluster: MakeClust
         member(cluster, "remove", "0")  # step 1
         join_as_learner(cluster, 5, via=[1, 2])  # step 2: a new host, --join
         promote(cluster, 5)
+        live = [1, 2, 3, 4, 5]
         for node in (3, 4):  # 5 -> 3
+            # The removal before may have removed the leader, which then steps down:
+            # wait out that election, as after the kill above.
+            cluster.find_leader(NODE_DEADLINE_S, among=live)
             member(cluster, "remove", str(node))
             cluster.terminate(node)
+            live.remove(node)
         wait_for_progress(load, 20, "with n1, n2, n5")
         rows = member_rows(cluster)
         assert {i for i, r in rows.items() if r["role"] == "voter"} == {1, 2, 5}
