@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -44,17 +45,22 @@ DEFAULT_LOCK_TTL_S = 10
 EXIT_CANNOT_RUN = 127
 
 
-def _lease_id(ctx: click.Context, param: click.Parameter, value: Any) -> int:
-    from kvraft.lease_protocol import lease_id_error
-
+def _checked_int(value: Any, what: str, error: Callable[[int], str | None]) -> int:
+    """``value`` as a decimal int that ``error`` finds nothing wrong with; else a usage error."""
     try:
         number = int(str(value).strip(), 10)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a lease id (a decimal integer)") from None
-    why = lease_id_error(number)
+        raise click.BadParameter(f"{value!r} is not {what}") from None
+    why = error(number)
     if why is not None:
         raise click.BadParameter(why)
     return number
+
+
+def _lease_id(ctx: click.Context, param: click.Parameter, value: Any) -> int:
+    from kvraft.lease_protocol import lease_id_error
+
+    return _checked_int(value, "a lease id (a decimal integer)", lease_id_error)
 
 
 def _ttl(ctx: click.Context, param: click.Parameter, value: Any) -> int | None:
@@ -62,14 +68,7 @@ def _ttl(ctx: click.Context, param: click.Parameter, value: Any) -> int | None:
 
     if value is None:
         return None
-    try:
-        number = int(str(value).strip(), 10)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a whole number of seconds") from None
-    why = check_ttl_error(number)
-    if why is not None:
-        raise click.BadParameter(why)
-    return number
+    return _checked_int(value, "a whole number of seconds", check_ttl_error)
 
 
 @click.group("lease")

@@ -86,21 +86,7 @@ async def transfer_leadership_async(
     did not take over within an election timeout); an RpcError if the leader
     did not answer within ``timeout``.
     """
-    rows = await fetch_statuses_async(servers, timeout, token=token, ssl=ssl)
-    reachable = [row for row in rows if row.get("reachable")]
-    refused = [row for row in rows if str(row.get("error", "")).startswith("Unauthorized")]
-    if not reachable and refused:
-        raise Unauthorized(str(refused[0]["error"]).removeprefix("Unauthorized: "))
-    if not reachable:
-        raise Unavailable(f"no node of {', '.join(servers)} answered within {timeout:g}s")
-    leaders = sorted(
-        (row for row in reachable if row.get("role") == "leader"),
-        key=lambda row: int(row.get("term", 0)),
-        reverse=True,
-    )
-    if not leaders:
-        raise Unavailable(f"no leader among the {len(reachable)} nodes that answered")
-    leader = leaders[0]
+    leader = await _leader_row(servers, timeout, token, ssl)
     if leader.get("id") == target:
         return TransferOutcome(target, target, 0.0)
     sender = client_sender("admin-" + uuid.uuid4().hex[:8])
