@@ -81,3 +81,16 @@ def test_lease_simulator_catches_a_keeper_without_the_failover_extension() -> No
     replayed = run_replay("--driver", "lease", "--seed", str(seed), "--planted", planted)
     assert replayed.returncode == 1
     assert "VIOLATION: lease" in replayed.stdout
+
+
+def test_expiries_still_in_the_log_are_not_proposed_again_when_commits_are_slow() -> None:
+    """Seed 10170 (one entry per message, a snapshot per entry, a follower always
+    installing one): commits come slowly, and a keeper that proposed its expiries
+    again at every op timeout grew the log faster than it committed, so 12 leases
+    outlived their TTL by seconds. Waiting for each batch to apply, they expire.
+
+    Reference: kvraft.server.lease_keeper (bounds: one batch at a time, never twice)
+    """
+    result = LeaseSimulation(10_170, 3).run()
+
+    assert result.expired >= result.granted > 0

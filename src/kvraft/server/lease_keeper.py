@@ -47,8 +47,13 @@ as valid until the *start* of its last successful keepalive + TTL, never from
 when the answer came.
 
 Bounds: the leader keeps one float per live lease (at most MAX_LEASES) and
-proposes expiries in batches of :data:`EXPIRE_BATCH`, one batch at a time;
-it looks at the clock at least every :data:`CHECK_INTERVAL_S` and waits at
+proposes expiries in batches of :data:`EXPIRE_BATCH`, one batch at a time,
+waiting for a batch to apply (or for leadership to end) without a timeout:
+an entry of a leader's own term either applies or goes with its leadership,
+so proposing it again only adds to a log that already commits too slowly
+(re-proposing each op timeout grew the log faster than it committed, and
+leases outlived their TTL by seconds: lease simulator, seed 10170); it
+looks at the clock at least every :data:`CHECK_INTERVAL_S` and waits at
 least :data:`MIN_WAIT_S` between looks.
 """
 

@@ -129,7 +129,11 @@ class RSM(StateMachine):
         self.history = WatchHistory(history_revisions, history_bytes, store.revision + 1)
         # Resolved (and replaced) whenever the history changes: waiting watch polls.
         self._changed: asyncio.Future[None] | None = None
-        self.leases = LeaseKeeper(node_id, lambda: self.store.leases, self.execute)
+        self.leases = LeaseKeeper(
+            node_id,
+            lambda: self.store.leases,
+            lambda op: self.execute(op, until_applied=True),
+        )
 
     @property
     def inflight_proposals(self) -> int:
@@ -140,10 +144,14 @@ class RSM(StateMachine):
         self._node = node
         self.leases.attach(node.clock.now_s, lambda: node.running)
 
-    async def execute(self, op: Op) -> Any:
+    async def execute(self, op: Op, *, until_applied: bool = False) -> Any:
         """Run ``op`` through the log; its result, or WrongLeader.
 
         NotLeader and Busy mean nothing was submitted: the op surely did not apply.
+        WrongLeader after the op timeout means the entry may still apply; with
+        ``until_applied`` there is no timeout: the wait ends when the entry
+        applies or leadership is lost (:meth:`on_role_change` fails the waiter),
+        for a proposer that must not propose its command twice (the lease keeper).
         """
         node = self._node
         assert node is not None, "RSM not attached to a node"
@@ -170,6 +178,8 @@ class RSM(StateMachine):
         waiter = _Waiter(op.client_id, op.request_id, term, future)
         self._waiters[index] = waiter
         try:
+            if until_applied:
+                return await future
             return await asyncio.wait_for(future, self.op_timeout_s)
         except TimeoutError:
             raise WrongLeader(
