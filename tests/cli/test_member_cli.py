@@ -76,6 +76,14 @@ def test_list_add_promote_and_remove_print_what_they_did(make_cluster) -> None: 
     assert out.startswith("removed n3 at index ")
     assert out.rstrip().endswith(": voters n0,n1,n2, learners none")
 
+    # Its id is retired: a node under it on an empty disk could vote twice in a term.
+    assert_one_line_error(
+        run_cli("member", "add", "3", cluster.address(3), "--servers", ",".join(cluster.addresses)),
+        EXIT_OP_ERROR,
+        "member.add refused: n3 was removed from this cluster and its id is retired",
+        "give the new node a new id",
+    )
+
 
 def test_refused_changes_exit_1_with_one_line_saying_why(make_cluster) -> None:  # type: ignore[no-untyped-def]
     """Promoting a non-member, a lagging learner (with its lag), adding a member twice."""

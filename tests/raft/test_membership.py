@@ -15,6 +15,7 @@ from kvraft.raft.core import Role
 from kvraft.raft.membership import (
     MAX_ADDRESS_CHARS,
     MAX_MEMBERS,
+    MAX_RETIRED,
     Change,
     ChangeKind,
     ChangeRefused,
@@ -74,6 +75,46 @@ def test_a_configuration_round_trips_through_its_entry_encoding() -> None:
 
     assert decoded.same_as(config)
     assert membership.is_config_command(membership.encode(config))
+
+
+def test_a_removed_id_is_retired_for_good_and_never_added_again() -> None:
+    """An id that voted, back on an empty disk, could vote twice in a term: a
+    replacement gets a new id. Retirement survives every later change and the
+    entry encoding (so snapshots and restarts keep it)."""
+    config = Membership.of_voters([1, 2, 3])
+    removed = config.apply(Change(ChangeKind.REMOVE, 3))
+    assert removed.retired == {3}
+    for kind in (ChangeKind.ADD_LEARNER, ChangeKind.ADD_VOTER):
+        with pytest.raises(ChangeRefused, match="n3 was removed from this cluster"):
+            removed.apply(Change(kind, 3, "h3:7001"))
+    grown = removed.apply(Change(ChangeKind.ADD_LEARNER, 4, "h4:7001"))
+    grown = grown.apply(Change(ChangeKind.PROMOTE, 4))
+    assert grown.retired == {3}
+    decoded = membership.decode(membership.encode(grown))
+    assert decoded.same_as(grown) and decoded.retired == {3}
+    assert decoded != Membership(grown.voters, grown.learners)  # retirement is part of it
+
+
+def test_a_configuration_encoded_before_retirement_decodes_with_none_retired() -> None:
+    """Entries and data dirs written before ids were retired end after the addresses."""
+    config = Membership(frozenset({0, 1, 2}), frozenset({3}), {3: "h3:7001"})
+    encoded = membership.encode(config)
+    legacy = encoded[:-2]  # the retired count (2 bytes, zero) not written
+    decoded = membership.decode(legacy)
+    assert decoded.same_as(config) and decoded.retired == frozenset()
+    with pytest.raises(ValueError):
+        membership.decode(encoded[:-1])  # half a count is still refused
+
+
+def test_retired_ids_are_bounded_at_max_retired_and_a_removal_past_it_refused() -> None:
+    full = Membership(frozenset({0, 1}), retired=frozenset(range(2, 2 + MAX_RETIRED)))
+    assert membership.decode(membership.encode(full)).retired == full.retired
+    with pytest.raises(ChangeRefused, match=f"{MAX_RETIRED} ids are retired already"):
+        full.apply(Change(ChangeKind.REMOVE, 1))
+    with pytest.raises(ValueError, match=f"more than {MAX_RETIRED} retired"):
+        Membership(frozenset({0}), retired=frozenset(range(1, 2 + MAX_RETIRED)))
+    with pytest.raises(ValueError, match="retired ids that are members"):
+        Membership(frozenset({0, 1}), retired=frozenset({1}))
 
 
 def test_a_state_machine_command_is_never_a_configuration() -> None:

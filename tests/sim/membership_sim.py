@@ -3,13 +3,16 @@
 With ``Simulation(..., members=True)`` the cluster has two spare nodes beside
 its seed voters. Spares start empty and configured to join (``peers=()``);
 at random moments a leader is asked for one single-server change among those
-that make sense then: add a non-member as a learner (its disk wiped first, a
-new machine under an old id), promote a learner, or remove a member (a voter,
-the leader itself included, or a learner) while more voters than the seed are
-left, so runs go 3 -> 5 -> 3 and back under every fault the simulator throws.
-Changes the core must refuse (a second one in flight, before an entry of the
-term committed, a promotion of a lagging learner) are refused with
-ChangeRefused and change nothing.
+that make sense then: add a node that was never a member as a learner,
+promote a learner, or remove a member (a voter, the leader itself included,
+or a learner) while more voters than the seed are left, so runs go 3 -> 5 ->
+3 and back under every fault the simulator throws. A removed id is retired
+for good (``Membership.retired``), so when no spare is left the simulator
+grows a new node with a fresh id (at most :data:`MAX_GROWN` of them); removed
+nodes keep running, as a removed server that was never told would. Changes the
+core must refuse (a second one in flight, before an entry of the term
+committed, a promotion of a lagging learner, the return of a retired id) are
+refused with ChangeRefused and change nothing.
 
 :class:`MembershipChecker` holds §4.1's rules from outside the core, after
 every step: no leader's log ever holds two configuration entries above its
@@ -29,12 +32,15 @@ from typing import TYPE_CHECKING
 from kvraft.raft import membership
 from kvraft.raft.core import RaftCore, Role
 from kvraft.raft.membership import Change, ChangeKind, ChangeRefused
-from kvraft.raft.storage import MemoryStorage
 
 if TYPE_CHECKING:
-    from .simulator import Node, Simulation
+    from .simulator import Simulation
 
 SPARES = 2
+# New nodes a run may grow once the spares are used up (each removal retires an id).
+MAX_GROWN = 4
+# The chance that an addition asks for a retired id instead, which must be refused.
+RETURN_OF_RETIRED = 0.1
 
 
 class MembershipChecker:
@@ -111,21 +117,16 @@ class MembershipEvents:
         # the liveness of voters that start empty.
         self.promotion_lag = self.rng.choice([0, 4, 16, 1000])
         self.seed_voters = frozenset(range(sim.size))
-        # Every id that was ever a voter (the seed, every promotion): such an id
-        # is never re-added on an empty disk (docs/membership.md: never reuse a
-        # removed node's id with a new data dir). A node whose log is far behind
-        # may still hold a configuration where that id votes, and an empty node
-        # answers its vote request as if it had never voted or logged anything:
-        # seed 10692 (3 nodes) elected such a stale node without a committed entry.
-        self.ever_voters: set[int] = set(self.seed_voters)
         self.proposed = 0
         self.refused = 0
         self.max_voters = len(self.seed_voters)
         self.leaders_removed = 0
+        self.grown = 0  # nodes added to the simulation with fresh ids
+        self.retired_refused = 0  # additions of a retired id, refused
 
     def seed_of(self, node: int) -> tuple[int, ...]:
         """``--peers`` of a node: the seed voters for them, nothing for a spare (it joins)."""
-        if node in self.seed_voters and node not in self.sim.wiped:
+        if node in self.seed_voters:
             return tuple(sorted(self.seed_voters))
         return ()
 
@@ -152,15 +153,16 @@ class MembershipEvents:
             self.refused += 1
             if core.last_index != before:
                 self.sim.checker.fail(f"membership: n{core.id} refused {change} but appended")
+            if change.node_id in core.membership.retired:
+                self.retired_refused += 1
             return
-        if change.kind is ChangeKind.ADD_LEARNER and change.node_id not in self.ever_voters:
-            # Accepted, so the configuration that removed it (if any) is committed:
-            # only now may its old disk go (a voter's disk lost earlier could
-            # forget what it acknowledged). Nothing of the change was sent yet.
-            # An id that ever voted comes back on its own disk (see ever_voters).
-            self._wipe(self.sim.nodes[change.node_id])
-        if change.kind in (ChangeKind.PROMOTE, ChangeKind.ADD_VOTER):
-            self.ever_voters.add(change.node_id)
+        if change.kind is ChangeKind.ADD_LEARNER:
+            if change.node_id in core.membership.retired:
+                self.sim.checker.fail(f"membership: n{core.id} took back retired n{change.node_id}")
+            if change.node_id not in self.sim.nodes:
+                # A new machine under a fresh id; nothing of the change was sent yet.
+                self.sim.add_node(change.node_id)
+                self.grown += 1
         self.proposed += 1
         self.max_voters = max(self.max_voters, len(core.membership.voters))
         if change.kind is ChangeKind.REMOVE and change.node_id == core.id:
@@ -169,10 +171,10 @@ class MembershipEvents:
 
     def _pick(self, core: RaftCore) -> Change | None:
         config = core.membership
-        others = [n for n in self.sim.ids if not config.is_member(n)]
         choices: list[Change] = []
-        if others:
-            choices.append(Change(ChangeKind.ADD_LEARNER, self.rng.choice(others), ""))
+        addition = self._addition(config)
+        if addition is not None:
+            choices.append(Change(ChangeKind.ADD_LEARNER, addition, ""))
         for learner in sorted(config.learners):
             choices.append(Change(ChangeKind.PROMOTE, learner))
             choices.append(Change(ChangeKind.REMOVE, learner))
@@ -180,10 +182,14 @@ class MembershipEvents:
             choices.append(Change(ChangeKind.REMOVE, self.rng.choice(sorted(config.voters))))
         return self.rng.choice(choices) if choices else None
 
-    def _wipe(self, node: Node) -> None:
-        """A node about to be added gets an empty disk and joins afresh (a new machine)."""
-        if node.core is not None:
-            self.sim.crash(node, "to be replaced by an empty node")
-        node.storage = MemoryStorage()
-        self.sim.wiped.add(node.id)
-        self.sim.start(node)
+    def _addition(self, config: membership.Membership) -> int | None:
+        """An id to add: now and then a retired one (to be refused), else a node that
+        was never a member, else a fresh id while the run may still grow."""
+        if config.retired and self.rng.random() < RETURN_OF_RETIRED:
+            return self.rng.choice(sorted(config.retired))
+        fresh = [n for n in self.sim.ids if not config.is_member(n) and n not in config.retired]
+        if fresh:
+            return self.rng.choice(fresh)
+        if self.grown < MAX_GROWN:
+            return max(self.sim.ids) + 1
+        return None

@@ -421,7 +421,6 @@ class Simulation:
         self.checker = Checker(self._fail)
         self.members = MembershipEvents(self) if members else None
         self.member_checker = MembershipChecker(self._fail)
-        self.wiped: set[int] = set()  # nodes given an empty disk to join again
         self.now = 0
         self.steps = 0
         self.crashes = 0
@@ -491,6 +490,16 @@ class Simulation:
             node.core.commit_index,
         )
         self._drive(node)
+
+    def add_node(self, node_id: int) -> Node:
+        """A new, empty node (a membership change adds it; ``membership_sim``), started."""
+        assert node_id not in self.nodes, f"n{node_id} exists"
+        node = Node(node_id)
+        self.ids = (*self.ids, node_id)
+        self.nodes[node_id] = node
+        self._group[node_id] = 0
+        self.start(node)
+        return node
 
     def start(self, node: Node) -> None:
         self._start(node)

@@ -171,7 +171,8 @@ def test_membership_changes_are_safe_under_faults_and_live_once_healed(
     nodes: int, start: int
 ) -> None:
     """Every safety property, and §4.1's rules for changes, hold after every step of
-    seeded runs that add learners, promote them and remove members (the leader too).
+    seeded runs that add learners, promote them and remove members (the leader too);
+    a removed id is retired, and asking to add it back is refused.
 
     Reference: Raft thesis §4.1, §4.2.1, §4.2.2
     """
@@ -182,6 +183,8 @@ def test_membership_changes_are_safe_under_faults_and_live_once_healed(
     assert sum(e.refused for e in events) > MEMBER_CHUNK  # refusals were exercised too
     assert sum(e.max_voters > nodes for e in events) > MEMBER_CHUNK // 4  # grew past the seed
     assert sum(e.leaders_removed for e in events) > 0
+    assert sum(e.grown for e in events) > MEMBER_CHUNK // 4  # fresh ids once spares retired
+    assert sum(e.retired_refused for e in events) > 0
 
 
 @pytest.mark.stress

@@ -47,7 +47,13 @@ MAX_MEMBERS = 64
 MAX_MEMBER_ID = 2**31 - 1
 # An advertised address, HOST:PORT: a DNS name is at most 253 bytes.
 MAX_ADDRESS_CHARS = 300
-# An encoded configuration: MAX_MEMBERS addresses and ids with room to spare.
+# Ids removed from the cluster, which may never be added again (see
+# Membership.retired): 1,024 replacements of a member is decades of operation
+# for a cluster of a few nodes; past it a removal is refused (say so, do not
+# silently forget an id).
+MAX_RETIRED = 1024
+# An encoded configuration: MAX_MEMBERS addresses and ids and MAX_RETIRED ids,
+# with room to spare.
 MAX_CONFIG_BYTES = 64 * 1024
 
 
@@ -78,14 +84,24 @@ class Change:
 class Membership:
     """One configuration: who votes, who learns, and the address each advertises.
 
-    Invariant: ``voters`` and ``learners`` are disjoint; ``addresses`` names
-    only members ("" when a member's address is not known, e.g. a seed from
-    ids alone).
+    Invariant: ``voters``, ``learners`` and ``retired`` are disjoint;
+    ``addresses`` names only members ("" when a member's address is not known,
+    e.g. a seed from ids alone).
+
+    ``retired``: every id removed from the cluster so far, carried by every
+    later configuration (and so by snapshots). An id that voted and comes back
+    on an empty disk would answer a vote request as if it had never voted nor
+    logged anything, and a member still holding an old configuration in which
+    that id votes could be elected without the committed entries (the
+    membership simulator found exactly that). So an id once removed is never
+    added again: a replacement gets a new id, as etcd gives every added member
+    a new one.
     """
 
     voters: frozenset[int]
     learners: frozenset[int] = frozenset()
     addresses: Mapping[int, str] = field(default_factory=dict, compare=False, hash=False)
+    retired: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.voters & self.learners:
@@ -94,7 +110,11 @@ class Membership:
             )
         if len(self.voters) + len(self.learners) > MAX_MEMBERS:
             raise ValueError(f"more than {MAX_MEMBERS} members")
-        for node in self.members:
+        if self.retired & self.members:
+            raise ValueError(f"retired ids that are members: {sorted(self.retired & self.members)}")
+        if len(self.retired) > MAX_RETIRED:
+            raise ValueError(f"more than {MAX_RETIRED} retired ids")
+        for node in self.members | self.retired:
             if not isinstance(node, int) or isinstance(node, bool):
                 raise ValueError(f"a member id is an int, not {node!r}")
             if not 0 <= node <= MAX_MEMBER_ID:
@@ -146,33 +166,50 @@ class Membership:
                 if self.is_member(node):
                     role = "voter" if self.is_voter(node) else "learner"
                     raise ChangeRefused(f"n{node} is already a member ({role})")
+                if node in self.retired:
+                    raise ChangeRefused(
+                        f"n{node} was removed from this cluster and its id is retired:"
+                        " give the new node a new id (a returning id could vote again"
+                        " from an empty disk)"
+                    )
                 if change.address:
                     addresses[node] = change.address
                 if change.kind is ChangeKind.ADD_LEARNER:
-                    return _build(self.voters, self.learners | {node}, addresses)
-                return _build(self.voters | {node}, self.learners, addresses)
+                    return self._build(self.voters, self.learners | {node}, addresses)
+                return self._build(self.voters | {node}, self.learners, addresses)
             case ChangeKind.PROMOTE:
                 if self.is_voter(node):
                     raise ChangeRefused(f"n{node} is already a voter")
                 if node not in self.learners:
                     raise ChangeRefused(f"n{node} is not a learner (add it with --learner first)")
-                return _build(self.voters | {node}, self.learners - {node}, addresses)
+                return self._build(self.voters | {node}, self.learners - {node}, addresses)
             case ChangeKind.REMOVE:
                 if not self.is_member(node):
                     raise ChangeRefused(f"n{node} is not a member ({self.describe()})")
                 if self.voters == {node}:
                     raise ChangeRefused(f"n{node} is the only voter: a cluster needs one")
+                if len(self.retired) >= MAX_RETIRED:
+                    raise ChangeRefused(
+                        f"{MAX_RETIRED} ids are retired already (the bound): no more removals"
+                    )
                 addresses.pop(node, None)
-                return _build(self.voters - {node}, self.learners - {node}, addresses)
+                return self._build(
+                    self.voters - {node}, self.learners - {node}, addresses, self.retired | {node}
+                )
 
-
-def _build(
-    voters: frozenset[int], learners: frozenset[int], addresses: dict[int, str]
-) -> Membership:
-    try:
-        return Membership(voters, learners, addresses)
-    except ValueError as exc:
-        raise ChangeRefused(str(exc)) from None
+    def _build(
+        self,
+        voters: frozenset[int],
+        learners: frozenset[int],
+        addresses: dict[int, str],
+        retired: frozenset[int] | None = None,
+    ) -> Membership:
+        try:
+            return Membership(
+                voters, learners, addresses, self.retired if retired is None else retired
+            )
+        except ValueError as exc:
+            raise ChangeRefused(str(exc)) from None
 
 
 # ---------------------------------------------------------------- encoding
@@ -184,7 +221,8 @@ def encode(config: Membership) -> bytes:
     Layout after :data:`CONFIG_MAGIC`, every integer big-endian: the voter
     count (2 bytes) and ids (4 bytes each), the same for learners, then per
     member with an address: its id (4), the address's UTF-8 length (2), the
-    bytes. Ids sorted, so equal configurations encode alike.
+    bytes; then the retired count (2) and ids (4 each). Ids sorted, so equal
+    configurations encode alike.
     """
     out = bytearray(CONFIG_MAGIC)
     for ids in (config.voters, config.learners):
@@ -196,6 +234,9 @@ def encode(config: Membership) -> bytes:
     for node, address in addresses:
         raw = address.encode()
         out += node.to_bytes(4, "big") + len(raw).to_bytes(2, "big") + raw
+    out += len(config.retired).to_bytes(2, "big")
+    for node in sorted(config.retired):
+        out += node.to_bytes(4, "big")
     return bytes(out)
 
 
@@ -248,9 +289,16 @@ def decode(data: bytes) -> Membership:
         if node in addresses:
             raise ValueError(f"n{node}: two addresses")
         addresses[node] = address
+    # A configuration written before ids were retired ends here: none retired.
+    count = reader.int(2) if reader.pos < len(data) else 0
+    if count > MAX_RETIRED:
+        raise ValueError(f"{count} retired ids (bound {MAX_RETIRED})")
+    retired = [reader.int(4) for _ in range(count)]
+    if len(set(retired)) != len(retired):
+        raise ValueError("a retired id listed twice")
     if reader.pos != len(data):
         raise ValueError("trailing bytes after a configuration")
-    return Membership(frozenset(voters), frozenset(learners), addresses)
+    return Membership(frozenset(voters), frozenset(learners), addresses, frozenset(retired))
 
 
 def entry_config(entry: Entry) -> Membership | None:
