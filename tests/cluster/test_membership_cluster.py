@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from kvraft.client.admin import fetch_statuses, member_call
+from kvraft.client.admin import fetch_statuses, member_call, transfer_leadership
 from kvraft.errors import RemoteError, RpcError, Unavailable
 from kvraft.testing.cluster import Cluster
 from kvraft.testing.history import History
@@ -131,7 +131,8 @@ def fill(cluster: Cluster, history: History, puts: int) -> RecordingClient:
 def test_a_learner_far_behind_catches_up_from_a_snapshot_and_is_promoted(make_cluster) -> None:  # type: ignore[no-untyped-def]
     """A learner added after the log was compacted gets the snapshot (its log says so),
     applies what the others applied, is promoted, and then counts: with it a voter,
-    the cluster of four commits with one of the first three killed."""
+    the cluster of four commits with one of the first three killed, and the
+    leadership can be handed to it."""
     cluster = make_cluster(4, members=[0, 1, 2], server_args=SMALL_SNAPSHOTS)
     history = History()
     client = fill(cluster, history, 60)
@@ -152,6 +153,10 @@ def test_a_learner_far_behind_catches_up_from_a_snapshot_and_is_promoted(make_cl
         10.0,
         message="n3 applied what the leader committed",
     )
+    outcome = transfer_leadership(cluster.private_addresses, 3, 10.0)
+    assert (outcome.old_leader, outcome.new_leader) == (leader, 3)
+    assert status_of(cluster, 3)["role"] == "leader"
+    own_key_puts(client, "led-by-n3", 3)
     client.close()
     assert_linearizable(history, CHECK_TIMEOUT_S)
 

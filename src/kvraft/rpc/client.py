@@ -78,6 +78,9 @@ DEFAULT_CONNECT_TIMEOUT_S = 1.0
 NOTIFY_BUFFER_LIMIT_BYTES = 8 * 1024 * 1024
 # How long a peer handshake may take, both round trips together.
 HANDSHAKE_TIMEOUT_S = 2.0
+# A client told to keep_connected() tries again this long after a lost
+# connection or a failed attempt (a dead peer costs one refused connect per).
+RECONNECT_INTERVAL_S = 0.1
 
 
 class _ClientConnection(asyncio.Protocol):
@@ -164,6 +167,7 @@ class _ClientConnection(asyncio.Protocol):
     def _drop(self) -> None:
         if self.owner._conn is self:
             self.owner._conn = None
+            self.owner._reconnect_later()
         pending, self.pending = self.pending, {}
         if pending:
             message = f"connection to {self.owner.address} lost: {self._reason}"
@@ -226,6 +230,8 @@ class RpcClient:
         self._connecting: asyncio.Task[_ClientConnection] | None = None
         self._ids = itertools.count(1)
         self._closed = False
+        self._keep_connected = False  # reconnect on loss, not only on the next send
+        self._reconnect: asyncio.TimerHandle | None = None
         #: Bytes written to and read from the server, over every connection (metrics).
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -299,6 +305,30 @@ class RpcClient:
             raise NotSent(f"connection to {self.address} lost: {conn._reason}")
         return conn
 
+    def keep_connected(self) -> None:
+        """Connect now, and again :data:`RECONNECT_INTERVAL_S` after every lost
+        connection or failed attempt, until :meth:`close`.
+
+        For peers: a one-way :meth:`notify` on no connection is dropped while
+        it connects, and Raft resends most messages within a heartbeat, but a
+        candidate asks for each vote once per election: a vote request to a
+        peer it had never needed to talk to (a follower, a new member) was
+        lost, and a leadership transfer to a newly promoted voter failed.
+        """
+        self._keep_connected = True
+        self._connect_if_down()
+
+    def _connect_if_down(self) -> None:
+        self._reconnect = None
+        if self._closed or self._connecting is not None or self.connected:
+            return
+        self._start_connecting()
+
+    def _reconnect_later(self) -> None:
+        if self._keep_connected and not self._closed and self._reconnect is None:
+            loop = asyncio.get_running_loop()
+            self._reconnect = loop.call_later(RECONNECT_INTERVAL_S, self._connect_if_down)
+
     def _start_connecting(self) -> asyncio.Task[_ClientConnection]:
         task = asyncio.get_running_loop().create_task(self._open())
         self._connecting = task
@@ -308,8 +338,9 @@ class RpcClient:
     def _connect_done(self, task: asyncio.Task[_ClientConnection]) -> None:
         if self._connecting is task:
             self._connecting = None
-        if not task.cancelled():
-            task.exception()  # retrieved: a failure may have had no waiter (notify)
+        if not task.cancelled() and task.exception() is not None:
+            # (retrieved: a failure may have had no waiter, e.g. a notify's)
+            self._reconnect_later()
 
     async def _open(self) -> _ClientConnection:
         loop = asyncio.get_running_loop()
@@ -460,6 +491,9 @@ class RpcClient:
     def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionLost at once."""
         self._closed = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            self._reconnect = None
         if self._connecting is not None:
             self._connecting.cancel()
         conn = self._conn

@@ -29,9 +29,10 @@ Admission (:class:`ConnectionLimits`, every bound tested at it and one past):
 at most ``max_connections`` connections at once (one more is closed at
 once; refusals logged once per :data:`REFUSALS_PER_LOG_LINE`); a connection
 that completes no frame and runs no handler for ``idle_timeout_s`` is
-closed; so is one that started a frame (its header included) and did not
-finish it within ``frame_timeout_s`` (slow-header attacks hold a connection
-and its buffer with a byte a minute). When a connection goes, its running
+closed, unless it authenticated as a peer (the cap bounds those); so is
+one that started a frame (its header included) and did not finish it
+within ``frame_timeout_s`` (slow-header attacks hold a connection and its
+buffer with a byte a minute). When a connection goes, its running
 handlers are cancelled: their replies could not be delivered anyway.
 
 TLS (:mod:`kvraft.rpc.tls`): with ``tls`` the port speaks only TLS, and a
@@ -359,7 +360,11 @@ class _ServerConnection(asyncio.Protocol):
         if self._closed or loop is None:
             return
         timeout = self.server.limits.idle_timeout_s
-        if self.tasks:  # a handler still working for it is activity
+        # A handler still working for it is activity; so is a connection that proved
+        # it is a peer: followers send each other nothing between elections, and a
+        # vote request must not meet a connection closed for idling (its first copy
+        # would be dropped while the candidate reconnects).
+        if self.tasks or self.peer_id is not None:
             self._last_frame = loop.time()
         left = self._last_frame + timeout - loop.time()
         if left <= 0:

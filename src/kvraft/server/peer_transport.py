@@ -5,6 +5,9 @@ this node (sender ``p<id>``) and carries Raft messages as one-way
 notifications of method :data:`RAFT_METHOD`; the receiving server's service
 hands them to its node. A peer that is down costs a dropped message, never a
 blocked Ready loop: the client reconnects in the background and Raft resends.
+Every member is dialed as soon as it is one, and redialed whenever its
+connection drops (``RpcClient.keep_connected``), not at the first message
+for it: a candidate's one vote request per election would be that message.
 
 Given the cluster's :class:`~kvraft.rpc.peer_auth.PeerKey`, every connection
 first proves it is this node (the peer handshake); without one (a cluster
@@ -86,8 +89,10 @@ class RpcPeerTransport:
             address = self._overrides.get(pid) or members[pid]
             client = self._peers.get(pid)
             if client is None and address:
-                self._peers[pid] = self._client(pid, address)
+                client = self._peers[pid] = self._client(pid, address)
                 log.info("n%d dialing new member n%d at %s", self.node_id, pid, address)
+            if client is not None:
+                client.keep_connected()
         for pid in list(self._peers):
             if pid not in members and pid not in self._overrides:
                 self._peers.pop(pid).close()
