@@ -135,6 +135,9 @@ def list_members(servers: str | None, timeout: float, as_json: bool) -> None:
             f"{row['id']:>4}  {row['role']:<8}  {row['address'] or '-':<24}  "
             f"{row.get('match_index', '-')}{leader}"
         )
+    retired = result.get("retired") or []  # (a server before retired ids sends none)
+    if retired:
+        click.echo(f"retired ids (never to be added again): {', '.join(map(str, retired))}")
     state = "committed" if result["committed"] else "NOT yet committed"
     click.echo(
         f"configuration at index {result['config_index']} ({state}); "

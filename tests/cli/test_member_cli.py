@@ -77,6 +77,9 @@ def test_list_add_promote_and_remove_print_what_they_did(make_cluster) -> None: 
     assert out.rstrip().endswith(": voters n0,n1,n2, learners none")
 
     # Its id is retired: a node under it on an empty disk could vote twice in a term.
+    code, out, err = member(cluster, "list")
+    assert code == 0, err
+    assert "retired ids (never to be added again): 3" in out.splitlines()
     assert_one_line_error(
         run_cli("member", "add", "3", cluster.address(3), "--servers", ",".join(cluster.addresses)),
         EXIT_OP_ERROR,

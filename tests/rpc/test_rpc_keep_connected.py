@@ -114,3 +114,27 @@ def test_a_dead_peer_costs_one_connection_attempt_per_reconnect_interval() -> No
             await listener.wait_closed()
 
     run(scenario())
+
+
+def test_keep_connected_false_leaves_a_lost_connection_down_until_a_message() -> None:
+    """A --peers entry that is no longer a member is dialed only to send to it."""
+
+    async def scenario() -> None:
+        async with serving(peer_auth=MEMBERSHIP, peer_methods=PEER_METHODS) as (server, _):
+            client = peer_client(server.address)
+            try:
+                client.keep_connected()
+                await wait_until(lambda: client.connected, what="connected")
+                client.keep_connected(False)
+                (conn,) = server.connections
+                assert conn.transport is not None
+                conn.transport.abort()
+                await wait_until(lambda: not client.connected, what="lost")
+                await asyncio.sleep(3 * RECONNECT_INTERVAL_S)
+                assert not client.connected and not server.connections
+                assert client.notify("raft", "x") is False  # dropped; it connects now
+                await wait_until(lambda: client.connected, what="dialed for the message")
+            finally:
+                client.close()
+
+    run(scenario())

@@ -305,9 +305,10 @@ class RpcClient:
             raise NotSent(f"connection to {self.address} lost: {conn._reason}")
         return conn
 
-    def keep_connected(self) -> None:
+    def keep_connected(self, keep: bool = True) -> None:
         """Connect now, and again :data:`RECONNECT_INTERVAL_S` after every lost
-        connection or failed attempt, until :meth:`close`.
+        connection or failed attempt, until :meth:`close` or ``keep_connected(False)``
+        (then a connection is opened again only for a message, as by default).
 
         For peers: a one-way :meth:`notify` on no connection is dropped while
         it connects, and Raft resends most messages within a heartbeat, but a
@@ -315,8 +316,12 @@ class RpcClient:
         peer it had never needed to talk to (a follower, a new member) was
         lost, and a leadership transfer to a newly promoted voter failed.
         """
-        self._keep_connected = True
-        self._connect_if_down()
+        self._keep_connected = keep
+        if keep:
+            self._connect_if_down()
+        elif self._reconnect is not None:
+            self._reconnect.cancel()
+            self._reconnect = None
 
     def _connect_if_down(self) -> None:
         self._reconnect = None

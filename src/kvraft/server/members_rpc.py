@@ -73,6 +73,7 @@ class MemberService:
             "config_index": core.config_log.latest_index,
             "committed": core.config_log.latest_index <= core.commit_index,
             "members": rows,
+            "retired": sorted(config.retired),  # removed ids, never to be added again
         }
 
     async def _change(self, change: Change) -> dict[str, Any]:

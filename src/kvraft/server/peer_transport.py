@@ -89,14 +89,14 @@ class RpcPeerTransport:
             address = self._overrides.get(pid) or members[pid]
             client = self._peers.get(pid)
             if client is None and address:
-                client = self._peers[pid] = self._client(pid, address)
+                self._peers[pid] = self._client(pid, address)
                 log.info("n%d dialing new member n%d at %s", self.node_id, pid, address)
-            if client is not None:
-                client.keep_connected()
         for pid in list(self._peers):
             if pid not in members and pid not in self._overrides:
                 self._peers.pop(pid).close()
                 log.info("n%d stopped dialing n%d: no longer a member", self.node_id, pid)
+            else:  # a --peers entry that is no member is dialed only to send to it
+                self._peers[pid].keep_connected(pid in members)
 
     def send(self, message: Message) -> bool:
         """Send ``message`` if its peer is connected; False if dropped. Never raises.
