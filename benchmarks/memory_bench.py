@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -389,13 +390,23 @@ def main() -> None:
         help="comma-separated snapshot thresholds in bytes; 0 = the server default (64 MiB)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep the clusters' data dirs and node logs here (default: a temporary dir)",
+    )
     args = parser.parse_args()
     command = "python benchmarks/memory_bench.py " + " ".join(sys.argv[1:])
     results = []
-    with tempfile.TemporaryDirectory(prefix="kvraft-mem-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kvraft-mem-")))
+        else:
+            work = args.keep
         for threshold in (int(t) for t in args.thresholds.split(",")):
             print(f"threshold {threshold or 'default'}: {args.keys} keys", file=sys.stderr)
-            results.append(one_run(args, threshold, Path(tmp) / f"t{threshold}"))
+            results.append(one_run(args, threshold, work / f"t{threshold}"))
             write_results(results, command.strip(), args.out)
     print((args.out / "memory.md").read_text())
 
