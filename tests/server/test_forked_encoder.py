@@ -15,7 +15,6 @@ import pytest
 from kvraft.kv_protocol import PutOp
 from kvraft.server import state_snapshot
 from kvraft.server.forked_encoder import (
-    CHILD_NICENESS,
     EncodeFailed,
     ForkedEncoding,
     fork_encoder,
@@ -51,14 +50,6 @@ def test_a_forked_encoding_gives_the_bytes_the_thread_encoder_gives() -> None:
     assert encode is not None
     assert encode() == expected
     assert state_snapshot.decode(expected)[1] == store
-
-
-def test_the_child_encodes_at_a_lower_cpu_priority_than_its_server() -> None:
-    """Three nodes' encoders at once must not starve the servers' event loops (and
-    so their heartbeats) on a small machine."""
-    encode = fork_encoder(lambda: [str(os.nice(0)).encode()])
-    assert encode is not None
-    assert int(encode()) == min(os.nice(0) + CHILD_NICENESS, 19)
 
 
 def test_the_child_encodes_the_state_as_of_the_fork_not_as_of_the_read() -> None:

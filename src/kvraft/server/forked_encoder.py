@@ -60,10 +60,6 @@ class EncodeFailed(Exception):
     """The child that encoded a snapshot failed or died before finishing; nothing is returned."""
 
 
-# How much lower the encoding child's CPU priority is than its server's.
-CHILD_NICENESS = 10
-
-
 def fork_supported() -> bool:
     """Whether this platform can fork (POSIX); elsewhere snapshots are encoded in a thread."""
     return hasattr(os, "fork")
@@ -143,11 +139,6 @@ def _child(write_fd: int, chunks: Callable[[], Iterable[bytes]]) -> None:
     code = 1
     try:
         gc.disable()  # a collection would touch (and so copy) every page for nothing
-        # Background work: on a small machine the three nodes' encoders run at
-        # once, and at the servers' priority they starved the event loops of
-        # the CPU their heartbeats need (leader changes during a 1M-key load).
-        with contextlib.suppress(OSError):
-            os.nice(CHILD_NICENESS)
         try:
             signal.set_wakeup_fd(-1)  # the parent's loop reads that fd, not us
             for signum in _SIGNALS_TO_RESET:

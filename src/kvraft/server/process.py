@@ -30,6 +30,7 @@ from kvraft.rpc.server import RpcServer
 from kvraft.server import state_snapshot
 from kvraft.server.driver_io import StallingWorkers, ThreadWorkers
 from kvraft.server.forked_encoder import fork_supported
+from kvraft.server.gc_pauses import GcPauseWatch
 from kvraft.server.kvstore import KVStore
 from kvraft.server.metrics import CONTENT_TYPE, NodeMetrics
 from kvraft.server.metrics_http import MetricsHttpServer, MetricsListenError
@@ -113,6 +114,8 @@ class Server:
         self.rpc = rpc
         self.metrics = metrics  # with --metrics-listen only
         self.metrics_http: MetricsHttpServer | None = None
+        self.gc_pauses = GcPauseWatch(options.node_id)
+        self._gc_task: asyncio.Task[None] | None = None
 
     @classmethod
     def open(cls, options: ServerOptions) -> Server:
@@ -248,6 +251,8 @@ class Server:
                 self.metrics_http.address,
             )
         await self.node.start()
+        self.gc_pauses.install()
+        self._gc_task = asyncio.get_running_loop().create_task(self.gc_pauses.run())
         log.info(
             "n%d [term %d] serving on %s, peers %s",
             self.options.node_id,
@@ -283,6 +288,9 @@ class Server:
             await self.metrics_http.close()
         await self.rpc.close()
         await self.node.stop()
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+        self.gc_pauses.uninstall()
         log.info("n%d stopped", self.options.node_id)
 
 
