@@ -59,13 +59,13 @@ def test_installed_it_sees_real_collections_and_uninstalled_it_does_not() -> Non
 
 
 def test_what_survives_a_full_collection_is_frozen_and_unfrozen_once_it_halves() -> None:
-    """Later full collections walk only newer objects; once the frozen set has halved
-    (a snapshot compacted the log), everything is unfrozen for one collection over
-    the now smaller heap."""
-    watch = GcPauseWatch(0)
+    """Later full collections walk only newer objects; once the node holds half the
+    log entries it held at the freeze (a snapshot compacted the log), everything is
+    unfrozen for one collection over the now smaller heap."""
+    log_entries = [[i] for i in range(200_000)]  # containers, as log entries are
+    watch = GcPauseWatch(0, held=lambda: len(log_entries))
     watch.install()
     try:
-        log_entries = [[i] for i in range(200_000)]  # containers, as log entries are
         gc.collect()
         watch.tend()
         frozen = gc.get_freeze_count()
@@ -73,8 +73,10 @@ def test_what_survives_a_full_collection_is_frozen_and_unfrozen_once_it_halves()
         watch.tend()  # nothing new: nothing changes
         assert (watch.freezes, watch.unfreezes) == (1, 0)
 
-        del log_entries[: len(log_entries) * 9 // 10]  # freed by reference counting
-        assert gc.get_freeze_count() < frozen
+        del log_entries[100_001:]  # one more than half: still frozen
+        watch.tend()
+        assert watch.unfreezes == 0 and gc.get_freeze_count() > 0
+        del log_entries[100_000:]  # half: unfrozen
         watch.tend()
         assert watch.unfreezes == 1 and gc.get_freeze_count() == 0
     finally:

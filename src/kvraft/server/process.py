@@ -114,7 +114,9 @@ class Server:
         self.rpc = rpc
         self.metrics = metrics  # with --metrics-listen only
         self.metrics_http: MetricsHttpServer | None = None
-        self.gc_pauses = GcPauseWatch(options.node_id)
+        self.gc_pauses = GcPauseWatch(
+            options.node_id, held=lambda: node.core.log.last_index - node.core.log.snapshot_index
+        )
         self._gc_task: asyncio.Task[None] | None = None
 
     @classmethod
