@@ -6,15 +6,18 @@ a 1M-key load each full collection stopped the event loop for 150-900 ms,
 every 2-3 s, and every leader change of the load happened during one of the
 leader's (benchmarks/memory_bench.py --keep, with the lines below).
 
-So, after each full collection, everything that survived it (all of it
-reachable at that moment) is frozen (``gc.freeze``): later full collections
-walk only what was allocated since. Frozen objects are still freed by
-reference counting, as log entries are when a snapshot compacts the log;
-only a reference cycle among them that becomes garbage would wait. When the
-node holds half the log entries it held at the freeze (the log was
-compacted), everything is unfrozen, so the next full collection, over a small heap again,
-reclaims any such cycle. Freezing happens on the event loop (:meth:`tend`),
-never inside the collector's callback.
+So, at most :data:`TEND_INTERVAL_S` after each full collection, everything
+the process holds is frozen (``gc.freeze``): what survived the collection
+(all of it reachable then) and what was allocated since. Later full
+collections walk only what is allocated after the freeze. Frozen objects are
+still freed by reference counting, as log entries are when a snapshot
+compacts the log; only reference cycles among them wait (those that become
+garbage, and any frozen in the moments after the collection). When the node
+holds half the log entries it held at the freeze (the log was compacted),
+everything is unfrozen, so the next full collection, over a small heap
+again, reclaims them: memory held by a cycle is bounded by one snapshot
+interval. Freezing happens on the event loop (:meth:`tend`), never inside
+the collector's callback.
 
 Each collection of at least :data:`SLOW_COLLECTION_S` is one WARNING line
 (how long, which generation), so a leader change can be matched with a
