@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 
-from kvraft.errors import Busy, NotLeader
+from kvraft.errors import Busy, NotLeader, WrongLeader
 from kvraft.kv_protocol import PutOk, PutOp
 from kvraft.raft.messages import Entry
 from kvraft.server.commands import encode_command
@@ -142,3 +142,29 @@ def test_the_byte_budget_must_hold_the_largest_put(tmp_path: Path) -> None:
         ServerOptions(**common, max_value_bytes=1000, max_inflight_bytes=1000 + 4095)
     with pytest.raises(ValueError, match="--max-inflight-proposals"):
         ServerOptions(**common, max_inflight_proposals=0)
+
+
+def test_a_wait_until_applied_outlives_the_op_timeout_and_ends_when_the_node_stops() -> None:
+    """The lease keeper's proposals: never answered WrongLeader by a timeout while the
+    node leads (the entry may still apply, and must not be proposed twice), but a
+    halted node, which tells its state machine nothing, ends the wait."""
+
+    async def main() -> None:
+        rsm = RSM(0, KVStore(), op_timeout_s=0.05)
+        node = LeaderStandIn()
+        rsm.attach(cast(RaftNode, node))
+        applied = asyncio.ensure_future(rsm.execute(op(1), until_applied=True))
+        await asyncio.sleep(0.2)  # four op timeouts
+        assert not applied.done() and len(node.log) == 1  # proposed once, still waiting
+        apply_next(rsm, node, 1)
+        assert isinstance(await applied, PutOk)
+
+        stranded = asyncio.ensure_future(rsm.execute(op(2), until_applied=True))
+        await asyncio.sleep(0.1)
+        assert not stranded.done()
+        node.running = False  # halted
+        with pytest.raises(WrongLeader, match="stopped before index 2 applied"):
+            await asyncio.wait_for(stranded, 1.0)
+        assert len(node.log) == 2
+
+    asyncio.run(main())

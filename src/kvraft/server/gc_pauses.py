@@ -94,8 +94,13 @@ class GcPauseWatch:
             gc.callbacks.append(self._on_collection)
 
     def uninstall(self) -> None:
+        """Stop watching; unfreeze what this watch froze (a server stopped in a process
+        that goes on, as in tests)."""
         if self._on_collection in gc.callbacks:
             gc.callbacks.remove(self._on_collection)
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = 0
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

@@ -150,8 +150,9 @@ class RSM(StateMachine):
         NotLeader and Busy mean nothing was submitted: the op surely did not apply.
         WrongLeader after the op timeout means the entry may still apply; with
         ``until_applied`` there is no timeout: the wait ends when the entry
-        applies or leadership is lost (:meth:`on_role_change` fails the waiter),
-        for a proposer that must not propose its command twice (the lease keeper).
+        applies, leadership is lost (:meth:`on_role_change` fails the waiter) or
+        the node stops, for a proposer that must not propose its command twice
+        (the lease keeper).
         """
         node = self._node
         assert node is not None, "RSM not attached to a node"
@@ -179,7 +180,7 @@ class RSM(StateMachine):
         self._waiters[index] = waiter
         try:
             if until_applied:
-                return await future
+                return await self._until_applied(future, node, index)
             return await asyncio.wait_for(future, self.op_timeout_s)
         except TimeoutError:
             raise WrongLeader(
@@ -188,6 +189,18 @@ class RSM(StateMachine):
         finally:
             if self._waiters.get(index) is waiter:
                 del self._waiters[index]
+
+    async def _until_applied(self, future: asyncio.Future[Any], node: RaftNode, index: int) -> Any:
+        """``future``'s result, however long it takes, unless the node stops: a halted
+        node tells its state machine nothing (a killed process's waiters just go)."""
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), self.op_timeout_s)
+            except TimeoutError:
+                if not node.running:
+                    raise WrongLeader(
+                        f"n{self.node_id}: stopped before index {index} applied"
+                    ) from None
 
     async def read(self, op: GetOp | RangeOp) -> Any:
         """Answer a get or range without a log entry (read-index, Raft thesis §6.4).
