@@ -360,6 +360,20 @@ class NamespaceLoop:
             future.cancel()
             raise TimeoutError(f"{coro!r} did not finish in {timeout_s}s in {self.netns}") from None
 
+    def close_server(self, server: asyncio.Server) -> None:
+        """Close ``server`` (started on this loop) on this loop and wait until it is closed.
+
+        ``asyncio.Server`` is not thread-safe: a ``close()`` from the test's thread raced the
+        loop detaching a connection that had just ended, both woke the server's waiters, and
+        the second found none (``TypeError: 'NoneType' object is not iterable``).
+        """
+
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        self.run(close())
+
     def stop(self) -> None:
         """Stop the loop and join its thread; idempotent."""
         if self._thread.is_alive():

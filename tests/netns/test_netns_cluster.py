@@ -276,8 +276,8 @@ def test_rolling_restarts_three_rounds_across_hosts_fail_no_operation(
 
 def test_a_fourth_host_joins_the_lan_with_one_call(netns_cluster: MakeCluster) -> None:
     """``add_node`` makes host n3 at the next node address, reachable from the client host;
-    node 3's command line lists the members so far and itself. (Starting it as a member
-    needs the membership feature: see the skipped test below.)"""
+    node 3's command line lists the members so far and itself. (The membership tests below
+    start such a host as a member.)"""
     cluster = netns_cluster(3)
     host = cluster.add_node(3, start=False, server_args=["--snapshot-threshold", "0"])
     assert host.address == "10.88.0.14"
@@ -299,7 +299,7 @@ def test_a_fourth_host_joins_the_lan_with_one_call(netns_cluster: MakeCluster) -
     try:
         assert cluster.client_loop.run(connect(), 10.0)
     finally:
-        server.close()
+        inside.close_server(server)
 
 
 def member(cluster: NetnsCluster, *args: str) -> str:

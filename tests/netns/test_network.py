@@ -60,7 +60,7 @@ def test_hosts_reach_each_other_across_the_bridge_until_a_cable_is_pulled() -> N
             network.link_up("a")
             assert network.link_is_up("a")
             assert in_b.run(_echo(a.address, 7001, 5.0))
-            server.close()
+            in_a.close_server(server)
         finally:
             in_a.stop()
             in_b.stop()
@@ -137,8 +137,8 @@ def test_a_partition_cuts_between_groups_only_and_heals() -> None:
             network.heal()
             assert loops[0].run(_echo(hosts[1].address, 7001, 5.0))
             assert loops[2].run(_echo(hosts[0].address, 7001, 5.0))
-            for server in servers:
-                server.close()
+            for loop, server in zip(loops, servers, strict=True):
+                loop.close_server(server)
         finally:
             for loop in loops:
                 loop.stop()
