@@ -20,25 +20,44 @@ pytestmark = pytest.mark.slow
 WAIT_S = 30.0
 
 
-def start_watch(
-    tmp_path: Path, env: dict[str, str], *args: str
-) -> tuple[subprocess.Popen[bytes], Path]:
-    """``kvraft watch ARGS`` in its own session, stdout to a file (read as it grows)."""
-    out = tmp_path / f"watch{len(list(tmp_path.glob('watch*')))}.out"
-    full_env = {**os.environ, **env}
-    with open(out, "wb") as sink:
-        proc = subprocess.Popen(
-            [*KVRAFT, "watch", *args],
-            env=full_env,
-            stdout=sink,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    return proc, out
+class Watch:
+    """``kvraft watch ARGS`` in its own session; stdout and stderr go to files.
 
+    Files, not pipes: a pipe nobody reads until the end blocks the watch once
+    it fills. The process runs with faulthandler on, so that one which does not
+    stop on Ctrl-C can be made to show where each of its threads is.
+    """
 
-def lines_of(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+    def __init__(self, tmp_path: Path, env: dict[str, str], *args: str) -> None:
+        n = len(list(tmp_path.glob("watch*.out")))
+        self.out = tmp_path / f"watch{n}.out"
+        self.err = tmp_path / f"watch{n}.err"
+        full_env = {**os.environ, **env, "PYTHONFAULTHANDLER": "1"}
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(
+                [*KVRAFT, "watch", *args],
+                env=full_env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def lines(self) -> list[str]:
+        return self.out.read_text().splitlines()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def interrupt(self) -> int:
+        """Ctrl-C; the exit code. One that outlives WAIT_S is made to dump its threads'
+        stacks (SIGABRT, through faulthandler) and the test fails showing them."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGABRT)
+            self.proc.wait(WAIT_S)
+            pytest.fail(f"kvraft watch did not exit {WAIT_S}s after SIGINT:\n{self.stderr()}")
 
 
 def test_watch_prints_one_line_per_event_until_ctrl_c(
@@ -50,22 +69,20 @@ def test_watch_prints_one_line_per_event_until_ctrl_c(
     assert run_cli("set", "cfg/a", "2", env=env).returncode == 0
     assert run_cli("del", "cfg/a", env=env).returncode == 0
     assert run_cli("set", "other", "x", env=env).returncode == 0
-    proc, out = start_watch(tmp_path, env, "--prefix", "cfg/", "--rev", str(first), "--prev-kv")
+    watch = Watch(tmp_path, env, "--prefix", "cfg/", "--rev", str(first), "--prev-kv")
     try:
-        wait_until(lambda: len(lines_of(out)) >= 3, WAIT_S, message="three events")
+        wait_until(lambda: len(watch.lines()) >= 3, WAIT_S, message="three events")
         assert run_cli("set", "cfg/b", "live", env=env).returncode == 0  # one that happens now
-        wait_until(lambda: len(lines_of(out)) >= 4, WAIT_S, message="the live event")
-        assert lines_of(out) == [
+        wait_until(lambda: len(watch.lines()) >= 4, WAIT_S, message="the live event")
+        assert watch.lines() == [
             f"{first}\tput\tcfg/a\t1",
             f"{first + 1}\tput\tcfg/a\t2\tprev=1",
             f"{first + 2}\tdelete\tcfg/a\tprev=2",
             f"{first + 4}\tput\tcfg/b\tlive",
         ]
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        code = proc.wait(WAIT_S)
-    assert proc.stderr is not None
-    stderr = proc.stderr.read().decode()
+        code = watch.interrupt()
+    stderr = watch.stderr()
     assert code == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
 
@@ -79,15 +96,15 @@ def test_watch_json_and_compact(shared_cli_cluster: CliCluster, tmp_path: Path) 
     assert (done.returncode, done.stdout) == (0, f"compacted\t(history starts at revision {now})\n")
     old = run_cli("watch", "j", "--rev", str(now - 1), env=env)
     assert_one_line_error(old, EXIT_OP_ERROR, "Compacted", f"starts at {now}")
-    proc, out = start_watch(tmp_path, env, "j", "--rev", str(now), "--json")
+    watch = Watch(tmp_path, env, "j", "--rev", str(now), "--json")
     try:
-        wait_until(lambda: len(lines_of(out)) >= 1, WAIT_S, message="the event")
-        event = json.loads(lines_of(out)[0])
+        wait_until(lambda: len(watch.lines()) >= 1, WAIT_S, message="the event")
+        event = json.loads(watch.lines()[0])
         assert event["type"] == "put" and event["revision"] == now
         assert event["kv"]["value"] == "3" and event["prev_kv"] is None
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(WAIT_S) == EXIT_INTERRUPTED
+        code = watch.interrupt()
+    assert code == EXIT_INTERRUPTED, watch.stderr()
 
 
 def test_watch_and_compact_usage_errors(shared_cli_cluster: CliCluster) -> None:
