@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -95,24 +95,77 @@ def has_leader(servers: Sequence[str]) -> bool:
 
 
 @dataclass
-class CliCluster:
-    """A ``kvraft cluster`` process in its own session, as if run from a terminal."""
+class SessionProcess:
+    """A ``kvraft`` command in its own session, as if run from a terminal.
+
+    Its stdout and stderr go to files, not pipes: a pipe nobody reads until
+    the end blocks the process once it fills. It runs with faulthandler on, so
+    that one which does not stop on Ctrl-C can be made to show where each of
+    its threads is.
+    """
 
     proc: subprocess.Popen[bytes]
-    servers: list[str]
     stdout_path: Path
     stderr_path: Path
-    node_pids: list[int] = field(default_factory=list)
 
-    @property
-    def env(self) -> dict[str, str]:
-        return {"KVRAFT_SERVERS": ",".join(self.servers)}
+    @classmethod
+    def launch(
+        cls,
+        tmp_dir: Path,
+        stem: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> Self:
+        """``argv`` started in a new session, output to ``tmp_dir/STEM<k>.out`` and
+        ``.err``; ``fields``: a subclass's own."""
+        k = len(list(tmp_dir.glob(f"{stem}*.out")))
+        out, err = tmp_dir / f"{stem}{k}.out", tmp_dir / f"{stem}{k}.err"
+        full_env = {**os.environ, **(env or {}), "PYTHONFAULTHANDLER": "1"}
+        with open(out, "wb") as o, open(err, "wb") as e:
+            proc = subprocess.Popen(argv, stdout=o, stderr=e, env=full_env, start_new_session=True)
+        return cls(proc, out, err, **fields)
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def ctrl_c(self, timeout_s: float = 20.0) -> int:
+        """SIGINT to the whole process group, as a terminal's Ctrl-C; the exit status.
+
+        A process still running ``timeout_s`` later is made to dump its
+        threads' stacks (SIGABRT, through faulthandler) and the test fails
+        showing them.
+        """
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGABRT)
+            self.proc.wait(timeout_s)
+            pytest.fail(
+                f"{self.proc.args!r} did not exit {timeout_s}s after SIGINT:\n{self.stderr()}"
+            )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@dataclass
+class CliCluster(SessionProcess):
+    """A ``kvraft cluster`` process in its own session, as if run from a terminal."""
+
+    servers: list[str] = field(default_factory=list)
+    node_pids: list[int] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"KVRAFT_SERVERS": ",".join(self.servers)}
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         def ready() -> bool:
@@ -126,17 +179,6 @@ class CliCluster:
             if line.strip().startswith("n") and " pid " in line
         ]
 
-    def ctrl_c(self, timeout_s: float = 20.0) -> int:
-        """SIGINT to the whole process group, as a terminal's Ctrl-C; the exit status."""
-        os.killpg(self.proc.pid, signal.SIGINT)
-        return self.proc.wait(timeout_s)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
 
 def launch_cli_cluster(
     tmp_dir: Path,
@@ -148,13 +190,10 @@ def launch_cli_cluster(
     """Start ``kvraft [ARGS] cluster`` in a new session; output goes to files in ``tmp_dir``."""
     base = base_port if base_port is not None else free_base_port(nodes)
     data = data_dir or tmp_dir / "data"
-    k = len(list(tmp_dir.glob("cluster*.out")))
-    out, err = tmp_dir / f"cluster{k}.out", tmp_dir / f"cluster{k}.err"
     argv = [*KVRAFT, *args, "cluster", "--nodes", str(nodes)]
     argv += ["--base-port", str(base), "--data-dir", str(data)]
-    with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(argv, stdout=o, stderr=e, start_new_session=True)
-    return CliCluster(proc, [f"127.0.0.1:{base + i}" for i in range(nodes)], out, err)
+    servers = [f"127.0.0.1:{base + i}" for i in range(nodes)]
+    return CliCluster.launch(tmp_dir, "cluster", argv, servers=servers)
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,51 +10,15 @@ import pytest
 from kvraft.cli_common import EXIT_INTERRUPTED, EXIT_OP_ERROR, EXIT_USAGE
 from kvraft.testing.waiting import wait_until
 
-from .conftest import KVRAFT, CliCluster, assert_one_line_error, run_cli
+from .conftest import KVRAFT, CliCluster, SessionProcess, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.slow
 
 WAIT_S = 30.0
 
 
-class Watch:
-    """``kvraft watch ARGS`` in its own session; stdout and stderr go to files.
-
-    Files, not pipes: a pipe nobody reads until the end blocks the watch once
-    it fills. The process runs with faulthandler on, so that one which does not
-    stop on Ctrl-C can be made to show where each of its threads is.
-    """
-
-    def __init__(self, tmp_path: Path, env: dict[str, str], *args: str) -> None:
-        n = len(list(tmp_path.glob("watch*.out")))
-        self.out = tmp_path / f"watch{n}.out"
-        self.err = tmp_path / f"watch{n}.err"
-        full_env = {**os.environ, **env, "PYTHONFAULTHANDLER": "1"}
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen(
-                [*KVRAFT, "watch", *args],
-                env=full_env,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-
-    def lines(self) -> list[str]:
-        return self.out.read_text().splitlines()
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def interrupt(self) -> int:
-        """Ctrl-C; the exit code. One that outlives WAIT_S is made to dump its threads'
-        stacks (SIGABRT, through faulthandler) and the test fails showing them."""
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            return self.proc.wait(WAIT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGABRT)
-            self.proc.wait(WAIT_S)
-            pytest.fail(f"kvraft watch did not exit {WAIT_S}s after SIGINT:\n{self.stderr()}")
+def start_watch(tmp_path: Path, env: dict[str, str], *args: str) -> SessionProcess:
+    return SessionProcess.launch(tmp_path, "watch", [*KVRAFT, "watch", *args], env)
 
 
 def test_watch_prints_one_line_per_event_until_ctrl_c(
@@ -69,19 +30,19 @@ def test_watch_prints_one_line_per_event_until_ctrl_c(
     assert run_cli("set", "cfg/a", "2", env=env).returncode == 0
     assert run_cli("del", "cfg/a", env=env).returncode == 0
     assert run_cli("set", "other", "x", env=env).returncode == 0
-    watch = Watch(tmp_path, env, "--prefix", "cfg/", "--rev", str(first), "--prev-kv")
+    watch = start_watch(tmp_path, env, "--prefix", "cfg/", "--rev", str(first), "--prev-kv")
     try:
-        wait_until(lambda: len(watch.lines()) >= 3, WAIT_S, message="three events")
+        wait_until(lambda: len(watch.stdout().splitlines()) >= 3, WAIT_S, message="three events")
         assert run_cli("set", "cfg/b", "live", env=env).returncode == 0  # one that happens now
-        wait_until(lambda: len(watch.lines()) >= 4, WAIT_S, message="the live event")
-        assert watch.lines() == [
+        wait_until(lambda: len(watch.stdout().splitlines()) >= 4, WAIT_S, message="the live event")
+        assert watch.stdout().splitlines() == [
             f"{first}\tput\tcfg/a\t1",
             f"{first + 1}\tput\tcfg/a\t2\tprev=1",
             f"{first + 2}\tdelete\tcfg/a\tprev=2",
             f"{first + 4}\tput\tcfg/b\tlive",
         ]
     finally:
-        code = watch.interrupt()
+        code = watch.ctrl_c(WAIT_S)
     stderr = watch.stderr()
     assert code == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
@@ -96,14 +57,14 @@ def test_watch_json_and_compact(shared_cli_cluster: CliCluster, tmp_path: Path) 
     assert (done.returncode, done.stdout) == (0, f"compacted\t(history starts at revision {now})\n")
     old = run_cli("watch", "j", "--rev", str(now - 1), env=env)
     assert_one_line_error(old, EXIT_OP_ERROR, "Compacted", f"starts at {now}")
-    watch = Watch(tmp_path, env, "j", "--rev", str(now), "--json")
+    watch = start_watch(tmp_path, env, "j", "--rev", str(now), "--json")
     try:
-        wait_until(lambda: len(watch.lines()) >= 1, WAIT_S, message="the event")
-        event = json.loads(watch.lines()[0])
+        wait_until(lambda: len(watch.stdout().splitlines()) >= 1, WAIT_S, message="the event")
+        event = json.loads(watch.stdout().splitlines()[0])
         assert event["type"] == "put" and event["revision"] == now
         assert event["kv"]["value"] == "3" and event["prev_kv"] is None
     finally:
-        code = watch.interrupt()
+        code = watch.ctrl_c(WAIT_S)
     assert code == EXIT_INTERRUPTED, watch.stderr()
 
 
