@@ -15,6 +15,7 @@ import pytest
 from kvraft.kv_protocol import PutOp
 from kvraft.server import state_snapshot
 from kvraft.server.forked_encoder import (
+    CHILD_NICENESS,
     EncodeFailed,
     ForkedEncoding,
     fork_encoder,
@@ -62,6 +63,18 @@ def test_the_child_encodes_the_state_as_of_the_fork_not_as_of_the_read() -> None
     store.put("new", "key", 0)
     assert encode() == before
     assert KVStore.restore(before) != store
+
+
+def test_the_child_encodes_at_a_lower_priority_than_the_server() -> None:
+    """The child yields the CPU to its parent: it runs CHILD_NICENESS nicer (at most 19).
+
+    Reference: benchmarks/results/memory-1m.md (three children at the servers'
+    priority took most of a 2-core machine, and every put waited 630-730 ms)
+    """
+    parent = os.nice(0)
+    encode = ForkedEncoding(lambda: [str(os.nice(0)).encode()])
+    assert int(encode()) == min(19, parent + CHILD_NICENESS)
+    assert os.nice(0) == parent  # the parent's own priority is untouched
 
 
 def test_the_child_is_reaped_once_its_bytes_are_read() -> None:

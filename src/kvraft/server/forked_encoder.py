@@ -54,6 +54,16 @@ _LENGTH_BYTES: Final = 8
 _F_SETPIPE_SZ: Final = 1031
 _PIPE_BYTES: Final = 1 << 20
 _SIGNALS_TO_RESET: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# The child runs this much nicer than its parent: it uses the CPU the server
+# leaves idle, and yields it to the server at once. At the same priority, the
+# children of three nodes on the 2-core benchmark machine took 1.5 cores for
+# seconds; the servers got a third of a core each, and every put in flight
+# waited 630-730 ms (the 1M-key load: benchmarks/results/memory-1m.md). Not
+# the lowest priority (19): under a load that keeps every core busy, a
+# child at nice 10 still gets about a tenth of a core against one busy
+# server, so the snapshot still ends, in tens of seconds, and the log it
+# compacts stays bounded.
+CHILD_NICENESS: Final = 10
 
 
 class EncodeFailed(Exception):
@@ -139,6 +149,8 @@ def _child(write_fd: int, chunks: Callable[[], Iterable[bytes]]) -> None:
     code = 1
     try:
         gc.disable()  # a collection would touch (and so copy) every page for nothing
+        with contextlib.suppress(OSError):
+            os.nice(CHILD_NICENESS)
         try:
             signal.set_wakeup_fd(-1)  # the parent's loop reads that fd, not us
             for signum in _SIGNALS_TO_RESET:
