@@ -53,9 +53,9 @@ class _KeepSuffixLog(RaftLog):
         for entry in entries:
             offset = entry.index - self.snapshot_index - 1
             if offset < len(self._entries):
-                self._entries[offset] = entry
+                self._entries[offset] = (entry.term, entry.command)
             else:
-                self._entries.append(entry)
+                self._entries.append((entry.term, entry.command))
         self.unstable = min(self.unstable, first)
         self.persisted = min(self.persisted, first - 1)
 
