@@ -81,6 +81,55 @@ def test_reads_asked_between_two_readies_share_one_round() -> None:
     assert [r.request_id for r in cluster.reads[1]] == [1, 2, 3, 4, 5]
 
 
+def test_reads_asked_while_a_round_is_in_flight_wait_for_it_and_share_the_next() -> None:
+    """One round at a time: later reads start no round of their own until it is confirmed,
+    then they all share the next one, whose id is new.
+
+    Reference: Raft thesis §6.4 (batching reads); benchmarks/results/reads.md
+    """
+    cluster = elected()
+    leader = cluster.cores[1]
+    assert leader.read_index(1)
+    cluster.process(1)
+    assert leader.read_rounds_drawn == 1
+    for request_id in (2, 3):
+        assert leader.read_index(request_id)
+    cluster.process(1)
+    assert leader.read_rounds_drawn == 1  # round 1 still in flight: no second round yet
+    assert rounds_sent(cluster.queue) == {1}
+
+    cluster.deliver()  # round 1's heartbeats reach the followers
+    cluster.deliver()  # their replies confirm it; round 2 starts for reads 2 and 3
+    assert [r.request_id for r in cluster.reads[1]] == [1]
+    assert leader.read_rounds_drawn == 2 and rounds_sent(cluster.queue) == {2}
+    cluster.stabilize()
+    assert [r.request_id for r in cluster.reads[1]] == [1, 2, 3]
+    assert leader.pending_reads == 0
+
+
+def test_a_round_whose_messages_were_lost_is_confirmed_by_the_next_heartbeats() -> None:
+    """The reads queued behind a lost round are not stuck: heartbeats carry its id.
+
+    Reference: Raft thesis §6.4 (step 3)
+    """
+    cluster = elected()
+    leader = cluster.cores[1]
+    assert leader.read_index(1)
+    cluster.process(1)
+    cluster.queue = []  # round 1's messages are lost
+    assert leader.read_index(2)
+    cluster.process(1)
+    assert leader.read_rounds_drawn == 1
+
+    for _ in range(2 * leader.config.heartbeat_interval_ticks):
+        cluster.tick(1, nodes=[1])
+        cluster.stabilize()
+        if leader.pending_reads == 0:
+            break
+    assert [r.request_id for r in cluster.reads[1]] == [1, 2]
+    assert leader.read_rounds_drawn == 2
+
+
 def test_a_follower_refuses_reads() -> None:
     """Only a leader can vouch for a read index; a follower says no and holds nothing.
 

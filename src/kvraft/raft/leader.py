@@ -158,8 +158,16 @@ class Leader:
             self._confirm_reads()  # a cluster of one confirms at once
 
     def read_round_due(self) -> bool:
-        """Whether :meth:`flush` would start a read round; changes nothing."""
-        return bool(self.reads.queued) and self.term_committed
+        """Whether :meth:`flush` would start a read round; changes nothing.
+
+        One round at a time: the reads asked for while a round is in flight
+        queue for the next, which starts once it is confirmed (by the replies
+        to its own messages, or to the next heartbeats, which carry its id).
+        A round per Ready instead cost, under load, a round of messages to
+        every follower and their replies for every few reads
+        (benchmarks/results/reads.md).
+        """
+        return bool(self.reads.queued) and self.term_committed and not self.reads.in_flight
 
     def _start_read_round(self) -> bool:
         """Give the queued reads a new round at the current commit index; whether one began."""
