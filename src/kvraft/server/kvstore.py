@@ -26,7 +26,8 @@ Leases: ``lease`` is the id of the lease the key is attached to (0: none);
 whose per-lease key sets :meth:`write` and :meth:`remove` keep exact, so a
 revoke finds a lease's keys without a scan.
 
-Memory: one dict entry per key whose value is one ``bytes`` record, a packed
+Memory: one dict entry per key (in a :class:`ShardedDict`, so that no
+insert rebuilds one huge table) whose value is one ``bytes`` record, a packed
 header (version, create/mod revision, lease) followed by the value's UTF-8
 (:func:`pack_record`), plus the key once more in a ``SortedList`` for ranges
 in key order (sortedcontainers: a list of lists, a pointer per key). Measured
@@ -58,6 +59,7 @@ from kvraft.errors import NoKey, VersionMismatch
 from kvraft.kv_protocol import RANGE_KEY_OVERHEAD_BYTES, KeyValue, utf8_len
 from kvraft.lease_protocol import MAX_KEYS_PER_LEASE
 from kvraft.server.leases import BadLeaseTable, LeaseTable
+from kvraft.server.sharded_dict import ShardedDict
 
 T = TypeVar("T")
 
@@ -149,7 +151,9 @@ class KVStore:
         # Invariant: every stored version is >= 1 (a missing key is version 0),
         # and 1 <= create_revision <= mod_revision <= _revision; each value is
         # a pack_record() record (immutable, so a shallow copy is a snapshot).
-        self._data: dict[str, bytes] = {}
+        # Split over small dicts: an insert that grows the table rebuilds only
+        # a 64th of it (a million-key dict's resize stalled every replica).
+        self._data: ShardedDict[str, bytes] = ShardedDict()
         # Invariant: the keys of _data, in ascending order; or None in a copy
         # until it is first needed (see copy()).
         self._keys_or_none: SortedList[str] | None = SortedList()
