@@ -116,12 +116,19 @@ def du_bytes(path: Path) -> int:
     return int(out.stdout.split()[0])
 
 
+# A put slower than this is listed with the time it started (see LoadStats.slow).
+SLOW_PUT_S = 0.1
+
+
 class LoadStats:
     """What a load saw: each put's latency and the Maybes (counted, then resolved by a read)."""
 
     def __init__(self) -> None:
         self.latencies_s: list[float] = []
         self.maybes = 0
+        # (latency s, wall-clock time it started) of every put over SLOW_PUT_S:
+        # to find, in the node logs, what the longest puts waited behind.
+        self.slow: list[tuple[float, float]] = []
 
 
 async def put_resolving(
@@ -140,7 +147,10 @@ async def put_resolving(
             stats.maybes += 1
         versions[key] = (await client.get(key))[1]
     if stats is not None:
-        stats.latencies_s.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        stats.latencies_s.append(elapsed)
+        if elapsed > SLOW_PUT_S:
+            stats.slow.append((elapsed, time.time() - elapsed))
 
 
 async def put_workload(
@@ -307,6 +317,14 @@ def one_run(args: argparse.Namespace, threshold: int, base: Path) -> dict[str, A
             "put_max_ms": lat[-1] * 1000,
             "max_over_median": lat[-1] / median,
             "maybes": stats.maybes,
+            "slowest_puts": [
+                {
+                    "ms": round(s * 1000, 1),
+                    "started": time.strftime("%H:%M:%S", time.localtime(t))
+                    + f".{int(t * 1000) % 1000:03d}",
+                }
+                for s, t in sorted(stats.slow, reverse=True)[:20]
+            ],
             "leader_changes": sum(n["elections_won"] for n in nodes) - elections_before,
             "nodes": nodes,
         }
