@@ -209,7 +209,7 @@ class RaftLog:
     def append(self, entry: Entry) -> None:
         """A leader's append at the end of the log."""
         assert entry.index == self.last_index + 1, (entry.index, self.last_index)
-        self._entries.append((entry.term, entry.command))
+        self._entries.append(_row(entry))
 
     def truncate_and_append(self, entries: Sequence[Entry]) -> None:
         """Replace everything from ``entries[0].index`` on by ``entries`` (a follower's repair)."""
