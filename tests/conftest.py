@@ -10,6 +10,7 @@ real server processes without depending on the real server.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,16 @@ from kvraft.testing.processes import PORT_RANGE_ENV, port_range_share
 pytest_plugins = ("tests.support.cluster_fixtures", "tests.support.certs")
 
 STANDIN = Path(__file__).resolve().parent / "support" / "standin.py"
+
+# A suite started as a background job (`make test &`, `nohup make test &`, a CI
+# runner) inherits SIGINT ignored, and an ignored signal survives fork and exec:
+# every process a test starts would ignore Ctrl-C too, since Python installs its
+# KeyboardInterrupt handler only where SIGINT is at its default. The tests that
+# Ctrl-C `kvraft watch` then waited 30 s for nothing (two fresh-clone runs of
+# `make test` under nohup; the watch's SigIgn showed SIGINT). A handler of ours
+# is reset to the default in a child, so children start as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

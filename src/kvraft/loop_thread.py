@@ -3,36 +3,17 @@
 The blocking :class:`kvraft.Client` runs its AsyncClient on one of these, and
 the test proxies live on one so that plain (synchronous) pytest tests can use
 them while their own code blocks; :meth:`EventLoopThread.run` is the bridge.
-
-The loop's thread blocks the signals a program handles (:data:`MAIN_THREAD_SIGNALS`),
-so the kernel delivers them to another thread: the main thread, the only
-one where Python runs a signal handler. A Ctrl-C that the kernel handed to
-the loop's thread (it may pick any thread of the process that does not
-block the signal) ran Python's handler only once the main thread next ran
-bytecode, and a main thread waiting for a call's result, as ``kvraft watch``
-does between events, never woke: the command ignored Ctrl-C for good (the
-stacks tests/cli/test_watch_cli.py dumped, in two of about ten fresh-clone
-runs of ``make test``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import signal
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-
-# Asynchronous signals a program may handle in its main thread (SIGINT:
-# KeyboardInterrupt; SIGTERM and SIGHUP: the servers' clean stop).
-MAIN_THREAD_SIGNALS = frozenset(
-    getattr(signal, name)
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
-    if hasattr(signal, name)
-)
 
 
 class EventLoopThread:
@@ -48,15 +29,7 @@ class EventLoopThread:
     def __init__(self, name: str = "kvraft-loop") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        if hasattr(signal, "pthread_sigmask"):
-            # A new thread starts with its creator's mask: blocked from its first instant.
-            previous = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
-            try:
-                self._thread.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        else:  # no per-thread masks (Windows): signals go to the main thread anyway
-            self._thread.start()
+        self._thread.start()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)

@@ -143,11 +143,25 @@ class SessionProcess:
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            masks = self.signal_masks()
             os.killpg(self.proc.pid, signal.SIGABRT)
             self.proc.wait(timeout_s)
             pytest.fail(
-                f"{self.proc.args!r} did not exit {timeout_s}s after SIGINT:\n{self.stderr()}"
+                f"{self.proc.args!r} did not exit {timeout_s}s after SIGINT"
+                f" ({masks}):\n{self.stderr()}"
             )
+
+    def signal_masks(self) -> str:
+        """The process's pending, blocked, ignored and caught signals, from /proc (Linux)."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return "no /proc status"
+        return ", ".join(
+            line.replace("\t", " ")
+            for line in status.splitlines()
+            if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
