@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from kvraft.client.async_client import MAX_LEARNED_SERVERS, AsyncClient
 from kvraft.client.client import Client
 from kvraft.errors import (
     InvalidArgument,
@@ -15,12 +16,14 @@ from kvraft.errors import (
     NoKey,
     RemoteError,
     RpcError,
+    Unavailable,
     VersionMismatch,
     WrongLeader,
 )
 from kvraft.kv_protocol import NotLeaderResult, PutOk, PutOp, VersionMismatchResult
 from kvraft.rpc.client import RpcClient
 from kvraft.rpc.codec import client_sender
+from kvraft.rpc.server import RpcServer
 from kvraft.testing.history import History
 from kvraft.testing.linearizability import assert_linearizable
 from kvraft.testing.waiting import wait_until
@@ -263,3 +266,62 @@ def test_memory_per_client_is_bounded(make_cluster) -> None:  # type: ignore[no-
     grown = {i: _rss_bytes(cluster.pid(i)) - base[i] for i in range(3)}  # type: ignore[arg-type]
     per_client = max(grown.values()) / (n_clients - 2000)
     assert per_client < 200, f"{per_client:.0f} bytes per client (growth {grown})"
+
+
+def test_a_client_given_only_a_follower_finds_the_leader_it_names(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """The leader of a cluster whose members changed may be at no address the client was
+    given: the follower's NotLeader names it, and the client adds it and goes there.
+
+    Reference: docs/membership.md (members replaced: tests/netns, n5 leading)
+    """
+    cluster = make_cluster(3)
+    wait_until(
+        lambda: any(r.get("role") == "leader" for r in statuses(cluster)), 20, message="a leader"
+    )
+    follower = next(r["id"] for r in statuses(cluster) if r.get("role") == "follower")
+    with Client([cluster.addresses[follower]], deadline=20) as c:
+        assert c.put("k", "v", 0) == 1
+        assert c.get("k") == ("v", 1)
+        learned = c.async_client.servers
+    assert learned[0] == cluster.addresses[follower]
+    assert len(learned) == 2 and learned[1] in cluster.addresses
+
+
+class _RedirectsForever:
+    """A server that names a new, never-seen leader in every answer."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+
+    async def handle_call(
+        self, method: str, sender: str, args: object, *, peer_id: int | None = None
+    ) -> NotLeaderResult:
+        self.answers += 1
+        return NotLeaderResult(f"127.0.0.1:{20000 + self.answers}")
+
+    def handle_notify(
+        self, method: str, sender: str, args: object, *, peer_id: int | None = None
+    ) -> None:
+        return None
+
+
+def test_servers_learned_from_answers_are_bounded() -> None:
+    """A server that names a new leader at every answer adds at most MAX_LEARNED_SERVERS."""
+    handler = _RedirectsForever()
+
+    async def scenario() -> list[str]:
+        server = RpcServer(handler, name="redirects")
+        await server.start("127.0.0.1", 0)
+        client = AsyncClient([server.address], deadline=3.0, call_timeout_s=0.2)
+        try:
+            with pytest.raises(Unavailable):
+                await client.put("k", "v", 0)
+            return list(client.servers)
+        finally:
+            await client.close()
+            await server.close()
+
+    servers = asyncio.run(scenario())
+    assert handler.answers > MAX_LEARNED_SERVERS
+    assert len(servers) == 1 + MAX_LEARNED_SERVERS
+    assert len(set(servers)) == len(servers)

@@ -145,6 +145,10 @@ MAX_BACKOFF_S = 0.2
 SESSION_SUFFIX_BYTES = 12
 # Timeouts in a row from the server that answered last before trying the next one.
 TIMEOUTS_BEFORE_MOVING_ON = 2
+# Servers a client adds to those it was given, learned from NotLeader answers
+# (AsyncClient._learn): a bound, so a server that names a new leader at every
+# answer cannot grow the client without end.
+MAX_LEARNED_SERVERS = 16
 # Waits after a Busy answer: doubling from the first, at most the last, each
 # jittered down to half so clients refused together do not come back together.
 BUSY_BACKOFF_S = 0.01
@@ -223,9 +227,9 @@ class AsyncClient(LeaseCalls):
         self.max_value_bytes = max_value_bytes
         if token is not None:
             check_token(token)
-        self._rpc = [
-            RpcClient(a, client_sender(self.client_id), ssl=ssl, token=token) for a in self.servers
-        ]
+        self._ssl, self._token = ssl, token
+        self._rpc = [self._rpc_for(a) for a in self.servers]
+        self._given = len(self.servers)  # the rest were learned (see _learn)
         self._leader = 0
         self._answered: int | None = None  # the server that answered last
         self._index = {address: i for i, address in enumerate(self.servers)}
@@ -235,6 +239,33 @@ class AsyncClient(LeaseCalls):
         # The tasks inside _in_session now, and those of them close() cancelled.
         self._calls: set[asyncio.Task[Any]] = set()
         self._cancelled_by_close: set[asyncio.Task[Any]] = set()
+
+    def _rpc_for(self, address: str) -> RpcClient:
+        return RpcClient(address, client_sender(self.client_id), ssl=self._ssl, token=self._token)
+
+    def _learn(self, address: str) -> int | None:
+        """The index of the server at ``address``, a NotLeader answer's leader; None if none.
+
+        An address the client was not given is added to :attr:`servers` (at
+        most :data:`MAX_LEARNED_SERVERS` of them): a cluster whose members
+        were replaced or grown (docs/membership.md) may be led by a server
+        none of the given addresses name, and its followers say where it is.
+        Only a server the client already talks to can name one, so the token
+        and TLS settings it gets are those the client trusts that server with.
+        """
+        index = self._index.get(address)
+        if index is not None or not address:
+            return index
+        if len(self.servers) - self._given >= MAX_LEARNED_SERVERS:
+            return None
+        try:
+            split_address(address)
+        except ValueError:
+            return None
+        self.servers.append(address)
+        self._rpc.append(self._rpc_for(address))
+        index = self._index[address] = len(self.servers) - 1
+        return index
 
     def _read_method(self, method: str, read: ReadMode | None) -> str:
         """The method that reads as ``read`` says (None: the client's mode)."""
@@ -643,7 +674,7 @@ class AsyncClient(LeaseCalls):
                     refusal = exc
                 if uncertain is not None:
                     uncertain.append(may_have_applied(exc))
-                hint = self._index.get(str(exc)) if isinstance(exc, NotLeader) else None
+                hint = self._learn(str(exc)) if isinstance(exc, NotLeader) else None
                 if hint is not None:
                     self._leader = hint
                 elif (
