@@ -288,7 +288,12 @@ def test_a_client_given_only_a_follower_finds_the_leader_it_names(make_cluster) 
 
 
 class _RedirectsForever:
-    """A server that names a new, never-seen leader in every answer."""
+    """A server that names a new, never-seen leader in every answer.
+
+    Each at port 9 of its own loopback address: nothing listens there (the
+    connection is refused at once), whereas a port such as 20001 could be a
+    server another test of the suite started meanwhile, which would answer.
+    """
 
     def __init__(self) -> None:
         self.answers = 0
@@ -297,7 +302,8 @@ class _RedirectsForever:
         self, method: str, sender: str, args: object, *, peer_id: int | None = None
     ) -> NotLeaderResult:
         self.answers += 1
-        return NotLeaderResult(f"127.0.0.1:{20000 + self.answers}")
+        n = self.answers
+        return NotLeaderResult(f"127.0.{n // 250}.{1 + n % 250}:9")
 
     def handle_notify(
         self, method: str, sender: str, args: object, *, peer_id: int | None = None
