@@ -125,6 +125,10 @@ def test_new_leader_appends_a_no_op_of_its_term() -> None:
     noop = leader.entry(leader.last_index)
     assert noop is not None
     assert (noop.term, noop.command) == (leader.current_term, None)
+    assert leader.commit_index == noop.index
+    # The followers hear of the commit at the leader's next tick (no message of its own).
+    assert [cluster.cores[i].commit_index for i in (2, 3)] == [0, 0]
+    cluster.tick(1, nodes=[1])
     assert all(core.commit_index == noop.index for core in cluster.cores.values())
 
 

@@ -198,27 +198,33 @@ def test_membership_changes_are_safe_stress(nodes: int, start: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("planted", "property_broken"),
+    ("planted", "properties_broken"),
     [
-        ("two-changes-in-flight", "membership: "),
-        ("learner-votes", ""),  # two leaders of a term, or a leader missing commits
+        ("two-changes-in-flight", ("membership: ",)),
+        # Two leaders of a term, or a leader missing commits.
+        ("learner-votes", ("election safety", "leader completeness", "state machine")),
     ],
 )
-def test_simulator_catches_a_planted_membership_bug(planted: str, property_broken: str) -> None:
+def test_simulator_catches_a_planted_membership_bug(
+    planted: str, properties_broken: tuple[str, ...]
+) -> None:
     """A core that breaks one rule of membership changes is caught within a few dozen seeds.
 
+    The broken rule must show as the safety property it breaks. A seed where
+    the planted bug first shows otherwise (a learner's vote can also leave a
+    command unapplied: a liveness failure) does not count, and the search goes on.
     Reference: Raft thesis §4.1 (one change at a time), §4.2.1 (learners do not vote)
     """
+    other_violations: list[str] = []
     for seed in range(60):
         try:
             Simulation(seed, 3, planted=planted, members=True).run()
         except Violation as violation:
             message = str(violation)
-            break
+            if message.startswith(properties_broken):
+                break
+            other_violations.append(message.split(":")[0])
     else:
-        pytest.fail(f"no violation found with {planted} in 60 seeds")
+        pytest.fail(f"no {properties_broken} with {planted} in 60 seeds: {other_violations}")
 
-    assert message.startswith(property_broken)
     assert f"--seed {seed} --nodes 3 --members --planted {planted}" in message
-    if planted == "learner-votes":
-        assert message.startswith(("election safety", "leader completeness", "state machine"))

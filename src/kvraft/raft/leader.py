@@ -106,7 +106,22 @@ class Leader:
             self._heartbeat_elapsed = 0
             for peer in self.progress:
                 self._send_heartbeat(peer)
+        else:
+            self._send_commit_notices()
         return True
+
+    def _send_commit_notices(self) -> None:
+        """Tell each follower that has not heard it our new commit index: once a tick.
+
+        A commit sends no message of its own (see :meth:`maybe_commit`): under
+        load the next entries carry it, and this bounds how long an idle
+        follower applies late (and serves its watches late) to one tick. A
+        follower that is probing or receiving a snapshot hears it once caught up.
+        """
+        commit = self.core.commit_index
+        for peer, progress in self.progress.items():
+            if progress.commit_sent < commit and progress.state is ProgressState.REPLICATE:
+                self._send_append(peer, allow_empty=True)
 
     def _quorum_active(self) -> bool:
         """Whether a majority of voters (us too, if we vote) answered lately; resets."""
@@ -232,22 +247,17 @@ class Leader:
         progress = self.progress[peer]
         if progress.is_paused():
             return False
-        # Entries it lacks (or, before our first index, the snapshot), a new
-        # commit index it must hear of, or an empty AppendEntries on request.
-        return (
-            allow_empty
-            or progress.commit_sent < self.core.commit_index
-            or progress.next_index <= self.log.last_index
-        )
+        # Entries it lacks (or, before our first index, the snapshot), or an
+        # empty AppendEntries on request. A new commit index alone is no
+        # reason: see maybe_commit.
+        return allow_empty or progress.next_index <= self.log.last_index
 
     def _send_append(self, peer: int, *, allow_empty: bool) -> None:
         """Send ``peer`` what it lacks, as far as its progress state allows."""
         if not self._would_send(peer, allow_empty=allow_empty):
             return  # what has_pending_sends() answered: nothing
         progress = self.progress[peer]
-        config, log, commit = self.config, self.log, self.core.commit_index
-        # Even with no entries to send, a follower must hear of a new commit index.
-        allow_empty = allow_empty or progress.commit_sent < commit
+        config, log = self.config, self.log
         sent = False
         while not progress.is_paused():
             if progress.next_index < log.first_index:
@@ -521,11 +531,13 @@ class Leader:
         # Raft §5.4.2: only an entry of the current term is committed by counting
         # replicas; earlier ones are committed indirectly, by the Log Matching property.
         if index > self.core.commit_index and self.log.term(index) == self.term:
-            # No broadcast: each follower hears of it with the next message it is
-            # sent anyway — the answer to its own acknowledgement (empty if there is
-            # nothing new: see _send_append), the next entries, or a heartbeat.
-            # Clients wait only for the leader's apply, and a broadcast per commit
-            # would double the messages to followers that are not waiting for any.
+            # No message of its own: each follower hears of it with the next one it
+            # is sent anyway, the next entries, or at the next tick (see
+            # _send_commit_notices). Clients wait only for the leader's apply;
+            # answering each acknowledgement with the new commit index alone
+            # doubled the AppendEntries of a sequential put and their
+            # acknowledgements, and cost each follower a second wake-up per put
+            # (benchmarks/results/profile.md).
             self.core.commit_index = index
             if not self.term_committed:
                 self.term_committed = True
