@@ -129,9 +129,13 @@ def test_partition_kvraft(make_cluster) -> None:  # type: ignore[no-untyped-def]
         assert majority.put("k", "v2", 1) == 2
         assert majority.get("k") == ("v2", 2)
         # A client that can reach only the minority gets no answer, not a stale one.
+        # Blocked at the majority too: a minority node's NotLeader can name the old
+        # leader, n0, and the client follows a leader it is told of.
         minority = RecordingClient(
             cluster, history, servers=[cluster.address(3), cluster.address(4)], deadline=1.5
         )
+        for i in (0, 1, 2):
+            cluster.block_client(i, minority.id)
         with pytest.raises(Unavailable):
             minority.get("k")
         minority.close()
